@@ -1,0 +1,62 @@
+"""Classifier heads.
+
+``CosineClassifier`` is the "normed linear" layer of the DBM paper: it returns raw cosines
+between L2-normalised features and L2-normalised class vectors. The scale ``s`` and any margin
+are applied later, by the loss, so prediction is simply ``argmax`` of the cosines.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+__all__ = ["CosineClassifier"]
+
+
+class CosineClassifier(nn.Module):
+    r"""Bias-free cosine classifier.
+
+    .. math:: \cos_{b,c} = \Big\langle \frac{f_b}{\max(\|f_b\|, \epsilon)},
+              \frac{w_c}{\max(\|w_c\|, \epsilon)} \Big\rangle, \quad \epsilon = 10^{-12}
+
+    Args:
+        in_features: feature dimension ``D``.
+        num_classes: number of classes ``C``.
+
+    The weight has shape ``(D, C)``, one column per class, initialised ``U(-1, 1)`` and then
+    rescaled so that every class column has unit norm (SPEC 1.1).
+
+    Example:
+        >>> head = CosineClassifier(64, 10)
+        >>> cos = head(torch.randn(4, 64))
+        >>> cos.shape, bool(cos.abs().max() <= 1)
+        (torch.Size([4, 10]), True)
+    """
+
+    def __init__(self, in_features: int, num_classes: int) -> None:
+        super().__init__()
+        if in_features <= 0 or num_classes <= 0:
+            raise ValueError(
+                f"CosineClassifier needs positive sizes, got in_features={in_features}, "
+                f"num_classes={num_classes}"
+            )
+        self.in_features = in_features
+        self.num_classes = num_classes
+        self.weight = nn.Parameter(torch.empty(in_features, num_classes))
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        with torch.no_grad():
+            self.weight.uniform_(-1.0, 1.0)
+            self.weight.div_(self.weight.norm(dim=0, keepdim=True).clamp_min(1e-12))
+
+    def class_vectors(self) -> torch.Tensor:
+        """The raw (un-normalised) class vectors, one row per class: shape ``(C, D)``."""
+        return self.weight.t()
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        return F.normalize(features, dim=1) @ F.normalize(self.weight, dim=0)
+
+    def extra_repr(self) -> str:
+        return f"in_features={self.in_features}, num_classes={self.num_classes}"
