@@ -10,6 +10,8 @@ Built-in names: ``ce``, ``cb``, ``drw``, ``bs`` (:class:`BalancedLoss` on linear
 
 from __future__ import annotations
 
+import inspect
+from dataclasses import dataclass
 from typing import Callable, Sequence
 
 import torch
@@ -53,24 +55,41 @@ __all__ = [
     "list_losses",
     "log_prior",
     "loss_input",
+    "loss_parameters",
     "register_loss",
 ]
 
 LossFactory = Callable[..., nn.Module]
-_LOSSES: dict[str, LossFactory] = {}
 
 
-def register_loss(name: str, factory: LossFactory | None = None):
+@dataclass(frozen=True)
+class _Entry:
+    factory: LossFactory
+    fixed: dict  # keyword arguments the name fixes (e.g. base="drw")
+    params: tuple | None  # the keyword arguments a config may set (None: all of the factory's)
+
+
+_LOSSES: dict[str, _Entry] = {}
+
+
+def register_loss(
+    name: str,
+    factory: LossFactory | None = None,
+    *,
+    fixed: dict | None = None,
+    params: tuple | None = None,
+):
     """Register ``factory(cls_num_list, **kwargs) -> nn.Module`` under ``name``.
 
-    Usable as a decorator. The module should have an attribute ``input_kind``
-    (``"logits"`` or ``"cosine"``) saying what its ``forward`` expects.
+    Usable as a decorator. ``fixed`` are keyword arguments the name implies; ``params``
+    restricts which keyword arguments a config may set. The module should have an attribute
+    ``input_kind`` (``"logits"`` or ``"cosine"``) saying what its ``forward`` expects.
     """
 
     def add(f: LossFactory) -> LossFactory:
         if name in _LOSSES:
             raise ValueError(f"a loss named {name!r} is already registered")
-        _LOSSES[name] = f
+        _LOSSES[name] = _Entry(f, dict(fixed or {}), params)
         return f
 
     return add(factory) if factory is not None else add
@@ -80,14 +99,36 @@ def list_losses() -> list[str]:
     return sorted(_LOSSES)
 
 
-def create_loss(name: str, cls_num_list: Sequence[int] | torch.Tensor, **kwargs) -> nn.Module:
-    """Build the loss registered as ``name`` for the given training counts."""
+def _entry(name: str) -> _Entry:
     if name not in _LOSSES:
         raise ValueError(f"unknown loss {name!r}; available: {', '.join(list_losses())}")
-    try:
-        return _LOSSES[name](cls_num_list, **kwargs)
-    except TypeError as err:  # unexpected keyword
-        raise ValueError(f"loss {name!r}: {err}") from None
+    return _LOSSES[name]
+
+
+def loss_parameters(name: str) -> dict:
+    """The keyword parameters a config may set for loss ``name``, with their defaults."""
+    entry = _entry(name)
+    params = list(inspect.signature(entry.factory).parameters.values())[1:]  # after the counts
+    return {
+        p.name: p.default
+        for p in params
+        if p.default is not p.empty
+        and p.name not in entry.fixed
+        and (entry.params is None or p.name in entry.params)
+    }
+
+
+def create_loss(name: str, cls_num_list: Sequence[int] | torch.Tensor, **kwargs) -> nn.Module:
+    """Build the loss registered as ``name`` for the given training counts."""
+    entry = _entry(name)
+    accepted = loss_parameters(name)
+    unknown = sorted(set(kwargs) - set(accepted))
+    if unknown:
+        raise ValueError(
+            f"loss {name!r} does not take {', '.join(unknown)}; it accepts "
+            f"{', '.join(sorted(accepted)) or 'no parameters'}"
+        )
+    return entry.factory(cls_num_list, **entry.fixed, **kwargs)
 
 
 def loss_input(loss: nn.Module) -> str:
@@ -97,7 +138,9 @@ def loss_input(loss: nn.Module) -> str:
 
 BalancedLoss.input_kind = "logits"
 MarginLoss.input_kind = "cosine"
-for _base in BASES:
-    register_loss(_base, lambda counts, _b=_base, **kw: BalancedLoss(counts, base=_b, **kw))
+register_loss("ce", BalancedLoss, fixed={"base": "ce"}, params=())
+register_loss("cb", BalancedLoss, fixed={"base": "cb"}, params=("cb_beta",))
+register_loss("drw", BalancedLoss, fixed={"base": "drw"}, params=("drw_epoch", "cb_beta"))
+register_loss("bs", BalancedLoss, fixed={"base": "bs"}, params=())
 register_loss("dbm", DBMLoss)
 register_loss("ldam", LDAMLoss)

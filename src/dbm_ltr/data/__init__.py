@@ -1,0 +1,152 @@
+"""Data: long-tailed CIFAR-10/100 (SPEC 4.1), a small offline digits demo, and transforms.
+
+Data sets are created by name so that a config can name them::
+
+    train_set = create_dataset("cifar10_lt", root, train=True,
+                               transform=build_transform(DATASET_INFO["cifar10_lt"]["train_transform"]),
+                               imbalance_factor=100)
+
+Built-in names: ``cifar10_lt``, ``cifar100_lt`` and ``digits_lt`` (ignores ``root`` and
+``download``).  ``DATASET_INFO[name]`` holds ``num_classes`` and the names of the default
+``train_transform``, ``test_transform`` and ``contrastive_transform`` (``None`` if there is
+none) in the :data:`TRANSFORMS` registry.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Optional
+
+from torch.utils.data import Dataset
+
+from .cifar import CIFAR10_CLASSES, CIFAR100_CLASSES, LongTailCIFAR10, LongTailCIFAR100
+from .digits import LongTailDigits
+from .errors import DatasetNotFoundError
+from .longtail import check_imbalance_factor, long_tail_counts, select_long_tail_indices
+from .transforms import (
+    CIFAR_MEAN,
+    CIFAR_STD,
+    TRANSFORMS,
+    Cutout,
+    EnsureTensor,
+    MultiView,
+    build_transform,
+    cifar_contrastive_transform,
+    cifar_test_transform,
+    cifar_train_transform,
+    list_transforms,
+    register_transform,
+)
+
+__all__ = [
+    "CIFAR100_CLASSES",
+    "CIFAR10_CLASSES",
+    "CIFAR_MEAN",
+    "CIFAR_STD",
+    "DATASET_INFO",
+    "TRANSFORMS",
+    "Cutout",
+    "DatasetNotFoundError",
+    "EnsureTensor",
+    "LongTailCIFAR10",
+    "LongTailCIFAR100",
+    "LongTailDigits",
+    "MultiView",
+    "build_transform",
+    "check_imbalance_factor",
+    "cifar_contrastive_transform",
+    "cifar_test_transform",
+    "cifar_train_transform",
+    "create_dataset",
+    "list_datasets",
+    "list_transforms",
+    "long_tail_counts",
+    "register_dataset",
+    "register_transform",
+    "select_long_tail_indices",
+]
+
+#: ``factory(root=, train=, transform=, target_transform=, imbalance_factor=, download=, seed=)``
+DatasetFactory = Callable[..., Dataset]
+
+_DATASETS: dict[str, DatasetFactory] = {}
+
+#: per data set: ``num_classes``, ``train_transform``, ``test_transform``, ``contrastive_transform``
+DATASET_INFO: dict[str, dict[str, Any]] = {}
+
+_INFO_KEYS = ("num_classes", "train_transform", "test_transform", "contrastive_transform")
+
+
+def register_dataset(name: str, factory: DatasetFactory | None = None, info: Optional[dict] = None):
+    """Register a data set ``factory`` under ``name`` (usable as a decorator).
+
+    The factory is called with the keywords ``root, train, transform, target_transform,
+    imbalance_factor, download, seed`` and returns a ``Dataset`` with a ``cls_num_list``.
+    ``info`` (optional) becomes ``DATASET_INFO[name]``; it must hold the keys
+    ``num_classes, train_transform, test_transform, contrastive_transform``.
+    """
+
+    def add(f: DatasetFactory) -> DatasetFactory:
+        if not isinstance(name, str) or not name:
+            raise ValueError(f"data set name must be a non-empty string, got {name!r}")
+        if name in _DATASETS:
+            raise ValueError(f"a data set named {name!r} is already registered")
+        if not callable(f):
+            raise TypeError(f"data set factory for {name!r} is not callable: {f!r}")
+        if info is not None:
+            missing = [k for k in _INFO_KEYS if k not in info]
+            if missing:
+                raise ValueError(f"info for data set {name!r} lacks {missing}")
+            DATASET_INFO[name] = dict(info)
+        _DATASETS[name] = f
+        return f
+
+    return add(factory) if factory is not None else add
+
+
+def list_datasets() -> list[str]:
+    return sorted(_DATASETS)
+
+
+def create_dataset(
+    name: str,
+    root: Any,
+    train: bool,
+    transform: Optional[Callable] = None,
+    imbalance_factor: float = 100.0,
+    download: bool = False,
+    seed: int = 0,
+    target_transform: Optional[Callable] = None,
+) -> Dataset:
+    """Build the data set registered as ``name`` (train split long-tailed, test balanced)."""
+    if name not in _DATASETS:
+        raise ValueError(f"unknown data set {name!r}; valid names: {', '.join(list_datasets())}")
+    return _DATASETS[name](
+        root=root,
+        train=train,
+        transform=transform,
+        target_transform=target_transform,
+        imbalance_factor=imbalance_factor,
+        download=download,
+        seed=seed,
+    )
+
+
+def _digits_factory(root=None, train=True, transform=None, target_transform=None,
+                    imbalance_factor=10.0, download=False, seed=0) -> LongTailDigits:
+    # root and download are meaningless for the bundled digits
+    return LongTailDigits(train=train, transform=transform, imbalance_factor=imbalance_factor,
+                          seed=seed, target_transform=target_transform)
+
+
+register_dataset("cifar10_lt", LongTailCIFAR10, info={
+    "num_classes": 10, "train_transform": "cifar", "test_transform": "cifar_test",
+    "contrastive_transform": "cifar_contrastive",
+})
+register_dataset("cifar100_lt", LongTailCIFAR100, info={
+    "num_classes": 100, "train_transform": "cifar", "test_transform": "cifar_test",
+    "contrastive_transform": "cifar_contrastive",
+})
+register_dataset("digits_lt", _digits_factory, info={
+    "num_classes": 10, "train_transform": "none", "test_transform": "none",
+    "contrastive_transform": None,
+})

@@ -1,0 +1,194 @@
+"""CIFAR augmentation recipes (SPEC 5.1 and the contrastive views of SPEC 2.5).
+
+* ``cifar``: RandomCrop(32, pad 4, zero fill) -> HFlip -> AutoAugment(CIFAR10, fill 128)
+  -> ToTensor -> Cutout(16) -> Normalize.
+* ``cifar_contrastive`` (SimCLR-style view): RandomResizedCrop(32, scale 0.2-1) -> HFlip
+  -> ColorJitter(0.4, 0.4, 0.4, 0.1) with p 0.8 -> Grayscale p 0.2
+  -> GaussianBlur(3, sigma 0.1-2) with p 0.5 -> ToTensor -> Normalize.
+* ``cifar_test``: ToTensor -> Normalize.
+* ``none``: PIL image / ndarray -> tensor (ToTensor); tensors pass through unchanged.
+
+Normalisation uses mean (0.4914, 0.4822, 0.4465), std (0.2023, 0.1994, 0.2010) (SPEC 4.1).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Sequence
+
+import torch
+from torchvision import transforms as T
+from torchvision.transforms import AutoAugmentPolicy
+
+__all__ = [
+    "CIFAR_MEAN",
+    "CIFAR_STD",
+    "TRANSFORMS",
+    "Cutout",
+    "EnsureTensor",
+    "MultiView",
+    "build_transform",
+    "cifar_contrastive_transform",
+    "cifar_test_transform",
+    "cifar_train_transform",
+    "list_transforms",
+    "register_transform",
+]
+
+CIFAR_MEAN: tuple[float, float, float] = (0.4914, 0.4822, 0.4465)
+CIFAR_STD: tuple[float, float, float] = (0.2023, 0.1994, 0.2010)
+
+
+class Cutout:
+    """Zero one square hole of side ``size`` in a ``(..., H, W)`` tensor (DeVries & Taylor).
+
+    The centre ``(y, x)`` is drawn uniformly over all pixels with ``torch.randint`` (``y``
+    first), the hole covers rows ``y - size//2 .. y - size//2 + size - 1`` (same for columns)
+    clipped at the borders, so holes near an edge are smaller.  Applied with probability 1.
+    Meant for the ``[0, 1]`` tensor after ``ToTensor`` and before ``Normalize``.  Returns a new
+    tensor; the input is not modified.
+    """
+
+    def __init__(self, size: int = 16) -> None:
+        if isinstance(size, bool) or not isinstance(size, int) or size < 1:
+            raise ValueError(f"Cutout size must be a positive integer, got {size!r}")
+        self.size = size
+
+    def __call__(self, img: torch.Tensor) -> torch.Tensor:
+        if not isinstance(img, torch.Tensor):
+            raise TypeError(
+                f"Cutout expects a (C, H, W) tensor (put it after ToTensor), got {type(img).__name__}"
+            )
+        if img.dim() < 2:
+            raise ValueError(f"Cutout expects a (..., H, W) tensor, got shape {tuple(img.shape)}")
+        h, w = img.shape[-2], img.shape[-1]
+        y = int(torch.randint(h, (1,)).item())
+        x = int(torch.randint(w, (1,)).item())
+        y1, x1 = y - self.size // 2, x - self.size // 2
+        y2, x2 = min(h, y1 + self.size), min(w, x1 + self.size)
+        y1, x1 = max(0, y1), max(0, x1)
+        out = img.clone()
+        out[..., y1:y2, x1:x2] = 0
+        return out
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(size={self.size})"
+
+
+class EnsureTensor:
+    """``ToTensor`` for PIL images / ndarrays; tensors are returned unchanged."""
+
+    def __init__(self) -> None:
+        self._to_tensor = T.ToTensor()
+
+    def __call__(self, img: Any) -> torch.Tensor:
+        if isinstance(img, torch.Tensor):
+            return img
+        return self._to_tensor(img)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}()"
+
+
+class MultiView:
+    """Apply every transform to the same input; returns the tuple of views.
+
+    ``MultiView([t1, t2, t2])(img) == (t1(img), t2(img), t2(img))`` (independent random
+    draws), e.g. the three BCL views of SPEC 2.5.
+    """
+
+    def __init__(self, transforms: Sequence[Callable]) -> None:
+        transforms = list(transforms)
+        if not transforms:
+            raise ValueError("MultiView needs at least one transform")
+        for i, t in enumerate(transforms):
+            if not callable(t):
+                raise TypeError(f"MultiView: transform {i} is not callable: {t!r}")
+        self.transforms = transforms
+
+    def __call__(self, img: Any) -> tuple:
+        return tuple(t(img) for t in self.transforms)
+
+    def __len__(self) -> int:
+        return len(self.transforms)
+
+    def __repr__(self) -> str:
+        inner = ", ".join(repr(t) for t in self.transforms)
+        return f"{type(self).__name__}([{inner}])"
+
+
+def cifar_train_transform(
+    cutout: int = 16,
+    mean: Sequence[float] = CIFAR_MEAN,
+    std: Sequence[float] = CIFAR_STD,
+) -> T.Compose:
+    """Regular CIFAR recipe (SPEC 5.1); input a PIL image, output a normalised 3x32x32 tensor."""
+    return T.Compose([
+        T.RandomCrop(32, padding=4),
+        T.RandomHorizontalFlip(),
+        T.AutoAugment(AutoAugmentPolicy.CIFAR10, fill=128),
+        T.ToTensor(),
+        Cutout(cutout),
+        T.Normalize(mean, std),
+    ])
+
+
+def cifar_contrastive_transform(
+    mean: Sequence[float] = CIFAR_MEAN,
+    std: Sequence[float] = CIFAR_STD,
+) -> T.Compose:
+    """SimCLR-style contrastive view of BCL on CIFAR (SPEC 2.5 v2/v3); PIL image -> tensor."""
+    return T.Compose([
+        T.RandomResizedCrop(32, scale=(0.2, 1.0)),
+        T.RandomHorizontalFlip(),
+        T.RandomApply([T.ColorJitter(0.4, 0.4, 0.4, 0.1)], p=0.8),
+        T.RandomGrayscale(p=0.2),
+        T.RandomApply([T.GaussianBlur(kernel_size=3, sigma=(0.1, 2.0))], p=0.5),
+        T.ToTensor(),
+        T.Normalize(mean, std),
+    ])
+
+
+def cifar_test_transform(
+    mean: Sequence[float] = CIFAR_MEAN,
+    std: Sequence[float] = CIFAR_STD,
+) -> T.Compose:
+    """Evaluation transform: ToTensor -> Normalize."""
+    return T.Compose([T.ToTensor(), T.Normalize(mean, std)])
+
+
+TransformFactory = Callable[[], Callable]
+
+#: name -> zero-argument factory returning a fresh transform
+TRANSFORMS: dict[str, TransformFactory] = {
+    "cifar": cifar_train_transform,
+    "cifar_contrastive": cifar_contrastive_transform,
+    "cifar_test": cifar_test_transform,
+    "none": EnsureTensor,
+}
+
+
+def register_transform(name: str, factory: TransformFactory | None = None):
+    """Register a zero-argument ``factory() -> transform`` under ``name``; usable as decorator."""
+
+    def add(f: TransformFactory) -> TransformFactory:
+        if not isinstance(name, str) or not name:
+            raise ValueError(f"transform name must be a non-empty string, got {name!r}")
+        if name in TRANSFORMS:
+            raise ValueError(f"a transform named {name!r} is already registered")
+        if not callable(f):
+            raise TypeError(f"transform factory for {name!r} is not callable: {f!r}")
+        TRANSFORMS[name] = f
+        return f
+
+    return add(factory) if factory is not None else add
+
+
+def list_transforms() -> list[str]:
+    return sorted(TRANSFORMS)
+
+
+def build_transform(name: str) -> Callable:
+    """A fresh instance of the transform registered as ``name``."""
+    if name not in TRANSFORMS:
+        raise ValueError(f"unknown transform {name!r}; valid names: {', '.join(list_transforms())}")
+    return TRANSFORMS[name]()

@@ -1,0 +1,64 @@
+"""The one interface between the training engine and a method (CE, DRW, BS, LDAM, DBM-*,
+BCL, NCL, ...): a method owns its model, says which views of an image it trains on, turns a
+batch into a loss, and turns images into class scores for evaluation.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+from torch import nn
+
+from ..losses import loss_input
+
+__all__ = ["Method", "StepOutput", "check_head_matches_loss"]
+
+
+class StepOutput(NamedTuple):
+    loss: torch.Tensor  # scalar to minimise
+    scores: torch.Tensor  # (B, C) class scores of the batch, for the running training accuracy
+
+
+class Method(nn.Module):
+    """Base class of every training method.
+
+    Subclasses implement :meth:`forward` (training step) and :meth:`predict`; the engine
+    wraps the method in ``DistributedDataParallel`` when several processes run, so all
+    trainable state must live in this module.
+    """
+
+    #: Kind of each training view, in order: ``"regular"`` (the data set's regular training
+    #: augmentation) or ``"contrastive"`` (SimCLR-style). One view -> a tensor per batch;
+    #: several -> a list of tensors, one per view.
+    views: tuple[str, ...] = ("regular",)
+
+    def forward(self, images, targets: torch.Tensor, epoch: int) -> StepOutput:
+        raise NotImplementedError
+
+    @torch.no_grad()
+    def predict(self, images: torch.Tensor) -> torch.Tensor:
+        """Class scores ``(B, C)`` (raw classifier output; no prior, no scale)."""
+        raise NotImplementedError
+
+    def features(self, images: torch.Tensor) -> torch.Tensor:
+        """The pooled features the classifier sees, ``(B, D)``."""
+        raise NotImplementedError
+
+    def class_weights(self) -> torch.Tensor:
+        """Classifier weight vectors, one row per class ``(C, D)``."""
+        raise NotImplementedError
+
+
+def check_head_matches_loss(classifier: str, loss: nn.Module, loss_name: str) -> None:
+    """A margin loss needs raw cosines; a logit loss on raw cosines would train unscaled."""
+    kind = loss_input(loss)
+    if kind == "cosine" and classifier != "cosine":
+        raise ValueError(
+            f"loss {loss_name!r} works on raw cosines: set model.classifier=cosine"
+        )
+    if kind == "logits" and classifier == "cosine":
+        raise ValueError(
+            f"loss {loss_name!r} on a cosine classifier would see unscaled cosines in [-1, 1]; "
+            "for the scaled cosine classifier use loss 'dbm' with max_margin=0 (and its base)"
+        )

@@ -1,0 +1,42 @@
+"""Single-branch methods: one trunk, one head, one loss (CE, CB, DRW, BS, LDAM, DBM-*)."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from ..models import create_model
+from .base import Method, StepOutput, check_head_matches_loss
+
+__all__ = ["StandardMethod"]
+
+
+class StandardMethod(Method):
+    """``loss(head(trunk(x)), y, epoch)`` on the regular view; prediction = argmax of the head."""
+
+    def __init__(self, model: nn.Module, loss: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+        self.loss = loss
+
+    @classmethod
+    def build(
+        cls, *, trunk: str, classifier: str, num_classes: int, loss: nn.Module, loss_name: str,
+        **_: object,
+    ) -> "StandardMethod":
+        check_head_matches_loss(classifier, loss, loss_name)
+        return cls(create_model(trunk, num_classes, classifier), loss)
+
+    def forward(self, images: torch.Tensor, targets: torch.Tensor, epoch: int) -> StepOutput:
+        scores = self.model(images)
+        return StepOutput(self.loss(scores, targets, epoch=epoch), scores)
+
+    @torch.no_grad()
+    def predict(self, images: torch.Tensor) -> torch.Tensor:
+        return self.model(images)
+
+    def features(self, images: torch.Tensor) -> torch.Tensor:
+        return self.model.forward_features(images)
+
+    def class_weights(self) -> torch.Tensor:
+        return self.model.class_weights()

@@ -1,0 +1,161 @@
+"""Cutout, the CIFAR recipes, MultiView and the transform registry."""
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from torchvision import transforms as T
+
+from dbm_ltr.data import (
+    CIFAR_MEAN,
+    CIFAR_STD,
+    TRANSFORMS,
+    Cutout,
+    MultiView,
+    build_transform,
+    cifar_contrastive_transform,
+    cifar_test_transform,
+    cifar_train_transform,
+    list_transforms,
+)
+
+
+def hole(y, x, h, w, size):
+    """Expected zero mask: rows y - size//2 .. y - size//2 + size - 1, clipped (same for x)."""
+    m = torch.zeros(h, w, dtype=torch.bool)
+    y1, x1 = y - size // 2, x - size // 2
+    m[max(0, y1):max(0, y1 + size), max(0, x1):max(0, x1 + size)] = True
+    return m
+
+
+def centre_for_seed(seed, h, w):
+    torch.manual_seed(seed)
+    return int(torch.randint(h, (1,))), int(torch.randint(w, (1,)))
+
+
+def find_seed(pred, h=32, w=32):
+    for seed in range(10_000):
+        if pred(*centre_for_seed(seed, h, w)):
+            return seed
+    raise AssertionError("no seed found")
+
+
+@pytest.mark.parametrize("h,w,size", [(32, 32, 16), (20, 40, 16), (32, 32, 5), (8, 8, 1)])
+def test_cutout_matches_torch_draws(h, w, size):
+    img = torch.rand(3, h, w) + 0.5  # no zeros before cutout
+    for seed in range(60):
+        y, x = centre_for_seed(seed, h, w)
+        torch.manual_seed(seed)
+        out = Cutout(size)(img)
+        zero = (out == 0)
+        want = hole(y, x, h, w, size)
+        assert torch.equal(zero, want.expand(3, h, w)), (seed, y, x)
+        assert torch.equal(out[~zero], img[~zero])
+
+
+def test_cutout_corner_centre_is_clipped():
+    seed = find_seed(lambda y, x: y < 3 and x > 29)
+    y, x = centre_for_seed(seed, 32, 32)
+    img = torch.ones(3, 32, 32)
+    torch.manual_seed(seed)
+    out = Cutout(16)(img)
+    rows = (out[0] == 0).any(1).nonzero().flatten()
+    cols = (out[0] == 0).any(0).nonzero().flatten()
+    assert rows.tolist() == list(range(0, y + 8))
+    assert cols.tolist() == list(range(x - 8, 32))
+    assert int((out == 0).sum()) == 3 * (y + 8) * (32 - x + 8)
+    assert torch.equal(img, torch.ones(3, 32, 32))  # input untouched
+
+
+def test_cutout_middle_centre_is_full_square():
+    seed = find_seed(lambda y, x: 8 <= y <= 24 and 8 <= x <= 24)
+    y, x = centre_for_seed(seed, 32, 32)
+    img = torch.ones(3, 32, 32)
+    torch.manual_seed(seed)
+    out = Cutout(16)(img)
+    assert out is not img
+    assert int((out == 0).sum()) == 3 * 16 * 16
+    assert (out[:, y - 8:y + 8, x - 8:x + 8] == 0).all()
+    assert (img == 1).all()
+
+
+def test_cutout_bad_input():
+    with pytest.raises(ValueError, match="positive integer"):
+        Cutout(0)
+    with pytest.raises(TypeError, match="after ToTensor"):
+        Cutout(16)(Image.new("RGB", (32, 32)))
+
+
+def pil_image(seed=0, size=32):
+    rng = np.random.RandomState(seed)
+    return Image.fromarray(rng.randint(0, 256, (size, size, 3), dtype=np.uint8))
+
+
+def test_train_recipe_structure_and_output():
+    t = cifar_train_transform()
+    kinds = [type(s) for s in t.transforms]
+    assert kinds == [T.RandomCrop, T.RandomHorizontalFlip, T.AutoAugment, T.ToTensor, Cutout,
+                     T.Normalize]
+    crop, _, aa, _, cut, norm = t.transforms
+    assert crop.padding == 4 and crop.size == (32, 32) and crop.fill == 0
+    assert aa.policy == T.AutoAugmentPolicy.CIFAR10 and aa.fill == 128
+    assert cut.size == 16
+    assert tuple(norm.mean) == CIFAR_MEAN and tuple(norm.std) == CIFAR_STD
+    hole_value = -torch.tensor(CIFAR_MEAN) / torch.tensor(CIFAR_STD)
+    for i in range(20):  # AutoAugment runs on PIL images with many sub-policies
+        x = t(pil_image(i))
+        assert x.shape == (3, 32, 32) and x.dtype == torch.float32
+        for ch in range(3):  # cutout hole (>= 8x8) before Normalize -> -mean/std
+            assert int(torch.isclose(x[ch], hole_value[ch], atol=1e-5).sum()) >= 64
+
+
+def test_contrastive_recipe_structure_and_output():
+    t = cifar_contrastive_transform()
+    kinds = [type(s) for s in t.transforms]
+    assert kinds == [T.RandomResizedCrop, T.RandomHorizontalFlip, T.RandomApply, T.RandomGrayscale,
+                     T.RandomApply, T.ToTensor, T.Normalize]
+    rrc, _, jitter, gray, blur, _, _ = t.transforms
+    assert rrc.size == (32, 32) and rrc.scale == (0.2, 1.0)
+    assert jitter.p == 0.8 and isinstance(jitter.transforms[0], T.ColorJitter)
+    assert gray.p == 0.2
+    assert blur.p == 0.5 and isinstance(blur.transforms[0], T.GaussianBlur)
+    assert blur.transforms[0].sigma == (0.1, 2.0) and blur.transforms[0].kernel_size == (3, 3)
+    for i in range(10):
+        x = t(pil_image(i, size=32))
+        assert x.shape == (3, 32, 32)
+
+
+def test_test_recipe_is_totensor_normalize():
+    img = pil_image(3)
+    x = cifar_test_transform()(img)
+    raw = torch.from_numpy(np.array(img)).permute(2, 0, 1).float() / 255
+    want = (raw - torch.tensor(CIFAR_MEAN)[:, None, None]) / torch.tensor(CIFAR_STD)[:, None, None]
+    assert torch.allclose(x, want, atol=1e-6)
+
+
+def test_multiview():
+    mv = MultiView([cifar_train_transform(), cifar_contrastive_transform(), cifar_contrastive_transform()])
+    assert len(mv) == 3
+    views = mv(pil_image(1))
+    assert isinstance(views, tuple) and len(views) == 3
+    assert all(v.shape == (3, 32, 32) for v in views)
+    assert not torch.equal(views[1], views[2])  # independent draws
+    assert MultiView([lambda v: v + 1, lambda v: v * 2])(3) == (4, 6)
+    with pytest.raises(ValueError, match="at least one"):
+        MultiView([])
+    with pytest.raises(TypeError, match="transform 1 is not callable"):
+        MultiView([str, 5])
+
+
+def test_registry_builds_every_recipe():
+    assert list_transforms() == sorted(TRANSFORMS) == ["cifar", "cifar_contrastive", "cifar_test", "none"]
+    img = pil_image(2)
+    for name in TRANSFORMS:
+        t = build_transform(name)
+        assert build_transform(name) is not t  # fresh instance
+        x = t(img)
+        assert isinstance(x, torch.Tensor) and x.shape == (3, 32, 32)
+    none = build_transform("none")
+    assert torch.equal(none(img), T.ToTensor()(img))
+    tensor = torch.rand(1, 8, 8)
+    assert none(tensor) is tensor  # tensors (digits) pass through

@@ -1,0 +1,80 @@
+import pytest
+
+from dbm_ltr.engine import ConfigError, load_config
+from dbm_ltr.engine.config import preset_dir
+
+PRESETS = sorted(str(p.relative_to(preset_dir()).with_suffix("")) for p in preset_dir().rglob("*.yaml"))
+TABLE2 = ["ce", "ldam", "dbm_ce", "ce_drw", "ldam_drw", "dbm_drw", "bs", "dbm_bs"]
+
+
+def test_every_table2_row_has_a_preset_with_paper_numbers():
+    for data in ("cifar10_lt", "cifar100_lt"):
+        for row in TABLE2:
+            cfg = load_config(f"{data}/{row}")
+            assert cfg.data.name == data and cfg.name == f"{data}/{row}"
+            assert set(cfg.paper["top1"]) == {100, 50, 10}
+            if data == "cifar100_lt":
+                assert set(cfg.paper["groups"][100]) == {"many", "medium", "few"}
+
+
+@pytest.mark.parametrize("preset", PRESETS)
+def test_presets_resolve_to_full_configs(preset):
+    cfg = load_config(preset).to_dict()
+    assert cfg["optim"]["lr"] > 0
+    if cfg["loss"]["name"] == "dbm":
+        assert cfg["model"]["classifier"] == "cosine"
+        assert {"max_margin", "tau", "scale", "lambda_inst", "instance_margin"} <= set(cfg["loss"])
+
+
+def test_dbm_preset_recipe_matches_spec():
+    cfg = load_config("cifar100_lt/dbm_bs")
+    assert (cfg.optim.lr, cfg.optim.momentum, cfg.optim.weight_decay) == (0.1, 0.9, 2e-4)
+    assert (cfg.optim.batch_size, cfg.optim.epochs, cfg.optim.warmup_epochs) == (64, 200, 5)
+    assert cfg.loss.params["base"] == "bs" and cfg.loss.params["max_margin"] == 0.1
+    assert cfg.loss.params["scale"] == 32.0 and cfg.paper["top1"][100] == 51.30
+
+
+def test_overrides_dotted_bare_and_yaml_values():
+    cfg = load_config("cifar10_lt/dbm_ce", ["data.imbalance_factor=50", "max_margin=0.2",
+                                             "optim.milestones=[100, 150]", "train.amp=true",
+                                             "optim.weight_decay=5e-4"])
+    assert cfg.data.imbalance_factor == 50.0 and cfg.loss.params["max_margin"] == 0.2
+    assert cfg.optim.milestones == [100, 150] and cfg.train.amp is True
+    assert cfg.optim.weight_decay == 5e-4  # "5e-4" is a string to YAML 1.1; accepted as a number
+    cfg = load_config("cifar10_lt/dbm_ce", ["tau=0.5"])  # default filled in from the loss
+    assert cfg.loss.params["tau"] == 0.5
+
+
+@pytest.mark.parametrize("overrides,match", [
+    (["optim.lrr=0.1"], r"unknown config key optim.lrr \(did you mean 'lr'\?\)"),
+    (["loss.max_margn=0.1"], r"unknown config key loss.max_margn \(did you mean 'max_margin'\?\).*accepts"),
+    (["optimizer.lr=0.1"], r"unknown config section 'optimizer' \(did you mean 'optim'\?\)"),
+    (["optim.epochs=ten"], r"optim.epochs must be int, got 'ten'"),
+    (["train.amp=maybe"], r"train.amp must be bool"),
+    (["loss.name=focal"], r"loss.name: unknown loss 'focal'"),
+    (["method.name=mixup"], r"method.name: unknown method 'mixup'"),
+    (["epoch=3"], r"unknown override key 'epoch' \(did you mean 'epochs'\?\)"),
+    (["seed=3"], r"ambiguous: write one of data.seed, train.seed"),
+    (["optim.epochs"], r"must look like key=value"),
+    (["optim.warmup_epochs=300"], r"warmup_epochs must be in \[0, epochs\]"),
+    (["data.imbalance_factor=0.5"], r"imbalance_factor must be >= 1"),
+    (["model.classifier=norm"], r"model.classifier must be linear or cosine"),
+])
+def test_bad_configs_get_clear_errors(overrides, match):
+    with pytest.raises(ConfigError, match=match):
+        load_config("cifar10_lt/dbm_ce", overrides)
+
+
+def test_bad_files(tmp_path):
+    with pytest.raises(ConfigError, match="neither a file nor a preset; did you mean cifar10_lt/dbm_ce"):
+        load_config("cifar10_lt/dbm_cee")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("optim: {lr: [0.1\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config(bad)
+    bad.write_text("- 1\n- 2\n")
+    with pytest.raises(ConfigError, match="mapping of sections"):
+        load_config(bad)
+    bad.write_text("loss: {base: ce}\n")
+    with pytest.raises(ConfigError, match="loss must be a mapping with a 'name'"):
+        load_config(bad)

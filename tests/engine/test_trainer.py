@@ -1,0 +1,141 @@
+import json
+
+import pytest
+import torch
+
+from conftest import tiny_overrides
+from dbm_ltr.engine import CheckpointError, Trainer, TrainingError, load_config
+from dbm_ltr.engine.checkpoint import load_checkpoint, save_checkpoint
+
+
+def quiet(_message):
+    pass
+
+
+def test_two_epoch_run_writes_a_complete_run_directory(fake_cifar10, tmp_path):
+    cfg = load_config("cifar10_lt/dbm_ce", tiny_overrides(fake_cifar10) + ["train.eval_every=1"])
+    metrics = Trainer(cfg, tmp_path / "run", log=quiet).fit()
+    run = tmp_path / "run"
+    for name in ("config.yaml", "checkpoint.pt", "log.jsonl", "metrics.json", "per_class_accuracy.png"):
+        assert (run / name).is_file(), name
+    saved = json.loads((run / "metrics.json").read_text())
+    assert {"top1", "many", "medium", "few", "per_class"} <= set(saved)
+    assert saved["reported"] == "final epoch" and saved["epoch"] == 2
+    assert saved["cls_num_list"] == [40, 30, 23, 18, 14, 11, 8, 6, 5, 4]
+    assert saved["many"] is None  # no class above 100 training images here
+    assert len(saved["per_class"]) == 10 and 0 <= saved["top1"] <= 100
+    assert saved["best_epoch"]["epoch"] in (1, 2) and "not the reported result" in saved["best_epoch"]["note"]
+    assert saved["paper"] == {"top1": 90.95, "source": cfg.paper["source"]}  # IF 10 row of Table 2
+    rows = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in rows] == [1, 2] and "test_top1" in rows[0]
+    assert metrics["top1"] == saved["top1"]
+    assert load_config(run / "config.yaml").to_dict() == {**cfg.to_dict(), "name": "cifar10_lt/dbm_ce"}
+
+
+@pytest.mark.parametrize("preset", ["cifar10_lt/ce_drw", "cifar10_lt/ldam"])
+def test_other_methods_train(fake_cifar10, tmp_path, preset):
+    cfg = load_config(preset, tiny_overrides(fake_cifar10, epochs=1) + ["loss.drw_epoch=1"] * (preset.endswith("drw")))
+    metrics = Trainer(cfg, tmp_path / "run", log=quiet).fit()
+    assert metrics["epoch"] == 1
+
+
+def _interrupt_after(trainer, epochs_done):
+    original = trainer.train_one_epoch
+
+    def patched(epoch):
+        if epoch >= epochs_done:
+            raise KeyboardInterrupt
+        return original(epoch)
+
+    trainer.train_one_epoch = patched
+
+
+def test_resume_is_exact(fake_cifar10, tmp_path):
+    """Interrupted after epoch 1 and resumed == uninterrupted, to the last bit."""
+    overrides = tiny_overrides(fake_cifar10, epochs=3) + ["train.deterministic=true"]
+    cfg = load_config("cifar10_lt/dbm_drw", overrides + ["loss.drw_epoch=1"])
+    straight = Trainer(cfg, tmp_path / "a", log=quiet)
+    straight.fit()
+
+    interrupted = Trainer(cfg, tmp_path / "b", log=quiet)
+    _interrupt_after(interrupted, 1)
+    with pytest.raises(KeyboardInterrupt):
+        interrupted.fit()
+    assert load_checkpoint(tmp_path / "b" / "checkpoint.pt")["epoch"] == 1
+    resumed = Trainer(cfg, tmp_path / "b", resume=True, log=quiet)
+    assert resumed.start_epoch == 1
+    resumed.fit()
+
+    a, b = straight.method.state_dict(), resumed.method.state_dict()
+    assert a.keys() == b.keys()
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+    log_a = (tmp_path / "a" / "log.jsonl").read_text().splitlines()
+    log_b = (tmp_path / "b" / "log.jsonl").read_text().splitlines()
+    strip = lambda rows: [{k: v for k, v in json.loads(r).items() if k not in ("seconds", "images_per_s")} for r in rows]
+    assert strip(log_a) == strip(log_b)
+
+
+def test_existing_run_needs_resume_and_resume_needs_same_config(fake_cifar10, tmp_path):
+    cfg = load_config("cifar10_lt/ce", tiny_overrides(fake_cifar10, epochs=1))
+    Trainer(cfg, tmp_path / "run", log=quiet).fit()
+    with pytest.raises(CheckpointError, match="already holds a run; pass --resume"):
+        Trainer(cfg, tmp_path / "run", log=quiet)
+    other = load_config("cifar10_lt/ce", tiny_overrides(fake_cifar10, epochs=1) + ["optim.lr=0.2"])
+    with pytest.raises(CheckpointError, match=r"different config \(optim.lr: checkpoint 0.1, now 0.2\)"):
+        Trainer(other, tmp_path / "run", resume=True, log=quiet)
+    moved = load_config("cifar10_lt/ce", tiny_overrides(fake_cifar10, epochs=1) + ["data.workers=1"])
+    Trainer(moved, tmp_path / "run", resume=True, log=quiet)  # workers may change
+
+
+def test_corrupted_and_foreign_checkpoints(fake_cifar10, tmp_path):
+    cfg = load_config("cifar10_lt/ce", tiny_overrides(fake_cifar10, epochs=1))
+    run = tmp_path / "run"
+    Trainer(cfg, run, log=quiet).fit()
+    good = (run / "checkpoint.pt").read_bytes()
+    (run / "checkpoint.pt").write_bytes(good[: len(good) // 2])
+    with pytest.raises(CheckpointError, match="truncated or corrupted"):
+        Trainer(cfg, run, resume=True, log=quiet)
+    torch.save({"weights": 1}, run / "checkpoint.pt")
+    with pytest.raises(CheckpointError, match="not written by this version"):
+        Trainer(cfg, run, resume=True, log=quiet)
+    state = load_checkpoint_bytes(good, tmp_path)
+    state["method"] = {"model.head.weight": torch.zeros(3)}
+    save_checkpoint({k: v for k, v in state.items() if k != "format_version"}, run / "checkpoint.pt")
+    with pytest.raises(CheckpointError, match="does not match this model"):
+        Trainer(cfg, run, resume=True, log=quiet)
+
+
+def load_checkpoint_bytes(data, tmp_path):
+    path = tmp_path / "copy.pt"
+    path.write_bytes(data)
+    return load_checkpoint(path)
+
+
+def test_atomic_save_keeps_previous_checkpoint_when_writing_fails(tmp_path, monkeypatch):
+    path = tmp_path / "checkpoint.pt"
+    save_checkpoint({"epoch": 1}, path)
+
+    def crash(*args, **kwargs):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(torch, "save", crash)
+    with pytest.raises(OSError):
+        save_checkpoint({"epoch": 2}, path)
+    monkeypatch.undo()
+    assert load_checkpoint(path)["epoch"] == 1
+    assert [p.name for p in tmp_path.iterdir()] == ["checkpoint.pt"]  # no temp file left
+
+
+def test_nan_loss_stops_with_a_clear_error(fake_cifar10, tmp_path):
+    cfg = load_config("cifar10_lt/ce", tiny_overrides(fake_cifar10, epochs=1) + ["optim.lr=1e30"])
+    with pytest.raises(TrainingError, match="loss became nan in epoch 1; lower optim.lr"):
+        Trainer(cfg, tmp_path / "run", log=quiet).fit()
+
+
+def test_missing_dataset_says_where_it_looked(tmp_path):
+    from dbm_ltr.data import DatasetNotFoundError
+
+    cfg = load_config("cifar100_lt/dbm_bs", [f"data.root={tmp_path}"])
+    with pytest.raises(DatasetNotFoundError, match=str(tmp_path)):
+        Trainer(cfg, tmp_path / "run", log=quiet)
