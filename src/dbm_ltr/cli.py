@@ -1,4 +1,4 @@
-"""Command line: ``dbm-ltr train | eval | demo``.
+"""Command line: ``dbm-ltr train | eval | demo | analyze | report | sweep``.
 
 Errors a user can fix (bad config, missing data set, unusable checkpoint) are printed as one
 line and exit with status 2; set ``DBM_LTR_DEBUG=1`` to see the traceback instead.
@@ -39,32 +39,26 @@ def cmd_train(args) -> int:
         if not source.is_file():
             raise _UsageError(f"--resume without --config needs {source}; it does not exist")
     config = load_config(source, _overrides(args))
-    Trainer(config, run, resume=args.resume).fit()
-    print(f"run directory: {run}")
+    trainer = Trainer(config, run, resume=args.resume)
+    trainer.fit()
+    if trainer.dist.enabled:
+        import torch.distributed as dist
+
+        dist.destroy_process_group()
+    if trainer.dist.is_main:
+        print(f"run directory: {run}")
     return 0
 
 
 def cmd_eval(args) -> int:
-    import torch
-
-    from .data import DATASET_INFO
     from .engine.checkpoint import load_checkpoint
-    from .engine.config import apply_overrides, config_from_dict
-    from .engine.distributed import pick_device
-    from .engine.trainer import build_method, evaluate_method, format_groups, load_datasets
-    from .engine.checkpoint import CheckpointError
+    from .engine.trainer import evaluate_method, format_groups, load_datasets, restore_method
 
     state = load_checkpoint(args.checkpoint)
-    config = config_from_dict(apply_overrides(state["config"], _overrides(args)))
-    device = pick_device(config.train.device)
+    config, method = restore_method(state, _overrides(args), source=str(args.checkpoint))
     _, test_set = load_datasets(config, ("regular",), train=False)
-    counts = list(state["cls_num_list"])
-    method = build_method(config, counts, DATASET_INFO[config.data.name]["num_classes"])
-    try:
-        method.load_state_dict(state["method"])
-    except RuntimeError as err:
-        raise CheckpointError(f"{args.checkpoint} does not match its own config: {str(err).splitlines()[0]}") from None
-    method.to(device)
+    counts = [int(n) for n in state["cls_num_list"]]
+    device = next(method.parameters()).device
     result = evaluate_method(
         method, test_set, counts, len(counts), device, config.data.eval_batch_size,
         config.data.workers, config.train.amp,
@@ -75,7 +69,67 @@ def cmd_eval(args) -> int:
     out.write_text(json.dumps(result, indent=2))
     print(format_groups(result))
     print(f"written: {out}")
-    del torch
+    return 0
+
+
+def cmd_analyze(args) -> int:
+    from .analysis.analyze import analyze_runs, angle_table, fisher_table, runs_table, write_analysis
+
+    out = Path(args.out) if args.out else Path(args.runs[0]) / "analysis"
+    results = analyze_runs(
+        args.runs, _overrides(args), split=args.split, device=args.device,
+        fisher_ridge=args.fisher_ridge, fisher_normalization=args.fisher_features,
+        log=lambda m: print(m, file=sys.stderr),
+    )
+    options = {"split": args.split, "fisher_ridge": args.fisher_ridge,
+               "fisher_normalization": args.fisher_features, "overrides": _overrides(args)}
+    files = write_analysis(results, out, options)
+    print(runs_table(results), angle_table(results), fisher_table(results), sep="\n\n")
+    print()
+    for kind, path in files.items():
+        if kind.split(":")[0].endswith("png"):
+            print(f"plot: {path}")
+    print(f"tables: {files['markdown']} (and .csv/.json beside it in {out})")
+    return 0
+
+
+def cmd_report(args) -> int:
+    from .analysis.report import expand_run_dirs, report_markdown, summarize_runs, write_report
+
+    rows = summarize_runs(expand_run_dirs(args.runs))
+    print(report_markdown(rows), end="")
+    if args.out:
+        md, table = write_report(rows, args.out)
+        print(f"\nwritten: {md}, {table}")
+    return 0
+
+
+def cmd_sweep(args) -> int:
+    from .analysis.sweep import describe_plan, plan_sweep, run_sweep, summarize_sweep
+
+    grid = [item for group in args.grid for item in group]
+    axes, points = plan_sweep(args.config, grid, _overrides(args), args.out)
+    print(describe_plan(points, points[0].config.name if points else "", _overrides(args)), flush=True)
+    if args.dry_run:
+        print("dry run: nothing trained")
+        return 0
+    try:
+        run_sweep(points)
+    except KeyboardInterrupt:
+        print("\nsweep interrupted; rerun the same command to resume (finished points are skipped)",
+              file=sys.stderr)
+        raise
+    summary = summarize_sweep(axes, points, args.out)
+    print()
+    print(summary["markdown"], end="")
+    for key in ("report", "csv", "plot"):
+        if key in summary:
+            print(f"{'plot' if key == 'plot' else 'written'}: {summary[key]}")
+    failed = [p for p in points if not p.finished]
+    if failed:
+        print(f"{len(failed)} grid point(s) did not finish: " + "; ".join(f"{p.name} ({p.error})" for p in failed),
+              file=sys.stderr)
+        return 1
     return 0
 
 
@@ -150,6 +204,62 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--epochs", type=int, default=0, help="override the presets' 30 epochs")
     p.add_argument("--seeds", type=int, default=3, help="seeds per method (default 3)")
     p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser(
+        "analyze",
+        help="feature angles, Fisher separability, per-class accuracy and confusion plots of runs",
+        description="Rebuild each run from its checkpoint, extract the pooled features of the "
+        "test set and report, side by side: the angle between each feature and its true class's "
+        "classifier weight per Many/Medium/Few group (mean and quartiles, violin plot; Fig. 4 of "
+        "the paper), Fisher separability per class and group (SPEC 6.3, Table 6), per-class "
+        "accuracy against training count (log x) and a confusion matrix per run. Writes "
+        "analysis.md, CSV and JSON tables and PNG plots to --out.",
+        epilog="example: dbm-ltr analyze runs/ce runs/dbm_ce --out runs/compare "
+        "--set data.root=../shared/data",
+    )
+    p.add_argument("runs", nargs="+", metavar="RUN_DIR", help="run directories (dbm-ltr train --out)")
+    p.add_argument("--out", help="output folder (default: RUN_DIR/analysis of the first run)")
+    p.add_argument("--split", choices=("test", "train"), default="test",
+                   help="samples to analyse (train: the long-tailed training set, no augmentation)")
+    p.add_argument("--device", help="cpu, cuda, cuda:N (default: the run's train.device)")
+    p.add_argument("--fisher-ridge", type=float, default=1e-6, metavar="R",
+                   help="Fisher regulariser eps = R * trace(S_i + S_j) / D (default 1e-6)")
+    p.add_argument("--fisher-features", choices=("raw", "l2"), default="raw",
+                   help="features for the Fisher criterion: raw (default) or L2-normalised")
+    _add_set(p)
+    p.set_defaults(func=cmd_analyze)
+
+    p = sub.add_parser(
+        "report",
+        help="table of top-1 and Many/Medium/Few per preset (mean +- std over seeds) vs the paper",
+        description="Read metrics.json of each run, group runs by preset, imbalance factor and "
+        "settings (seeds of one recipe are averaged: mean +- sample std, n) and print one "
+        "markdown table beside the paper's numbers and the difference. Our numbers are "
+        "final-epoch accuracies. A folder holding run directories stands for all of them.",
+        epilog="example: dbm-ltr report runs/ce_seed* runs/dbm_ce_seed* --out runs/report.md",
+    )
+    p.add_argument("runs", nargs="+", metavar="RUN_DIR", help="run directories (or folders of them)")
+    p.add_argument("--out", metavar="FILE.md", help="also write the table here (and FILE.csv)")
+    p.set_defaults(func=cmd_report)
+
+    p = sub.add_parser(
+        "sweep",
+        help="train one run per point of a grid of config values and report them together",
+        description="Train the cartesian product of --grid values, one run directory per point "
+        "(OUT/key=value,key=value), each exactly like dbm-ltr train. Every point is validated "
+        "before anything trains; finished points are skipped and unfinished ones resumed when "
+        "the sweep is rerun. At the end: a report of all points and, for a 2-key grid, a "
+        "heat map of top-1 (Fig. 3 style).",
+        epilog="example: dbm-ltr sweep --config cifar100_lt/dbm_bs --grid max_margin=0.1,0.2,0.3 "
+        "tau=0.5,1,1.5 --out runs/sweep --dry-run",
+    )
+    p.add_argument("--config", required=True, help="YAML file or preset name")
+    p.add_argument("--grid", action="append", nargs="+", required=True, metavar="KEY=V1,V2",
+                   help="grid axes; keys as for --set (section.key or a bare key naming one setting)")
+    p.add_argument("--out", required=True, help="folder of the run directories")
+    p.add_argument("--dry-run", action="store_true", help="print the planned runs and stop")
+    _add_set(p)
+    p.set_defaults(func=cmd_sweep)
     return parser
 
 

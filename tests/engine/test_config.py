@@ -59,6 +59,9 @@ def test_overrides_dotted_bare_and_yaml_values():
     (["optim.warmup_epochs=300"], r"warmup_epochs must be in \[0, epochs\]"),
     (["data.imbalance_factor=0.5"], r"imbalance_factor must be >= 1"),
     (["model.classifier=norm"], r"model.classifier must be linear or cosine"),
+    (["data.name=cifar10"], r"data.name: unknown 'cifar10' \(did you mean 'cifar10_lt'\?\)"),
+    (["model.name=resnet34"], r"model.name: unknown 'resnet34'.*valid: .*resnet32"),
+    (["data.augment=autoaugment"], r"data.augment: unknown 'autoaugment'"),
 ])
 def test_bad_configs_get_clear_errors(overrides, match):
     with pytest.raises(ConfigError, match=match):

@@ -32,7 +32,7 @@ def test_two_epoch_run_writes_a_complete_run_directory(fake_cifar10, tmp_path):
     assert load_config(run / "config.yaml").to_dict() == {**cfg.to_dict(), "name": "cifar10_lt/dbm_ce"}
 
 
-@pytest.mark.parametrize("preset", ["cifar10_lt/ce_drw", "cifar10_lt/ldam"])
+@pytest.mark.parametrize("preset", ["cifar10_lt/ce_drw", "cifar10_lt/ldam", "cifar10_lt/bcl", "cifar10_lt/ncl"])
 def test_other_methods_train(fake_cifar10, tmp_path, preset):
     cfg = load_config(preset, tiny_overrides(fake_cifar10, epochs=1) + ["loss.drw_epoch=1"] * (preset.endswith("drw")))
     metrics = Trainer(cfg, tmp_path / "run", log=quiet).fit()
@@ -50,10 +50,16 @@ def _interrupt_after(trainer, epochs_done):
     trainer.train_one_epoch = patched
 
 
-def test_resume_is_exact(fake_cifar10, tmp_path):
-    """Interrupted after epoch 1 and resumed == uninterrupted, to the last bit."""
+@pytest.mark.parametrize("preset,extra", [
+    ("cifar10_lt/dbm_drw", ["loss.drw_epoch=1"]),
+    ("cifar10_lt/dbm_bcl", ["optim.batch_size=64"]),
+    ("cifar10_lt/dbm_ncl", ["method.queue_size=64", "method.num_experts=2"]),
+])
+def test_resume_is_exact(fake_cifar10, tmp_path, preset, extra):
+    """Interrupted after epoch 1 and resumed == uninterrupted, to the last bit (model,
+    optimizer, BN statistics, NCL's queues and momentum encoders, the log)."""
     overrides = tiny_overrides(fake_cifar10, epochs=3) + ["train.deterministic=true"]
-    cfg = load_config("cifar10_lt/dbm_drw", overrides + ["loss.drw_epoch=1"])
+    cfg = load_config(preset, overrides + extra)
     straight = Trainer(cfg, tmp_path / "a", log=quiet)
     straight.fit()
 
@@ -68,6 +74,9 @@ def test_resume_is_exact(fake_cifar10, tmp_path):
 
     a, b = straight.method.state_dict(), resumed.method.state_dict()
     assert a.keys() == b.keys()
+    opt_a, opt_b = straight.optimizer.state_dict()["state"], resumed.optimizer.state_dict()["state"]
+    for key in opt_a:
+        assert torch.equal(opt_a[key]["momentum_buffer"], opt_b[key]["momentum_buffer"])
     for key in a:
         assert torch.equal(a[key], b[key]), key
     log_a = (tmp_path / "a" / "log.jsonl").read_text().splitlines()

@@ -1,8 +1,6 @@
-import math
 
 import pytest
 import torch
-import torch.nn.functional as F
 
 import reference as ref
 from dbm_ltr.losses import (

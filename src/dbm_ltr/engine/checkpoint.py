@@ -48,7 +48,7 @@ def load_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> dic
         state = torch.load(path, map_location=map_location, weights_only=False)
     except (RuntimeError, EOFError, pickle.UnpicklingError, zipfile.BadZipFile, ValueError) as err:
         raise CheckpointError(
-            f"{path} is not a readable checkpoint ({type(err).__name__}: {str(err)[:120]}); "
+            f"{path} is not a readable checkpoint ({type(err).__name__}: {str(err).splitlines()[0][:300]}); "
             "it may be truncated or corrupted: delete it and rerun without --resume, or resume "
             "from an intact copy"
         ) from None

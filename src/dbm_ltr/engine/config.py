@@ -30,6 +30,7 @@ __all__ = [
     "apply_overrides",
     "load_config",
     "preset_dir",
+    "resolve_override_key",
     "resolve_config_path",
 ]
 
@@ -298,6 +299,16 @@ def _check_values(config: Config) -> None:
     for ok, message in checks:
         if not ok:
             raise ConfigError(message)
+    from ..data import DATASET_INFO, list_transforms
+    from ..models import list_trunks
+
+    names = [
+        (d.name, sorted(DATASET_INFO), "data.name"),
+        (config.model.name, list_trunks(), "model.name"),
+    ] + ([(d.augment, list_transforms(), "data.augment")] if d.augment else [])
+    for value, valid, key in names:
+        if value not in valid:
+            raise ConfigError(f"{key}: unknown {value!r}{_suggest(value, valid)}; valid: {', '.join(valid)}")
 
 
 def _parse_override(item: str) -> tuple[str, Any]:
@@ -311,7 +322,7 @@ def _parse_override(item: str) -> tuple[str, Any]:
     return key.strip(), value
 
 
-def _resolve_key(full: dict, key: str) -> list[str]:
+def resolve_override_key(full: dict, key: str) -> list[str]:
     """``a.b`` as given, or a bare leaf name that appears in exactly one section of ``full``."""
     if "." in key:
         return key.split(".")
@@ -343,7 +354,7 @@ def apply_overrides(values: dict, overrides: list[str]) -> dict:
     values = copy.deepcopy(values)
     for item in overrides:
         key, value = _parse_override(item)
-        path = _resolve_key(config_from_dict(values, check_values=False).to_dict(), key)
+        path = resolve_override_key(config_from_dict(values, check_values=False).to_dict(), key)
         node = values
         for part in path[:-1]:
             node = node.setdefault(part, {})

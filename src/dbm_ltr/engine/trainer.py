@@ -34,7 +34,7 @@ from .config import Config, config_from_dict, save_config
 from .distributed import DistInfo, init_distributed, pick_device, shard_indices
 from .schedules import learning_rate
 
-__all__ = ["Trainer", "TrainingError", "build_method", "evaluate_method"]
+__all__ = ["Trainer", "TrainingError", "build_method", "evaluate_method", "restore_method"]
 
 CHECKPOINT = "checkpoint.pt"
 # Settings that may differ between a run and its resumption without changing the result.
@@ -80,10 +80,7 @@ def view_transform(config: Config, views: tuple[str, ...]):
 def load_datasets(config: Config, views: tuple[str, ...], train: bool = True) -> tuple[Dataset | None, Dataset]:
     """(train set with the method's views or ``None``, test set)."""
     d = config.data
-    if d.name not in DATASET_INFO:
-        # create_dataset names the valid choices
-        create_dataset(d.name, d.root, train=False)
-    info = DATASET_INFO[d.name]
+    info = DATASET_INFO[d.name]  # the name was checked with the config
     common = dict(imbalance_factor=d.imbalance_factor, download=d.download, seed=d.seed)
     train_set = (
         create_dataset(d.name, d.root, train=True, transform=view_transform(config, views), **common)
@@ -109,6 +106,34 @@ def build_method(config: Config, cls_num_list: list[int], num_classes: int) -> M
         loss_name=config.loss.name,
         **config.method.params,
     )
+
+
+def restore_method(
+    state: dict, overrides: list[str] | tuple[str, ...] = (), device: str | None = None,
+    source: str = "checkpoint",
+) -> tuple[Config, Method]:
+    """Rebuild the method of a checkpoint ``state`` from its own config (plus ``overrides``,
+    e.g. ``data.root=...``), load its weights and move it to ``device`` (default: the
+    config's), in eval mode."""
+    from .config import apply_overrides
+
+    missing = [k for k in ("config", "method", "cls_num_list", "epoch") if k not in state]
+    if missing:
+        raise CheckpointError(f"{source} lacks {', '.join(missing)}; it was not written by dbm-ltr train")
+    config = config_from_dict(apply_overrides(state["config"], list(overrides)))
+    if config.data.name not in DATASET_INFO:
+        raise CheckpointError(f"{source}: unknown data set {config.data.name!r} in its config")
+    counts = [int(n) for n in state["cls_num_list"]]
+    method = build_method(config, counts, DATASET_INFO[config.data.name]["num_classes"])
+    try:
+        method.load_state_dict(state["method"])
+    except RuntimeError as err:
+        raise CheckpointError(
+            f"{source} does not match its own config: {str(err).splitlines()[0][:200]}"
+        ) from None
+    method.to(pick_device(device or config.train.device))
+    method.eval()
+    return config, method
 
 
 def _autocast(device: torch.device, enabled: bool):
@@ -295,7 +320,7 @@ class Trainer:
 
     def _loader(self, epoch: int) -> DataLoader:
         o, d, t = self.config.optim, self.config.data, self.config.train
-        generator = torch.Generator().manual_seed(epoch_seed(t.seed, epoch))
+        generator = torch.Generator().manual_seed(epoch_seed(t.seed, epoch) + self.dist.rank)
         sampler = None
         if self.dist.enabled:
             from torch.utils.data.distributed import DistributedSampler
@@ -323,7 +348,7 @@ class Trainer:
         lr = learning_rate(epoch, o.lr, o.epochs, o.schedule, o.warmup_epochs, o.milestones, o.lr_decay)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
-        seed_everything(epoch_seed(t.seed, epoch))
+        seed_everything(epoch_seed(t.seed, epoch) + self.dist.rank)  # own stream per process
         loader = self._loader(epoch)
         self.method.train()
         loss_sum = torch.zeros((), dtype=torch.float64, device=self.device)

@@ -10,10 +10,14 @@ from __future__ import annotations
 import inspect
 
 from .base import Method, StepOutput, check_head_matches_loss
+from .bcl import BCLMethod
+from .ncl import NCLMethod
 from .standard import StandardMethod
 
 __all__ = [
+    "BCLMethod",
     "Method",
+    "NCLMethod",
     "StandardMethod",
     "StepOutput",
     "check_head_matches_loss",
@@ -77,3 +81,5 @@ def create_method(name: str, **kwargs) -> Method:
 
 
 register_method("standard", StandardMethod)
+register_method("bcl", BCLMethod)
+register_method("ncl", NCLMethod)

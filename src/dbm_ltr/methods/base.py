@@ -49,6 +49,12 @@ class Method(nn.Module):
         """Classifier weight vectors, one row per class ``(C, D)``."""
         raise NotImplementedError
 
+    @torch.no_grad()
+    def features_and_scores(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(features(images), predict(images))``; single-trunk methods override it to run
+        the trunk once."""
+        return self.features(images), self.predict(images)
+
 
 def check_head_matches_loss(classifier: str, loss: nn.Module, loss_name: str) -> None:
     """A margin loss needs raw cosines; a logit loss on raw cosines would train unscaled."""

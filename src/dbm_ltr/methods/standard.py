@@ -40,3 +40,8 @@ class StandardMethod(Method):
 
     def class_weights(self) -> torch.Tensor:
         return self.model.class_weights()
+
+    @torch.no_grad()
+    def features_and_scores(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        features = self.model.forward_features(images)
+        return features, self.model.head(features)

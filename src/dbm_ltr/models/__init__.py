@@ -15,6 +15,7 @@ from typing import Callable
 from torch import nn
 
 from .classifier import HEADS, TrunkClassifier, head_weights, make_head
+from .heads import mlp_head
 from .resnet_cifar import CifarResNet, resnet32, resnet56
 from .small import SmallConvNet
 
@@ -28,6 +29,7 @@ __all__ = [
     "head_weights",
     "list_trunks",
     "make_head",
+    "mlp_head",
     "register_trunk",
 ]
 

@@ -1,0 +1,237 @@
+"""``dbm-ltr report``: top-1 and Many / Medium / Few of runs, averaged over seeds, beside the
+paper's numbers.
+
+Runs are grouped by preset, imbalance factor and every other setting of their resolved config
+except the seed (and settings that do not change results: data root, workers, device, ...), so
+seeds of one recipe are averaged and, say, the points of a sweep stay apart. A group is
+labelled with the settings that tell it apart from the other groups of its preset.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import statistics
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+from .runs import CHECKPOINT, CONFIG, METRICS, RunError, flatten_config, read_metrics, read_run_config
+
+__all__ = [
+    "METRICS_REPORTED",
+    "ReportRow",
+    "expand_run_dirs",
+    "report_csv",
+    "report_markdown",
+    "summarize_runs",
+    "write_report",
+]
+
+#: Metrics of the report, in column order (keys of metrics.json).
+METRICS_REPORTED = ("top1", "many", "medium", "few")
+_TITLES = {"top1": "top-1", "many": "many", "medium": "medium", "few": "few"}
+
+#: Config keys that do not separate groups: the seed (averaged over) and settings that do not
+#: change the result (as the engine's resume check, plus the evaluation frequency).
+IGNORED_SETTINGS = frozenset({
+    "name", "paper", "train.seed", "data.root", "data.workers", "data.download",
+    "data.eval_batch_size", "train.progress", "train.device", "train.eval_every",
+})
+
+
+@dataclass
+class ReportRow:
+    """One group of runs (seeds of one recipe)."""
+
+    preset: str
+    imbalance_factor: float | None
+    settings: str  # what tells this group apart from others of its preset ("" if nothing)
+    runs: list[str]
+    seeds: list[Any]
+    values: dict[str, list[float]]  # metric -> one value per run that has it
+    paper: dict[str, float]  # metric -> the paper's number (only those it reports)
+    paper_source: str = ""
+    epochs: list[int] = field(default_factory=list)
+
+    @property
+    def n(self) -> int:
+        return len(self.runs)
+
+    def mean(self, metric: str) -> float | None:
+        v = self.values.get(metric) or []
+        return statistics.fmean(v) if v else None
+
+    def std(self, metric: str) -> float | None:
+        """Sample standard deviation over seeds (``None`` for a single run)."""
+        v = self.values.get(metric) or []
+        return statistics.stdev(v) if len(v) > 1 else None
+
+    def diff(self, metric: str) -> float | None:
+        """Ours (mean) minus the paper."""
+        m, p = self.mean(metric), self.paper.get(metric)
+        return None if m is None or p is None else m - p
+
+
+def expand_run_dirs(paths: Sequence[str | Path]) -> list[Path]:
+    """Run directories from the arguments: a run directory stays; a folder that is not a run
+    but holds run directories (e.g. a sweep's or the demo's ``--out``) stands for them."""
+    out: list[Path] = []
+    for p in paths:
+        path = Path(p)
+        markers = (CONFIG, CHECKPOINT, METRICS)
+        if path.is_dir() and not any((path / m).is_file() for m in markers):
+            children = sorted(
+                c for c in path.iterdir() if c.is_dir() and any((c / m).is_file() for m in markers)
+            )
+            if children:
+                out.extend(children)
+                continue
+        out.append(path)
+    return out
+
+
+def _settings_signature(config: dict | None) -> tuple:
+    if config is None:
+        return ()
+    flat = flatten_config(config)
+    return tuple(sorted((k, json.dumps(v, sort_keys=True, default=str)) for k, v in flat.items()
+                        if k not in IGNORED_SETTINGS))
+
+
+def _format_value(value: str) -> str:
+    parsed = json.loads(value)
+    return parsed if isinstance(parsed, str) else json.dumps(parsed)
+
+
+def summarize_runs(run_dirs: Sequence[str | Path]) -> list[ReportRow]:
+    """Group runs (seeds of one recipe) and collect their metrics; every directory is read
+    before anything is returned, so one unfinished run stops the report with its name."""
+    if not run_dirs:
+        raise ValueError("no run directories given")
+    loaded = []
+    for run in run_dirs:
+        metrics = read_metrics(run)
+        config = read_run_config(run)
+        preset = metrics.get("preset") or (config or {}).get("name") or Path(run).name
+        imbalance = metrics.get("imbalance_factor")
+        if imbalance is None and config:
+            imbalance = (config.get("data") or {}).get("imbalance_factor")
+        seed = ((config or {}).get("train") or {}).get("seed")
+        loaded.append((str(run), metrics, preset, imbalance, seed, _settings_signature(config)))
+
+    groups: dict[tuple, list] = {}
+    for item in loaded:
+        _, _, preset, imbalance, _, signature = item
+        groups.setdefault((preset, imbalance, signature), []).append(item)
+
+    # label each group by the settings that differ between groups of the same preset and IF
+    by_preset: dict[tuple, list[tuple]] = {}
+    for key in groups:
+        by_preset.setdefault(key[:2], []).append(key[2])
+    labels: dict[tuple, str] = {}
+    for head, signatures in by_preset.items():
+        dicts = [dict(s) for s in signatures]
+        varying = sorted({k for d in dicts for k in d if len({dd.get(k) for dd in dicts}) > 1})
+        for signature, d in zip(signatures, dicts):
+            labels[(*head, signature)] = ", ".join(
+                f"{k}={_format_value(d[k]) if k in d else '-'}" for k in varying
+            )
+
+    rows = []
+    for key, items in groups.items():
+        preset, imbalance, _ = key
+        paper = next((m.get("paper") for _, m, *_ in items if m.get("paper")), None) or {}
+        rows.append(ReportRow(
+            preset=str(preset),
+            imbalance_factor=imbalance,
+            settings=labels[key],
+            runs=[run for run, *_ in items],
+            seeds=[seed for *_, seed, _ in items],
+            values={m: [float(metrics[m]) for _, metrics, *_ in items if metrics.get(m) is not None]
+                    for m in METRICS_REPORTED},
+            paper={m: float(paper[m]) for m in METRICS_REPORTED if paper.get(m) is not None},
+            paper_source=str(paper.get("source", "")),
+            epochs=[metrics.get("epoch") for _, metrics, *_ in items],
+        ))
+    return rows
+
+
+def _fmt(value: float | None, signed: bool = False) -> str:
+    if value is None:
+        return "-"
+    return f"{value:+.2f}" if signed else f"{value:.2f}"
+
+
+def _cell(row: ReportRow, metric: str) -> str:
+    mean, std = row.mean(metric), row.std(metric)
+    if mean is None:
+        return "-"
+    return f"{mean:.2f} +- {std:.2f}" if std is not None else f"{mean:.2f}"
+
+
+def _if_text(value) -> str:
+    return "-" if value is None else f"{float(value):g}"
+
+
+def report_markdown(rows: Sequence[ReportRow], title: str = "") -> str:
+    """One markdown table: per group, ours (mean +- std over seeds, final epoch), the paper's
+    number and the difference for top-1 and Many / Medium / Few."""
+    with_settings = any(r.settings for r in rows)
+    header = ["preset", "IF"] + (["settings"] if with_settings else []) + ["n"]
+    for m in METRICS_REPORTED:
+        header += [f"{_TITLES[m]} ours (final epoch)", f"{_TITLES[m]} paper", f"{_TITLES[m]} diff"]
+    lines = []
+    if title:
+        lines += [f"# {title}", ""]
+    lines += [
+        "Accuracy (%) on the test set. Ours: final-epoch numbers, mean +- sample std over the "
+        "n seeds of each recipe (no +- for a single run). Paper: the paper's number for the "
+        "preset and imbalance factor (the original code reports the best test epoch); diff = "
+        "ours - paper.",
+        "",
+        "| " + " | ".join(header) + " |",
+        "|" + "|".join(["---"] * len(header)) + "|",
+    ]
+    for r in rows:
+        cells = [r.preset, _if_text(r.imbalance_factor)] + ([r.settings or "-"] if with_settings else []) + [str(r.n)]
+        for m in METRICS_REPORTED:
+            cells += [_cell(r, m), _fmt(r.paper.get(m)), _fmt(r.diff(m), signed=True)]
+        lines.append("| " + " | ".join(cells) + " |")
+    sources = sorted({r.paper_source for r in rows if r.paper_source})
+    if sources:
+        lines += ["", "Paper: " + "; ".join(sources)]
+    for r in rows:
+        known = [s for s in r.seeds if s is not None]
+        if len(set(known)) < len(known):
+            lines += ["", f"Note: {r.preset} (IF {_if_text(r.imbalance_factor)}) averages runs that "
+                      f"share a seed (seeds {', '.join(str(s) for s in r.seeds)})."]
+    return "\n".join(lines) + "\n"
+
+
+def report_csv(rows: Sequence[ReportRow], path: str | Path) -> Path:
+    """The report as CSV: one line per group, ``<metric>_mean/_std/_paper/_diff`` columns."""
+    path = Path(path)
+    header = ["preset", "imbalance_factor", "settings", "n", "seeds", "epochs", "runs"]
+    for m in METRICS_REPORTED:
+        header += [f"{m}_mean", f"{m}_std", f"{m}_paper", f"{m}_diff"]
+    with open(path, "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(header)
+        for r in rows:
+            line = [r.preset, "" if r.imbalance_factor is None else r.imbalance_factor, r.settings, r.n,
+                    ";".join(str(s) for s in r.seeds), ";".join(str(e) for e in r.epochs), ";".join(r.runs)]
+            for m in METRICS_REPORTED:
+                line += ["" if v is None else v for v in (r.mean(m), r.std(m), r.paper.get(m), r.diff(m))]
+            writer.writerow(line)
+    return path
+
+
+def write_report(rows: Sequence[ReportRow], out: str | Path, title: str = "") -> tuple[Path, Path]:
+    """Write ``out`` (markdown) and the CSV next to it (same name, ``.csv``)."""
+    out = Path(out)
+    if out.suffix.lower() != ".md":
+        raise RunError(f"--out {out}: the report is markdown; name it *.md (a .csv is written next to it)")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(report_markdown(rows, title))
+    return out, report_csv(rows, out.with_suffix(".csv"))

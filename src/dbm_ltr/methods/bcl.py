@@ -1,0 +1,87 @@
+"""BCL: balanced contrastive learning (Zhu et al., CVPR 2022), with or without DBM (SPEC 2.5).
+
+Three views per image go through the trunk as one ``3B`` batch (shared BatchNorm statistics):
+the classifier sees view 1 (regular augmentation), the projection head views 2 and 3
+(SimCLR-style). A prototype head maps the raw classifier weight vectors to class prototypes.
+
+``loss = alpha * L_cls(head(f_1), y) + beta * L_BSC(proj(f_2, f_3), prototypes)``, where
+``L_cls`` is the configured loss: balanced softmax for BCL, DBM with base ``bs`` for DBM-BCL.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..losses.contrastive import balanced_contrastive_loss
+from ..models import create_model, mlp_head
+from .base import Method, StepOutput, check_head_matches_loss
+
+__all__ = ["BCLMethod"]
+
+
+class BCLMethod(Method):
+    views = ("regular", "contrastive", "contrastive")
+
+    def __init__(
+        self,
+        model: nn.Module,
+        loss: nn.Module,
+        alpha: float = 2.0,
+        beta: float = 0.6,
+        temperature: float = 0.1,
+        hidden_dim: int = 512,
+        proj_dim: int = 128,
+    ) -> None:
+        super().__init__()
+        if alpha < 0 or beta < 0:
+            raise ValueError(f"BCL weights must be >= 0, got alpha={alpha}, beta={beta}")
+        self.model = model
+        self.loss = loss
+        self.alpha, self.beta, self.temperature = float(alpha), float(beta), float(temperature)
+        dim = model.trunk.out_features
+        self.projection = mlp_head(dim, hidden_dim, proj_dim, batchnorm=True)
+        self.prototype = mlp_head(dim, hidden_dim, proj_dim, batchnorm=True)
+
+    @classmethod
+    def build(
+        cls, *, trunk: str, classifier: str, num_classes: int, loss: nn.Module, loss_name: str,
+        alpha: float = 2.0, beta: float = 0.6, temperature: float = 0.1, hidden_dim: int = 512,
+        proj_dim: int = 128, **_: object,
+    ) -> "BCLMethod":
+        check_head_matches_loss(classifier, loss, loss_name)
+        model = create_model(trunk, num_classes, classifier)
+        return cls(model, loss, alpha, beta, temperature, hidden_dim, proj_dim)
+
+    def prototypes(self) -> torch.Tensor:
+        """L2-normalised class prototypes ``(C, proj_dim)`` from the raw classifier weights."""
+        return F.normalize(self.prototype(self.model.class_weights()), dim=1)
+
+    def forward(self, images, targets: torch.Tensor, epoch: int) -> StepOutput:
+        if not isinstance(images, (list, tuple)) or len(images) != 3:
+            raise ValueError("BCL trains on three views per image (regular, contrastive x2)")
+        batch = targets.shape[0]
+        features = self.model.trunk(torch.cat(list(images)))
+        scores = self.model.head(features[:batch])
+        cls_loss = self.loss(scores, targets, epoch=epoch)
+        anchors = F.normalize(self.projection(features[batch:]), dim=1)
+        bsc = balanced_contrastive_loss(
+            anchors.float(), targets.repeat(2), self.prototypes().float(), self.temperature
+        )
+        return StepOutput(self.alpha * cls_loss + self.beta * bsc, scores)
+
+    @torch.no_grad()
+    def predict(self, images: torch.Tensor) -> torch.Tensor:
+        return self.model(images)
+
+    def features(self, images: torch.Tensor) -> torch.Tensor:
+        return self.model.forward_features(images)
+
+    def class_weights(self) -> torch.Tensor:
+        return self.model.class_weights()
+
+    @torch.no_grad()
+    def features_and_scores(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        features = self.model.forward_features(images)
+        return features, self.model.head(features)

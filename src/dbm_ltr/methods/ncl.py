@@ -1,0 +1,184 @@
+"""NCL: nested collaborative learning (Li et al., CVPR 2022), with or without DBM (SPEC 2.6).
+
+Several experts, each a full trunk with its own classifier, see the same two views of every
+image (regular ``x_p`` and SimCLR-style ``x_k``). Per expert ``i`` with raw classifier output
+``r_i`` (cosines for DBM, logits otherwise):
+
+* balanced logits ``a_i = z_i + log n_c``, ``z_i`` the DBM margin logits of ``r_i`` (DBM-NCL) or
+  ``r_i`` itself (NCL); hard-category logits ``a_i^H = a_i * M``, with ``M`` mined once from
+  expert 0's raw output (unselected classes get logit 0, as in the reference code);
+* ``CE(a_i) + CE(a_i^H)`` and a MoCo term (query head on the expert's feature of ``x_p``, key
+  from a momentum copy of the expert on ``x_k``, a queue of negatives);
+* nested balanced online distillation over ``{a_i}`` and over ``{a_i^H}``.
+
+Prediction averages the experts' raw outputs.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch import nn
+
+from ..losses import BalancedLoss, MarginLoss, class_counts
+from ..losses.ncl import hard_category_mask, moco_loss, nested_balanced_online_distillation
+from ..models import create_model, create_trunk, mlp_head
+from .base import Method, StepOutput, check_head_matches_loss
+
+__all__ = ["NCLMethod"]
+
+KEY_INITS = ("copy", "random")
+KEY_HEADS = ("ema", "frozen")
+
+
+def _gather(tensor: torch.Tensor) -> torch.Tensor:
+    """All processes' keys, so every process enqueues the same ones (identity without DDP)."""
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return tensor
+    parts = [torch.empty_like(tensor) for _ in range(dist.get_world_size())]
+    dist.all_gather(parts, tensor.contiguous())
+    return torch.cat(parts)
+
+
+class NCLMethod(Method):
+    views = ("regular", "contrastive")
+
+    def __init__(
+        self,
+        experts: list[nn.Module],
+        key_trunks: list[nn.Module],
+        loss: nn.Module,
+        cls_num_list: list[int],
+        hard_fraction: float = 0.3,
+        distill_weight: float = 0.6,
+        queue_size: int = 1024,
+        moco_dim: int = 64,
+        moco_temperature: float = 0.2,
+        moco_momentum: float = 0.999,
+        key_init: str = "copy",
+        key_head: str = "ema",
+    ) -> None:
+        super().__init__()
+        if not isinstance(loss, (BalancedLoss, MarginLoss)) or loss.base != "bs":
+            raise ValueError(
+                "NCL trains on balanced logits: use loss 'bs' (NCL) or loss 'dbm' with base 'bs' "
+                "(DBM-NCL)"
+            )
+        if key_init not in KEY_INITS or key_head not in KEY_HEADS:
+            raise ValueError(
+                f"key_init must be one of {KEY_INITS} and key_head one of {KEY_HEADS}, got "
+                f"{key_init!r}, {key_head!r}"
+            )
+        if not 0.0 <= moco_momentum <= 1.0:
+            raise ValueError(f"moco_momentum must be in [0, 1], got {moco_momentum}")
+        if not 0 < hard_fraction <= 1:
+            raise ValueError(f"hard_fraction must be in (0, 1], got {hard_fraction}")
+        # k = 30 for CIFAR-100, 3 for CIFAR-10 (and 300 / 2442 for ImageNet-LT / iNat)
+        self.hard_k = max(1, int(hard_fraction * len(cls_num_list)))
+        self.experts = nn.ModuleList(experts)
+        self.loss = loss
+        self.distill_weight = float(distill_weight)
+        self.moco_temperature = float(moco_temperature)
+        self.moco_momentum = float(moco_momentum)
+        self.key_head_mode = key_head
+        dim = experts[0].trunk.out_features
+        self.query_heads = nn.ModuleList(mlp_head(dim, dim, moco_dim) for _ in experts)
+        self.key_trunks = nn.ModuleList(key_trunks)
+        if key_init == "copy":  # MoCo: the key encoder starts as the query encoder
+            self.key_heads = nn.ModuleList(copy.deepcopy(h) for h in self.query_heads)
+        else:  # reference code: separately initialised (and, with key_head="frozen", fixed)
+            self.key_heads = nn.ModuleList(mlp_head(dim, dim, moco_dim) for _ in experts)
+        for p in list(self.key_trunks.parameters()) + list(self.key_heads.parameters()):
+            p.requires_grad_(False)
+        queue = F.normalize(torch.randn(len(experts), queue_size, moco_dim), dim=2)
+        self.register_buffer("queues", queue)
+        self.register_buffer("queue_ptr", torch.zeros(len(experts), dtype=torch.long))
+        self.register_buffer("log_counts", class_counts(cls_num_list).log().float(), persistent=False)
+
+    @classmethod
+    def build(
+        cls, *, trunk: str, classifier: str, num_classes: int, cls_num_list: list[int],
+        loss: nn.Module, loss_name: str, num_experts: int = 3, hard_fraction: float = 0.3,
+        distill_weight: float = 0.6, queue_size: int = 1024, moco_dim: int = 64,
+        moco_temperature: float = 0.2, moco_momentum: float = 0.999, key_init: str = "copy",
+        key_head: str = "ema", **_: object,
+    ) -> "NCLMethod":
+        check_head_matches_loss(classifier, loss, loss_name)
+        if num_experts < 1:
+            raise ValueError(f"num_experts must be >= 1, got {num_experts}")
+        experts = [create_model(trunk, num_classes, classifier) for _ in range(num_experts)]
+        if key_init == "copy":
+            key_trunks = [copy.deepcopy(e.trunk) for e in experts]
+        else:
+            key_trunks = [create_trunk(trunk) for _ in experts]
+        return cls(
+            experts, key_trunks, loss, cls_num_list, hard_fraction, distill_weight, queue_size, moco_dim,
+            moco_temperature, moco_momentum, key_init, key_head,
+        )
+
+    @torch.no_grad()
+    def _momentum_update(self) -> None:
+        m = self.moco_momentum
+        pairs = list(zip(self.experts, self.key_trunks, self.query_heads, self.key_heads))
+        for expert, key_trunk, query_head, key_head in pairs:
+            sources = [(expert.trunk, key_trunk)]
+            if self.key_head_mode == "ema":
+                sources.append((query_head, key_head))
+            for src, dst in sources:
+                for p_src, p_dst in zip(src.parameters(), dst.parameters()):
+                    p_dst.mul_(m).add_(p_src.detach(), alpha=1.0 - m)
+
+    @torch.no_grad()
+    def _enqueue(self, expert: int, keys: torch.Tensor) -> None:
+        keys = _gather(keys)
+        size = self.queues.shape[1]
+        index = (self.queue_ptr[expert] + torch.arange(keys.shape[0], device=keys.device)) % size
+        self.queues[expert, index] = keys.to(self.queues.dtype)
+        self.queue_ptr[expert] = (self.queue_ptr[expert] + keys.shape[0]) % size
+
+    def balanced_logits(self, raw: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """``a = z + log n_c``: DBM margin logits of the cosines, or the linear logits."""
+        z = self.loss.margin_logits(raw, targets) if isinstance(self.loss, MarginLoss) else raw.float()
+        return z + self.log_counts
+
+    def forward(self, images, targets: torch.Tensor, epoch: int) -> StepOutput:
+        if not isinstance(images, (list, tuple)) or len(images) != 2:
+            raise ValueError("NCL trains on two views per image (regular, contrastive)")
+        x_p, x_k = images
+        self._momentum_update()  # before the optimizer step, as MoCo does
+        features = [expert.trunk(x_p) for expert in self.experts]
+        raws = [expert.head(f) for expert, f in zip(self.experts, features)]
+        mask = hard_category_mask(raws[0], targets, self.hard_k)
+        full = [self.balanced_logits(r, targets) for r in raws]
+        hard = [a * mask for a in full]
+        ce = sum(F.cross_entropy(a, targets) for a in full)
+        hcm = sum(F.cross_entropy(a, targets) for a in hard)
+        contrastive = full[0].new_zeros(())
+        for i, f in enumerate(features):
+            query = F.normalize(self.query_heads[i](f), dim=1)
+            with torch.no_grad():
+                key = F.normalize(self.key_heads[i](self.key_trunks[i](x_k)), dim=1)
+            contrastive = contrastive + moco_loss(
+                query.float(), key.float(), self.queues[i].clone(), self.moco_temperature
+            )
+            self._enqueue(i, key)
+        distill = nested_balanced_online_distillation(full, self.distill_weight) + (
+            nested_balanced_online_distillation(hard, self.distill_weight)
+        )
+        loss = ce + hcm + contrastive + distill
+        return StepOutput(loss, torch.stack(raws).float().mean(dim=0))
+
+    @torch.no_grad()
+    def predict(self, images: torch.Tensor) -> torch.Tensor:
+        return torch.stack([expert(images).float() for expert in self.experts]).mean(dim=0)
+
+    def features(self, images: torch.Tensor) -> torch.Tensor:
+        """Features of expert 0 (each expert has its own feature space)."""
+        return self.experts[0].forward_features(images)
+
+    def class_weights(self) -> torch.Tensor:
+        """Classifier weights of expert 0."""
+        return self.experts[0].class_weights()

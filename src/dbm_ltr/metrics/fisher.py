@@ -1,0 +1,177 @@
+"""Inter-class separability by the Fisher criterion (SPEC 6.3, Table 6 of the paper).
+
+For every ordered class pair ``(i, j)``, ``i != j``, with class means ``mu`` and population
+covariances ``S`` (ddof 0) of the features::
+
+    eps  = ridge * trace(S_i + S_j) / D
+    w_ij = (S_i + S_j + eps I)^-1 (mu_i - mu_j)
+    a, b = F_i w_ij, F_j w_ij                                  (projections)
+    J_ij = (mean(a) - mean(b))^2 / (var(a) + var(b))           (population variances)
+
+Because ``mean(a) - mean(b) = (mu_i - mu_j)^T w`` and ``var(a) + var(b) = w^T (S_i + S_j) w``
+exactly, the projections are never formed: per-class means and covariances are computed once and
+the pairs are solved in batches. ``J_ij = J_ji``, so only ``i < j`` is solved. With
+``eps -> 0``, ``J_ij = (mu_i - mu_j)^T (S_i + S_j)^-1 (mu_i - mu_j)``.
+
+Class separability ``S_i = mean_{j != i} J_ij``; a group's score is the mean of ``S_i`` over
+its classes (Many / Medium / Few by training count), ``all`` the mean over every class.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+
+from .accuracy import GROUPS, group_of
+
+__all__ = ["FEATURE_NORMALIZATIONS", "class_moments", "fisher_pairwise", "fisher_separability"]
+
+#: ``raw``: features as the classifier sees them (SPEC default); ``l2``: each row scaled to unit norm.
+FEATURE_NORMALIZATIONS = ("raw", "l2")
+
+# Bytes of (D, D) float64 matrices solved at once; bounds memory for many classes / wide features.
+_CHUNK_BYTES = 8 * 2**20
+
+
+def _prepare(features: torch.Tensor, labels: torch.Tensor, normalization: str):
+    if normalization not in FEATURE_NORMALIZATIONS:
+        raise ValueError(
+            f"unknown feature normalization {normalization!r}; choose one of "
+            f"{', '.join(FEATURE_NORMALIZATIONS)}"
+        )
+    f = torch.as_tensor(features).detach().cpu().double()
+    y = torch.as_tensor(labels).detach().cpu().long().reshape(-1)
+    if f.ndim != 2:
+        raise ValueError(f"features must be (N, D), got shape {tuple(f.shape)}")
+    if y.numel() != f.shape[0]:
+        raise ValueError(f"{y.numel()} labels for {f.shape[0]} features")
+    if normalization == "l2":
+        f = torch.nn.functional.normalize(f, dim=1, eps=1e-12)
+    return f, y
+
+
+def class_moments(
+    features: torch.Tensor, labels: torch.Tensor, num_classes: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Per-class sample counts ``(C,)``, means ``(C, D)`` and population covariances
+    ``(C, D, D)`` (float64; zeros for a class without samples)."""
+    f = torch.as_tensor(features).double()
+    y = torch.as_tensor(labels).long().reshape(-1)
+    if y.numel() and (int(y.min()) < 0 or int(y.max()) >= num_classes):
+        raise ValueError(f"labels outside 0..{num_classes - 1}")
+    d = f.shape[1]
+    counts = torch.bincount(y, minlength=num_classes).double()
+    means = torch.zeros(num_classes, d, dtype=torch.float64).index_add_(0, y, f)
+    means /= counts.clamp(min=1).unsqueeze(1)
+    covs = torch.zeros(num_classes, d, d, dtype=torch.float64)
+    order = torch.argsort(y, stable=True)
+    f_sorted = f.index_select(0, order)
+    start = 0
+    for c, n in enumerate(counts.long().tolist()):
+        if n:
+            centred = f_sorted[start:start + n] - means[c]
+            covs[c] = centred.T @ centred / n
+        start += n
+    return counts, means, covs
+
+
+def fisher_pairwise(
+    features: torch.Tensor,
+    labels: torch.Tensor,
+    num_classes: int,
+    ridge: float = 1e-6,
+    normalization: str = "raw",
+    min_samples: int = 2,
+) -> torch.Tensor:
+    """The ``(C, C)`` matrix of Fisher criteria ``J_ij`` (float64, symmetric).
+
+    The diagonal and every pair involving a class with fewer than ``min_samples`` samples is
+    ``nan``. A pair whose projected variances are both zero gets ``inf`` (``nan`` if the means
+    coincide too).
+
+    Args:
+        features: ``(N, D)`` features.
+        labels: ``(N,)`` classes in ``0..num_classes-1``.
+        num_classes: ``C``.
+        ridge: ``eps = ridge * trace(S_i + S_j) / D`` (``ridge`` itself if the trace is 0).
+        normalization: ``"raw"`` or ``"l2"`` (unit-norm feature rows), see
+            :data:`FEATURE_NORMALIZATIONS`.
+        min_samples: classes with fewer evaluation samples are left out.
+    """
+    if not ridge >= 0:
+        raise ValueError(f"ridge must be >= 0, got {ridge}")
+    f, y = _prepare(features, labels, normalization)
+    counts, means, covs = class_moments(f, y, num_classes)
+    d = f.shape[1]
+    result = torch.full((num_classes, num_classes), float("nan"), dtype=torch.float64)
+    valid = (counts >= max(min_samples, 1)).nonzero().flatten()
+    if valid.numel() < 2:
+        return result
+    pairs = torch.combinations(valid, r=2)  # (P, 2), i < j
+    eye = torch.eye(d, dtype=torch.float64)
+    chunk = max(1, _CHUNK_BYTES // (8 * d * d))
+    for start in range(0, pairs.shape[0], chunk):
+        i, j = pairs[start:start + chunk].unbind(1)
+        pooled = covs[i] + covs[j]  # (P, D, D)
+        diff = means[i] - means[j]  # (P, D)
+        trace = pooled.diagonal(dim1=1, dim2=2).sum(dim=1)
+        eps = ridge * torch.where(trace > 0, trace / d, torch.ones_like(trace))
+        system = pooled + eps.view(-1, 1, 1) * eye
+        if ridge > 0:  # symmetric positive definite
+            w = torch.linalg.solve(system, diff)
+        else:  # may be singular: least-squares (minimum-norm) direction
+            w = torch.linalg.lstsq(system, diff.unsqueeze(2)).solution.squeeze(2)
+        between = (diff * w).sum(dim=1) ** 2
+        within = (torch.bmm(pooled, w.unsqueeze(2)).squeeze(2) * w).sum(dim=1)
+        j_val = between / within
+        result[i, j] = j_val
+        result[j, i] = j_val
+    return result
+
+
+def fisher_separability(
+    features: torch.Tensor,
+    labels: torch.Tensor,
+    cls_num_list: Sequence[int],
+    ridge: float = 1e-6,
+    normalization: str = "raw",
+    min_samples: int = 2,
+    many_threshold: int = 100,
+    few_threshold: int = 20,
+) -> dict:
+    """Fisher separability per class and per Many / Medium / Few group (SPEC 6.3).
+
+    Args:
+        features: ``(N, D)`` evaluation features.
+        labels: ``(N,)`` their classes.
+        cls_num_list: *training* images per class (defines ``C`` and the groups).
+        ridge, normalization, min_samples: see :func:`fisher_pairwise`.
+
+    Returns:
+        ``{"per_class": [S_i or None], "many", "medium", "few", "all": mean of S_i or None,
+        "classes_used": int}``. ``S_i`` averages ``J_ij`` over the other classes that have
+        enough samples; a class without enough samples (or a group without classes) is
+        ``None`` and left out of the means.
+
+    Example:
+        >>> f = torch.tensor([[0.0], [2.0], [10.0], [12.0]])
+        >>> fisher_separability(f, torch.tensor([0, 0, 1, 1]), [500, 5], ridge=0)["all"]
+        50.0
+    """
+    num_classes = len(cls_num_list)
+    pairwise = fisher_pairwise(features, labels, num_classes, ridge, normalization, min_samples)
+    finite_or_inf = ~torch.isnan(pairwise)
+    per_class = []
+    for c in range(num_classes):
+        row = pairwise[c][finite_or_inf[c]]
+        per_class.append(row.mean().item() if row.numel() else None)
+    groups = [group_of(int(n), many_threshold, few_threshold) for n in cls_num_list]
+    out: dict = {"per_class": per_class}
+    for g in GROUPS:
+        values = [s for s, gc in zip(per_class, groups) if gc == g and s is not None]
+        out[g] = sum(values) / len(values) if values else None
+    used = [s for s in per_class if s is not None]
+    out["all"] = sum(used) / len(used) if used else None
+    out["classes_used"] = len(used)
+    return out

@@ -1,0 +1,36 @@
+"""Helpers of the analysis tests: tiny real runs on fake CIFAR-10 and hand-made run folders."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import yaml
+
+
+def tiny_overrides(root, epochs=1) -> list[str]:
+    """A seconds-long CIFAR-10-LT run on the fake set: IF 10 (159 train images), 100 test."""
+    return [
+        f"data.root={root}", f"optim.epochs={epochs}", "optim.warmup_epochs=1",
+        "data.imbalance_factor=10", "data.workers=0", "optim.batch_size=32",
+        "train.progress=false", "data.eval_batch_size=100",
+    ]
+
+
+def write_run(path: Path, preset: str, seed: int, top1, many=None, medium=None, few=None,
+              imbalance_factor=100, paper=None, loss=None, metrics=True) -> Path:
+    """A run directory written by hand: config.yaml (+ metrics.json)."""
+    from dbm_ltr.engine import load_config
+
+    config = load_config(preset, [f"train.seed={seed}", f"data.imbalance_factor={imbalance_factor}"]
+                         + [f"loss.{k}={v}" for k, v in (loss or {}).items()])
+    path.mkdir(parents=True, exist_ok=True)
+    (path / "config.yaml").write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
+    if metrics:
+        (path / "metrics.json").write_text(json.dumps({
+            "top1": top1, "many": many, "medium": medium, "few": few, "per_class": [],
+            "epoch": 200, "reported": "final epoch", "preset": preset,
+            "imbalance_factor": float(imbalance_factor), "cls_num_list": [], "classes": [],
+            "paper": paper,
+        }))
+    return path

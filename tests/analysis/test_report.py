@@ -1,0 +1,98 @@
+import csv
+import statistics
+
+import pytest
+
+from analysis_helpers import write_run
+from dbm_ltr import cli
+from dbm_ltr.analysis import RunError, report_markdown, summarize_runs
+from dbm_ltr.analysis.report import expand_run_dirs
+
+DBM_BS_PAPER = {"top1": 51.3, "many": 67.29, "medium": 50.8, "few": 33.23, "source": "Table 2"}
+BS_PAPER = {"top1": 49.35, "many": 65.77, "medium": 50.14, "few": 29.27, "source": "Table 2"}
+
+
+@pytest.fixture
+def runs(tmp_path):
+    """Two seeds of DBM-BS and one of BS on CIFAR-100-LT IF 100, written by hand."""
+    return [
+        write_run(tmp_path / "dbm_bs_s0", "cifar100_lt/dbm_bs", 0, 50.0, 66.0, 50.0, 30.0, paper=DBM_BS_PAPER),
+        write_run(tmp_path / "bs_s0", "cifar100_lt/bs", 0, 48.0, 65.0, 49.0, 27.5, paper=BS_PAPER),
+        write_run(tmp_path / "dbm_bs_s1", "cifar100_lt/dbm_bs", 1, 52.0, 68.0, 51.0, 34.0, paper=DBM_BS_PAPER),
+    ]
+
+
+def test_seeds_are_averaged_beside_the_paper(runs):
+    rows = summarize_runs(runs)
+    assert [(r.preset, r.imbalance_factor, r.n) for r in rows] == [
+        ("cifar100_lt/dbm_bs", 100.0, 2), ("cifar100_lt/bs", 100.0, 1)]
+    dbm, bs = rows
+    assert dbm.seeds == [0, 1] and dbm.settings == ""
+    assert dbm.mean("top1") == pytest.approx(51.0)
+    assert dbm.std("top1") == pytest.approx(statistics.stdev([50.0, 52.0]))  # sample std, 1.414
+    assert dbm.mean("few") == pytest.approx(32.0) and dbm.std("few") == pytest.approx(2 ** 1.5)
+    assert dbm.paper["top1"] == 51.3 and dbm.diff("top1") == pytest.approx(-0.3)
+    assert dbm.diff("many") == pytest.approx(67.0 - 67.29)
+    assert bs.std("top1") is None and bs.diff("top1") == pytest.approx(48.0 - 49.35)
+
+    text = report_markdown(rows)
+    assert "final-epoch" in text and "final epoch" in text.splitlines()[2]  # header says so
+    assert "| cifar100_lt/dbm_bs | 100 | 2 | 51.00 +- 1.41 | 51.30 | -0.30 |" in text
+    assert "| cifar100_lt/bs | 100 | 1 | 48.00 | 49.35 | -1.35 |" in text
+
+
+def test_cli_writes_markdown_and_csv(runs, tmp_path, capsys):
+    out = tmp_path / "out" / "report.md"
+    assert cli.main(["report", *map(str, runs), "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "51.00 +- 1.41" in printed and out.read_text() in printed
+    rows = list(csv.DictReader(open(out.with_suffix(".csv"))))
+    assert [r["preset"] for r in rows] == ["cifar100_lt/dbm_bs", "cifar100_lt/bs"]
+    first = rows[0]
+    assert first["n"] == "2" and first["seeds"] == "0;1"
+    assert float(first["top1_mean"]) == pytest.approx(51.0)
+    assert float(first["top1_std"]) == pytest.approx(2 ** 0.5)
+    assert float(first["top1_paper"]) == 51.3 and float(first["top1_diff"]) == pytest.approx(-0.3)
+    assert rows[1]["top1_std"] == ""
+
+
+def test_other_settings_and_imbalance_factors_stay_apart(runs, tmp_path):
+    other = [
+        write_run(tmp_path / "k02", "cifar100_lt/dbm_bs", 0, 49.0, loss={"max_margin": 0.2}, paper=DBM_BS_PAPER),
+        write_run(tmp_path / "if10", "cifar100_lt/dbm_bs", 0, 65.0, imbalance_factor=10,
+                  paper={"top1": 65.22, "source": "Table 2"}),
+    ]
+    rows = summarize_runs(runs + other)
+    assert [(r.preset, r.imbalance_factor, r.settings, r.n) for r in rows] == [
+        ("cifar100_lt/dbm_bs", 100.0, "loss.max_margin=0.1", 2),
+        ("cifar100_lt/bs", 100.0, "", 1),
+        ("cifar100_lt/dbm_bs", 100.0, "loss.max_margin=0.2", 1),
+        ("cifar100_lt/dbm_bs", 10.0, "", 1),
+    ]
+    assert rows[3].diff("top1") == pytest.approx(65.0 - 65.22) and rows[3].diff("many") is None
+    assert "| settings |" in report_markdown(rows)
+
+
+def test_missing_metrics_is_an_error_naming_the_run(runs, tmp_path, capsys):
+    unfinished = write_run(tmp_path / "unfinished", "cifar100_lt/bs", 2, None, metrics=False)
+    with pytest.raises(RunError, match="unfinished has no metrics.json"):
+        summarize_runs(runs + [unfinished])
+    assert cli.main(["report", *map(str, runs), str(unfinished)]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == ""  # nothing printed before the error
+    err = captured.err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("dbm-ltr report: error: ") and str(unfinished) in err[0]
+
+
+def test_missing_and_foreign_folders(tmp_path, capsys):
+    assert cli.main(["report", str(tmp_path / "gone")]) == 2
+    assert "no such run directory" in capsys.readouterr().err
+    (tmp_path / "empty").mkdir()
+    assert cli.main(["report", str(tmp_path / "empty")]) == 2
+    assert "is not a run directory" in capsys.readouterr().err
+
+
+def test_a_folder_of_runs_stands_for_its_runs(runs, tmp_path):
+    expanded = expand_run_dirs([tmp_path])
+    assert sorted(expanded) == sorted(runs)
+    assert expand_run_dirs([runs[0]]) == [runs[0]]
