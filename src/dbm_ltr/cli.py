@@ -52,7 +52,12 @@ def cmd_train(args) -> int:
 
 def cmd_eval(args) -> int:
     from .engine.checkpoint import load_checkpoint
-    from .engine.trainer import evaluate_method, format_groups, load_datasets, restore_method
+    from .engine.trainer import (
+        evaluate_method,
+        format_groups,
+        load_datasets,
+        restore_method,
+    )
 
     state = load_checkpoint(args.checkpoint)
     config, method = restore_method(state, _overrides(args), source=str(args.checkpoint))
@@ -73,7 +78,13 @@ def cmd_eval(args) -> int:
 
 
 def cmd_analyze(args) -> int:
-    from .analysis.analyze import analyze_runs, angle_table, fisher_table, runs_table, write_analysis
+    from .analysis.analyze import (
+        analyze_runs,
+        angle_table,
+        fisher_table,
+        runs_table,
+        write_analysis,
+    )
 
     out = Path(args.out) if args.out else Path(args.runs[0]) / "analysis"
     results = analyze_runs(
@@ -94,7 +105,12 @@ def cmd_analyze(args) -> int:
 
 
 def cmd_report(args) -> int:
-    from .analysis.report import expand_run_dirs, report_markdown, summarize_runs, write_report
+    from .analysis.report import (
+        expand_run_dirs,
+        report_markdown,
+        summarize_runs,
+        write_report,
+    )
 
     rows = summarize_runs(expand_run_dirs(args.runs))
     print(report_markdown(rows), end="")

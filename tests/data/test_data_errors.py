@@ -135,13 +135,13 @@ def test_bad_test_per_class(n):
 
 
 def test_unknown_dataset_name():
-    with pytest.raises(ValueError, match="unknown data set 'cifar1000_lt'; valid names: "
+    with pytest.raises(ValueError, match="unknown data set 'cifar1000_lt'; available: "
                                          "cifar100_lt, cifar10_lt, digits_lt"):
         create_dataset("cifar1000_lt", ".", train=True)
 
 
 def test_unknown_transform_name():
-    with pytest.raises(ValueError, match="unknown transform 'autoaug'; valid names: cifar, "
+    with pytest.raises(ValueError, match="unknown transform 'autoaug'; available: cifar, "
                                          "cifar_contrastive, cifar_test, none"):
         build_transform("autoaug")
 
@@ -174,8 +174,8 @@ def test_register_duplicates_and_custom():
         assert DATASET_INFO["tmp_ds"]["num_classes"] == 2
         assert build_transform("tmp_tf") == "transform"
     finally:
-        from dbm_ltr.data import _DATASETS
+        from dbm_ltr.data import DATASETS
 
-        _DATASETS.pop("tmp_ds")
+        DATASETS.pop("tmp_ds")
         DATASET_INFO.pop("tmp_ds")
         TRANSFORMS.pop("tmp_tf")

@@ -2,7 +2,13 @@
 (``analyze``), seed-averaged tables beside the paper (``report``) and grids of runs (``sweep``).
 """
 
-from .analyze import RunAnalysis, analyze_features, analyze_runs, confusion_matrix, write_analysis
+from .analyze import (
+    RunAnalysis,
+    analyze_features,
+    analyze_runs,
+    confusion_matrix,
+    write_analysis,
+)
 from .features import RunFeatures, extract_features, load_run_method, run_features
 from .report import ReportRow, report_csv, report_markdown, summarize_runs, write_report
 from .runs import RunError, check_run_dir, read_metrics, run_labels

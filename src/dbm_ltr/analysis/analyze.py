@@ -25,7 +25,13 @@ from typing import Sequence
 
 import torch
 
-from ..metrics import GROUPS, angle_statistics, feature_angles, fisher_separability, group_of
+from ..metrics import (
+    GROUPS,
+    angle_statistics,
+    feature_angles,
+    fisher_separability,
+    group_of,
+)
 from .runs import run_labels
 
 __all__ = [

@@ -16,7 +16,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
-from .runs import CHECKPOINT, CONFIG, METRICS, RunError, flatten_config, read_metrics, read_run_config
+from ..engine.config import flatten_config
+from .runs import CHECKPOINT, CONFIG, METRICS, RunError, read_metrics, read_run_config
 
 __all__ = [
     "METRICS_REPORTED",

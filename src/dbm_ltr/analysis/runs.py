@@ -11,7 +11,6 @@ import yaml
 __all__ = [
     "RunError",
     "check_run_dir",
-    "flatten_config",
     "read_metrics",
     "read_run_config",
     "run_labels",
@@ -79,18 +78,6 @@ def read_run_config(run_dir: str | Path) -> dict[str, Any] | None:
     if not isinstance(values, dict):
         raise RunError(f"{path} is not a config (not a mapping)")
     return values
-
-
-def flatten_config(values: dict, prefix: str = "") -> dict[str, Any]:
-    """``{"loss": {"tau": 1}}`` -> ``{"loss.tau": 1}`` (the ``paper`` table stays one value)."""
-    out: dict[str, Any] = {}
-    for key, value in values.items():
-        name = f"{prefix}{key}"
-        if isinstance(value, dict) and key != "paper":
-            out.update(flatten_config(value, f"{name}."))
-        else:
-            out[name] = value
-    return out
 
 
 def run_labels(run_dirs: Sequence[str | Path]) -> list[str]:

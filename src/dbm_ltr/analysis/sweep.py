@@ -24,8 +24,8 @@ from typing import Any, Callable, Sequence
 
 import yaml
 
-from ..engine.config import ConfigError
-from .runs import CHECKPOINT, METRICS, flatten_config, read_metrics, read_run_config
+from ..engine.config import ConfigError, flatten_config
+from .runs import CHECKPOINT, METRICS, read_metrics, read_run_config
 
 __all__ = [
     "GridAxis",

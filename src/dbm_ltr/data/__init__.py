@@ -18,6 +18,7 @@ from typing import Any, Callable, Optional
 
 from torch.utils.data import Dataset
 
+from ..registry import Registry
 from .cifar import CIFAR10_CLASSES, CIFAR100_CLASSES, LongTailCIFAR10, LongTailCIFAR100
 from .digits import LongTailDigits
 from .errors import DatasetNotFoundError
@@ -42,6 +43,7 @@ __all__ = [
     "CIFAR10_CLASSES",
     "CIFAR_MEAN",
     "CIFAR_STD",
+    "DATASETS",
     "DATASET_INFO",
     "TRANSFORMS",
     "Cutout",
@@ -68,7 +70,8 @@ __all__ = [
 #: ``factory(root=, train=, transform=, target_transform=, imbalance_factor=, download=, seed=)``
 DatasetFactory = Callable[..., Dataset]
 
-_DATASETS: dict[str, DatasetFactory] = {}
+DATASETS = Registry("data set")
+list_datasets = DATASETS.names
 
 #: per data set: ``num_classes``, ``train_transform``, ``test_transform``, ``contrastive_transform``
 DATASET_INFO: dict[str, dict[str, Any]] = {}
@@ -86,25 +89,16 @@ def register_dataset(name: str, factory: DatasetFactory | None = None, info: Opt
     """
 
     def add(f: DatasetFactory) -> DatasetFactory:
-        if not isinstance(name, str) or not name:
-            raise ValueError(f"data set name must be a non-empty string, got {name!r}")
-        if name in _DATASETS:
-            raise ValueError(f"a data set named {name!r} is already registered")
-        if not callable(f):
-            raise TypeError(f"data set factory for {name!r} is not callable: {f!r}")
         if info is not None:
             missing = [k for k in _INFO_KEYS if k not in info]
             if missing:
                 raise ValueError(f"info for data set {name!r} lacks {missing}")
+        DATASETS.register(name, f)
+        if info is not None:
             DATASET_INFO[name] = dict(info)
-        _DATASETS[name] = f
         return f
 
     return add(factory) if factory is not None else add
-
-
-def list_datasets() -> list[str]:
-    return sorted(_DATASETS)
 
 
 def create_dataset(
@@ -118,9 +112,7 @@ def create_dataset(
     target_transform: Optional[Callable] = None,
 ) -> Dataset:
     """Build the data set registered as ``name`` (train split long-tailed, test balanced)."""
-    if name not in _DATASETS:
-        raise ValueError(f"unknown data set {name!r}; valid names: {', '.join(list_datasets())}")
-    return _DATASETS[name](
+    return DATASETS.lookup(name)(
         root=root,
         train=train,
         transform=transform,

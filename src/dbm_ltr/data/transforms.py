@@ -19,6 +19,8 @@ import torch
 from torchvision import transforms as T
 from torchvision.transforms import AutoAugmentPolicy
 
+from ..registry import Registry
+
 __all__ = [
     "CIFAR_MEAN",
     "CIFAR_STD",
@@ -159,36 +161,15 @@ def cifar_test_transform(
 TransformFactory = Callable[[], Callable]
 
 #: name -> zero-argument factory returning a fresh transform
-TRANSFORMS: dict[str, TransformFactory] = {
-    "cifar": cifar_train_transform,
-    "cifar_contrastive": cifar_contrastive_transform,
-    "cifar_test": cifar_test_transform,
-    "none": EnsureTensor,
-}
-
-
-def register_transform(name: str, factory: TransformFactory | None = None):
-    """Register a zero-argument ``factory() -> transform`` under ``name``; usable as decorator."""
-
-    def add(f: TransformFactory) -> TransformFactory:
-        if not isinstance(name, str) or not name:
-            raise ValueError(f"transform name must be a non-empty string, got {name!r}")
-        if name in TRANSFORMS:
-            raise ValueError(f"a transform named {name!r} is already registered")
-        if not callable(f):
-            raise TypeError(f"transform factory for {name!r} is not callable: {f!r}")
-        TRANSFORMS[name] = f
-        return f
-
-    return add(factory) if factory is not None else add
-
-
-def list_transforms() -> list[str]:
-    return sorted(TRANSFORMS)
+TRANSFORMS = Registry("transform")
+register_transform = TRANSFORMS.register
+list_transforms = TRANSFORMS.names
+register_transform("cifar", cifar_train_transform)
+register_transform("cifar_contrastive", cifar_contrastive_transform)
+register_transform("cifar_test", cifar_test_transform)
+register_transform("none", EnsureTensor)
 
 
 def build_transform(name: str) -> Callable:
     """A fresh instance of the transform registered as ``name``."""
-    if name not in TRANSFORMS:
-        raise ValueError(f"unknown transform {name!r}; valid names: {', '.join(list_transforms())}")
-    return TRANSFORMS[name]()
+    return TRANSFORMS.lookup(name)()

@@ -28,6 +28,7 @@ __all__ = [
     "OptimConfig",
     "TrainConfig",
     "apply_overrides",
+    "flatten_config",
     "load_config",
     "preset_dir",
     "resolve_override_key",
@@ -385,6 +386,18 @@ def _preset_name(path: Path) -> str:
         return str(path.resolve().relative_to(preset_dir()).with_suffix(""))
     except ValueError:
         return path.stem
+
+
+def flatten_config(values: dict, prefix: str = "") -> dict[str, Any]:
+    """``{"loss": {"tau": 1}}`` -> ``{"loss.tau": 1}`` (the ``paper`` table stays one value)."""
+    out: dict[str, Any] = {}
+    for key, value in values.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict) and key != "paper":
+            out.update(flatten_config(value, f"{name}."))
+        else:
+            out[name] = value
+    return out
 
 
 def save_config(config: Config, path: Path) -> None:

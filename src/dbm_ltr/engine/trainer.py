@@ -29,8 +29,14 @@ from ..data import DATASET_INFO, MultiView, build_transform, create_dataset
 from ..losses import create_loss
 from ..methods import Method, create_method, method_views
 from ..metrics import ClassAccuracy
-from .checkpoint import CheckpointError, capture_rng, load_checkpoint, restore_rng, save_checkpoint
-from .config import Config, config_from_dict, save_config
+from .checkpoint import (
+    CheckpointError,
+    capture_rng,
+    load_checkpoint,
+    restore_rng,
+    save_checkpoint,
+)
+from .config import Config, config_from_dict, flatten_config, save_config
 from .distributed import DistInfo, init_distributed, pick_device, shard_indices
 from .schedules import learning_rate
 
@@ -178,17 +184,6 @@ def evaluate_method(
     return acc.summary(cls_num_list)
 
 
-def _flatten(d: dict, prefix: str = "") -> dict:
-    out = {}
-    for k, v in d.items():
-        key = f"{prefix}{k}"
-        if isinstance(v, dict) and k != "paper":
-            out.update(_flatten(v, f"{key}."))
-        else:
-            out[key] = v
-    return out
-
-
 class Trainer:
     """Trains ``config`` into ``run_dir``; ``resume=True`` continues from its checkpoint.
 
@@ -263,8 +258,8 @@ class Trainer:
     # ------------------------------------------------------------------ checkpoints
 
     def _check_same_run(self, state: dict) -> None:
-        saved = _flatten(state.get("config", {}))
-        now = _flatten(self.config.to_dict())
+        saved = flatten_config(state.get("config", {}))
+        now = flatten_config(self.config.to_dict())
         diff = sorted(
             k for k in set(saved) | set(now)
             if k not in RESUMABLE_DIFFERENCES and saved.get(k) != now.get(k)

@@ -17,6 +17,7 @@ from typing import Callable, Sequence
 import torch
 from torch import nn
 
+from ..registry import Registry
 from .balanced import (
     BASES,
     BalancedLoss,
@@ -39,6 +40,7 @@ from .margins import (
 __all__ = [
     "BASES",
     "INSTANCE_MARGINS",
+    "LOSSES",
     "OVERFLOW_MODES",
     "BalancedLoss",
     "DBMLoss",
@@ -68,8 +70,13 @@ class _Entry:
     fixed: dict  # keyword arguments the name fixes (e.g. base="drw")
     params: tuple | None  # the keyword arguments a config may set (None: all of the factory's)
 
+    def __call__(self, cls_num_list, **kwargs) -> nn.Module:
+        return self.factory(cls_num_list, **self.fixed, **kwargs)
 
-_LOSSES: dict[str, _Entry] = {}
+
+#: Losses by name (entries call ``factory(cls_num_list, **fixed, **kwargs)``).
+LOSSES = Registry("loss")
+list_losses = LOSSES.names
 
 
 def register_loss(
@@ -87,27 +94,15 @@ def register_loss(
     """
 
     def add(f: LossFactory) -> LossFactory:
-        if name in _LOSSES:
-            raise ValueError(f"a loss named {name!r} is already registered")
-        _LOSSES[name] = _Entry(f, dict(fixed or {}), params)
+        LOSSES.register(name, _Entry(f, dict(fixed or {}), params))
         return f
 
     return add(factory) if factory is not None else add
 
 
-def list_losses() -> list[str]:
-    return sorted(_LOSSES)
-
-
-def _entry(name: str) -> _Entry:
-    if name not in _LOSSES:
-        raise ValueError(f"unknown loss {name!r}; available: {', '.join(list_losses())}")
-    return _LOSSES[name]
-
-
 def loss_parameters(name: str) -> dict:
     """The keyword parameters a config may set for loss ``name``, with their defaults."""
-    entry = _entry(name)
+    entry = LOSSES.lookup(name)
     params = list(inspect.signature(entry.factory).parameters.values())[1:]  # after the counts
     return {
         p.name: p.default
@@ -120,7 +115,7 @@ def loss_parameters(name: str) -> dict:
 
 def create_loss(name: str, cls_num_list: Sequence[int] | torch.Tensor, **kwargs) -> nn.Module:
     """Build the loss registered as ``name`` for the given training counts."""
-    entry = _entry(name)
+    entry = LOSSES.lookup(name)
     accepted = loss_parameters(name)
     unknown = sorted(set(kwargs) - set(accepted))
     if unknown:
@@ -128,7 +123,7 @@ def create_loss(name: str, cls_num_list: Sequence[int] | torch.Tensor, **kwargs)
             f"loss {name!r} does not take {', '.join(unknown)}; it accepts "
             f"{', '.join(sorted(accepted)) or 'no parameters'}"
         )
-    return entry.factory(cls_num_list, **entry.fixed, **kwargs)
+    return entry(cls_num_list, **kwargs)
 
 
 def loss_input(loss: nn.Module) -> str:

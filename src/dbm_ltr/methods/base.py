@@ -12,7 +12,7 @@ from torch import nn
 
 from ..losses import loss_input
 
-__all__ = ["Method", "StepOutput", "check_head_matches_loss"]
+__all__ = ["Method", "SingleModelMethod", "StepOutput", "check_head_matches_loss"]
 
 
 class StepOutput(NamedTuple):
@@ -54,6 +54,28 @@ class Method(nn.Module):
         """``(features(images), predict(images))``; single-trunk methods override it to run
         the trunk once."""
         return self.features(images), self.predict(images)
+
+
+class SingleModelMethod(Method):
+    """A method whose prediction is ``self.model(images)`` (a
+    :class:`~dbm_ltr.models.TrunkClassifier`), whatever extra branches it trains."""
+
+    model: nn.Module
+
+    @torch.no_grad()
+    def predict(self, images: torch.Tensor) -> torch.Tensor:
+        return self.model(images)
+
+    def features(self, images: torch.Tensor) -> torch.Tensor:
+        return self.model.forward_features(images)
+
+    def class_weights(self) -> torch.Tensor:
+        return self.model.class_weights()
+
+    @torch.no_grad()
+    def features_and_scores(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        features = self.model.forward_features(images)
+        return features, self.model.head(features)
 
 
 def check_head_matches_loss(classifier: str, loss: nn.Module, loss_name: str) -> None:

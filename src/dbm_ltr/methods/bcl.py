@@ -16,12 +16,12 @@ from torch import nn
 
 from ..losses.contrastive import balanced_contrastive_loss
 from ..models import create_model, mlp_head
-from .base import Method, StepOutput, check_head_matches_loss
+from .base import SingleModelMethod, StepOutput, check_head_matches_loss
 
 __all__ = ["BCLMethod"]
 
 
-class BCLMethod(Method):
+class BCLMethod(SingleModelMethod):
     views = ("regular", "contrastive", "contrastive")
 
     def __init__(
@@ -70,18 +70,3 @@ class BCLMethod(Method):
             anchors.float(), targets.repeat(2), self.prototypes().float(), self.temperature
         )
         return StepOutput(self.alpha * cls_loss + self.beta * bsc, scores)
-
-    @torch.no_grad()
-    def predict(self, images: torch.Tensor) -> torch.Tensor:
-        return self.model(images)
-
-    def features(self, images: torch.Tensor) -> torch.Tensor:
-        return self.model.forward_features(images)
-
-    def class_weights(self) -> torch.Tensor:
-        return self.model.class_weights()
-
-    @torch.no_grad()
-    def features_and_scores(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        features = self.model.forward_features(images)
-        return features, self.model.head(features)

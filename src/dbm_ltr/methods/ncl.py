@@ -24,7 +24,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..losses import BalancedLoss, MarginLoss, class_counts
-from ..losses.ncl import hard_category_mask, moco_loss, nested_balanced_online_distillation
+from ..losses.ncl import (
+    hard_category_mask,
+    moco_loss,
+    nested_balanced_online_distillation,
+)
 from ..models import create_model, create_trunk, mlp_head
 from .base import Method, StepOutput, check_head_matches_loss
 

@@ -6,12 +6,12 @@ import torch
 from torch import nn
 
 from ..models import create_model
-from .base import Method, StepOutput, check_head_matches_loss
+from .base import SingleModelMethod, StepOutput, check_head_matches_loss
 
 __all__ = ["StandardMethod"]
 
 
-class StandardMethod(Method):
+class StandardMethod(SingleModelMethod):
     """``loss(head(trunk(x)), y, epoch)`` on the regular view; prediction = argmax of the head."""
 
     def __init__(self, model: nn.Module, loss: nn.Module) -> None:
@@ -30,18 +30,3 @@ class StandardMethod(Method):
     def forward(self, images: torch.Tensor, targets: torch.Tensor, epoch: int) -> StepOutput:
         scores = self.model(images)
         return StepOutput(self.loss(scores, targets, epoch=epoch), scores)
-
-    @torch.no_grad()
-    def predict(self, images: torch.Tensor) -> torch.Tensor:
-        return self.model(images)
-
-    def features(self, images: torch.Tensor) -> torch.Tensor:
-        return self.model.forward_features(images)
-
-    def class_weights(self) -> torch.Tensor:
-        return self.model.class_weights()
-
-    @torch.no_grad()
-    def features_and_scores(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        features = self.model.forward_features(images)
-        return features, self.model.head(features)

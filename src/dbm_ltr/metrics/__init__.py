@@ -1,8 +1,19 @@
 """Metrics: pure functions of predictions, features and counts (no data, no engine)."""
 
-from .accuracy import GROUPS, ClassAccuracy, group_of, many_medium_few, per_class_accuracy
+from .accuracy import (
+    GROUPS,
+    ClassAccuracy,
+    group_of,
+    many_medium_few,
+    per_class_accuracy,
+)
 from .angles import ANGLE_STATS, angle_statistics, feature_angles, summarize_angles
-from .fisher import FEATURE_NORMALIZATIONS, class_moments, fisher_pairwise, fisher_separability
+from .fisher import (
+    FEATURE_NORMALIZATIONS,
+    class_moments,
+    fisher_pairwise,
+    fisher_separability,
+)
 
 __all__ = [
     "ANGLE_STATS",

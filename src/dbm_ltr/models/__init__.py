@@ -10,10 +10,9 @@ is an ``nn.Module`` mapping images to pooled features, with an ``out_features`` 
 
 from __future__ import annotations
 
-from typing import Callable
-
 from torch import nn
 
+from ..registry import Registry
 from .classifier import HEADS, TrunkClassifier, head_weights, make_head
 from .heads import mlp_head
 from .resnet_cifar import CifarResNet, resnet32, resnet56
@@ -23,6 +22,7 @@ __all__ = [
     "HEADS",
     "CifarResNet",
     "SmallConvNet",
+    "TRUNKS",
     "TrunkClassifier",
     "create_model",
     "create_trunk",
@@ -33,29 +33,14 @@ __all__ = [
     "register_trunk",
 ]
 
-_TRUNKS: dict[str, Callable[..., nn.Module]] = {}
-
-
-def register_trunk(name: str, factory: Callable[..., nn.Module] | None = None):
-    """Register ``factory(**kwargs) -> trunk`` under ``name`` (usable as a decorator)."""
-
-    def add(f: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
-        if name in _TRUNKS:
-            raise ValueError(f"a trunk named {name!r} is already registered")
-        _TRUNKS[name] = f
-        return f
-
-    return add(factory) if factory is not None else add
-
-
-def list_trunks() -> list[str]:
-    return sorted(_TRUNKS)
+TRUNKS = Registry("model")
+register_trunk = TRUNKS.register
+list_trunks = TRUNKS.names
 
 
 def create_trunk(name: str, **kwargs) -> nn.Module:
-    if name not in _TRUNKS:
-        raise ValueError(f"unknown model {name!r}; available: {', '.join(list_trunks())}")
-    trunk = _TRUNKS[name](**kwargs)
+    """Trunk ``name`` (pooled features, with an ``out_features`` attribute)."""
+    trunk = TRUNKS.lookup(name)(**kwargs)
     if not hasattr(trunk, "out_features"):
         raise TypeError(f"trunk {name!r} must have an 'out_features' attribute")
     return trunk
