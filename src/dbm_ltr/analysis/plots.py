@@ -5,6 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Sequence
 
+from ..metrics import GROUPS, group_of
+
 __all__ = [
     "plot_accuracy_vs_count",
     "plot_angle_distributions",
@@ -37,8 +39,6 @@ def plot_per_class_accuracy(
 ) -> Path:
     """Bars of per-class test accuracy in class order, coloured by Many/Medium/Few, with the
     training count of each class on a log-scaled second axis."""
-    from ..metrics import group_of
-
     plt = _pyplot()
     colours = {"many": "#4477aa", "medium": "#ccbb44", "few": "#ee6677"}
     groups = [group_of(int(n), many_threshold, few_threshold) for n in cls_num_list]
@@ -85,8 +85,6 @@ def plot_angle_distributions(
     ``runs``: ``(label, angles (N,), labels (N,), cls_num_list)`` per run.
     """
     import numpy as np
-
-    from ..metrics import GROUPS, group_of
 
     plt = _pyplot()
     k = max(len(runs), 1)

@@ -18,6 +18,11 @@ from typing import Any, Callable, get_type_hints
 
 import yaml
 
+from ..data import DATASET_INFO, list_transforms
+from ..losses import loss_parameters
+from ..methods import method_parameters
+from ..models import list_trunks
+
 __all__ = [
     "Config",
     "ConfigError",
@@ -233,8 +238,6 @@ def _free_section(section: str, values: Any, lookup: Callable[[str], dict]):
 
 
 def _loss_defaults(name: str) -> dict:
-    from ..losses import loss_parameters
-
     try:
         return loss_parameters(name)
     except ValueError as err:
@@ -242,8 +245,6 @@ def _loss_defaults(name: str) -> dict:
 
 
 def _method_defaults(name: str) -> dict:
-    from ..methods import method_parameters
-
     try:
         return method_parameters(name)
     except ValueError as err:
@@ -300,9 +301,6 @@ def _check_values(config: Config) -> None:
     for ok, message in checks:
         if not ok:
             raise ConfigError(message)
-    from ..data import DATASET_INFO, list_transforms
-    from ..models import list_trunks
-
     names = [
         (d.name, sorted(DATASET_INFO), "data.name"),
         (config.model.name, list_trunks(), "model.name"),

@@ -24,7 +24,9 @@ from typing import Callable
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Subset
+from tqdm import tqdm
 
+from ..analysis.plots import plot_per_class_accuracy
 from ..data import DATASET_INFO, MultiView, build_transform, create_dataset
 from ..losses import create_loss
 from ..methods import Method, create_method, method_views
@@ -36,14 +38,21 @@ from .checkpoint import (
     restore_rng,
     save_checkpoint,
 )
-from .config import Config, config_from_dict, flatten_config, save_config
+from .config import (
+    Config,
+    apply_overrides,
+    config_from_dict,
+    flatten_config,
+    save_config,
+)
 from .distributed import DistInfo, init_distributed, pick_device, shard_indices
 from .schedules import learning_rate
 
 __all__ = ["Trainer", "TrainingError", "build_method", "evaluate_method", "restore_method"]
 
 CHECKPOINT = "checkpoint.pt"
-# Settings that may differ between a run and its resumption without changing the result.
+# Settings a resumed run may change: where the data lives, loader workers, device, logging.
+# The run stays the same experiment; it is bit-identical when workers and device are unchanged.
 RESUMABLE_DIFFERENCES = {
     "name", "paper", "data.root", "data.workers", "data.download", "data.eval_batch_size",
     "train.progress", "train.device",
@@ -121,14 +130,10 @@ def restore_method(
     """Rebuild the method of a checkpoint ``state`` from its own config (plus ``overrides``,
     e.g. ``data.root=...``), load its weights and move it to ``device`` (default: the
     config's), in eval mode."""
-    from .config import apply_overrides
-
     missing = [k for k in ("config", "method", "cls_num_list", "epoch") if k not in state]
     if missing:
         raise CheckpointError(f"{source} lacks {', '.join(missing)}; it was not written by dbm-ltr train")
     config = config_from_dict(apply_overrides(state["config"], list(overrides)))
-    if config.data.name not in DATASET_INFO:
-        raise CheckpointError(f"{source}: unknown data set {config.data.name!r} in its config")
     counts = [int(n) for n in state["cls_num_list"]]
     method = build_method(config, counts, DATASET_INFO[config.data.name]["num_classes"])
     try:
@@ -337,8 +342,6 @@ class Trainer:
         )
 
     def train_one_epoch(self, epoch: int) -> dict:
-        from tqdm import tqdm
-
         o, t = self.config.optim, self.config.train
         lr = learning_rate(epoch, o.lr, o.epochs, o.schedule, o.warmup_epochs, o.milestones, o.lr_decay)
         for group in self.optimizer.param_groups:
@@ -478,8 +481,6 @@ class Trainer:
             }
         if self.dist.is_main:
             (self.run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
-            from ..analysis.plots import plot_per_class_accuracy
-
             plot_per_class_accuracy(
                 result["per_class"], self.cls_num_list, self.run_dir / "per_class_accuracy.png",
                 title=f"{c.name or c.method.name}: final epoch, top-1 {result['top1']:.2f}%",
