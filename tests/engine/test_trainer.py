@@ -148,3 +148,15 @@ def test_missing_dataset_says_where_it_looked(tmp_path):
     cfg = load_config("cifar100_lt/dbm_bs", [f"data.root={tmp_path}"])
     with pytest.raises(DatasetNotFoundError, match=str(tmp_path)):
         Trainer(cfg, tmp_path / "run", log=quiet)
+
+
+def test_mixed_precision_on_cpu_trains_in_bfloat16(fake_cifar10, tmp_path):
+    cfg = load_config("cifar10_lt/dbm_bs", tiny_overrides(fake_cifar10, epochs=1) + ["train.amp=true"])
+    trainer = Trainer(cfg, tmp_path / "run", log=quiet)
+    seen = []
+    head = trainer.method.model.head
+    head.register_forward_hook(lambda module, args, out: seen.append(out.dtype))
+    metrics = trainer.fit()
+    assert torch.bfloat16 in seen  # the cosine classifier ran under autocast
+    assert 0 <= metrics["top1"] <= 100
+    assert all(p.dtype == torch.float32 for p in trainer.method.parameters())
