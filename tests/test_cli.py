@@ -3,9 +3,9 @@
 import json
 
 import pytest
+from fakes import write_fake_cifar_npz
 
 from dbm_ltr.cli import main
-from fakes import write_fake_cifar_npz
 
 TINY = ["optim.epochs=1", "optim.warmup_epochs=1", "data.imbalance_factor=10", "data.workers=0",
         "optim.batch_size=32", "train.progress=false", "data.eval_batch_size=100"]

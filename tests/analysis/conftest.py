@@ -1,16 +1,6 @@
 import pytest
 import torch
-
 from fakes import write_fake_cifar_npz
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # tiny models: extra threads only contend with other jobs on a busy machine
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="session")
@@ -23,6 +13,7 @@ def fake_cifar10_root(tmp_path_factory):
 def tiny_runs(fake_cifar10_root, tmp_path_factory):
     """Two finished 1-epoch runs on the fake data: CE (linear head) and DBM-CE (cosine head)."""
     from analysis_helpers import tiny_overrides
+
     from dbm_ltr.engine import Trainer, load_config
 
     before = torch.get_num_threads()

@@ -6,7 +6,13 @@ import pytest
 import torch
 
 from dbm_ltr import cli
-from dbm_ltr.analysis import RunError, analyze_runs, extract_features, load_run_method, run_features
+from dbm_ltr.analysis import (
+    RunError,
+    analyze_runs,
+    extract_features,
+    load_run_method,
+    run_features,
+)
 from dbm_ltr.engine import CheckpointError
 
 

@@ -2,8 +2,8 @@ import csv
 import statistics
 
 import pytest
-
 from analysis_helpers import write_run
+
 from dbm_ltr import cli
 from dbm_ltr.analysis import RunError, report_markdown, summarize_runs
 from dbm_ltr.analysis.report import expand_run_dirs

@@ -2,8 +2,8 @@ import json
 
 import pytest
 import yaml
-
 from analysis_helpers import tiny_overrides
+
 from dbm_ltr import cli
 from dbm_ltr.analysis import parse_grid, plan_sweep, run_sweep, summarize_sweep
 from dbm_ltr.engine import ConfigError

@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from dbm_ltr.data import (
-    CIFAR100_CLASSES,
     CIFAR10_CLASSES,
+    CIFAR100_CLASSES,
     CIFAR_MEAN,
     CIFAR_STD,
     DatasetNotFoundError,

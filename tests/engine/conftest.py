@@ -1,5 +1,4 @@
 import pytest
-
 from fakes import write_fake_cifar_npz
 
 

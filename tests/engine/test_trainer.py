@@ -2,8 +2,8 @@ import json
 
 import pytest
 import torch
-
 from conftest import tiny_overrides
+
 from dbm_ltr.engine import CheckpointError, Trainer, TrainingError, load_config
 from dbm_ltr.engine.checkpoint import load_checkpoint, save_checkpoint
 

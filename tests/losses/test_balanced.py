@@ -1,8 +1,8 @@
 
 import pytest
+import reference as ref
 import torch
 
-import reference as ref
 from dbm_ltr.losses import (
     BalancedLoss,
     DBMLoss,

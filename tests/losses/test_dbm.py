@@ -2,10 +2,10 @@ import math
 import warnings
 
 import pytest
+import reference as ref
 import torch
 import torch.nn.functional as F
 
-import reference as ref
 from dbm_ltr.losses import DBMLoss, class_margins, dbm_target_cosine, hard_positive_mask
 
 C100 = ref.cifar_lt_counts(500, 100, 100)  # CIFAR-100-LT IF 100

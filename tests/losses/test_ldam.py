@@ -1,9 +1,9 @@
 import math
 
 import pytest
+import reference as ref
 import torch
 
-import reference as ref
 from dbm_ltr.losses import LDAMLoss, ldam_margins
 
 C100 = ref.cifar_lt_counts(500, 100, 100)

@@ -4,7 +4,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from dbm_ltr.losses.ncl import hard_category_mask, moco_loss, nested_balanced_online_distillation
+from dbm_ltr.losses.ncl import (
+    hard_category_mask,
+    moco_loss,
+    nested_balanced_online_distillation,
+)
 
 
 def test_hard_category_mask_by_hand():

@@ -4,7 +4,12 @@ import numpy as np
 import pytest
 import torch
 
-from dbm_ltr.metrics import ANGLE_STATS, angle_statistics, feature_angles, summarize_angles
+from dbm_ltr.metrics import (
+    ANGLE_STATS,
+    angle_statistics,
+    feature_angles,
+    summarize_angles,
+)
 
 
 def features_at_angles(weights: torch.Tensor, labels: torch.Tensor, degrees: torch.Tensor, seed=12345):

@@ -7,15 +7,6 @@ import torch
 from dbm_ltr.metrics import class_moments, fisher_pairwise, fisher_separability
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # small batched linear algebra: threads only contend with other jobs on a busy machine
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def gaussians(num_classes=4, dim=5, per_class=(400, 300, 200, 50), seed=0):
     rng = np.random.default_rng(seed)
     feats, labels = [], []
