@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
-from ..engine.config import flatten_config
+from ..engine.config import RESUMABLE_DIFFERENCES, flatten_config
 from .runs import CHECKPOINT, CONFIG, METRICS, RunError, read_metrics, read_run_config
 
 __all__ = [
@@ -35,10 +35,8 @@ _TITLES = {"top1": "top-1", "many": "many", "medium": "medium", "few": "few"}
 
 #: Config keys that do not separate groups: the seed (averaged over) and settings that do not
 #: change the result (as the engine's resume check, plus the evaluation frequency).
-IGNORED_SETTINGS = frozenset({
-    "name", "paper", "train.seed", "data.root", "data.workers", "data.download",
-    "data.eval_batch_size", "train.progress", "train.device", "train.eval_every",
-})
+# Settings that do not change a recipe: those a run may resume with, plus seed and evaluation.
+IGNORED_SETTINGS = RESUMABLE_DIFFERENCES | {"train.seed", "train.eval_every"}
 
 
 @dataclass

@@ -24,7 +24,7 @@ from typing import Any, Callable, Sequence
 
 import yaml
 
-from ..engine.config import ConfigError, flatten_config
+from ..engine.config import RESUMABLE_DIFFERENCES, ConfigError, flatten_config
 from .runs import CHECKPOINT, METRICS, read_metrics, read_run_config
 
 __all__ = [
@@ -39,10 +39,6 @@ __all__ = [
 
 SEED_KEY = "train.seed"
 # differences between a planned point and an existing run that do not matter (as for resume)
-_IGNORED = frozenset({
-    "name", "paper", "data.root", "data.workers", "data.download", "data.eval_batch_size",
-    "train.progress", "train.device",
-})
 
 
 @dataclass
@@ -147,13 +143,10 @@ def _dummy_counts(num_classes: int, imbalance_factor: float) -> list[int]:
 def _check_buildable(config, where: str) -> None:
     """Construct the method and loss (with a long-tail profile of the config's imbalance
     factor in place of the real counts) so value errors show before training starts."""
-    from ..data import DATASET_INFO, list_datasets
+    from ..data import DATASET_INFO
     from ..engine.trainer import build_method
 
-    name = config.data.name
-    if name not in DATASET_INFO:
-        raise ConfigError(f"{where}: unknown data set {name!r}; available: {', '.join(list_datasets())}")
-    c = DATASET_INFO[name]["num_classes"]
+    c = DATASET_INFO[config.data.name]["num_classes"]  # the name was checked with the config
     try:
         build_method(config, _dummy_counts(c, config.data.imbalance_factor), c)
     except (ValueError, TypeError) as err:
@@ -166,7 +159,7 @@ def _compare_existing(point: SweepPoint) -> None:
         return
     old = flatten_config(saved)
     new = flatten_config(point.config.to_dict())
-    diff = sorted(k for k in set(old) | set(new) if k not in _IGNORED and old.get(k) != new.get(k))
+    diff = sorted(k for k in set(old) | set(new) if k not in RESUMABLE_DIFFERENCES and old.get(k) != new.get(k))
     if diff:
         shown = "; ".join(f"{k}: existing {old.get(k)!r}, planned {new.get(k)!r}" for k in diff[:3])
         raise ConfigError(

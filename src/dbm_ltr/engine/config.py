@@ -24,6 +24,7 @@ from ..methods import method_parameters
 from ..models import list_trunks
 
 __all__ = [
+    "RESUMABLE_DIFFERENCES",
     "Config",
     "ConfigError",
     "DataConfig",
@@ -39,6 +40,14 @@ __all__ = [
     "resolve_override_key",
     "resolve_config_path",
 ]
+
+
+# Settings a resumed run may change: where the data lives, loader workers, device, logging.
+# The run stays the same experiment; it is bit-identical when workers and device are unchanged.
+RESUMABLE_DIFFERENCES = frozenset({
+    "name", "paper", "data.root", "data.workers", "data.download", "data.eval_batch_size",
+    "train.progress", "train.device",
+})
 
 
 class ConfigError(ValueError):

@@ -39,6 +39,7 @@ from .checkpoint import (
     save_checkpoint,
 )
 from .config import (
+    RESUMABLE_DIFFERENCES,
     Config,
     apply_overrides,
     config_from_dict,
@@ -51,12 +52,6 @@ from .schedules import learning_rate
 __all__ = ["Trainer", "TrainingError", "build_method", "evaluate_method", "restore_method"]
 
 CHECKPOINT = "checkpoint.pt"
-# Settings a resumed run may change: where the data lives, loader workers, device, logging.
-# The run stays the same experiment; it is bit-identical when workers and device are unchanged.
-RESUMABLE_DIFFERENCES = {
-    "name", "paper", "data.root", "data.workers", "data.download", "data.eval_batch_size",
-    "train.progress", "train.device",
-}
 
 
 class TrainingError(RuntimeError):
@@ -461,7 +456,7 @@ class Trainer:
         result = self.evaluate()
         metrics = {
             **result,
-            "epoch": max(self.start_epoch, len(self.history) and self.history[-1]["epoch"]),
+            "epoch": self.history[-1]["epoch"] if self.history else self.start_epoch,
             "reported": "final epoch",
             "preset": c.name,
             "method": c.method.name,
