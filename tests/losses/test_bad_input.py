@@ -81,3 +81,9 @@ def test_registry_errors():
         create_loss("focal", COUNTS)
     with pytest.raises(ValueError, match="loss .dbm. does not take margin; it accepts base, cb_beta"):
         create_loss("dbm", COUNTS, margin=0.1)
+
+
+@pytest.mark.parametrize("crit", [DBMLoss(COUNTS), BalancedLoss(COUNTS)])
+def test_target_on_another_device(crit):
+    with pytest.raises(ValueError, match="target is on meta but the logits/cosines are on cpu"):
+        crit(torch.zeros(2, 3), torch.tensor([0, 1], device="meta"))

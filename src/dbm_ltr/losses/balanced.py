@@ -103,11 +103,17 @@ def check_logits_and_target(logits: torch.Tensor, target: torch.Tensor, num_clas
             f"expected target of shape ({logits.shape[0]},) for logits of shape "
             f"{tuple(logits.shape)}, got {tuple(target.shape)}"
         )
+    if target.device != logits.device:
+        raise ValueError(
+            f"target is on {target.device} but the logits/cosines are on {logits.device}; "
+            "move both to the same device"
+        )
     if target.dtype.is_floating_point or target.dtype == torch.bool:
         raise ValueError(f"target must hold integer class indices, got dtype {target.dtype}")
     if target.numel() == 0:
         return
-    lo, hi = (int(v) for v in torch.aminmax(target))
+    lo, hi = torch.aminmax(target)
+    lo, hi = lo.item(), hi.item()
     if lo < 0 or hi >= num_classes:
         raise ValueError(
             f"target holds class indices in [{lo}, {hi}] but the loss has {num_classes} classes "

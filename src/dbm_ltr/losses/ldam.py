@@ -57,10 +57,8 @@ class LDAMLoss(MarginLoss):
         self.max_margin = float(max_margin)
         self.register_buffer("class_margin", ldam_margins(cls_num_list, max_margin), persistent=False)
 
-    def target_cosine(
-        self, cos_y: torch.Tensor, target: torch.Tensor, hard: torch.Tensor | None, need_grad: bool
-    ) -> tuple[torch.Tensor, None]:
-        return cos_y - self.class_margin.index_select(0, target), None
+    def target_cosine(self, cos_y, margin_y, slope_y, need_grad: bool):
+        return cos_y - margin_y, None
 
     def extra_repr(self) -> str:
         return f"base={self.base!r}, max_margin={self.max_margin}, scale={self.scale}"

@@ -26,9 +26,9 @@ import math
 import warnings
 from typing import Sequence
 
+import numpy as np
 import torch
 from torch import nn
-from torch.autograd.function import once_differentiable
 
 from .balanced import BalancedLoss, check_logits_and_target, class_counts
 
@@ -46,10 +46,6 @@ __all__ = [
 INSTANCE_MARGINS = ("hard", "all", "none")
 #: Values of ``overflow_mode=``: ArcFace fallback for theta + m > pi, or the raw formula.
 OVERFLOW_MODES = ("arcface", "none")
-# 0-dim constants: an op with a 0-dim tensor costs about half of one with a Python float,
-# which matters for the B-element vectors below. float64 keeps pi exact for float64 inputs.
-_ONE = torch.tensor(1.0)
-_PI = torch.tensor(math.pi, dtype=torch.float64)
 
 
 def class_margins(
@@ -106,28 +102,6 @@ def hard_positive_mask(cosine: torch.Tensor, target: torch.Tensor) -> torch.Tens
         return (cosine.argmax(dim=1) != target).to(torch.float32)
 
 
-def _hard_mask_from_scaled(
-    cosine: torch.Tensor, scaled: torch.Tensor, index: torch.Tensor, scaled_y: torch.Tensor
-) -> torch.Tensor:
-    """:func:`hard_positive_mask` (as bool) computed on ``scaled = s * cosine``, whose target
-    column is overwritten with ``-inf`` (the caller rewrites that column afterwards).
-
-    On the CPU ``amax`` is about ten times faster than ``argmax``: a row is hard when another
-    class scores higher. Scaling is monotone, so only rows where the best other class *equals*
-    the target after scaling are ambiguous (an exact tie, or two cosines one ulp apart); those
-    few rows are settled with ``argmax`` on the raw cosines.
-    """
-    target = index.squeeze(1)
-    if cosine.device.type != "cpu":
-        return cosine.argmax(dim=1) != target
-    best_other = scaled.scatter_(1, index, float("-inf")).amax(dim=1)
-    hard = best_other > scaled_y
-    ambiguous = torch.nonzero(best_other == scaled_y).squeeze(1)
-    if ambiguous.numel():
-        hard[ambiguous] = cosine[ambiguous].argmax(dim=1) != target[ambiguous]
-    return hard
-
-
 def dbm_target_cosine(
     cos_y: torch.Tensor,
     class_margin: torch.Tensor,
@@ -150,107 +124,285 @@ def dbm_target_cosine(
     derivative of ``theta``, which the clamp stops), and ``1 + lambda h m_C / 2 (sin m +
     m cos m)`` in the ArcFace fallback ``c - m sin m``.
     """
-    slope = class_margin * (0.5 * lambda_inst) * hard
-    return _dbm_psi(cos_y, class_margin, slope, overflow_mode, return_grad)
-
-
-def _dbm_psi(
-    cos_y: torch.Tensor,
-    margin_y: torch.Tensor,
-    slope: torch.Tensor | None,
-    overflow_mode: str,
-    need_grad: bool,
-) -> tuple[torch.Tensor, torch.Tensor | None] | torch.Tensor:
-    """Core of :func:`dbm_target_cosine`: total margin ``m = margin_y + slope (1 - c)``.
-
-    Written for few operations: the loss runs it every step on ``B`` values, where the cost
-    is per operation, not per element.
-    """
     if overflow_mode not in OVERFLOW_MODES:
         raise ValueError(f"unknown overflow_mode {overflow_mode!r}; choose one of {OVERFLOW_MODES}")
-    c = cos_y.clamp(-1.0, 1.0)
-    one_minus_c = torch.sub(_ONE, c)
-    margin = margin_y if slope is None else torch.addcmul(margin_y, slope, one_minus_c)
-    theta_m = torch.acos(c).add_(margin)
-    psi = torch.cos(theta_m)
+    slope = class_margin * (0.5 * lambda_inst) * hard
+    psi, grad = _dbm_psi(cos_y, class_margin, slope, overflow_mode, return_grad)
+    return (psi, grad) if return_grad else psi
+
+
+class _TorchMath:
+    """The few functions :func:`_dbm_psi` needs, for torch tensors (any device)."""
+
+    acos, cos, sin, where = torch.acos, torch.cos, torch.sin, torch.where
+
+    @staticmethod
+    def clamp_unit(x):
+        return x.clamp(-1.0, 1.0)
+
+    @staticmethod
+    def rsqrt_or_zero(x):
+        return torch.rsqrt(x).nan_to_num_(posinf=0.0)
+
+    @staticmethod
+    def may_overflow(overflow) -> bool:
+        # on an accelerator, reading the mask back would stall the stream: always blend
+        return overflow.device.type != "cpu" or bool(overflow.any())
+
+
+class _NumpyMath:
+    """The same functions for NumPy arrays: the loss's CPU path (see :class:`MarginLoss`)."""
+
+    acos, cos, sin, where = np.arccos, np.cos, np.sin, np.where
+
+    @staticmethod
+    def clamp_unit(x):
+        return np.maximum(np.minimum(x, 1.0), -1.0)  # np.clip costs several times more
+
+    @staticmethod
+    def rsqrt_or_zero(x):
+        root = np.sqrt(x)
+        return np.reciprocal(root, out=root, where=root > 0)  # 0 stays 0
+
+    @staticmethod
+    def may_overflow(overflow) -> bool:
+        return bool(overflow.any())
+
+
+def _dbm_psi(cos_y, margin_y, slope, overflow_mode: str, need_grad: bool):
+    """Core of :func:`dbm_target_cosine`: total margin ``m = margin_y + slope (1 - c)``.
+
+    Takes and returns torch tensors or NumPy arrays alike (``slope`` may be ``None``); returns
+    ``(psi, d psi / d c)``, the second ``None`` unless ``need_grad``. Written for few
+    operations: the loss runs it every step on ``B`` values, where the cost is per operation,
+    not per element.
+    """
+    xp = _NumpyMath if isinstance(cos_y, np.ndarray) else _TorchMath
+    c = xp.clamp_unit(cos_y)
+    one_minus_c = 1.0 - c
+    margin = margin_y if slope is None else margin_y + slope * one_minus_c
+    theta_m = xp.acos(c) + margin
+    psi = xp.cos(theta_m)
     grad = None
     if need_grad:
         # 1 / sin(theta) = (1 - c^2)^(-1/2); its infinity at |c| = 1 becomes 0.
-        inv_sin = torch.rsqrt(one_minus_c.mul_(torch.add(_ONE, c))).nan_to_num_(posinf=0.0)
-        grad = torch.sin(theta_m).mul_(inv_sin if slope is None else inv_sin.add_(slope))
+        inv_sin = xp.rsqrt_or_zero(one_minus_c * (1.0 + c))
+        grad = xp.sin(theta_m) * (inv_sin if slope is None else inv_sin + slope)
     if overflow_mode == "arcface":
-        overflow = torch.gt(theta_m, _PI)
-        if c.device.type != "cpu" or bool(overflow.any()):  # rare: skipped on the CPU if none
-            sin_m = margin.sin()
-            psi = torch.where(overflow, c - margin * sin_m, psi)
+        overflow = theta_m > math.pi
+        if xp.may_overflow(overflow):  # rare
+            sin_m = xp.sin(margin)
+            psi = xp.where(overflow, c - margin * sin_m, psi)
             if grad is not None:
-                fallback = torch.addcmul(sin_m, margin, margin.cos())
-                fallback = 1.0 + fallback if slope is None else 1.0 + slope * fallback
-                grad = torch.where(overflow, fallback, grad)
-    return (psi, grad) if need_grad else psi
+                fallback = sin_m + margin * xp.cos(margin)
+                fallback = 1.0 + (fallback if slope is None else slope * fallback)
+                grad = xp.where(overflow, fallback, grad)
+    return psi, grad
 
 
-def _margin_logits(cosine, target, offset, scale, target_cosine, wants_hard, need_grad):
-    """``s * cosine (+ offset)`` with entry ``(b, y_b)`` replaced by ``s * psi(cos_{b,y_b})
-    (+ offset_{y_b})``; also returns the target index ``(B, 1)`` and ``d psi / d cos_y``."""
-    index = target.unsqueeze(1)
-    cos_y = cosine.gather(1, index).squeeze(1)
-    logits = cosine * scale
-    hard = None
-    if wants_hard:
-        hard = _hard_mask_from_scaled(cosine, logits, index, cos_y * scale)
-    if offset is not None:
-        logits.add_(offset)
-    psi, dpsi = target_cosine(cos_y, target, hard, need_grad)
-    if offset is None:
-        new_y = psi.mul_(scale)
+# On the CPU the per-sample work runs in NumPy (see MarginLoss): labels become a NumPy array
+# and the target entries of a contiguous (B, C) tensor are addressed through a NumPy view
+# by their flat positions; on other devices both stay tensors.
+
+
+def _numpy_path(device: torch.device) -> bool:
+    """Whether the per-sample work runs in NumPy (the tests switch it off to cover the other)."""
+    return device.type == "cpu"
+
+
+def _per_class(values: torch.Tensor, labels):
+    """``values[labels]`` for a per-class buffer; an array for NumPy ``labels``."""
+    if isinstance(labels, np.ndarray):
+        return values.numpy()[labels]
+    return values.index_select(0, labels)
+
+
+def _take(values: torch.Tensor, index):
+    """``values.view(-1)[index]`` (``values`` contiguous, without autograd history)."""
+    if isinstance(index, np.ndarray):
+        return values.view(-1).numpy()[index]
+    return values.view(-1)[index]
+
+
+def _put_(values: torch.Tensor, index, new) -> None:
+    """``values.view(-1)[index] = new``, in place."""
+    if isinstance(index, np.ndarray):
+        values.view(-1).numpy()[index] = new
     else:
-        new_y = torch.add(offset.index_select(0, target), psi, alpha=scale)
-    return logits.scatter_(1, index, new_y.unsqueeze(1)), index, dpsi
+        values.view(-1)[index] = new.to(values.dtype)
 
 
-def _scale_target_grad_(grad, index, dpsi):
-    """Chain rule through ``psi``: multiply the target entries of ``grad`` by ``dpsi``."""
-    if dpsi is not None:  # None means d psi / d cos_y = 1
-        grad.scatter_(1, index, grad.gather(1, index) * dpsi.unsqueeze(1))
-    return grad
+def _hard_mask_cpu(cosine: torch.Tensor, flat: np.ndarray, index: np.ndarray, labels: np.ndarray):
+    """:func:`hard_positive_mask` (as a bool array) for a contiguous CPU ``cosine`` whose
+    memory ``flat`` views.
+
+    A row is hard when another class scores higher. ``amax`` is several times faster than
+    ``argmax`` on the CPU, so the target entries are set to -inf for this one reduction and
+    restored bit for bit right after; rows where the best other class ties with the target
+    are settled by ``argmax`` (first index wins).
+    """
+    cos_y = flat[index]
+    flat[index] = -np.inf
+    try:
+        best_other = cosine.amax(dim=1).numpy()
+    finally:
+        flat[index] = cos_y
+    hard = best_other > cos_y
+    tied = best_other == cos_y
+    if tied.any():
+        tied = np.flatnonzero(tied)
+        hard[tied] = flat.reshape(cosine.shape)[tied].argmax(axis=1) != labels[tied]
+    return hard
+
+
+def _margin_logits(cosine, target, loss, offset, need_grad):
+    """``s * cosine (+ offset)`` with entry ``(b, y_b)`` replaced by ``s * psi(cos_{b,y_b})
+    (+ offset_{y_b})``: the ``B x C`` passes in torch, the per-sample work on ``B``-vectors.
+
+    Returns the (contiguous) logits, the labels (NumPy on the CPU), the flat positions of
+    the target entries and ``d psi / d cos_y`` (``None`` for a derivative of 1).
+    """
+    cosine = cosine.contiguous()
+    wants_hard = loss.wants_hard_mask
+    if _numpy_path(cosine.device):
+        labels = target.numpy()
+        flat = cosine.detach().view(-1).numpy()
+        index = np.arange(0, flat.size, cosine.shape[1]) + labels
+        hard = _hard_mask_cpu(cosine, flat, index, labels) if wants_hard else None
+        cos_y = flat[index]
+    else:
+        labels = target
+        index = torch.arange(0, cosine.numel(), cosine.shape[1], device=cosine.device) + labels
+        hard = (cosine.argmax(dim=1) != labels) if wants_hard else None
+        cos_y = cosine.detach().view(-1)[index]
+    scale = loss.scale
+    logits = torch.mul(cosine, scale) if offset is None else torch.add(offset, cosine, alpha=scale)
+    psi, dpsi = loss.target_cosine(cos_y, *loss.per_sample_margins(labels, hard), need_grad)
+    new_y = psi * scale
+    if offset is not None:
+        new_y = new_y + _per_class(offset, labels)
+    _put_(logits, index, new_y)
+    return logits, labels, index, dpsi
+
+
+# Softmax values below these lose relative precision (subnormal or flushed to zero), so
+# their logarithm is taken from log_softmax instead.
+_LOG_SAFE = {np.float32: np.float32(1e-30), np.float64: np.float64(1e-290)}
+
+
+def _no_double_backward() -> None:
+    # cheaper than @once_differentiable, which alone costs ~4% of the loss at (256, 1000)
+    if torch.is_grad_enabled():
+        raise RuntimeError(
+            "the margin losses do not support double backward (backward(create_graph=True))"
+        )
 
 
 class _TargetMarginLogits(torch.autograd.Function):
-    """:func:`_margin_logits` as one autograd function.
+    """:func:`_margin_logits` as one autograd function (for ``MarginLoss.margin_logits``).
 
     Its backward pass costs what scaling costs in plain scaled cross-entropy: one ``B x C``
     multiply, plus ``B`` target entries scaled by ``d psi / d cos_y``. (Autograd through
-    ``gather``/``scatter`` would materialise and add extra ``B x C`` gradient tensors, and
+    gathers and scatters would materialise and add extra ``B x C`` gradient tensors, and
     autograd through the elementwise ops of ``psi`` costs more than the rest.) ``psi`` acts
-    elementwise on the target cosines, so ``target_cosine`` returns its derivative alongside;
-    the tests check it with ``gradcheck``.
+    elementwise on the target cosines, so the loss's ``target_cosine`` returns its derivative
+    alongside; the tests check it with ``gradcheck``.
     """
 
     @staticmethod
-    def forward(ctx, cosine, target, offset, scale, target_cosine, wants_hard):
-        logits, index, dpsi = _margin_logits(
-            cosine, target, offset, scale, target_cosine, wants_hard, ctx.needs_input_grad[0]
+    def forward(ctx, cosine, target, loss, offset):
+        logits, _, ctx.index, ctx.dpsi = _margin_logits(
+            cosine, target, loss, offset, ctx.needs_input_grad[0]
         )
-        ctx.save_for_backward(index, dpsi)
-        ctx.scale = scale
+        ctx.scale = loss.scale
         return logits
 
     @staticmethod
-    @once_differentiable
     def backward(ctx, grad_logits):
-        index, dpsi = ctx.saved_tensors
-        return _scale_target_grad_(grad_logits * ctx.scale, index, dpsi), None, None, None, None, None
+        _no_double_backward()
+        grad = (grad_logits * ctx.scale).contiguous()
+        if ctx.dpsi is not None:
+            _put_(grad, ctx.index, _take(grad, ctx.index) * ctx.dpsi)
+        return grad, None, None, None
+
+
+class _MarginCrossEntropy(torch.autograd.Function):
+    """``cross_entropy(margin logits, target, weight)`` (weighted mean) as one autograd function.
+
+    The training loss. The forward pass keeps the softmax ``p`` of the logits, and the
+    backward pass is a single multiply: ``d loss / d cos = s * coef_b * (p - onehot)``, with
+    the target entries scaled by ``d psi / d cos_y`` and ``coef_b = w_{y_b} / sum_b w_{y_b}``
+    (``1 / B`` unweighted). ``F.cross_entropy`` on the output of :class:`_TargetMarginLogits`
+    instead writes a one-hot gradient, runs the log-softmax backward and then the backward of
+    the scaling: three ``B x C`` passes where this needs one.
+
+    On the CPU the loss itself is ``-log p_y`` from the kept softmax, except for rows whose
+    ``p_y`` is too small to be represented accurately (below ``_LOG_SAFE``), where it is
+    taken from ``log_softmax`` of those rows. Elsewhere it is ``log_softmax`` gathered.
+    """
+
+    @staticmethod
+    def forward(ctx, cosine, target, loss, offset, weight):
+        logits, labels, index, dpsi = _margin_logits(
+            cosine, target, loss, offset, ctx.needs_input_grad[0]
+        )
+        prob = torch.softmax(logits, dim=1)
+        if isinstance(index, np.ndarray):
+            p_y = _take(prob, index)
+            safe = _LOG_SAFE[p_y.dtype.type]
+            log_p = np.log(np.maximum(p_y, safe))
+            small = np.flatnonzero(p_y < safe)
+            if small.size:
+                rows = torch.from_numpy(small)
+                exact = torch.log_softmax(logits.index_select(0, rows), dim=1)
+                log_p[small] = exact.gather(1, target[rows].unsqueeze(1)).squeeze(1).numpy()
+        else:
+            log_p = _take(torch.log_softmax(logits, dim=1), index)
+        if weight is None:
+            coef = 1.0 / max(len(index), 1)
+        else:
+            w = _per_class(weight, labels)
+            coef = w / w.sum()
+        value = -(log_p * coef).sum() if len(index) else log_p.sum() * math.nan  # as F.cross_entropy
+        ctx.prob, ctx.index, ctx.dpsi, ctx.coef = prob, index, dpsi, coef * loss.scale
+        return torch.from_numpy(np.asarray(value)) if isinstance(value, np.generic) else value
+
+    @staticmethod
+    def backward(ctx, grad_loss):
+        _no_double_backward()
+        index, coef = ctx.index, ctx.coef
+        if isinstance(index, np.ndarray):
+            coef = coef * grad_loss.item()
+            grad = ctx.prob * (coef if np.isscalar(coef) else torch.from_numpy(coef).unsqueeze(1))
+        else:
+            coef = coef * grad_loss
+            grad = ctx.prob * (coef.unsqueeze(1) if coef.ndim else coef)
+        target_grad = _take(grad, index) - coef  # the one-hot part
+        _put_(grad, index, target_grad if ctx.dpsi is None else target_grad * ctx.dpsi)
+        return grad, None, None, None, None
 
 
 class MarginLoss(nn.Module):
     """Base of the margin losses on a cosine classifier (DBM, LDAM).
 
-    A subclass overrides :meth:`target_cosine`, the modified cosine of the target class as an
-    elementwise function of the target cosines; this class scales it, writes it into the
-    target column, adds the base loss's offset and applies the base loss
-    (:class:`~dbm_ltr.losses.BalancedLoss`). A subclass that needs the hard-positive mask
-    sets ``wants_hard_mask``.
+    A subclass registers the buffer ``class_margin`` (one margin per class) and, for an
+    instance-wise margin, ``margin_slope``, and overrides :meth:`target_cosine`, the modified
+    cosine of the target class as an elementwise function of the target cosines. This class
+    scales it, writes it into the target column, adds the base loss's offset and applies the
+    base loss (:class:`~dbm_ltr.losses.BalancedLoss`). A subclass that needs the hard-positive
+    mask sets ``wants_hard_mask``.
+
+    ``loss(cosine, target)`` runs the margin and the cross-entropy as one autograd function
+    whose backward pass is a single ``B x C`` multiply of the kept softmax (see
+    :class:`_MarginCrossEntropy`); :meth:`margin_logits` returns the logits alone.
+
+    On the CPU the per-sample vectors handed to :meth:`target_cosine` are NumPy arrays, read
+    from and written back to the tensors' memory through NumPy views: on vectors of a few
+    hundred values an operation's fixed cost dominates, and NumPy's is about a third of
+    torch's. On other devices they are torch tensors. Written with arithmetic operators (or
+    :func:`_dbm_psi`), one formula serves both. The hard-positive mask on the CPU sets the
+    target entries of ``cosine`` to ``-inf`` for one reduction and restores them bit for bit
+    before the call returns (another thread reading the same tensor meanwhile would see it).
     """
 
     def __init__(
@@ -267,6 +419,7 @@ class MarginLoss(nn.Module):
         self.scale = float(scale)
         self.base_loss = BalancedLoss(cls_num_list, base=base, drw_epoch=drw_epoch, cb_beta=cb_beta)
         self.num_classes = self.base_loss.num_classes
+        self.register_buffer("margin_slope", None, persistent=False)
 
     @property
     def base(self) -> str:
@@ -276,17 +429,27 @@ class MarginLoss(nn.Module):
     def wants_hard_mask(self) -> bool:
         return False
 
-    def target_cosine(
-        self, cos_y: torch.Tensor, target: torch.Tensor, hard: torch.Tensor | None, need_grad: bool
-    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def per_sample_margins(self, target, hard):
+        """``(class_margin[target], margin_slope[target] * hard)`` (slope ``None`` when the
+        loss has no instance margin, mask omitted when ``hard`` is ``None``); NumPy arrays for
+        a NumPy ``target``, tensors for a tensor."""
+        slope = self.margin_slope
+        if slope is not None:
+            slope = _per_class(slope, target) if hard is None else _per_class(slope, target) * hard
+        return _per_class(self.class_margin, target), slope
+
+    def target_cosine(self, cos_y, margin_y, slope_y, need_grad: bool):
         """Modified cosine ``psi`` of the target class and ``d psi / d cos_y``, each ``(B,)``.
 
         Args:
-            cos_y: raw target cosines, shape ``(B,)``, float32.
-            target: labels, shape ``(B,)``.
-            hard: hard-positive mask (float 0/1, shape ``(B,)``) if ``wants_hard_mask``.
+            cos_y: raw target cosines, float32 or float64.
+            margin_y: ``class_margin`` of each sample's class.
+            slope_y: ``margin_slope`` of each sample's class, times the hard-positive mask
+                if ``wants_hard_mask``; ``None`` without an instance margin.
             need_grad: whether the derivative is needed; return ``None`` for it otherwise
                 (``None`` is also read as a derivative of exactly 1).
+
+        The vectors are NumPy arrays on the CPU and torch tensors elsewhere (class docstring).
         """
         raise NotImplementedError
 
@@ -303,20 +466,16 @@ class MarginLoss(nn.Module):
 
         Returns float32 logits of shape ``(B, C)`` for float16/bfloat16/float32 cosines.
         """
-        return _TargetMarginLogits.apply(
-            self._checked(cosine, target), target, None, self.scale, self.target_cosine,
-            self.wants_hard_mask,
-        )
+        return _TargetMarginLogits.apply(self._checked(cosine, target), target, self, None)
 
     def forward(
         self, cosine: torch.Tensor, target: torch.Tensor, epoch: int | None = None
     ) -> torch.Tensor:
         """``base(margin_logits(cosine, target) + offset, target)``."""
-        logits = _TargetMarginLogits.apply(
-            self._checked(cosine, target), target, self.base_loss.logit_offset, self.scale,
-            self.target_cosine, self.wants_hard_mask,
+        return _MarginCrossEntropy.apply(
+            self._checked(cosine, target), target, self, self.base_loss.logit_offset,
+            self.base_loss.weight_at(epoch),
         )
-        return self.base_loss.cross_entropy(logits, target, epoch)
 
 
 class DBMLoss(MarginLoss):
@@ -390,27 +549,18 @@ class DBMLoss(MarginLoss):
                 "pi/2; lower max_margin, tau or lambda_inst (the paper uses max_margin 0.1-0.3)"
             )
         self.register_buffer("class_margin", margins, persistent=False)
-        # d(margin)/d(-cos_y) for a sample that gets the instance margin: lambda m_C / 2
-        self.register_buffer("margin_slope", margins * (0.5 * lambda_inst), persistent=False)
+        if instance_margin != "none":
+            # d(margin)/d(-cos_y) for a sample that gets the instance margin: lambda m_C / 2
+            self.register_buffer("margin_slope", margins * (0.5 * lambda_inst), persistent=False)
 
     @property
     def wants_hard_mask(self) -> bool:
         return self.instance_margin == "hard" and self.max_margin > 0
 
-    def target_cosine(
-        self, cos_y: torch.Tensor, target: torch.Tensor, hard: torch.Tensor | None, need_grad: bool
-    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def target_cosine(self, cos_y, margin_y, slope_y, need_grad: bool):
         if self.max_margin == 0.0:  # plain cosine classifier, exactly
             return cos_y, None
-        slope = None
-        if self.instance_margin != "none":
-            slope = self.margin_slope.index_select(0, target)
-            if hard is not None:
-                slope.mul_(hard)
-        result = _dbm_psi(
-            cos_y, self.class_margin.index_select(0, target), slope, self.overflow_mode, need_grad
-        )
-        return result if need_grad else (result, None)
+        return _dbm_psi(cos_y, margin_y, slope_y, self.overflow_mode, need_grad)
 
     def extra_repr(self) -> str:
         return (

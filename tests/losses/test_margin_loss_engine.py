@@ -1,0 +1,152 @@
+"""The machinery shared by the margin losses: the one-function cross-entropy, the two
+per-sample paths (NumPy on the CPU, torch elsewhere) and what they promise about inputs."""
+
+import math
+
+import pytest
+import reference as ref
+import torch
+import torch.nn.functional as F
+
+from dbm_ltr.losses import DBMLoss, LDAMLoss
+
+C100 = ref.cifar_lt_counts(500, 100, 100)
+LOSSES = {
+    "dbm-ce": lambda: DBMLoss(C100),
+    "dbm-bs": lambda: DBMLoss(C100, base="bs", max_margin=0.3),
+    "dbm-cb-all": lambda: DBMLoss(C100, base="cb", instance_margin="all"),
+    "dbm-drw-none": lambda: DBMLoss(C100, base="drw", instance_margin="none"),
+    "dbm-zero": lambda: DBMLoss(C100, max_margin=0.0),
+    "ldam-drw": lambda: LDAMLoss(C100, base="drw"),
+}
+
+
+def batch(rows=64, dtype=torch.float32, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    cos = torch.rand(rows, 100, generator=gen, dtype=dtype) * 2 - 1
+    cos[:4] = torch.randint(-2, 3, (4, 100), generator=gen) / 2  # exact ties and +-1
+    cos[4, :] = -1.0
+    cos[4, 0] = 1.0  # target far below the best class: theta + m > pi
+    target = torch.randint(0, 100, (rows,), generator=gen)
+    return cos, target
+
+
+def reference_loss(crit, cos, target, epoch):
+    """``F.cross_entropy`` on the library's margin logits (checked against the naive float64
+    references in test_dbm.py / test_ldam.py)."""
+    base = crit.base_loss
+    logits = crit.margin_logits(cos, target)
+    if base.logit_offset is not None:
+        logits = logits + base.logit_offset
+    return F.cross_entropy(logits, target, weight=base.weight_at(epoch))
+
+
+@pytest.mark.usefixtures("per_sample_path")
+@pytest.mark.parametrize("name", LOSSES)
+@pytest.mark.parametrize("epoch", [0, 170])
+def test_loss_and_gradient_equal_cross_entropy_of_the_margin_logits(name, epoch):
+    crit = LOSSES[name]()
+    cos, target = batch()
+    mine = cos.clone().requires_grad_()
+    theirs = cos.clone().requires_grad_()
+    loss = crit(mine, target, epoch=epoch)
+    want = reference_loss(crit, theirs, target, epoch)
+    loss.backward()
+    want.backward()
+    assert loss.dtype == torch.float32 and loss.shape == ()
+    torch.testing.assert_close(loss, want, rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(mine.grad, theirs.grad, rtol=1e-5, atol=1e-7)
+
+
+@pytest.mark.parametrize("name", LOSSES)
+def test_gradcheck_of_the_whole_loss(name, per_sample_path):
+    crit = LOSSES[name]()
+    cos, target = batch(rows=6, dtype=torch.float64, seed=1)
+    cos = (cos * 0.98).requires_grad_()  # inside (-1, 1), where the derivative exists
+    assert torch.autograd.gradcheck(lambda x: crit(x, target, epoch=170), (cos,))
+
+
+def test_numpy_and_torch_paths_agree(monkeypatch):
+    from dbm_ltr.losses import margins
+
+    crit = DBMLoss(C100, base="bs", max_margin=0.3)
+    cos, target = batch(rows=128)
+    results = []
+    for numpy_path in (True, False):
+        monkeypatch.setattr(margins, "_numpy_path", lambda device, flag=numpy_path: flag)
+        x = cos.clone().requires_grad_()
+        loss = crit(x, target)
+        loss.backward()
+        results.append((loss, crit.margin_logits(cos, target), x.grad))
+    for a, b in zip(*results):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)  # NumPy vs torch acos: ulps
+
+
+@pytest.mark.parametrize("scale", [64.0, 200.0])
+def test_loss_exact_where_the_target_probability_underflows(scale, per_sample_path):
+    # logit gaps of 2 * scale: exp underflows float32, the loss must still be finite and exact
+    crit = DBMLoss([10] * 5, scale=scale)
+    cos = torch.tensor([[1.0, -1.0, -1.0, -1.0, -1.0], [0.2, 0.1, 0.0, 0.3, 0.9]], requires_grad=True)
+    target = torch.tensor([1, 4])
+    loss = crit(cos, target)
+    want = F.cross_entropy(crit.margin_logits(cos, target).double(), target)
+    assert torch.isfinite(loss)
+    assert loss.item() == pytest.approx(want.item(), rel=1e-6)
+    loss.backward()
+    assert torch.isfinite(cos.grad).all()
+
+
+@pytest.mark.usefixtures("per_sample_path")
+def test_cosines_are_left_bit_for_bit_unchanged():
+    crit = DBMLoss(C100, base="bs")
+    cos, target = batch()
+    cos[5, target[5]] = float("nan")
+    cos[6, target[6]] = -0.0
+    before = cos.clone()
+    x = cos.requires_grad_()
+    crit(x, target).backward()
+    crit.margin_logits(x, target)
+    assert torch.equal(x.detach().view(torch.int32), before.view(torch.int32))
+
+
+@pytest.mark.usefixtures("per_sample_path")
+def test_non_contiguous_cosines():
+    crit = DBMLoss(C100, base="bs")
+    cos, target = batch()
+    wide = cos.t().contiguous().t().requires_grad_()  # same values, column-major
+    assert not wide.is_contiguous()
+    plain = cos.clone().requires_grad_()
+    crit(wide, target).backward()
+    crit(plain, target).backward()
+    torch.testing.assert_close(wide.grad, plain.grad)
+    torch.testing.assert_close(crit.margin_logits(wide, target), crit.margin_logits(plain, target))
+
+
+def test_backward_twice_with_retain_graph_gives_the_same_gradient():
+    crit = DBMLoss(C100, base="bs")
+    cos, target = batch()
+    x = cos.requires_grad_()
+    loss = crit(x, target)
+    (first,) = torch.autograd.grad(loss, x, retain_graph=True)
+    (second,) = torch.autograd.grad(loss, x)
+    assert torch.equal(first, second)
+
+
+def test_double_backward_is_a_clear_error():
+    crit = DBMLoss(C100)
+    cos, target = batch()
+    x = cos.requires_grad_()
+    with pytest.raises(RuntimeError, match="double backward"):
+        torch.autograd.grad(crit(x, target), x, create_graph=True)
+    with pytest.raises(RuntimeError, match="double backward"):
+        torch.autograd.grad(crit.margin_logits(x, target).sum(), x, create_graph=True)
+
+
+@pytest.mark.usefixtures("per_sample_path")
+def test_empty_batch_gives_nan_like_cross_entropy():
+    crit = DBMLoss(C100, base="drw")
+    empty = torch.zeros(0, 100, requires_grad=True)
+    target = torch.zeros(0, dtype=torch.long)
+    loss = crit(empty, target, epoch=200)
+    assert math.isnan(loss.item()) and math.isnan(F.cross_entropy(empty, target).item())
+    assert crit.margin_logits(empty, target).shape == (0, 100)
