@@ -232,16 +232,16 @@ def _put_(values: torch.Tensor, index, new) -> None:
         values.view(-1)[index] = new.to(values.dtype)
 
 
-def _hard_mask_cpu(cosine: torch.Tensor, flat: np.ndarray, index: np.ndarray, labels: np.ndarray):
+def _hard_mask_cpu(cosine: torch.Tensor, flat: np.ndarray, index: np.ndarray, cos_y: np.ndarray,
+                   labels: np.ndarray):
     """:func:`hard_positive_mask` (as a bool array) for a contiguous CPU ``cosine`` whose
-    memory ``flat`` views.
+    memory ``flat`` views; ``cos_y = flat[index]``.
 
     A row is hard when another class scores higher. ``amax`` is several times faster than
     ``argmax`` on the CPU, so the target entries are set to -inf for this one reduction and
     restored bit for bit right after; rows where the best other class ties with the target
     are settled by ``argmax`` (first index wins).
     """
-    cos_y = flat[index]
     flat[index] = -np.inf
     try:
         best_other = cosine.amax(dim=1).numpy()
@@ -268,8 +268,8 @@ def _margin_logits(cosine, target, loss, offset, need_grad):
         labels = target.numpy()
         flat = cosine.detach().view(-1).numpy()
         index = np.arange(0, flat.size, cosine.shape[1]) + labels
-        hard = _hard_mask_cpu(cosine, flat, index, labels) if wants_hard else None
         cos_y = flat[index]
+        hard = _hard_mask_cpu(cosine, flat, index, cos_y, labels) if wants_hard else None
     else:
         labels = target
         index = torch.arange(0, cosine.numel(), cosine.shape[1], device=cosine.device) + labels
