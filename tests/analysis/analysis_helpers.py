@@ -18,8 +18,10 @@ def tiny_overrides(root, epochs=1) -> list[str]:
 
 
 def write_run(path: Path, preset: str, seed: int, top1, many=None, medium=None, few=None,
-              imbalance_factor=100, paper=None, loss=None, metrics=True) -> Path:
-    """A run directory written by hand: config.yaml (+ metrics.json)."""
+              imbalance_factor=100, paper=None, loss=None, metrics=True, epoch=200,
+              best=None) -> Path:
+    """A run directory written by hand: config.yaml (+ metrics.json; ``best``: the best test
+    epoch's metrics, as a run with ``train.eval_every`` records them)."""
     from dbm_ltr.engine import load_config
 
     config = load_config(preset, [f"train.seed={seed}", f"data.imbalance_factor={imbalance_factor}"]
@@ -29,8 +31,9 @@ def write_run(path: Path, preset: str, seed: int, top1, many=None, medium=None, 
     if metrics:
         (path / "metrics.json").write_text(json.dumps({
             "top1": top1, "many": many, "medium": medium, "few": few, "per_class": [],
-            "epoch": 200, "reported": "final epoch", "preset": preset,
+            "epoch": epoch, "reported": "final epoch", "preset": preset,
             "imbalance_factor": float(imbalance_factor), "cls_num_list": [], "classes": [],
             "paper": paper,
+            **({"best_epoch": {"epoch": epoch - 10, **best, "note": "test-set selection"}} if best else {}),
         }))
     return path

@@ -37,8 +37,9 @@ def test_seeds_are_averaged_beside_the_paper(runs):
 
     text = report_markdown(rows)
     assert "final-epoch" in text and "final epoch" in text.splitlines()[2]  # header says so
-    assert "| cifar100_lt/dbm_bs | 100 | 2 | 51.00 +- 1.41 | 51.30 | -0.30 |" in text
-    assert "| cifar100_lt/bs | 100 | 1 | 48.00 | 49.35 | -1.35 |" in text
+    assert "| cifar100_lt/dbm_bs | 100 | 2 | 200 | 51.00 +- 1.41 | 51.30 | -0.30 |" in text
+    assert "| cifar100_lt/bs | 100 | 1 | 200 | 48.00 | 49.35 | -1.35 |" in text
+    assert "best epoch*" not in text and "short" not in text  # no run tracked a best epoch, none is short
 
 
 def test_cli_writes_markdown_and_csv(runs, tmp_path, capsys):
@@ -96,3 +97,41 @@ def test_a_folder_of_runs_stands_for_its_runs(runs, tmp_path):
     expanded = expand_run_dirs([tmp_path])
     assert sorted(expanded) == sorted(runs)
     assert expand_run_dirs([runs[0]]) == [runs[0]]
+
+
+def test_best_test_epoch_is_shown_beside_the_final_one_and_marked(tmp_path):
+    """Runs with train.eval_every carry their best test epoch: the report shows it next to the
+    final epoch, marked as test-set selection, with its own difference to the paper."""
+    best = {"top1": 52.0, "many": 67.0, "medium": 51.0, "few": 33.0}
+    runs = [
+        write_run(tmp_path / "s0", "cifar100_lt/dbm_bs", 0, 50.0, 66.0, 50.0, 30.0, paper=DBM_BS_PAPER, best=best),
+        write_run(tmp_path / "s1", "cifar100_lt/dbm_bs", 1, 51.0, 66.0, 50.0, 31.0, paper=DBM_BS_PAPER,
+                  best={**best, "top1": 53.0}),
+        write_run(tmp_path / "bs", "cifar100_lt/bs", 0, 48.0, 65.0, 49.0, 27.5, paper=BS_PAPER),
+    ]
+    rows = summarize_runs(runs)
+    dbm, bs = rows
+    assert dbm.mean("top1") == pytest.approx(50.5) and dbm.mean("top1", best=True) == pytest.approx(52.5)
+    assert dbm.diff("top1", best=True) == pytest.approx(52.5 - 51.3)
+    assert dbm.std("few", best=True) == 0.0 and bs.mean("top1", best=True) is None
+    text = report_markdown(rows)
+    header = next(line for line in text.splitlines() if line.startswith("| preset"))
+    assert "| top-1 ours (final epoch) | top-1 best epoch* | top-1 paper | top-1 diff | top-1 diff best* |" in header
+    assert "| cifar100_lt/dbm_bs | 100 | 2 | 200 | 50.50 +- 0.71 | 52.50 +- 0.71 | 51.30 | -0.80 | +1.20 |" in text
+    assert "| cifar100_lt/bs | 100 | 1 | 200 | 48.00 | - | 49.35 | -1.35 | - |" in text
+    assert "test-set model selection" in text
+    out = tmp_path / "report.md"
+    cli.main(["report", *map(str, runs), "--out", str(out)])
+    first = next(csv.DictReader(open(out.with_suffix(".csv"))))
+    assert float(first["top1_best_mean"]) == pytest.approx(52.5)
+    assert float(first["top1_best_diff"]) == pytest.approx(1.2) and first["recipe_epochs"] == "200"
+
+
+def test_short_runs_are_marked(tmp_path):
+    runs = [write_run(tmp_path / "short", "cifar100_lt/dbm_bs", 0, 20.0, paper=DBM_BS_PAPER, epoch=1),
+            write_run(tmp_path / "full", "cifar100_lt/bs", 0, 48.0, paper=BS_PAPER)]
+    short, full = summarize_runs(runs)
+    assert short.short and not full.short
+    text = report_markdown([short, full])
+    assert "| cifar100_lt/dbm_bs | 100 | 1 | 1 (short; recipe 200) |" in text
+    assert "| cifar100_lt/bs | 100 | 1 | 200 |" in text and "not comparable" in text

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 import torch
-from PIL import Image
+from PIL import Image, ImageFilter
 from torchvision import transforms as T
 
 from dbm_ltr.data import (
@@ -13,6 +13,7 @@ from dbm_ltr.data import (
     Cutout,
     MultiView,
     build_transform,
+    RandomGaussianBlur,
     cifar_contrastive_transform,
     cifar_test_transform,
     cifar_train_transform,
@@ -118,8 +119,8 @@ def test_contrastive_recipe_structure_and_output():
     assert rrc.size == (32, 32) and rrc.scale == (0.2, 1.0)
     assert jitter.p == 0.8 and isinstance(jitter.transforms[0], T.ColorJitter)
     assert gray.p == 0.2
-    assert blur.p == 0.5 and isinstance(blur.transforms[0], T.GaussianBlur)
-    assert blur.transforms[0].sigma == (0.1, 2.0) and blur.transforms[0].kernel_size == (3, 3)
+    assert blur.p == 0.5 and isinstance(blur.transforms[0], RandomGaussianBlur)
+    assert blur.transforms[0].sigma == (0.1, 2.0)
     for i in range(10):
         x = t(pil_image(i, size=32))
         assert x.shape == (3, 32, 32)
@@ -159,3 +160,39 @@ def test_registry_builds_every_recipe():
     assert torch.equal(none(img), T.ToTensor()(img))
     tensor = torch.rand(1, 8, 8)
     assert none(tensor) is tensor  # tensors (digits) pass through
+
+
+def effective_blur(blur, size=33):
+    """Standard deviation (px) of a blur's response to one bright pixel in the centre of a
+    black image: the width of the blur that an image actually receives."""
+    img = np.zeros((size, size, 3), np.uint8)
+    img[size // 2, size // 2] = 255
+    out = np.asarray(blur(Image.fromarray(img)), dtype=np.float64)[..., 0]
+    offsets = np.arange(size) - size // 2
+    weight = out.sum(axis=1)  # mass per row
+    return float(np.sqrt((weight * offsets ** 2).sum() / weight.sum()))
+
+
+@pytest.mark.parametrize("sigma", [0.5, 1.0, 1.5, 2.0])
+def test_contrastive_blur_reaches_the_sigma_of_the_pil_recipe(sigma):
+    """The BCL / NCL code blurs with PIL's GaussianBlur(radius=sigma); our blur is that filter,
+    so its effective width is sigma (within the 8-bit rounding of a one-pixel impulse). A 3x3
+    torchvision kernel, the earlier recipe, stays below 0.82 px whatever sigma."""
+    ours = effective_blur(RandomGaussianBlur((sigma, sigma)))
+    pil = effective_blur(lambda im: im.filter(ImageFilter.GaussianBlur(radius=sigma)))
+    assert ours == pytest.approx(pil, abs=1e-12)
+    assert ours == pytest.approx(sigma, rel=0.1)
+    capped = effective_blur(T.GaussianBlur(3, sigma=sigma))
+    assert capped < 0.82 and (sigma < 1 or ours > 1.2 * capped)
+
+
+def test_contrastive_blur_draws_sigma_uniformly_and_checks_input():
+    blur = RandomGaussianBlur((0.1, 2.0))
+    torch.manual_seed(0)
+    widths = [effective_blur(blur) for _ in range(200)]
+    assert min(widths) < 0.4 and 1.7 < max(widths) < 2.1  # tiny sigmas round to no blur
+    assert 0.85 < float(np.median(widths)) < 1.25  # uniform on [0.1, 2]: median 1.05
+    with pytest.raises(ValueError, match="0 < lo <= hi"):
+        RandomGaussianBlur((2.0, 0.1))
+    with pytest.raises(TypeError, match="PIL image"):
+        blur(torch.zeros(3, 8, 8))

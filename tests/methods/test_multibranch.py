@@ -96,3 +96,117 @@ def test_ncl_reference_code_options_and_errors():
         build("ncl")(torch.randn(2, 3, 32, 32), torch.tensor([0, 1]), epoch=0)
     with pytest.raises(ValueError, match="set model.classifier=cosine"):
         build("bcl", "dbm", "linear")
+
+
+def _hand_projection(head, x):
+    """The projection MLP written out: Linear -> BatchNorm (train mode: this batch's mean and
+    biased variance) -> ReLU -> Linear, from the head's own parameters."""
+    lin1, bn, _, lin2 = head
+    h = x @ lin1.weight.t() + lin1.bias
+    mean, var = h.mean(dim=0), h.var(dim=0, unbiased=False)
+    h = (h - mean) / torch.sqrt(var + bn.eps) * bn.weight + bn.bias
+    return torch.relu(h) @ lin2.weight.t() + lin2.bias
+
+
+@pytest.mark.parametrize("projection_views", ["all", "contrastive"])
+def test_bcl_projection_batch_matches_a_hand_built_step(projection_views):
+    """"all" (the BCL code): the projection head runs on the 3B features of all views and
+    view 1's projections are dropped, so its BatchNorm statistics, and through them the
+    contrastive gradient, include view 1. "contrastive": the head sees views 2 and 3 only.
+    One step's loss and gradients equal a hand-built version of each."""
+    torch.manual_seed(0)
+    method = build("bcl", "dbm", "cosine", projection_views=projection_views)
+    x, y = views(3), torch.tensor([0, 0, 1, 1, 2, 2, 3, 0])
+    out = method(x, y, epoch=0)
+    method.zero_grad()
+    out.loss.backward()
+    got = {n: p.grad.clone() for n, p in method.named_parameters() if p.grad is not None}
+
+    method.zero_grad()
+    f = method.model.trunk(torch.cat(x))  # the trunk in train mode, as in the step
+    b = y.shape[0]
+    projected = _hand_projection(method.projection, f if projection_views == "all" else f[b:])
+    anchors = torch.nn.functional.normalize(projected[-2 * b:], dim=1)
+    cls = method.loss(method.model.head(f[:b]), y, epoch=0)
+    bsc = balanced_contrastive_loss(anchors, y.repeat(2), method.prototypes(), 0.1)
+    want_loss = 2.0 * cls + 0.6 * bsc
+    want_loss.backward()
+    want = {n: p.grad.clone() for n, p in method.named_parameters() if p.grad is not None}
+    assert out.loss.item() == pytest.approx(want_loss.item(), rel=1e-5)
+    assert got.keys() == want.keys()
+    for name in got:
+        if name in ("projection.0.bias", "prototype.0.bias"):  # in front of a BatchNorm: the
+            # gradient is zero, both sides hold float32 rounding noise
+            assert got[name].abs().max() < 1e-6 and want[name].abs().max() < 1e-6
+            continue
+        error = (got[name] - want[name]).abs().max().item()  # float32 noise is ~1e-6 relative
+        assert error <= 1e-4 * want[name].abs().max().item(), name
+
+
+def test_bcl_projection_views_change_the_statistics_and_are_checked():
+    torch.manual_seed(0)
+    x, y = views(3), torch.tensor([0, 0, 1, 1, 2, 2, 3, 0])
+    losses = {}
+    for mode, first in (("all", 0), ("contrastive", 8)):
+        torch.manual_seed(0)
+        method = build("bcl", projection_views=mode)
+        losses[mode] = method(x, y, epoch=0).loss
+        with torch.no_grad():  # BatchNorm running mean after one step: 0.1 * this batch's mean
+            f = method.model.trunk(torch.cat(x))[first:]
+            hidden = method.projection[0](f)
+        torch.testing.assert_close(method.projection[1].running_mean, 0.1 * hidden.mean(dim=0))
+    assert not torch.isclose(losses["all"], losses["contrastive"])  # the BatchNorm batch differs
+    with pytest.raises(ValueError, match="projection_views must be one of all, contrastive"):
+        build("bcl", projection_views="views23")
+
+
+def test_ncl_trains_in_float64():
+    """The whole module cast to float64 (queues included) trains; the MoCo term runs in float32."""
+    torch.manual_seed(0)
+    method = build("ncl", queue_size=16).double()
+    out = method([v.double() for v in views(2)], torch.tensor([0, 1, 2, 3, 0, 1, 2, 3]), epoch=0)
+    assert torch.isfinite(out.loss)
+    out.loss.backward()
+    assert method.queues.dtype == torch.float64 and method.queue_ptr.tolist() == [8, 8, 8]
+
+
+def _ncl_keys_worker(rank, world, init_file, out_dir, shuffle_bn):
+    import torch.distributed as dist
+
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
+    torch.manual_seed(0)
+    method = build("ncl", queue_size=16, num_experts=2, shuffle_bn=shuffle_bn)
+    torch.manual_seed(100 + rank)  # each process its own stream: rank 0's permutation is shared
+    x_k = torch.randn(4, 3, 32, 32, generator=torch.Generator().manual_seed(rank))
+    own, every = method.keys(x_k)
+    torch.save({"own": own, "every": every}, f"{out_dir}/rank{rank}.pt")
+    dist.destroy_process_group()
+
+
+@pytest.mark.parametrize("shuffle_bn", [True, False])
+def test_ncl_shuffle_bn_across_two_processes(tmp_path, shuffle_bn):
+    """Two gloo processes, 4 images each. With shuffle-BN every process's keys equal a
+    hand-built shuffle: the global batch permuted by rank 0's permutation, each half encoded
+    alone (its own BatchNorm statistics), un-permuted. Without it each process encodes its own
+    batch. Either way both processes hold all 8 keys for the queue, in rank order."""
+    import torch.multiprocessing as mp
+
+    mp.spawn(_ncl_keys_worker, args=(2, str(tmp_path / "init"), str(tmp_path), shuffle_bn), nprocs=2)
+    results = [torch.load(tmp_path / f"rank{r}.pt") for r in range(2)]
+    torch.manual_seed(0)
+    method = build("ncl", queue_size=16, num_experts=2)  # the same weights as in the workers
+    x = torch.cat([torch.randn(4, 3, 32, 32, generator=torch.Generator().manual_seed(r)) for r in range(2)])
+    torch.manual_seed(100)
+    perm = torch.randperm(8) if shuffle_bn else torch.arange(8)
+    with torch.no_grad():
+        for i in range(2):
+            encoded = torch.cat([method._key(i, x[perm][h * 4:(h + 1) * 4]) for h in range(2)])
+            want = torch.empty_like(encoded)
+            want[perm] = encoded
+            for r, result in enumerate(results):
+                torch.testing.assert_close(result["every"][i], want)
+                torch.testing.assert_close(result["own"][i], want[r * 4:(r + 1) * 4])
+            if shuffle_bn:  # the shuffle changes the keys: BatchNorm saw other images
+                local = torch.cat([method._key(i, x[h * 4:(h + 1) * 4]) for h in range(2)])
+                assert (local - want).abs().max() > 1e-3

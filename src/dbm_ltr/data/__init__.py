@@ -1,4 +1,4 @@
-"""Data: long-tailed CIFAR-10/100 (SPEC 4.1), a small offline digits demo, and transforms.
+"""Data: long-tailed CIFAR-10/100 (the LDAM-DRW protocol), a small offline digits demo, and transforms.
 
 Data sets are created by name so that a config can name them::
 
@@ -30,6 +30,7 @@ from .transforms import (
     Cutout,
     EnsureTensor,
     MultiView,
+    RandomGaussianBlur,
     build_transform,
     cifar_contrastive_transform,
     cifar_test_transform,
@@ -53,6 +54,7 @@ __all__ = [
     "LongTailCIFAR100",
     "LongTailDigits",
     "MultiView",
+    "RandomGaussianBlur",
     "build_transform",
     "check_imbalance_factor",
     "cifar_contrastive_transform",

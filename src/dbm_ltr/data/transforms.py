@@ -1,14 +1,18 @@
-"""CIFAR augmentation recipes (SPEC 5.1 and the contrastive views of SPEC 2.5).
+"""CIFAR augmentation recipes: the regular recipe of the DBM code and the contrastive view of
+the BCL / NCL code.
 
 * ``cifar``: RandomCrop(32, pad 4, zero fill) -> HFlip -> AutoAugment(CIFAR10, fill 128)
   -> ToTensor -> Cutout(16) -> Normalize.
 * ``cifar_contrastive`` (SimCLR-style view): RandomResizedCrop(32, scale 0.2-1) -> HFlip
   -> ColorJitter(0.4, 0.4, 0.4, 0.1) with p 0.8 -> Grayscale p 0.2
-  -> GaussianBlur(3, sigma 0.1-2) with p 0.5 -> ToTensor -> Normalize.
+  -> Gaussian blur (PIL's filter, sigma uniform in 0.1-2) with p 0.5 -> ToTensor -> Normalize,
+  as the BCL and NCL code (MoCo v2's recipe). torchvision's ``GaussianBlur`` needs a kernel
+  size; at size 3 it caps the effective blur at about 0.8 px even at sigma 2.
 * ``cifar_test``: ToTensor -> Normalize.
 * ``none``: PIL image / ndarray -> tensor (ToTensor); tensors pass through unchanged.
 
-Normalisation uses mean (0.4914, 0.4822, 0.4465), std (0.2023, 0.1994, 0.2010) (SPEC 4.1).
+Normalisation uses mean (0.4914, 0.4822, 0.4465), std (0.2023, 0.1994, 0.2010), the values of
+the LDAM-DRW / DBM code.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ from __future__ import annotations
 from typing import Any, Callable, Sequence
 
 import torch
+from PIL import Image, ImageFilter
 from torchvision import transforms as T
 from torchvision.transforms import AutoAugmentPolicy
 
@@ -28,6 +33,7 @@ __all__ = [
     "Cutout",
     "EnsureTensor",
     "MultiView",
+    "RandomGaussianBlur",
     "build_transform",
     "cifar_contrastive_transform",
     "cifar_test_transform",
@@ -91,11 +97,37 @@ class EnsureTensor:
         return f"{type(self).__name__}()"
 
 
+class RandomGaussianBlur:
+    """Gaussian blur of a PIL image with ``sigma`` drawn uniformly from ``sigma=(lo, hi)``.
+
+    ``img.filter(ImageFilter.GaussianBlur(radius=sigma))``: PIL's filter, three passes of an
+    extended box blur whose variance is ``sigma**2`` (edge pixels repeated), so the blur has no
+    kernel-size cap. The draw uses ``torch``'s generator, like torchvision's transforms, so the
+    loader's per-worker seeding applies.
+    """
+
+    def __init__(self, sigma: tuple[float, float] = (0.1, 2.0)) -> None:
+        lo, hi = (float(s) for s in sigma)
+        if not 0 < lo <= hi:
+            raise ValueError(f"sigma must be (lo, hi) with 0 < lo <= hi, got {sigma!r}")
+        self.sigma = (lo, hi)
+
+    def __call__(self, img: Image.Image) -> Image.Image:
+        if not isinstance(img, Image.Image):
+            raise TypeError(f"RandomGaussianBlur expects a PIL image, got {type(img).__name__}")
+        lo, hi = self.sigma
+        sigma = lo + (hi - lo) * float(torch.rand(()))
+        return img.filter(ImageFilter.GaussianBlur(radius=sigma))
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(sigma={self.sigma})"
+
+
 class MultiView:
     """Apply every transform to the same input; returns the tuple of views.
 
     ``MultiView([t1, t2, t2])(img) == (t1(img), t2(img), t2(img))`` (independent random
-    draws), e.g. the three BCL views of SPEC 2.5.
+    draws), e.g. the three views of BCL (one regular, two contrastive).
     """
 
     def __init__(self, transforms: Sequence[Callable]) -> None:
@@ -123,7 +155,7 @@ def cifar_train_transform(
     mean: Sequence[float] = CIFAR_MEAN,
     std: Sequence[float] = CIFAR_STD,
 ) -> T.Compose:
-    """Regular CIFAR recipe (SPEC 5.1); input a PIL image, output a normalised 3x32x32 tensor."""
+    """Regular CIFAR recipe (LDAM-DRW / DBM code); input a PIL image, output a normalised 3x32x32 tensor."""
     return T.Compose([
         T.RandomCrop(32, padding=4),
         T.RandomHorizontalFlip(),
@@ -138,13 +170,14 @@ def cifar_contrastive_transform(
     mean: Sequence[float] = CIFAR_MEAN,
     std: Sequence[float] = CIFAR_STD,
 ) -> T.Compose:
-    """SimCLR-style contrastive view of BCL on CIFAR (SPEC 2.5 v2/v3); PIL image -> tensor."""
+    """SimCLR-style contrastive view of BCL and NCL on CIFAR (views 2 and 3 of BCL, the key
+    view of NCL); PIL image -> tensor."""
     return T.Compose([
         T.RandomResizedCrop(32, scale=(0.2, 1.0)),
         T.RandomHorizontalFlip(),
         T.RandomApply([T.ColorJitter(0.4, 0.4, 0.4, 0.1)], p=0.8),
         T.RandomGrayscale(p=0.2),
-        T.RandomApply([T.GaussianBlur(kernel_size=3, sigma=(0.1, 2.0))], p=0.5),
+        T.RandomApply([RandomGaussianBlur((0.1, 2.0))], p=0.5),
         T.ToTensor(),
         T.Normalize(mean, std),
     ])

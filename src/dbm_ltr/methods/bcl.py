@@ -1,8 +1,15 @@
-"""BCL: balanced contrastive learning (Zhu et al., CVPR 2022), with or without DBM (SPEC 2.5).
+"""BCL: balanced contrastive learning (Zhu et al., CVPR 2022), with or without DBM (DBM paper,
+Sec. 4 and Table 2).
 
 Three views per image go through the trunk as one ``3B`` batch (shared BatchNorm statistics):
-the classifier sees view 1 (regular augmentation), the projection head views 2 and 3
-(SimCLR-style). A prototype head maps the raw classifier weight vectors to class prototypes.
+the classifier sees view 1 (regular augmentation), the contrastive loss the projections of
+views 2 and 3 (SimCLR-style). A prototype head maps the raw classifier weight vectors to class
+prototypes.
+
+``projection_views`` says which features the projection head (Linear-BN-ReLU-Linear) runs on:
+``"all"`` (default, as the BCL code): all ``3B``, view 1's projections discarded, so the head's
+BatchNorm statistics cover the three views and the contrastive gradient also reaches view 1
+through them; ``"contrastive"``: only the ``2B`` features of views 2 and 3.
 
 ``loss = alpha * L_cls(head(f_1), y) + beta * L_BSC(proj(f_2, f_3), prototypes)``, where
 ``L_cls`` is the configured loss: balanced softmax for BCL, DBM with base ``bs`` for DBM-BCL.
@@ -18,7 +25,9 @@ from ..losses.contrastive import balanced_contrastive_loss
 from ..models import create_model, mlp_head
 from .base import SingleModelMethod, StepOutput, check_head_matches_loss
 
-__all__ = ["BCLMethod"]
+__all__ = ["BCLMethod", "PROJECTION_VIEWS"]
+
+PROJECTION_VIEWS = ("all", "contrastive")
 
 
 class BCLMethod(SingleModelMethod):
@@ -33,10 +42,16 @@ class BCLMethod(SingleModelMethod):
         temperature: float = 0.1,
         hidden_dim: int = 512,
         proj_dim: int = 128,
+        projection_views: str = "all",
     ) -> None:
         super().__init__()
         if alpha < 0 or beta < 0:
             raise ValueError(f"BCL weights must be >= 0, got alpha={alpha}, beta={beta}")
+        if projection_views not in PROJECTION_VIEWS:
+            raise ValueError(
+                f"projection_views must be one of {', '.join(PROJECTION_VIEWS)}, got {projection_views!r}"
+            )
+        self.projection_views = projection_views
         self.model = model
         self.loss = loss
         self.alpha, self.beta, self.temperature = float(alpha), float(beta), float(temperature)
@@ -48,11 +63,11 @@ class BCLMethod(SingleModelMethod):
     def build(
         cls, *, trunk: str, classifier: str, num_classes: int, loss: nn.Module, loss_name: str,
         alpha: float = 2.0, beta: float = 0.6, temperature: float = 0.1, hidden_dim: int = 512,
-        proj_dim: int = 128, **_: object,
+        proj_dim: int = 128, projection_views: str = "all", **_: object,
     ) -> "BCLMethod":
         check_head_matches_loss(classifier, loss, loss_name)
         model = create_model(trunk, num_classes, classifier)
-        return cls(model, loss, alpha, beta, temperature, hidden_dim, proj_dim)
+        return cls(model, loss, alpha, beta, temperature, hidden_dim, proj_dim, projection_views)
 
     def prototypes(self) -> torch.Tensor:
         """L2-normalised class prototypes ``(C, proj_dim)`` from the raw classifier weights."""
@@ -65,7 +80,11 @@ class BCLMethod(SingleModelMethod):
         features = self.model.trunk(torch.cat(list(images)))
         scores = self.model.head(features[:batch])
         cls_loss = self.loss(scores, targets, epoch=epoch)
-        anchors = F.normalize(self.projection(features[batch:]), dim=1)
+        if self.projection_views == "all":
+            projected = self.projection(features)[batch:]
+        else:
+            projected = self.projection(features[batch:])
+        anchors = F.normalize(projected, dim=1)
         bsc = balanced_contrastive_loss(
             anchors.float(), targets.repeat(2), self.prototypes().float(), self.temperature
         )

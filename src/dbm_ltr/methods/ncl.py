@@ -1,4 +1,4 @@
-"""NCL: nested collaborative learning (Li et al., CVPR 2022), with or without DBM (SPEC 2.6).
+"""NCL: nested collaborative learning (Li et al., CVPR 2022), with or without DBM (DBM paper, Table 2).
 
 Several experts, each a full trunk with its own classifier, see the same two views of every
 image (regular ``x_p`` and SimCLR-style ``x_k``). Per expert ``i`` with raw classifier output
@@ -10,6 +10,12 @@ image (regular ``x_p`` and SimCLR-style ``x_k``). Per expert ``i`` with raw clas
 * ``CE(a_i) + CE(a_i^H)`` and a MoCo term (query head on the expert's feature of ``x_p``, key
   from a momentum copy of the expert on ``x_k``, a queue of negatives);
 * nested balanced online distillation over ``{a_i}`` and over ``{a_i^H}``.
+
+Under torchrun the key branch uses shuffle-BN (MoCo): the processes' ``x_k`` are gathered,
+permuted with one permutation shared by all processes, each process runs the key encoders on
+its slice of the permuted batch, and the keys are gathered and un-permuted, so a key's
+BatchNorm statistics do not come from the query's own sub-batch. The queue receives the keys
+of all processes.
 
 Prediction averages the experts' raw outputs.
 """
@@ -38,13 +44,20 @@ KEY_INITS = ("copy", "random")
 KEY_HEADS = ("ema", "frozen")
 
 
+def _world_size() -> int:
+    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+
+
 def _gather(tensor: torch.Tensor) -> torch.Tensor:
-    """All processes' keys, so every process enqueues the same ones (identity without DDP)."""
-    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
-        return tensor
+    """The processes' tensors (equal shapes) concatenated in rank order."""
     parts = [torch.empty_like(tensor) for _ in range(dist.get_world_size())]
     dist.all_gather(parts, tensor.contiguous())
     return torch.cat(parts)
+
+
+def _same_batch_everywhere(batch: int, device: torch.device) -> bool:
+    sizes = _gather(torch.tensor([batch], device=device))
+    return bool((sizes == batch).all())
 
 
 class NCLMethod(Method):
@@ -64,6 +77,7 @@ class NCLMethod(Method):
         moco_momentum: float = 0.999,
         key_init: str = "copy",
         key_head: str = "ema",
+        shuffle_bn: bool = True,
     ) -> None:
         super().__init__()
         if not isinstance(loss, (BalancedLoss, MarginLoss)) or loss.base != "bs":
@@ -88,6 +102,7 @@ class NCLMethod(Method):
         self.moco_temperature = float(moco_temperature)
         self.moco_momentum = float(moco_momentum)
         self.key_head_mode = key_head
+        self.shuffle_bn = bool(shuffle_bn)
         dim = experts[0].trunk.out_features
         self.query_heads = nn.ModuleList(mlp_head(dim, dim, moco_dim) for _ in experts)
         self.key_trunks = nn.ModuleList(key_trunks)
@@ -108,7 +123,7 @@ class NCLMethod(Method):
         loss: nn.Module, loss_name: str, num_experts: int = 3, hard_fraction: float = 0.3,
         distill_weight: float = 0.6, queue_size: int = 1024, moco_dim: int = 64,
         moco_temperature: float = 0.2, moco_momentum: float = 0.999, key_init: str = "copy",
-        key_head: str = "ema", **_: object,
+        key_head: str = "ema", shuffle_bn: bool = True, **_: object,
     ) -> "NCLMethod":
         check_head_matches_loss(classifier, loss, loss_name)
         if num_experts < 1:
@@ -120,7 +135,7 @@ class NCLMethod(Method):
             key_trunks = [create_trunk(trunk) for _ in experts]
         return cls(
             experts, key_trunks, loss, cls_num_list, hard_fraction, distill_weight, queue_size, moco_dim,
-            moco_temperature, moco_momentum, key_init, key_head,
+            moco_temperature, moco_momentum, key_init, key_head, shuffle_bn,
         )
 
     @torch.no_grad()
@@ -136,8 +151,42 @@ class NCLMethod(Method):
                     p_dst.mul_(m).add_(p_src.detach(), alpha=1.0 - m)
 
     @torch.no_grad()
+    def _key(self, expert: int, images: torch.Tensor) -> torch.Tensor:
+        key = self.key_heads[expert](self.key_trunks[expert](images))
+        return F.normalize(key.float(), dim=1)
+
+    @torch.no_grad()
+    def keys(self, x_k: torch.Tensor) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        """Per expert: (this process's keys ``(B, d)``, all processes' keys in rank order).
+
+        One process: the key encoders on ``x_k``. Under torchrun with ``shuffle_bn``: shuffle-BN
+        over the global batch (see the module docstring); without it, each process encodes
+        its own batch and the keys are gathered for the queue.
+        """
+        experts = range(len(self.experts))
+        if _world_size() == 1:
+            keys = [self._key(i, x_k) for i in experts]
+            return keys, keys
+        batch, rank = x_k.shape[0], dist.get_rank()
+        mine = slice(rank * batch, (rank + 1) * batch)
+        if not (self.shuffle_bn and _same_batch_everywhere(batch, x_k.device)):
+            keys = [self._key(i, x_k) for i in experts]
+            return keys, [_gather(k) for k in keys]
+        everything = _gather(x_k)
+        perm = torch.randperm(everything.shape[0], device=x_k.device)
+        dist.broadcast(perm, src=0)  # one permutation for all processes
+        shuffled = everything[perm[mine]]
+        own, every = [], []
+        for i in experts:
+            gathered = _gather(self._key(i, shuffled))  # row j belongs to image perm[j]
+            keys = torch.empty_like(gathered)
+            keys[perm] = gathered
+            own.append(keys[mine])
+            every.append(keys)
+        return own, every
+
+    @torch.no_grad()
     def _enqueue(self, expert: int, keys: torch.Tensor) -> None:
-        keys = _gather(keys)
         size = self.queues.shape[1]
         index = (self.queue_ptr[expert] + torch.arange(keys.shape[0], device=keys.device)) % size
         self.queues[expert, index] = keys.to(self.queues.dtype)
@@ -161,14 +210,12 @@ class NCLMethod(Method):
         ce = sum(F.cross_entropy(a, targets) for a in full)
         hcm = sum(F.cross_entropy(a, targets) for a in hard)
         contrastive = full[0].new_zeros(())
+        own_keys, all_keys = self.keys(x_k)
         for i, f in enumerate(features):
-            query = F.normalize(self.query_heads[i](f), dim=1)
-            with torch.no_grad():
-                key = F.normalize(self.key_heads[i](self.key_trunks[i](x_k)), dim=1)
-            contrastive = contrastive + moco_loss(
-                query.float(), key.float(), self.queues[i].clone(), self.moco_temperature
-            )
-            self._enqueue(i, key)
+            query = F.normalize(self.query_heads[i](f).float(), dim=1)
+            queue = self.queues[i].to(torch.float32, copy=True)  # the enqueue below writes in place
+            contrastive = contrastive + moco_loss(query, own_keys[i], queue, self.moco_temperature)
+            self._enqueue(i, all_keys[i])
         distill = nested_balanced_online_distillation(full, self.distill_weight) + (
             nested_balanced_online_distillation(hard, self.distill_weight)
         )
