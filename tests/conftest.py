@@ -16,3 +16,11 @@ def _seed_and_one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="session")
+def fake_cifar10(tmp_path_factory):
+    """Tiny CIFAR-10 in the .npz format of ../shared/data: 40 train / 10 test images a class."""
+    from fakes import write_fake_cifar_npz
+
+    return write_fake_cifar_npz(tmp_path_factory.mktemp("cifar10"), 10, 40, 10)

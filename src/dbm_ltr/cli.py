@@ -1,4 +1,4 @@
-"""Command line: ``dbm-ltr train | eval | demo | analyze | report | sweep``.
+"""Command line: ``dbm-ltr train | eval | reproduce | demo | analyze | report | sweep``.
 
 Errors a user can fix (bad config, missing data set, unusable checkpoint) are printed as one
 line and exit with status 2; set ``DBM_LTR_DEBUG=1`` to see the traceback instead.
@@ -51,7 +51,9 @@ def cmd_train(args) -> int:
 
 
 def cmd_eval(args) -> int:
+    from .data import DATASET_INFO
     from .engine.checkpoint import load_checkpoint
+    from .engine.pipeline import EvalBatches, resolve_pipeline
     from .engine.trainer import (
         evaluate_method,
         format_groups,
@@ -64,10 +66,12 @@ def cmd_eval(args) -> int:
     _, test_set = load_datasets(config, ("regular",), train=False)
     counts = [int(n) for n in state["cls_num_list"]]
     device = next(method.parameters()).device
-    result = evaluate_method(
-        method, test_set, counts, len(counts), device, config.data.eval_batch_size,
-        config.data.workers, config.train.amp,
+    d = config.data
+    batches = EvalBatches(
+        test_set, DATASET_INFO[d.name]["test_transform"], d.eval_batch_size, device,
+        resolve_pipeline(config, ("regular",), device), d.workers,
     )
+    result = evaluate_method(method, batches, counts, len(counts), device, config.train.amp)
     result["epoch"] = state["epoch"]
     result["reported"] = f"checkpoint after epoch {state['epoch']}"
     out = Path(args.out) if args.out else Path(args.checkpoint).with_name("eval.json")
@@ -149,6 +153,48 @@ def cmd_sweep(args) -> int:
     return 0
 
 
+def cmd_reproduce(args) -> int:
+    from .analysis.reproduce import (
+        default_jobs,
+        describe,
+        parse_rows,
+        parse_seeds,
+        plan_reproduction,
+        run_reproduction,
+        summarize_reproduction,
+    )
+
+    rows = parse_rows(args.rows, args.data)
+    seeds = parse_seeds(args.seeds)
+    if args.jobs is not None and args.jobs < 1:
+        raise _UsageError(f"--jobs must be >= 1, got {args.jobs}")
+    runs = plan_reproduction(args.data, rows, seeds, args.out, _overrides(args), args.imbalance_factor)
+    jobs = args.jobs or default_jobs()
+    print(describe(runs, jobs), flush=True)
+    if args.dry_run:
+        print("dry run: nothing trained")
+        return 0
+    try:
+        run_reproduction(runs, jobs)
+    except KeyboardInterrupt:
+        print("\nreproduce interrupted; rerun the same command to resume (finished runs are skipped)",
+              file=sys.stderr)
+        raise
+    title = f"Table 2 rows on {args.data}" + (f", IF {args.imbalance_factor:g}" if args.imbalance_factor else "")
+    summary = summarize_reproduction(runs, args.out, title)
+    print()
+    print(summary["markdown"], end="")
+    for key in ("report", "csv", "plot"):
+        if key in summary:
+            print(f"{'plot' if key == 'plot' else 'written'}: {summary[key]}")
+    failed = [r for r in runs if not r.finished]
+    if failed:
+        print(f"{len(failed)} run(s) did not finish: {', '.join(r.name for r in failed)}; fix the cause "
+              "and rerun the same command (finished runs are skipped)", file=sys.stderr)
+        return 1
+    return 0
+
+
 DEMO_PRESETS = ("ce", "dbm_ce", "bs", "dbm_bs")
 
 
@@ -212,6 +258,31 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="where to write the JSON result (default: eval.json beside it)")
     _add_set(p)
     p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser(
+        "reproduce",
+        help="the Table 2 rows of a CIFAR data set: one run per row and seed, then a report",
+        description="Train the presets of the chosen Table 2 rows, one run directory per (row, "
+        "seed) under --out, --jobs runs at a time as separate processes on the one device. "
+        "Everything is validated first; finished runs are skipped and interrupted ones resumed "
+        "when the command is repeated; a failing run is reported and the others go on. At the "
+        "end: report.md / report.csv (ours beside the paper, best test epoch marked) and "
+        "reproduce.png.",
+        epilog="example: dbm-ltr reproduce --data cifar10_lt --imbalance-factor 100 --rows table2 "
+        "--seeds 0 --out runs/table2 --set data.root=../shared/data",
+    )
+    p.add_argument("--data", required=True, help="cifar10_lt or cifar100_lt")
+    p.add_argument("--imbalance-factor", type=float, help="10, 50 or 100 (default: the presets' 100)")
+    p.add_argument("--rows", default="table2",
+                   help="table2 (the eight single-model rows), all (adds BCL, DBM-BCL, NCL, DBM-NCL) "
+                   "or a comma-separated list of preset names, e.g. ce,dbm_ce")
+    p.add_argument("--seeds", default="0", help="comma-separated seeds (default 0)")
+    p.add_argument("--jobs", type=int, help="runs at a time (default: 1 on the CPU; on a GPU as many as "
+                   "its free memory allows, at most 8)")
+    p.add_argument("--out", required=True, help="folder of the run directories and the report")
+    p.add_argument("--dry-run", action="store_true", help="validate and print the planned runs, then stop")
+    _add_set(p)
+    p.set_defaults(func=cmd_reproduce)
 
     p = sub.add_parser(
         "demo", help="offline demo: CE, DBM-CE, BS, DBM-BS on long-tailed digits (under a minute)"

@@ -53,6 +53,7 @@ def test_overrides_dotted_bare_and_yaml_values():
     (["train.amp=maybe"], r"train.amp must be bool"),
     (["loss.name=focal"], r"loss.name: unknown loss 'focal'"),
     (["method.name=mixup"], r"method.name: unknown method 'mixup'"),
+    (["method.queue_size=64"], r"unknown config key method.queue_size: method 'standard' accepts no parameters"),
     (["epoch=3"], r"unknown override key 'epoch' \(did you mean 'epochs'\?\)"),
     (["seed=3"], r"ambiguous: write one of data.seed, train.seed"),
     (["optim.epochs"], r"must look like key=value"),

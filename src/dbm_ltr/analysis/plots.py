@@ -12,6 +12,7 @@ __all__ = [
     "plot_angle_distributions",
     "plot_confusion_matrix",
     "plot_per_class_accuracy",
+    "plot_reproduction",
     "plot_sweep",
 ]
 
@@ -256,5 +257,42 @@ def plot_sweep(
         raise ValueError(f"a sweep plot needs one or two keys, got {len(keys)}")
     if title:
         ax.set_title(title, fontsize=9)
+    fig.tight_layout()
+    return _save(fig, path, plt)
+
+
+def plot_reproduction(rows: Sequence, path: str | Path, title: str = "") -> Path:
+    """Top-1 per report row (:class:`~dbm_ltr.analysis.report.ReportRow`): ours at the final
+    epoch (mean, with the seeds' std as an error bar), ours at the best test epoch where it
+    was tracked (hatched: test-set selection), and the paper's number."""
+    import numpy as np
+
+    plt = _pyplot()
+    labels = [r.preset.split("/")[-1] + (f" IF{r.imbalance_factor:g}" if r.imbalance_factor else "")
+              for r in rows]
+    x = np.arange(len(rows))
+    series = [
+        ("ours, final epoch", [r.mean("top1") for r in rows], [r.std("top1") for r in rows], "#4477aa", ""),
+        ("ours, best test epoch*", [r.mean("top1", best=True) for r in rows],
+         [r.std("top1", best=True) for r in rows], "#66ccee", "//"),
+        ("paper", [r.paper.get("top1") for r in rows], [None] * len(rows), "#bbbbbb", ""),
+    ]
+    series = [s for s in series if any(v is not None for v in s[1])]
+    width = 0.8 / len(series)
+    fig, ax = plt.subplots(figsize=(max(5.5, 0.9 * len(rows) + 2), 3.8))
+    for k, (name, values, errors, colour, hatch) in enumerate(series):
+        ys = [np.nan if v is None else v for v in values]
+        err = [0.0 if e is None else e for e in errors]
+        ax.bar(x + (k - (len(series) - 1) / 2) * width, ys, width, yerr=err if any(err) else None,
+               label=name, color=colour, hatch=hatch, edgecolor="white", capsize=2)
+    finite = [v for _, values, *_ in series for v in values if v is not None]
+    if finite:
+        ax.set_ylim(max(0.0, min(finite) - 10), min(100.0, max(finite) + 5))
+    ax.set_xticks(x)
+    ax.set_xticklabels(labels, rotation=30, ha="right", fontsize=8)
+    ax.set_ylabel("top-1 (%)")
+    ax.grid(axis="y", alpha=0.3)
+    ax.legend(fontsize=7, loc="lower right")
+    ax.set_title(title or "ours beside the paper", fontsize=9)
     fig.tight_layout()
     return _save(fig, path, plt)

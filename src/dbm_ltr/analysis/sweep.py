@@ -140,7 +140,7 @@ def _dummy_counts(num_classes: int, imbalance_factor: float) -> list[int]:
     return long_tail_counts(int(max(1000, 10 * imbalance_factor)), num_classes, imbalance_factor)
 
 
-def _check_buildable(config, where: str) -> None:
+def check_buildable(config, where: str) -> None:
     """Construct the method and loss (with a long-tail profile of the config's imbalance
     factor in place of the real counts) so value errors show before training starts."""
     from ..data import DATASET_INFO
@@ -153,17 +153,19 @@ def _check_buildable(config, where: str) -> None:
         raise ConfigError(f"{where}: {err}") from None
 
 
-def _compare_existing(point: SweepPoint) -> None:
-    saved = read_run_config(point.run_dir)
+def compare_existing(run_dir: Path, config) -> None:
+    """Raise ``ConfigError`` if ``run_dir`` holds a run trained with other settings than
+    ``config`` (beyond those a resumed run may change)."""
+    saved = read_run_config(run_dir)
     if saved is None:
         return
     old = flatten_config(saved)
-    new = flatten_config(point.config.to_dict())
+    new = flatten_config(config.to_dict())
     diff = sorted(k for k in set(old) | set(new) if k not in RESUMABLE_DIFFERENCES and old.get(k) != new.get(k))
     if diff:
         shown = "; ".join(f"{k}: existing {old.get(k)!r}, planned {new.get(k)!r}" for k in diff[:3])
         raise ConfigError(
-            f"{point.run_dir} holds a run with other settings ({shown}); choose another --out or "
+            f"{run_dir} holds a run with other settings ({shown}); choose another --out or "
             "remove that directory"
         )
 
@@ -216,7 +218,7 @@ def plan_sweep(
             config = load_config(config_source, point_overrides)
         except ConfigError as err:
             raise ConfigError(f"grid point {written}: {err}") from None
-        _check_buildable(config, f"grid point {written}")
+        check_buildable(config, f"grid point {written}")
         name = point_name(pairs)
         if name in names:
             raise ConfigError(
@@ -229,7 +231,7 @@ def plan_sweep(
             resolved={a.path: flat.get(a.path) for a in axes}, config=config,
         )
         if point.run_dir.exists():
-            _compare_existing(point)
+            compare_existing(point.run_dir, point.config)
             if (point.run_dir / METRICS).is_file():
                 point.status = "done"
                 point.detail = "finished, skipped"

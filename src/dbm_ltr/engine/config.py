@@ -46,7 +46,7 @@ __all__ = [
 # The run stays the same experiment; it is bit-identical when workers and device are unchanged.
 RESUMABLE_DIFFERENCES = frozenset({
     "name", "paper", "data.root", "data.workers", "data.download", "data.eval_batch_size",
-    "train.progress", "train.device",
+    "train.progress", "train.device", "train.compile",
 })
 
 
@@ -62,6 +62,7 @@ class DataConfig:
     seed: int = 0  # selection of the long-tailed subset (SPEC 4.1: NumPy legacy RNG, seed 0)
     download: bool = False
     augment: str = ""  # training transform; "" = the data set's regular recipe
+    pipeline: str = "auto"  # auto | loader | device: where batches are augmented (auto: device on CUDA)
     workers: int = 4
     eval_batch_size: int = 256
 
@@ -107,6 +108,7 @@ class TrainConfig:
     eval_every: int = 0  # also evaluate every N epochs and track the best (0: only at the end)
     progress: bool = True
     drop_last: bool = False
+    compile: bool = False  # torch.compile the model (eager, with a message, where unavailable)
 
 
 @dataclass
@@ -304,6 +306,7 @@ def _check_values(config: Config) -> None:
         (o.schedule in ("cosine", "step", "constant"), f"optim.schedule must be cosine, step or constant, got {o.schedule!r}"),
         (d.imbalance_factor >= 1, f"data.imbalance_factor must be >= 1, got {d.imbalance_factor}"),
         (d.workers >= 0, f"data.workers must be >= 0, got {d.workers}"),
+        (d.pipeline in ("auto", "loader", "device"), f"data.pipeline must be auto, loader or device, got {d.pipeline!r}"),
         (t.eval_every >= 0, f"train.eval_every must be >= 0, got {t.eval_every}"),
         (config.model.classifier in ("linear", "cosine"), f"model.classifier must be linear or cosine, got {config.model.classifier!r}"),
     ]
@@ -365,7 +368,8 @@ def apply_overrides(values: dict, overrides: list[str]) -> dict:
         path = resolve_override_key(config_from_dict(values, check_values=False).to_dict(), key)
         node = values
         for part in path[:-1]:
-            node = node.setdefault(part, {})
+            default = {"name": getattr(Config(), part).name} if node is values and part in _FREE else {}
+            node = node.setdefault(part, default)
             if not isinstance(node, dict):
                 raise ConfigError(f"override {item!r}: {part} is not a section")
         node[path[-1]] = value

@@ -12,6 +12,7 @@ A run is a directory::
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import os
@@ -23,7 +24,7 @@ from typing import Callable
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset, Subset
+from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 from ..analysis.plots import plot_per_class_accuracy
@@ -46,7 +47,8 @@ from .config import (
     flatten_config,
     save_config,
 )
-from .distributed import DistInfo, init_distributed, pick_device, shard_indices
+from .distributed import DistInfo, init_distributed, pick_device
+from .pipeline import DeviceBatches, EvalBatches, WithIndices, resolve_pipeline, transform_names
 from .schedules import learning_rate
 
 __all__ = ["Trainer", "TrainingError", "build_method", "evaluate_method", "restore_method"]
@@ -72,18 +74,7 @@ def epoch_seed(seed: int, epoch: int) -> int:
 
 def view_transform(config: Config, views: tuple[str, ...]):
     """The training transform for a method's views: one transform, or ``MultiView``."""
-    info = DATASET_INFO[config.data.name]
-    names = []
-    for kind in views:
-        if kind == "regular":
-            names.append(config.data.augment or info["train_transform"])
-        elif kind == "contrastive":
-            if not info.get("contrastive_transform"):
-                raise ValueError(f"data set {config.data.name!r} has no contrastive view recipe")
-            names.append(info["contrastive_transform"])
-        else:
-            raise ValueError(f"unknown view kind {kind!r}")
-    transforms = [build_transform(n) for n in names]
+    transforms = [build_transform(n) for n in transform_names(config, views)]
     return transforms[0] if len(transforms) == 1 else MultiView(transforms)
 
 
@@ -114,6 +105,9 @@ def build_method(config: Config, cls_num_list: list[int], num_classes: int) -> M
         cls_num_list=list(cls_num_list),
         loss=loss,
         loss_name=config.loss.name,
+        data_name=config.data.name,
+        imbalance_factor=config.data.imbalance_factor,
+        data_seed=config.data.seed,
         **config.method.params,
     )
 
@@ -142,39 +136,61 @@ def restore_method(
     return config, method
 
 
+def parameter_groups(method: Method, weight_decay: float) -> list[dict]:
+    """The trainable parameters: one group with ``weight_decay``, and one without for those
+    the method names in ``no_weight_decay()`` (e.g. GML's temperature)."""
+    exempt = method.no_weight_decay()
+    named = [(n, p) for n, p in method.named_parameters() if p.requires_grad]
+    unknown = exempt - {n for n, _ in named}
+    if unknown:
+        raise ValueError(f"no_weight_decay names unknown parameters: {', '.join(sorted(unknown))}")
+    groups = [{"params": [p for n, p in named if n not in exempt], "weight_decay": weight_decay}]
+    if exempt:
+        groups.append({"params": [p for n, p in named if n in exempt], "weight_decay": 0.0})
+    return groups
+
+
+def amp_dtype(device: torch.device) -> torch.dtype:
+    """bfloat16 (no loss scaling needed) on the CPU and on GPUs that support it, else float16."""
+    if device.type == "cuda" and not torch.cuda.is_bf16_supported():
+        return torch.float16
+    return torch.bfloat16
+
+
 def _autocast(device: torch.device, enabled: bool):
     if not enabled:
         return nullcontext()
-    dtype = torch.float16 if device.type == "cuda" else torch.bfloat16
-    return torch.autocast(device_type=device.type, dtype=dtype)
+    return torch.autocast(device_type=device.type, dtype=amp_dtype(device))
 
 
 def _to_device(images, device: torch.device):
+    """Images to ``device``; 4-D image batches in channels-last layout on CUDA (faster
+    convolutions with cuDNN), unchanged elsewhere."""
     if isinstance(images, (list, tuple)):
-        return [x.to(device, non_blocking=True) for x in images]
-    return images.to(device, non_blocking=True)
+        return [_to_device(x, device) for x in images]
+    images = images.to(device, non_blocking=True)
+    if device.type == "cuda" and images.dim() == 4:
+        images = images.contiguous(memory_format=torch.channels_last)
+    return images
 
 
 @torch.no_grad()
 def evaluate_method(
     method: Method,
-    dataset: Dataset,
+    batches,
     cls_num_list: list[int],
     num_classes: int,
     device: torch.device,
-    batch_size: int = 256,
-    workers: int = 0,
     amp: bool = False,
-    dist_info: DistInfo = DistInfo(),
+    progress: bool = False,
 ) -> dict:
-    """Top-1, Many/Medium/Few and per-class accuracy (percent) of ``method`` on ``dataset``."""
+    """Top-1, Many/Medium/Few and per-class accuracy (percent) of ``method`` on ``batches``
+    (an :class:`~dbm_ltr.engine.pipeline.EvalBatches`, or any iterable of ``(images, targets)``);
+    summed over processes under torchrun."""
     was_training = method.training
     method.eval()
-    shard = Subset(dataset, shard_indices(len(dataset), dist_info)) if dist_info.enabled else dataset
-    loader = DataLoader(shard, batch_size=batch_size, shuffle=False, num_workers=workers,
-                        pin_memory=device.type == "cuda")
     acc = ClassAccuracy(num_classes, device)
-    for images, targets in loader:
+    for images, targets in tqdm(batches, desc="evaluating", leave=False, disable=not progress):
         images, targets = _to_device(images, device), targets.to(device)
         with _autocast(device, amp):
             scores = method.predict(images)
@@ -227,18 +243,31 @@ class Trainer:
             self._check_same_run(state)
 
         seed_everything(t.seed)
-        self.train_set, self.test_set = load_datasets(config, method_views(config.method.name))
+        views = method_views(config.method.name)
+        self.pipeline = resolve_pipeline(config, views, self.device)
+        self.train_set, self.test_set = load_datasets(config, views)
         self.cls_num_list = list(self.train_set.cls_num_list)
         self.num_classes = DATASET_INFO[config.data.name]["num_classes"]
         self.method = build_method(config, self.cls_num_list, self.num_classes).to(self.device)
-        o = config.optim
+        if self.device.type == "cuda":
+            self.method.to(memory_format=torch.channels_last)
+        d, o = config.data, config.optim
+        if self.pipeline == "device":
+            self.device_batches = DeviceBatches(
+                self.train_set, transform_names(config, views), o.batch_size // self.dist.world_size,
+                self.device, self.dist, t.drop_last, t.seed, self.method.uses_indices,
+            )
+        self.eval_batches = EvalBatches(
+            self.test_set, DATASET_INFO[d.name]["test_transform"], d.eval_batch_size, self.device,
+            self.pipeline, d.workers, self.dist,
+        )
         self.optimizer = torch.optim.SGD(
-            self.method.parameters(), lr=o.lr, momentum=o.momentum, weight_decay=o.weight_decay,
-            nesterov=o.nesterov,
+            parameter_groups(self.method, o.weight_decay), lr=o.lr, momentum=o.momentum,
+            weight_decay=o.weight_decay, nesterov=o.nesterov,
         )
         self.amp = t.amp
-        self.scaler = torch.amp.GradScaler(
-            self.device.type, enabled=t.amp and self.device.type == "cuda"
+        self.scaler = torch.amp.GradScaler(  # loss scaling for float16 only
+            self.device.type, enabled=t.amp and amp_dtype(self.device) == torch.float16
         )
         self.start_epoch = 0
         self.history: list[dict] = []
@@ -253,6 +282,8 @@ class Trainer:
             self.model = DistributedDataParallel(self.method, device_ids=ids)
         else:
             self.model = self.method
+        if t.compile:
+            self.model = compile_model(self.model, self.device, self.log)
         self._writer = None
 
     # ------------------------------------------------------------------ checkpoints
@@ -313,9 +344,11 @@ class Trainer:
         if self.dist.is_main:
             self._log(message)
 
-    def _loader(self, epoch: int) -> DataLoader:
+    def _batches(self, epoch: int, generator: torch.Generator):
+        """``(iterable of (images, targets), number of batches)`` of one training epoch."""
+        if self.pipeline == "device":
+            return self.device_batches.epoch(generator, epoch), len(self.device_batches)
         o, d, t = self.config.optim, self.config.data, self.config.train
-        generator = torch.Generator().manual_seed(epoch_seed(t.seed, epoch) + self.dist.rank)
         sampler = None
         if self.dist.enabled:
             from torch.utils.data.distributed import DistributedSampler
@@ -325,8 +358,8 @@ class Trainer:
                 seed=t.seed, drop_last=t.drop_last,
             )
             sampler.set_epoch(epoch)
-        return DataLoader(
-            self.train_set,
+        loader = DataLoader(
+            WithIndices(self.train_set) if self.method.uses_indices else self.train_set,
             batch_size=o.batch_size // self.dist.world_size,
             shuffle=sampler is None,
             sampler=sampler,
@@ -335,27 +368,35 @@ class Trainer:
             drop_last=t.drop_last,
             generator=generator,
         )
+        return loader, len(loader)
 
-    def train_one_epoch(self, epoch: int) -> dict:
+    def train_one_epoch(self, epoch: int, max_steps: int | None = None) -> dict:
+        """Train one epoch (or its first ``max_steps`` steps: benchmarks, smoke tests); returns
+        the epoch's log row."""
         o, t = self.config.optim, self.config.train
         lr = learning_rate(epoch, o.lr, o.epochs, o.schedule, o.warmup_epochs, o.milestones, o.lr_decay)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
-        seed_everything(epoch_seed(t.seed, epoch) + self.dist.rank)  # own stream per process
-        loader = self._loader(epoch)
+        seed = epoch_seed(t.seed, epoch) + self.dist.rank  # own stream per process
+        seed_everything(seed)
+        batches, total = self._batches(epoch, torch.Generator().manual_seed(seed))
+        if max_steps is not None:
+            batches, total = itertools.islice(batches, max_steps), min(total, max_steps)
         self.method.train()
+        # running sums stay on the device: nothing in the step waits for it
         loss_sum = torch.zeros((), dtype=torch.float64, device=self.device)
         correct = torch.zeros((), dtype=torch.float64, device=self.device)
         seen = 0
         bar = tqdm(
-            loader, desc=f"epoch {epoch + 1}/{o.epochs}", leave=False, dynamic_ncols=True,
-            disable=not (t.progress and self.dist.is_main),
+            batches, total=total, desc=f"epoch {epoch + 1}/{o.epochs}", leave=False,
+            dynamic_ncols=True, disable=not (t.progress and self.dist.is_main),
         )
-        start = time.perf_counter()
-        for step, (images, targets) in enumerate(bar):
+        start = shown = time.perf_counter()
+        for images, targets, *indices in bar:
             images, targets = _to_device(images, self.device), targets.to(self.device, non_blocking=True)
+            extra = {"indices": indices[0].to(self.device, non_blocking=True)} if indices else {}
             with _autocast(self.device, self.amp):
-                out = self.model(images, targets, epoch)
+                out = self.model(images, targets, epoch, **extra)
             self.optimizer.zero_grad(set_to_none=True)
             self.scaler.scale(out.loss).backward()
             self.scaler.step(self.optimizer)
@@ -364,9 +405,12 @@ class Trainer:
             seen += n
             loss_sum += out.loss.detach().double() * n
             correct += (out.scores.detach().argmax(dim=1) == targets).sum()
-            if step % 20 == 0 and not bar.disable:
+            if not bar.disable and time.perf_counter() - shown > 1.0:  # read back once a second
+                shown = time.perf_counter()
                 bar.set_postfix(loss=f"{loss_sum.item() / seen:.3f}", acc=f"{100 * correct.item() / seen:.1f}%")
         bar.close()
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
         seconds = time.perf_counter() - start
         totals = torch.stack([loss_sum, correct, torch.tensor(float(seen), dtype=torch.float64, device=self.device)])
         if self.dist.enabled:
@@ -390,10 +434,9 @@ class Trainer:
         }
 
     def evaluate(self) -> dict:
-        d = self.config.data
         return evaluate_method(
-            self.method, self.test_set, self.cls_num_list, self.num_classes, self.device,
-            d.eval_batch_size, d.workers, self.amp, self.dist,
+            self.method, self.eval_batches, self.cls_num_list, self.num_classes, self.device,
+            self.amp,
         )
 
     def _write_log(self, row: dict) -> None:
@@ -429,6 +472,7 @@ class Trainer:
             f"(IF {c.data.imbalance_factor:g}, {len(self.train_set)} train images), "
             f"{c.model.name}+{c.model.classifier}, {o.epochs} epochs, device {self.device}"
             + (f" x{self.dist.world_size}" if self.dist.enabled else "")
+            + f", {self.pipeline} pipeline" + (", amp " + str(amp_dtype(self.device)).split(".")[1] if self.amp else "")
         )
         for epoch in range(self.start_epoch, o.epochs):
             row = self.train_one_epoch(epoch)
@@ -466,6 +510,7 @@ class Trainer:
             "cls_num_list": self.cls_num_list,
             "classes": list(getattr(self.train_set, "classes", [])),
             "train_seconds": self.elapsed,
+            "pipeline": self.pipeline,
             "paper": paper_reference(c),
         }
         if self.best is not None:
@@ -484,6 +529,19 @@ class Trainer:
                 self._writer.close()
         self.log(format_groups(metrics))
         return metrics
+
+
+def compile_model(model: torch.nn.Module, device: torch.device, log: Callable[[str], None]) -> torch.nn.Module:
+    """``model`` compiled with ``torch.compile`` (in place: parameter names are unchanged), or
+    ``model`` itself with a message where the compiler does not work on this machine."""
+    try:
+        torch.compile(lambda x: x * 2 + 1)(torch.ones(2, device=device))  # the tool chain works
+    except Exception as err:  # noqa: BLE001 - any failure of the compiler stack means eager
+        log(f"train.compile: the compiler is unavailable here ({type(err).__name__}: "
+            f"{str(err).splitlines()[0][:160] if str(err) else ''}); training in eager mode")
+        return model
+    model.compile()
+    return model
 
 
 def paper_reference(config: Config) -> dict | None:

@@ -12,11 +12,13 @@ import inspect
 from ..registry import Registry
 from .base import Method, StepOutput, check_head_matches_loss
 from .bcl import BCLMethod
+from .gml import GMLMethod
 from .ncl import NCLMethod
 from .standard import StandardMethod
 
 __all__ = [
     "BCLMethod",
+    "GMLMethod",
     "METHODS",
     "Method",
     "NCLMethod",
@@ -31,11 +33,15 @@ __all__ = [
 ]
 
 #: Arguments every method builder receives from the engine (not configurable per method).
-COMMON_ARGS = ("trunk", "classifier", "num_classes", "cls_num_list", "loss", "loss_name")
+COMMON_ARGS = (
+    "trunk", "classifier", "num_classes", "cls_num_list", "loss", "loss_name", "data_name",
+    "imbalance_factor", "data_seed",
+)
 
 #: Method classes by name. A class provides ``build(*, trunk, classifier, num_classes,
 #: cls_num_list, loss, loss_name, **params)`` (a classmethod that accepts and ignores further
-#: keyword arguments, ``**_``, so the engine can pass new common ones) and ``views``.
+#: keyword arguments, ``**_``, so the engine can pass new common ones: ``data_name``,
+#: ``imbalance_factor``, ``data_seed`` of the training set) and ``views``.
 METHODS = Registry("method")
 register_method = METHODS.register
 list_methods = METHODS.names
@@ -63,3 +69,4 @@ def create_method(name: str, **kwargs) -> Method:
 register_method("standard", StandardMethod)
 register_method("bcl", BCLMethod)
 register_method("ncl", NCLMethod)
+register_method("gml", GMLMethod)

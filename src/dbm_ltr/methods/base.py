@@ -8,11 +8,12 @@ from __future__ import annotations
 from typing import NamedTuple
 
 import torch
+import torch.distributed as dist
 from torch import nn
 
 from ..losses import loss_input
 
-__all__ = ["Method", "SingleModelMethod", "StepOutput", "check_head_matches_loss"]
+__all__ = ["Method", "SingleModelMethod", "StepOutput", "check_head_matches_loss", "gather_from_all"]
 
 
 class StepOutput(NamedTuple):
@@ -33,8 +34,16 @@ class Method(nn.Module):
     #: several -> a list of tensors, one per view.
     views: tuple[str, ...] = ("regular",)
 
+    #: ``True``: the engine passes ``indices=`` (each sample's position in the training set) to
+    #: :meth:`forward`.
+    uses_indices: bool = False
+
     def forward(self, images, targets: torch.Tensor, epoch: int) -> StepOutput:
         raise NotImplementedError
+
+    def no_weight_decay(self) -> set[str]:
+        """Names of parameters the optimizer must not decay (default: none)."""
+        return set()
 
     @torch.no_grad()
     def predict(self, images: torch.Tensor) -> torch.Tensor:
@@ -90,3 +99,13 @@ def check_head_matches_loss(classifier: str, loss: nn.Module, loss_name: str) ->
             f"loss {loss_name!r} on a cosine classifier would see unscaled cosines in [-1, 1]; "
             "for the scaled cosine classifier use loss 'dbm' with max_margin=0 (and its base)"
         )
+
+
+def gather_from_all(tensor: torch.Tensor) -> torch.Tensor:
+    """The tensors (equal shapes) of all processes concatenated in rank order; the tensor
+    itself in a single process."""
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return tensor
+    parts = [torch.empty_like(tensor) for _ in range(dist.get_world_size())]
+    dist.all_gather(parts, tensor.contiguous())
+    return torch.cat(parts)

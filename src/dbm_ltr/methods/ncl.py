@@ -36,7 +36,7 @@ from ..losses.ncl import (
     nested_balanced_online_distillation,
 )
 from ..models import create_model, create_trunk, mlp_head
-from .base import Method, StepOutput, check_head_matches_loss
+from .base import Method, StepOutput, check_head_matches_loss, gather_from_all
 
 __all__ = ["NCLMethod"]
 
@@ -48,15 +48,8 @@ def _world_size() -> int:
     return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
 
 
-def _gather(tensor: torch.Tensor) -> torch.Tensor:
-    """The processes' tensors (equal shapes) concatenated in rank order."""
-    parts = [torch.empty_like(tensor) for _ in range(dist.get_world_size())]
-    dist.all_gather(parts, tensor.contiguous())
-    return torch.cat(parts)
-
-
 def _same_batch_everywhere(batch: int, device: torch.device) -> bool:
-    sizes = _gather(torch.tensor([batch], device=device))
+    sizes = gather_from_all(torch.tensor([batch], device=device))
     return bool((sizes == batch).all())
 
 
@@ -171,14 +164,14 @@ class NCLMethod(Method):
         mine = slice(rank * batch, (rank + 1) * batch)
         if not (self.shuffle_bn and _same_batch_everywhere(batch, x_k.device)):
             keys = [self._key(i, x_k) for i in experts]
-            return keys, [_gather(k) for k in keys]
-        everything = _gather(x_k)
+            return keys, [gather_from_all(k) for k in keys]
+        everything = gather_from_all(x_k)
         perm = torch.randperm(everything.shape[0], device=x_k.device)
         dist.broadcast(perm, src=0)  # one permutation for all processes
         shuffled = everything[perm[mine]]
         own, every = [], []
         for i in experts:
-            gathered = _gather(self._key(i, shuffled))  # row j belongs to image perm[j]
+            gathered = gather_from_all(self._key(i, shuffled))  # row j belongs to image perm[j]
             keys = torch.empty_like(gathered)
             keys[perm] = gathered
             own.append(keys[mine])

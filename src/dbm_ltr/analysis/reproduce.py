@@ -1,0 +1,272 @@
+"""``dbm-ltr reproduce``: the CIFAR rows of Table 2, one command.
+
+One run directory per (row, seed), ``OUT/<row>_seed<k>``, each trained from the row's preset
+by ``dbm-ltr train`` in a process of its own; ``--jobs N`` such processes run at a time on
+the one device (packed runs keep a GPU busy where one small ResNet-32 cannot). Rows that
+distil a teacher (GML, DBM-GML) bring the teacher's row, trained first. Everything is
+validated before anything trains: the rows, the configs, the device and the data set. A
+finished run is skipped and an interrupted one resumed when the command is repeated; a run that
+fails is reported with the last lines of its log while the others go on. At the end: the
+report (ours, mean +- std over seeds, the best test epoch marked, the paper's value and the
+difference) as markdown and CSV, and one PNG of ours beside the paper's per row.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Sequence
+
+from ..engine.config import ConfigError, preset_dir
+from .runs import CHECKPOINT, METRICS, read_metrics
+
+__all__ = [
+    "ROW_SETS",
+    "ReproRun",
+    "default_jobs",
+    "parse_rows",
+    "plan_reproduction",
+    "run_reproduction",
+    "summarize_reproduction",
+]
+
+#: The single-model rows of Table 2, in the paper's order.
+TABLE2_ROWS = ("ce", "ldam", "dbm_ce", "ce_drw", "ldam_drw", "dbm_drw", "bs", "dbm_bs")
+#: ``--rows`` shorthands: ``all`` adds the multi-branch rows in the paper's order.
+ROW_SETS = {"table2": TABLE2_ROWS, "all": TABLE2_ROWS + ("bcl", "dbm_bcl", "gml", "dbm_gml", "ncl", "dbm_ncl")}
+#: Rows that distil a teacher, and the preset row that trains it (first, once per seed).
+TEACHERS = {"gml": "gml_teacher", "dbm_gml": "gml_teacher"}
+LOG = "train.log"  # each run's stdout and stderr
+MEMORY_PER_RUN = 3 * 2**30  # bytes of GPU memory budgeted for one packed ResNet-32 run
+MAX_JOBS = 8
+
+
+@dataclass
+class ReproRun:
+    row: str
+    seed: int
+    preset: str
+    run_dir: Path
+    overrides: list[str]
+    status: str = "train"  # train | resume | done
+    after: "ReproRun | None" = None  # a run that must finish first (a student's teacher)
+    returncode: int | None = None
+    seconds: float = 0.0
+    error: str = ""
+
+    @property
+    def name(self) -> str:
+        return f"{self.row}_seed{self.seed}"
+
+    @property
+    def finished(self) -> bool:
+        return (self.run_dir / METRICS).is_file()
+
+    @property
+    def ended(self) -> bool:
+        """Finished earlier, or its process has exited (successfully or not)."""
+        return self.status == "done" or self.returncode is not None
+
+
+def parse_rows(text: str, data: str) -> list[str]:
+    """``table2`` | ``all`` | ``ce,dbm_ce,...`` -> row names that have a preset for ``data``."""
+    rows = list(ROW_SETS.get(text, ())) or [r.strip() for r in text.split(",") if r.strip()]
+    if not rows:
+        raise ConfigError("--rows is empty; use table2, all or a comma-separated list such as ce,dbm_ce")
+    available = sorted(p.stem for p in (preset_dir() / data).glob("*.yaml")) if (preset_dir() / data).is_dir() else []
+    if not available:
+        datasets = sorted(p.name for p in preset_dir().iterdir() if p.is_dir() and p.name.endswith("_lt"))
+        raise ConfigError(f"no presets for data set {data!r}; reproduce knows {', '.join(datasets)}")
+    unknown = [r for r in rows if r not in available]
+    if unknown:
+        raise ConfigError(
+            f"unknown row(s) {', '.join(unknown)} for {data}: rows are table2, all or names among "
+            f"{', '.join(available)}"
+        )
+    if len(set(rows)) != len(rows):
+        raise ConfigError(f"--rows names a row twice: {text}")
+    return rows
+
+
+def parse_seeds(text: str) -> list[int]:
+    try:
+        seeds = [int(s) for s in text.split(",") if s.strip()]
+    except ValueError:
+        raise ConfigError(f"--seeds must be comma-separated integers such as 0,1,2, got {text!r}") from None
+    if not seeds or len(set(seeds)) != len(seeds):
+        raise ConfigError(f"--seeds needs distinct integers such as 0,1,2, got {text!r}")
+    return seeds
+
+
+def default_jobs(device_name: str = "auto") -> int:
+    """Runs at a time: 1 on the CPU (each run uses every core); on a GPU as many as its free
+    memory allows at ``MEMORY_PER_RUN`` each, at most ``MAX_JOBS``."""
+    import torch
+
+    if device_name == "cpu" or not torch.cuda.is_available():
+        return 1
+    free, _ = torch.cuda.mem_get_info()
+    return max(1, min(MAX_JOBS, free // MEMORY_PER_RUN))
+
+
+def plan_reproduction(
+    data: str,
+    rows: Sequence[str],
+    seeds: Sequence[int],
+    out: str | Path,
+    overrides: Sequence[str] = (),
+    imbalance_factor: float | None = None,
+) -> list[ReproRun]:
+    """One validated :class:`ReproRun` per (row, seed): each config is built (keys, values,
+    method and loss), its device exists and its data set loads, before anything trains.
+
+    Raises:
+        ConfigError: a bad row, setting or device, or an existing run directory trained with
+            other settings.
+        DatasetNotFoundError / ValueError: the data set is missing or damaged.
+    """
+    from ..data import create_dataset
+    from ..engine.config import load_config
+    from ..engine.distributed import pick_device
+    from .sweep import check_buildable, compare_existing
+
+    common = list(overrides) + ([f"data.imbalance_factor={imbalance_factor:g}"] if imbalance_factor else [])
+    order = list(rows)
+    for teacher in dict.fromkeys(TEACHERS[r] for r in rows if r in TEACHERS):  # teachers first
+        if teacher in order:
+            order.remove(teacher)
+        order.insert(0, teacher)
+    runs, checked, planned = [], set(), {}
+    for row in order:
+        for seed in seeds:
+            preset = f"{data}/{row}"
+            run_overrides = common + [f"train.seed={seed}"]
+            teacher = planned.get((TEACHERS.get(row), seed))
+            if teacher is not None:
+                run_overrides.append(f"method.teacher={teacher.run_dir}")
+            try:
+                config = load_config(preset, run_overrides)
+            except ConfigError as err:
+                raise ConfigError(f"{preset}: {err}") from None
+            if teacher is None or teacher.finished:  # a student is built once its teacher exists
+                check_buildable(config, preset)
+            try:
+                pick_device(config.train.device)
+            except ValueError as err:
+                raise ConfigError(f"{preset}: {err}") from None
+            d = config.data
+            if (d.name, d.root, d.imbalance_factor) not in checked:  # the archives exist and load
+                create_dataset(d.name, d.root, train=True, imbalance_factor=d.imbalance_factor,
+                               download=d.download, seed=d.seed)
+                create_dataset(d.name, d.root, train=False, download=d.download)
+                checked.add((d.name, d.root, d.imbalance_factor))
+            run = ReproRun(row, seed, preset, Path(out) / f"{row}_seed{seed}", run_overrides, after=teacher)
+            planned[(row, seed)] = run
+            if run.run_dir.exists():
+                compare_existing(run.run_dir, config)
+                if run.finished:
+                    run.status = "done"
+                elif (run.run_dir / CHECKPOINT).is_file():
+                    run.status = "resume"
+            runs.append(run)
+    return runs
+
+
+def describe(runs: Sequence[ReproRun], jobs: int) -> str:
+    todo = sum(r.status != "done" for r in runs)
+    lines = [f"{len(runs)} runs ({todo} to train, {jobs} at a time):"]
+    for r in runs:
+        state = {"done": "finished, skipped", "resume": "resume", "train": "train"}[r.status]
+        after = f", after {r.after.name}" if r.after is not None and r.status != "done" else ""
+        lines.append(f"  {r.run_dir}  {r.preset} seed {r.seed}  ({state}{after})")
+    return "\n".join(lines)
+
+
+def _command(run: ReproRun) -> list[str]:
+    cmd = [sys.executable, "-m", "dbm_ltr.cli", "train", "--config", run.preset, "--out", str(run.run_dir),
+           "--set", *run.overrides, "train.progress=false"]
+    return cmd + (["--resume"] if (run.run_dir / CHECKPOINT).is_file() else [])
+
+
+def _tail(path: Path, lines: int = 12) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return "(no log)"
+
+
+def run_reproduction(
+    runs: Sequence[ReproRun], jobs: int, log: Callable[[str], None] = print
+) -> list[ReproRun]:
+    """Train every unfinished run, ``jobs`` processes at a time, each with an equal share of
+    the CPU cores for its threads. Failures are recorded (``returncode``, ``error``: the last
+    lines of the run's log) and the others go on. On Ctrl-C the running processes are stopped
+    (each keeps its last checkpoint) and ``KeyboardInterrupt`` propagates."""
+    if jobs < 1:
+        raise ConfigError(f"--jobs must be >= 1, got {jobs}")
+    pending = [r for r in runs if r.status != "done"]
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    threads = max(1, cores // min(jobs, max(len(pending), 1)))
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "PYTHONUNBUFFERED": "1"}
+    active: list[tuple[ReproRun, subprocess.Popen, float, object]] = []
+    done = len(runs) - len(pending)
+    try:
+        while pending or active:
+            for run in [r for r in pending if r.after is not None and r.after.ended and not r.after.finished]:
+                pending.remove(run)  # its teacher failed: nothing to distil from
+                done += 1
+                run.returncode, run.error = -1, f"{run.after.name} did not finish"
+                log(f"[{done}/{len(runs)}] {run.name}: not started, {run.error}")
+            ready = [r for r in pending if r.after is None or (r.after.ended and r.after.finished)]
+            while ready and len(active) < jobs:
+                run = ready.pop(0)
+                pending.remove(run)
+                run.run_dir.mkdir(parents=True, exist_ok=True)
+                handle = open(run.run_dir / LOG, "a")
+                process = subprocess.Popen(_command(run), stdout=handle, stderr=subprocess.STDOUT, env=env)
+                active.append((run, process, time.perf_counter(), handle))
+                log(f"  started  {run.name} ({'resuming' if run.status == 'resume' else 'training'})")
+            time.sleep(0.2)
+            for item in list(active):
+                run, process, start, handle = item
+                if process.poll() is None:
+                    continue
+                active.remove(item)
+                handle.close()
+                done += 1
+                run.returncode, run.seconds = process.returncode, time.perf_counter() - start
+                if process.returncode == 0 and run.finished:
+                    top1 = read_metrics(run.run_dir)["top1"]
+                    log(f"[{done}/{len(runs)}] {run.name}: finished in {run.seconds:.0f}s, top-1 {top1:.2f}")
+                else:
+                    run.error = _tail(run.run_dir / LOG)
+                    log(f"[{done}/{len(runs)}] {run.name}: FAILED (exit {process.returncode}); "
+                        f"last lines of {run.run_dir / LOG}:\n{run.error}")
+    except KeyboardInterrupt:
+        for run, process, _, handle in active:
+            process.terminate()
+        for run, process, _, handle in active:
+            process.wait()
+            handle.close()
+        raise
+    return list(runs)
+
+
+def summarize_reproduction(runs: Sequence[ReproRun], out: str | Path, title: str = "") -> dict[str, Path | str]:
+    """Report of the finished runs (``OUT/report.md`` and ``.csv``) and the plot of ours beside
+    the paper per row (``OUT/reproduce.png``)."""
+    from .plots import plot_reproduction
+    from .report import report_markdown, summarize_runs, write_report
+
+    out = Path(out)
+    finished = [r.run_dir for r in runs if r.finished]
+    if not finished:
+        return {"markdown": "no finished runs\n"}
+    rows = summarize_runs(finished)
+    md, csv_path = write_report(rows, out / "report.md", title=title)
+    plot = plot_reproduction(rows, out / "reproduce.png", title=title)
+    return {"markdown": report_markdown(rows, title), "report": md, "csv": csv_path, "plot": plot}

@@ -1,0 +1,196 @@
+"""Where training batches are made: ``data.pipeline = auto | loader | device``.
+
+* ``loader``: a ``DataLoader`` whose workers decode and augment each image with the PIL
+  recipes of :mod:`dbm_ltr.data.transforms`.
+* ``device``: the long-tailed uint8 images are held as one tensor on the training device; each
+  step gathers the batch's images there and augments the whole batch at once with the batched
+  recipes of :mod:`dbm_ltr.data.batch_augment` (same operations and probabilities, every image
+  its own draws). On a GPU this keeps the GPU busy instead of waiting for loader processes.
+* ``auto`` (default): ``device`` on CUDA when the data set and every view of the method have a
+  batched recipe, else ``loader``.
+
+Both draw the batch order from the same sampler (a seeded permutation, or
+``DistributedSampler`` under torchrun) and all randomness from (seed, epoch, rank), so a
+resumed run repeats its epochs exactly with either pipeline. The evaluation set follows the
+same choice.
+"""
+
+from __future__ import annotations
+
+from typing import Iterator, Sequence
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset, Subset
+
+from ..data import DATASET_INFO
+from ..data.batch_augment import BATCH_RECIPES, create_batch_recipe
+from .config import Config, ConfigError
+from .distributed import DistInfo, shard_indices
+
+__all__ = [
+    "PIPELINES",
+    "DeviceBatches",
+    "WithIndices",
+    "EvalBatches",
+    "resolve_pipeline",
+    "transform_names",
+]
+
+PIPELINES = ("auto", "loader", "device")
+
+
+def transform_names(config: Config, views: Sequence[str]) -> list[str]:
+    """The registered transform name of each training view (``regular`` / ``contrastive``)."""
+    info = DATASET_INFO[config.data.name]
+    names = []
+    for kind in views:
+        if kind == "regular":
+            names.append(config.data.augment or info["train_transform"])
+        elif kind == "contrastive":
+            if not info.get("contrastive_transform"):
+                raise ConfigError(f"data set {config.data.name!r} has no contrastive view recipe")
+            names.append(info["contrastive_transform"])
+        else:
+            raise ValueError(f"unknown view kind {kind!r}")
+    return names
+
+
+def _device_support(config: Config, views: Sequence[str]) -> str:
+    """Why the device pipeline cannot run this config ("" if it can)."""
+    info = DATASET_INFO[config.data.name]
+    missing = [n for n in transform_names(config, views) + [info["test_transform"]] if n not in BATCH_RECIPES]
+    if missing:
+        return (f"the transform(s) {', '.join(sorted(set(missing)))} of {config.data.name} have no "
+                f"batched version (batched: {', '.join(BATCH_RECIPES.names())})")
+    return ""
+
+
+def resolve_pipeline(config: Config, views: Sequence[str], device: torch.device) -> str:
+    """``loader`` or ``device`` for ``config.data.pipeline`` on ``device``."""
+    wanted = config.data.pipeline
+    why_not = _device_support(config, views)
+    if wanted == "device" and why_not:
+        raise ConfigError(f"data.pipeline=device: {why_not}; use data.pipeline=loader")
+    if wanted == "auto":
+        return "device" if device.type == "cuda" and not why_not else "loader"
+    return wanted
+
+
+def _images_tensor(dataset: Dataset, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(images (N, C, H, W) uint8, targets (N,) int64)`` of an in-memory data set on ``device``."""
+    data = getattr(dataset, "data", None)
+    if not isinstance(data, np.ndarray) or data.dtype != np.uint8 or data.ndim != 4:
+        raise ConfigError(
+            f"data.pipeline=device needs the images in memory as a (N, H, W, C) uint8 array "
+            f"('data' attribute); {type(dataset).__name__} has none: use data.pipeline=loader"
+        )
+    images = torch.from_numpy(data).permute(0, 3, 1, 2).contiguous().to(device)
+    targets = torch.as_tensor(np.asarray(dataset.targets), dtype=torch.long).to(device)
+    return images, targets
+
+
+class WithIndices(Dataset):
+    """``dataset[i]`` followed by ``i``: the loader's batches carry each sample's index."""
+
+    def __init__(self, dataset: Dataset) -> None:
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int):
+        return (*self.dataset[index], index)
+
+
+class DeviceBatches:
+    """Training batches augmented on the device, one epoch per :meth:`epoch` call.
+
+    ``recipes`` holds one batched recipe per view; a batch is ``(view, targets)`` for one view
+    and ``([view_1, ...], targets)`` for several, like the loader with ``MultiView``; with
+    ``with_indices`` the samples' positions in the data set follow as a third item.
+    """
+
+    def __init__(
+        self,
+        dataset: Dataset,
+        recipe_names: Sequence[str],
+        batch_size: int,
+        device: torch.device,
+        dist_info: DistInfo = DistInfo(),
+        drop_last: bool = False,
+        seed: int = 0,
+        with_indices: bool = False,
+    ) -> None:
+        self.dataset = dataset
+        self.with_indices = with_indices
+        self.images, self.targets = _images_tensor(dataset, device)
+        self.recipes = [create_batch_recipe(name) for name in recipe_names]
+        self.batch_size = batch_size
+        self.device = device
+        self.drop_last = drop_last
+        self.sampler = None
+        if dist_info.enabled:
+            from torch.utils.data.distributed import DistributedSampler
+
+            self.sampler = DistributedSampler(
+                dataset, dist_info.world_size, dist_info.rank, shuffle=True, seed=seed, drop_last=drop_last,
+            )
+
+    def __len__(self) -> int:
+        """Batches per epoch (of this process)."""
+        n = self.sampler.num_samples if self.sampler is not None else len(self.dataset)
+        return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
+
+    def _order(self, generator: torch.Generator, epoch: int) -> torch.Tensor:
+        if self.sampler is not None:
+            self.sampler.set_epoch(epoch)
+            return torch.tensor(list(self.sampler), dtype=torch.long)
+        return torch.randperm(len(self.dataset), generator=generator)  # as RandomSampler
+
+    def epoch(self, generator: torch.Generator, epoch: int) -> Iterator:
+        """The batches of one epoch; ``generator`` (CPU) supplies every random draw."""
+        order = self._order(generator, epoch).to(self.device, non_blocking=True)
+        for b in range(len(self)):
+            index = order[b * self.batch_size:(b + 1) * self.batch_size]
+            raw = self.images.index_select(0, index)
+            views = [recipe(raw, generator) for recipe in self.recipes]
+            batch = (views[0] if len(views) == 1 else views), self.targets.index_select(0, index)
+            yield (*batch, index) if self.with_indices else batch
+
+
+class EvalBatches:
+    """The evaluation batches ``(images, targets)`` of this process (its shard under torchrun),
+    each image once, in order, through the test transform ``transform_name``; iterable again
+    for every evaluation (the device pipeline uploads the images once)."""
+
+    def __init__(
+        self,
+        dataset: Dataset,
+        transform_name: str,
+        batch_size: int,
+        device: torch.device,
+        pipeline: str = "loader",
+        workers: int = 0,
+        dist_info: DistInfo = DistInfo(),
+    ) -> None:
+        self.dataset, self.batch_size, self.device = dataset, batch_size, device
+        self.pipeline, self.workers = pipeline, workers
+        self.indices = shard_indices(len(dataset), dist_info) if dist_info.enabled else None
+        if pipeline == "device":
+            self.images, self.targets = _images_tensor(dataset, device)
+            self.recipe = create_batch_recipe(transform_name)
+
+    def __iter__(self) -> Iterator:
+        if self.pipeline == "device":
+            n = len(self.dataset)
+            order = torch.arange(n) if self.indices is None else torch.tensor(self.indices, dtype=torch.long)
+            order = order.to(self.device)
+            generator = torch.Generator()  # the test recipe draws nothing
+            for start in range(0, len(order), self.batch_size):
+                index = order[start:start + self.batch_size]
+                yield self.recipe(self.images.index_select(0, index), generator), self.targets.index_select(0, index)
+            return
+        shard = Subset(self.dataset, self.indices) if self.indices is not None else self.dataset
+        yield from DataLoader(shard, batch_size=self.batch_size, shuffle=False, num_workers=self.workers,
+                              pin_memory=self.device.type == "cuda")

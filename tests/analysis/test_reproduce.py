@@ -1,0 +1,146 @@
+"""``dbm-ltr reproduce``: plan, validation, packed runs, skip/resume, failures, the report."""
+
+import json
+import re
+
+import pytest
+from analysis_helpers import tiny_overrides
+
+from dbm_ltr import cli
+from dbm_ltr.analysis.reproduce import ROW_SETS, parse_rows, plan_reproduction
+from dbm_ltr.engine import ConfigError
+
+
+def test_row_sets_and_row_errors():
+    assert parse_rows("table2", "cifar10_lt") == ["ce", "ldam", "dbm_ce", "ce_drw", "ldam_drw", "dbm_drw", "bs", "dbm_bs"]
+    assert parse_rows("all", "cifar100_lt")[-6:] == ["bcl", "dbm_bcl", "gml", "dbm_gml", "ncl", "dbm_ncl"]
+    assert parse_rows("bs, dbm_bs", "cifar10_lt") == ["bs", "dbm_bs"]
+    with pytest.raises(ConfigError, match=r"unknown row\(s\) dbm_focal for cifar10_lt: rows are table2, all or"):
+        parse_rows("ce,dbm_focal", "cifar10_lt")
+    with pytest.raises(ConfigError, match="no presets for data set 'digits_lt'; reproduce knows cifar100_lt, cifar10_lt"):
+        parse_rows("ce", "digits_lt")
+    with pytest.raises(ConfigError, match="names a row twice"):
+        parse_rows("ce,ce", "cifar10_lt")
+    assert set(ROW_SETS["table2"]) < set(ROW_SETS["all"])
+
+
+def test_dry_run_validates_everything_and_trains_nothing(fake_cifar10_root, tmp_path, capsys):
+    out = tmp_path / "table2"
+    code = cli.main(["reproduce", "--data", "cifar10_lt", "--imbalance-factor", "10", "--seeds", "0,1",
+                     "--out", str(out), "--dry-run", "--set", f"data.root={fake_cifar10_root}"])
+    assert code == 0
+    printed = capsys.readouterr().out
+    assert "16 runs (16 to train, 1 at a time)" in printed  # 8 rows x 2 seeds, one job on the CPU
+    assert f"{out}/dbm_bs_seed1  cifar10_lt/dbm_bs seed 1  (train)" in printed
+    assert "dry run: nothing trained" in printed and not out.exists()
+
+
+@pytest.mark.parametrize("args,match", [
+    (["--rows", "ce,gml_student"], r"unknown row\(s\) gml_student"),
+    (["--jobs", "0"], r"--jobs must be >= 1, got 0"),
+    (["--seeds", "0,x"], r"--seeds must be comma-separated integers"),
+    (["--set", "train.device=cuda"], r"cifar10_lt/ce: train.device=cuda but CUDA is not available"),
+    (["--set", "optim.lrr=0.1"], r"cifar10_lt/ce: unknown config key optim.lrr"),
+])
+def test_bad_input_is_one_line_and_nothing_is_trained(fake_cifar10_root, tmp_path, capsys, args, match):
+    import torch
+
+    if "cuda" in match and torch.cuda.is_available():
+        pytest.skip("a GPU is present")
+    out = tmp_path / "out"
+    code = cli.main(["reproduce", "--data", "cifar10_lt", "--out", str(out), *args,
+                     "--set", f"data.root={fake_cifar10_root}"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and err[0].startswith("dbm-ltr reproduce: error: ")
+    assert re.search(match, err[0]), err[0]
+    assert not out.exists()
+
+
+def test_missing_or_damaged_archive_is_named(tmp_path, capsys):
+    code = cli.main(["reproduce", "--data", "cifar10_lt", "--out", str(tmp_path / "o"), "--dry-run",
+                     "--set", f"data.root={tmp_path}"])
+    assert code == 2 and "cifar10_train.npz" in capsys.readouterr().err
+    (tmp_path / "cifar10_train.npz").write_bytes(b"not an archive")
+    code = cli.main(["reproduce", "--data", "cifar10_lt", "--out", str(tmp_path / "o"), "--dry-run",
+                     "--set", f"data.root={tmp_path}"])
+    assert code == 2 and "cannot read as a .npz archive" in capsys.readouterr().err
+
+
+def test_two_rows_for_one_epoch_then_skip_resume_and_a_failure(fake_cifar10_root, tmp_path, capsys):
+    """A real reproduce in subprocesses: two rows, one epoch each, two at a time; the report
+    and the plot. Rerun: finished runs are skipped. A third row whose directory holds a damaged
+    checkpoint fails with its log's last lines while the others are kept."""
+    out = tmp_path / "t2"
+    common = ["--data", "cifar10_lt", "--imbalance-factor", "10", "--out", str(out), "--jobs", "2",
+              "--set", *tiny_overrides(fake_cifar10_root), "data.imbalance_factor=10"]
+    assert cli.main(["reproduce", "--rows", "ce,dbm_bs", *common]) == 0
+    printed = capsys.readouterr().out
+    for row in ("ce", "dbm_bs"):
+        metrics = json.loads((out / f"{row}_seed0" / "metrics.json").read_text())
+        assert metrics["epoch"] == 1 and metrics["preset"] == f"cifar10_lt/{row}"
+        assert f"{row}_seed0: finished in" in printed
+    report = (out / "report.md").read_text()
+    assert "| cifar10_lt/dbm_bs | 10 | 1 | 1 (short; recipe 200) |" in report
+    assert (out / "report.csv").is_file() and (out / "reproduce.png").stat().st_size > 1000
+    stamp = (out / "ce_seed0" / "metrics.json").stat().st_mtime_ns
+
+    broken = out / "bs_seed0"
+    broken.mkdir()
+    (broken / "config.yaml").write_text((out / "ce_seed0" / "config.yaml").read_text()
+                                        .replace("name: ce", "name: bs").replace("cifar10_lt/ce", "cifar10_lt/bs"))
+    (broken / "checkpoint.pt").write_bytes(b"damaged")
+    plan = plan_reproduction("cifar10_lt", ["ce", "bs"], [0], out, tiny_overrides(fake_cifar10_root), 10)
+    assert [r.status for r in plan] == ["done", "resume"]
+    code = cli.main(["reproduce", "--rows", "ce,dbm_bs,bs", *common])
+    captured = capsys.readouterr()
+    assert code == 1
+    assert "bs_seed0: FAILED (exit 2)" in captured.out and "not a readable checkpoint" in captured.out
+    assert "1 run(s) did not finish: bs_seed0" in captured.err
+    assert (out / "ce_seed0" / "metrics.json").stat().st_mtime_ns == stamp  # skipped, not retrained
+    assert "cifar10_lt/ce" in (out / "report.md").read_text()
+
+
+def test_existing_run_with_other_settings_is_refused(fake_cifar10_root, tmp_path):
+    out = tmp_path / "t2"
+    run = out / "ce_seed0"
+    run.mkdir(parents=True)
+    from dbm_ltr.engine import load_config
+    from dbm_ltr.engine.config import save_config
+
+    save_config(load_config("cifar10_lt/ce", tiny_overrides(fake_cifar10_root) + ["optim.lr=0.3"]), run / "config.yaml")
+    with pytest.raises(ConfigError, match="holds a run with other settings .*optim.lr"):
+        plan_reproduction("cifar10_lt", ["ce"], [0], out, tiny_overrides(fake_cifar10_root), 10)
+
+
+def test_gml_rows_bring_their_teacher_first(fake_cifar10_root, tmp_path, capsys):
+    """``all`` lists GML and DBM-GML; each seed's teacher is trained first and named by its
+    students; a dry run shows the order and the dependency."""
+    from dbm_ltr.analysis.reproduce import describe
+
+    assert parse_rows("all", "cifar10_lt")[8:] == ["bcl", "dbm_bcl", "gml", "dbm_gml", "ncl", "dbm_ncl"]
+    runs = plan_reproduction("cifar10_lt", ["ce", "dbm_gml", "gml"], [0, 1], tmp_path / "o",
+                             tiny_overrides(fake_cifar10_root), 10)
+    assert [r.name for r in runs] == ["gml_teacher_seed0", "gml_teacher_seed1", "ce_seed0", "ce_seed1",
+                                      "dbm_gml_seed0", "dbm_gml_seed1", "gml_seed0", "gml_seed1"]
+    student = runs[-1]
+    assert student.after is runs[1] and f"method.teacher={runs[1].run_dir}" in student.overrides
+    assert "(train, after gml_teacher_seed1)" in describe(runs, 1)
+
+
+def test_a_student_runs_after_its_teacher_and_not_after_a_failed_one(fake_cifar10_root, tmp_path, capsys):
+    out = tmp_path / "gml"
+    common = ["--data", "cifar10_lt", "--imbalance-factor", "10", "--out", str(out), "--jobs", "2",
+              "--set", *tiny_overrides(fake_cifar10_root)]
+    # a damaged teacher checkpoint: the teacher fails, its student is not started
+    teacher = out / "gml_teacher_seed0"
+    teacher.mkdir(parents=True)
+    (teacher / "checkpoint.pt").write_bytes(b"damaged")
+    assert cli.main(["reproduce", "--rows", "gml", *common]) == 1
+    printed = capsys.readouterr().out
+    assert "gml_teacher_seed0: FAILED" in printed and "gml_seed0: not started, gml_teacher_seed0 did not finish" in printed
+    (teacher / "checkpoint.pt").unlink()
+    assert cli.main(["reproduce", "--rows", "gml", *common]) == 0
+    printed = capsys.readouterr().out
+    assert printed.index("gml_teacher_seed0: finished") < printed.index("started  gml_seed0")
+    metrics = json.loads((out / "gml_seed0" / "metrics.json").read_text())
+    assert metrics["method"] == "gml" and "cifar10_lt/gml" in (out / "report.md").read_text()

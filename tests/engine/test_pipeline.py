@@ -1,0 +1,116 @@
+"""``data.pipeline``: batches augmented on the training device, exactly resumable."""
+
+import json
+
+import pytest
+import torch
+from conftest import tiny_overrides
+
+from dbm_ltr.data import create_dataset
+from dbm_ltr.engine import ConfigError, Trainer, load_config
+from dbm_ltr.engine.pipeline import DeviceBatches, EvalBatches, resolve_pipeline
+from dbm_ltr.engine.trainer import amp_dtype, compile_model, evaluate_method
+
+
+def quiet(_message):
+    pass
+
+
+def test_auto_is_the_loader_on_the_cpu_and_device_needs_batched_recipes(fake_cifar10):
+    cpu = torch.device("cpu")
+    cfg = load_config("cifar10_lt/dbm_bcl", tiny_overrides(fake_cifar10))
+    assert cfg.data.pipeline == "auto"
+    assert resolve_pipeline(cfg, ("regular", "contrastive", "contrastive"), cpu) == "loader"
+    assert resolve_pipeline(cfg, ("regular",), torch.device("meta")) == "loader"  # not CUDA
+    device = load_config("cifar10_lt/dbm_bcl", tiny_overrides(fake_cifar10) + ["data.pipeline=device"])
+    assert resolve_pipeline(device, ("regular", "contrastive"), cpu) == "device"
+    digits = load_config("demo/ce", ["data.pipeline=device"])
+    with pytest.raises(ConfigError, match=r"data.pipeline=device: the transform\(s\) none of digits_lt have no batched version"):
+        resolve_pipeline(digits, ("regular",), cpu)
+    with pytest.raises(ConfigError, match="data.pipeline must be auto, loader or device"):
+        load_config("cifar10_lt/ce", ["data.pipeline=gpu"])
+
+
+def test_device_batches_follow_the_sampler_and_the_views(fake_cifar10):
+    train = create_dataset("cifar10_lt", fake_cifar10, train=True, imbalance_factor=10)
+    batches = DeviceBatches(train, ["cifar", "cifar_contrastive"], 32, torch.device("cpu"))
+    assert len(train) == 159 and len(batches) == 5
+    g = torch.Generator().manual_seed(3)
+    order = torch.randperm(159, generator=torch.Generator().manual_seed(3))  # as RandomSampler
+    seen = []
+    for views, targets in batches.epoch(g, 0):
+        assert isinstance(views, list) and len(views) == 2
+        assert views[0].shape == views[1].shape == (targets.shape[0], 3, 32, 32)
+        assert views[0].dtype == torch.float32
+        seen.append(targets)
+    assert [t.shape[0] for t in seen] == [32, 32, 32, 32, 31]
+    assert torch.equal(torch.cat(seen), torch.as_tensor(train.targets)[order])
+    dropped = DeviceBatches(train, ["cifar"], 32, torch.device("cpu"), drop_last=True)
+    assert len(dropped) == 4 and sum(1 for _ in dropped.epoch(torch.Generator(), 0)) == 4
+
+
+def test_device_and_loader_evaluation_agree(fake_cifar10, tmp_path):
+    cfg = load_config("cifar10_lt/dbm_ce", tiny_overrides(fake_cifar10, epochs=1))
+    trainer = Trainer(cfg, tmp_path / "run", log=quiet)
+    args = (trainer.test_set, "cifar_test", 64, torch.device("cpu"))
+    results = [evaluate_method(trainer.method, EvalBatches(*args, pipeline=p), trainer.cls_num_list, 10,
+                               torch.device("cpu")) for p in ("loader", "device")]
+    assert results[0]["per_class"] == pytest.approx(results[1]["per_class"])
+    assert results[0]["top1"] == pytest.approx(results[1]["top1"])
+
+
+def test_a_device_pipeline_run_writes_its_run_directory(fake_cifar10, tmp_path):
+    cfg = load_config("cifar10_lt/dbm_bs", tiny_overrides(fake_cifar10) + ["data.pipeline=device"])
+    messages = []
+    metrics = Trainer(cfg, tmp_path / "run", log=messages.append).fit()
+    assert metrics["pipeline"] == "device" and metrics["epoch"] == 2
+    assert "device pipeline" in messages[0]
+    assert json.loads((tmp_path / "run" / "metrics.json").read_text())["pipeline"] == "device"
+
+
+@pytest.mark.parametrize("preset,extra", [
+    ("cifar10_lt/dbm_drw", ["loss.drw_epoch=1"]),
+    ("cifar10_lt/dbm_bcl", ["optim.batch_size=64"]),
+])
+def test_resume_is_exact_with_the_device_pipeline(fake_cifar10, tmp_path, preset, extra):
+    overrides = tiny_overrides(fake_cifar10, epochs=3) + ["train.deterministic=true", "data.pipeline=device"] + extra
+    cfg = load_config(preset, overrides)
+    straight = Trainer(cfg, tmp_path / "a", log=quiet)
+    straight.fit()
+    interrupted = Trainer(cfg, tmp_path / "b", log=quiet)
+    original = interrupted.train_one_epoch
+
+    def stop_after_first(epoch, max_steps=None):
+        if epoch >= 1:
+            raise KeyboardInterrupt
+        return original(epoch, max_steps)
+
+    interrupted.train_one_epoch = stop_after_first
+    with pytest.raises(KeyboardInterrupt):
+        interrupted.fit()
+    resumed = Trainer(cfg, tmp_path / "b", resume=True, log=quiet)
+    assert resumed.start_epoch == 1
+    resumed.fit()
+    a, b = straight.method.state_dict(), resumed.method.state_dict()
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+    log = lambda run: [{k: v for k, v in json.loads(r).items() if k not in ("seconds", "images_per_s")}
+                       for r in (tmp_path / run / "log.jsonl").read_text().splitlines()]
+    assert log("a") == log("b")
+
+
+def test_max_steps_amp_dtype_and_compile_fallback(fake_cifar10, tmp_path, monkeypatch):
+    cfg = load_config("cifar10_lt/ce", tiny_overrides(fake_cifar10, epochs=1) + ["data.pipeline=device"])
+    trainer = Trainer(cfg, tmp_path / "run", log=quiet)
+    row = trainer.train_one_epoch(0, max_steps=2)
+    assert row["images_per_s"] * row["seconds"] == pytest.approx(64)  # 2 steps of 32
+    assert amp_dtype(torch.device("cpu")) == torch.bfloat16
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("no C compiler\nmore")
+
+    monkeypatch.setattr(torch, "compile", broken)
+    said = []
+    model = torch.nn.Linear(2, 2)
+    assert compile_model(model, torch.device("cpu"), said.append) is model
+    assert said == ["train.compile: the compiler is unavailable here (RuntimeError: no C compiler); training in eager mode"]
