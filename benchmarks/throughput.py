@@ -3,8 +3,8 @@
     python benchmarks/throughput.py --root ../shared/data [--epochs 1] [--workers 2]
 
 Both train CE with a linear head on the same data set object (CIFAR-10-LT IF 100, 12,406
-images, full augmentation: crop, flip, AutoAugment, Cutout), batch 64, SGD, same number of
-DataLoader workers, alternating epochs so that drift of a shared machine hits both. It
+images, full augmentation: crop, flip, AutoAugment, Cutout), batch 64, SGD, the same PIL
+loader pipeline with the same number of DataLoader workers, alternating epochs so that drift of a shared machine hits both. It
 prints images per second of each, their ratio (target: engine >= 0.95 x bare), and where a
 step's time goes: the data pipeline alone (iterating the loader, no model) and the model
 alone (forward+backward+step on a fixed batch, no loading).
@@ -84,6 +84,7 @@ def main() -> None:
     overrides = [
         f"data.root={args.root}", f"data.workers={args.workers}", "train.progress=false",
         f"optim.batch_size={args.batch_size}", "optim.epochs=1", "optim.warmup_epochs=0",
+        "data.pipeline=loader",  # the bare loop's pipeline (device pipeline: gpu_throughput.py)
     ]
     config = load_config("cifar10_lt/ce", overrides)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {args.workers} workers, "

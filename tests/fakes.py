@@ -27,3 +27,12 @@ def write_fake_cifar_npz(
         np.savez(root / f"{prefix}_{split}.npz", images=images, labels=labels.astype(np.int64),
                  classes=np.array([f"class{c}" for c in range(num_classes)]))
     return root
+
+
+def tiny_overrides(root, epochs=2) -> list[str]:
+    """A seconds-long CIFAR-10-LT run on the fake set: IF 10 (159 images), ``epochs`` epochs."""
+    return [
+        f"data.root={root}", f"optim.epochs={epochs}", "optim.warmup_epochs=1",
+        "data.imbalance_factor=10", "data.workers=0", "optim.batch_size=32", "train.progress=false",
+        "data.eval_batch_size=100",
+    ]

@@ -6,15 +6,12 @@ import json
 from pathlib import Path
 
 import yaml
+from fakes import tiny_overrides as fake_run_overrides
 
 
 def tiny_overrides(root, epochs=1) -> list[str]:
-    """A seconds-long CIFAR-10-LT run on the fake set: IF 10 (159 train images), 100 test."""
-    return [
-        f"data.root={root}", f"optim.epochs={epochs}", "optim.warmup_epochs=1",
-        "data.imbalance_factor=10", "data.workers=0", "optim.batch_size=32",
-        "train.progress=false", "data.eval_batch_size=100",
-    ]
+    """A seconds-long CIFAR-10-LT run on the fake set (see fakes.tiny_overrides), one epoch."""
+    return fake_run_overrides(root, epochs)
 
 
 def write_run(path: Path, preset: str, seed: int, top1, many=None, medium=None, few=None,

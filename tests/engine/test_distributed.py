@@ -6,7 +6,7 @@ import subprocess
 import sys
 
 import pytest
-from conftest import tiny_overrides
+from fakes import tiny_overrides
 
 
 def test_torchrun_two_processes(fake_cifar10, tmp_path):

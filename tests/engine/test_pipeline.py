@@ -4,7 +4,7 @@ import json
 
 import pytest
 import torch
-from conftest import tiny_overrides
+from fakes import tiny_overrides
 
 from dbm_ltr.data import create_dataset
 from dbm_ltr.engine import ConfigError, Trainer, load_config
@@ -16,14 +16,14 @@ def quiet(_message):
     pass
 
 
-def test_auto_is_the_loader_on_the_cpu_and_device_needs_batched_recipes(fake_cifar10):
+def test_auto_is_the_device_pipeline_where_batched_recipes_exist(fake_cifar10):
     cpu = torch.device("cpu")
     cfg = load_config("cifar10_lt/dbm_bcl", tiny_overrides(fake_cifar10))
     assert cfg.data.pipeline == "auto"
-    assert resolve_pipeline(cfg, ("regular", "contrastive", "contrastive"), cpu) == "loader"
-    assert resolve_pipeline(cfg, ("regular",), torch.device("meta")) == "loader"  # not CUDA
-    device = load_config("cifar10_lt/dbm_bcl", tiny_overrides(fake_cifar10) + ["data.pipeline=device"])
-    assert resolve_pipeline(device, ("regular", "contrastive"), cpu) == "device"
+    assert resolve_pipeline(cfg, ("regular", "contrastive", "contrastive"), cpu) == "device"
+    loader = load_config("cifar10_lt/dbm_bcl", tiny_overrides(fake_cifar10) + ["data.pipeline=loader"])
+    assert resolve_pipeline(loader, ("regular", "contrastive"), cpu) == "loader"
+    assert resolve_pipeline(load_config("demo/ce"), ("regular",), cpu) == "loader"  # no batched recipe
     digits = load_config("demo/ce", ["data.pipeline=device"])
     with pytest.raises(ConfigError, match=r"data.pipeline=device: the transform\(s\) none of digits_lt have no batched version"):
         resolve_pipeline(digits, ("regular",), cpu)

@@ -2,7 +2,7 @@ import json
 
 import pytest
 import torch
-from conftest import tiny_overrides
+from fakes import tiny_overrides
 
 from dbm_ltr.engine import CheckpointError, Trainer, TrainingError, load_config
 from dbm_ltr.engine.checkpoint import load_checkpoint, save_checkpoint
@@ -57,8 +57,9 @@ def _interrupt_after(trainer, epochs_done):
 ])
 def test_resume_is_exact(fake_cifar10, tmp_path, preset, extra):
     """Interrupted after epoch 1 and resumed == uninterrupted, to the last bit (model,
-    optimizer, BN statistics, NCL's queues and momentum encoders, the log)."""
-    overrides = tiny_overrides(fake_cifar10, epochs=3) + ["train.deterministic=true"]
+    optimizer, BN statistics, NCL's queues and momentum encoders, the log); the PIL loader
+    pipeline (the device pipeline: test_pipeline.py)."""
+    overrides = tiny_overrides(fake_cifar10, epochs=3) + ["train.deterministic=true", "data.pipeline=loader"]
     cfg = load_config(preset, overrides + extra)
     straight = Trainer(cfg, tmp_path / "a", log=quiet)
     straight.fit()

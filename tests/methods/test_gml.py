@@ -6,6 +6,7 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+from fakes import tiny_overrides
 
 from dbm_ltr.data import long_tail_counts
 from dbm_ltr.engine import Trainer, load_config
@@ -26,18 +27,13 @@ def quiet(_message):
     pass
 
 
-def tiny(root, epochs=1):
-    return [f"data.root={root}", f"optim.epochs={epochs}", "optim.warmup_epochs=1", "data.imbalance_factor=10",
-            "data.workers=0", "optim.batch_size=32", "train.progress=false", "data.eval_batch_size=100"]
-
-
 @pytest.fixture(scope="module")
 def teacher(fake_cifar10, tmp_path_factory):
     """A finished 1-epoch GML teacher (ResNet-56, cosine, BS at s = 30) on the fake data."""
     before = torch.get_num_threads()
     torch.set_num_threads(1)
     run = tmp_path_factory.mktemp("teacher") / "run"
-    Trainer(load_config("cifar10_lt/gml_teacher", tiny(fake_cifar10)), run, log=quiet).fit()
+    Trainer(load_config("cifar10_lt/gml_teacher", tiny_overrides(fake_cifar10, epochs=1)), run, log=quiet).fit()
     torch.set_num_threads(before)
     return run
 
@@ -241,7 +237,7 @@ def test_teacher_mismatches_are_one_line_errors(teacher, fake_cifar10, tmp_path)
         with pytest.raises(ValueError, match=match):
             create_method("gml", **common, **wrong)
     unfinished = tmp_path / "unfinished"
-    cfg = load_config("cifar10_lt/gml_teacher", tiny(fake_cifar10, epochs=2))
+    cfg = load_config("cifar10_lt/gml_teacher", tiny_overrides(fake_cifar10, epochs=2))
     t = Trainer(cfg, unfinished, log=quiet)
     t.train_one_epoch(0, max_steps=1)
     t._save(1)
@@ -251,7 +247,7 @@ def test_teacher_mismatches_are_one_line_errors(teacher, fake_cifar10, tmp_path)
 
 def test_student_trains_and_resumes_exactly(teacher, fake_cifar10, tmp_path):
     """Queue, pointers, indices, temperature and embeddings all come back on resume."""
-    overrides = tiny(fake_cifar10, epochs=3) + ["train.deterministic=true", f"method.teacher={teacher}",
+    overrides = tiny_overrides(fake_cifar10, epochs=3) + ["train.deterministic=true", f"method.teacher={teacher}",
                                                 "method.queue_size=64", "optim.batch_size=16"]
     cfg = load_config("cifar10_lt/dbm_gml", overrides)
     straight = Trainer(cfg, tmp_path / "a", log=quiet)

@@ -62,7 +62,7 @@ class DataConfig:
     seed: int = 0  # selection of the long-tailed subset (SPEC 4.1: NumPy legacy RNG, seed 0)
     download: bool = False
     augment: str = ""  # training transform; "" = the data set's regular recipe
-    pipeline: str = "auto"  # auto | loader | device: where batches are augmented (auto: device on CUDA)
+    pipeline: str = "auto"  # auto | loader | device: where batches are augmented (auto: device where supported)
     workers: int = 4
     eval_batch_size: int = 256
 

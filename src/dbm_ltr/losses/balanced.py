@@ -112,8 +112,9 @@ def check_logits_and_target(logits: torch.Tensor, target: torch.Tensor, num_clas
         raise ValueError(f"target must hold integer class indices, got dtype {target.dtype}")
     if target.numel() == 0:
         return
-    if target.device.type != "cpu":  # reading the range would wait for the device every step:
-        # the check runs on the device instead and fails there (an asynchronous device error)
+    if target.device.type != "cpu" or torch.compiler.is_compiling():  # reading the range would
+        # wait for the device every step (or break a compiled graph): the check runs on the
+        # device instead and fails there (an asynchronous device error)
         torch._assert_async(
             ((target >= 0) & (target < num_classes)).all(),
             f"target holds class indices outside 0..{num_classes - 1} ({num_classes} classes)",
