@@ -29,22 +29,25 @@ def _overrides(args) -> list[str]:
 
 def cmd_train(args) -> int:
     from .engine import Trainer, load_config
+    from .engine.rundir import CONFIG
 
     run = Path(args.out)
     source = args.config
     if source is None:
         if not args.resume:
             raise _UsageError("train needs --config FILE|PRESET (or --resume with an existing --out)")
-        source = run / "config.yaml"
+        source = run / CONFIG
         if not source.is_file():
             raise _UsageError(f"--resume without --config needs {source}; it does not exist")
     config = load_config(source, _overrides(args))
     trainer = Trainer(config, run, resume=args.resume)
-    trainer.fit()
-    if trainer.dist.enabled:
-        import torch.distributed as dist
+    try:
+        trainer.fit()
+    finally:
+        if trainer.dist.enabled:
+            import torch.distributed as dist
 
-        dist.destroy_process_group()
+            dist.destroy_process_group()
     if trainer.dist.is_main:
         print(f"run directory: {run}")
     return 0
@@ -353,6 +356,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     from .data import DatasetNotFoundError
     from .engine import CheckpointError, ConfigError, TrainingError
+    from .engine.trainer import Interrupted
 
     args = build_parser().parse_args(argv)
     try:
@@ -362,11 +366,24 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"dbm-ltr {args.command}: error: {err}", file=sys.stderr)
         return 2
+    except Interrupted as stop:
+        print(f"\ndbm-ltr {args.command}: {stop}", file=sys.stderr)
+        return stop.exit_code
     except KeyboardInterrupt:
-        out = getattr(args, "out", None)
-        hint = f"; continue with: dbm-ltr train --out {out} --resume" if args.command == "train" else ""
-        print(f"\ninterrupted{hint}", file=sys.stderr)
+        print(f"\ndbm-ltr {args.command}: interrupted{_resume_hint(args)}", file=sys.stderr)
         return 130
+
+
+def _resume_hint(args) -> str:
+    """How to go on after an interruption outside the training loop."""
+    if args.command != "train":
+        return ""
+    from .engine.rundir import CHECKPOINT
+
+    out = Path(args.out)
+    if (out / CHECKPOINT).exists():
+        return f"; continue with: dbm-ltr train --out {out} --resume"
+    return f"; nothing was saved yet, start again with: dbm-ltr train --config {args.config or 'CONFIG'} --out {out}"
 
 
 if __name__ == "__main__":

@@ -141,7 +141,7 @@ def test_run_without_checkpoint_and_corrupted_checkpoint(tiny_runs, tmp_path, ca
     (broken / "checkpoint.pt").write_bytes(data[: len(data) // 3])
     assert cli.main(["analyze", str(tiny_runs["ce"]), str(broken)]) == 2
     line = _one_error_line(capsys)
-    assert "not a readable checkpoint" in line and "broken" in line
+    assert "is damaged or truncated" in line and "broken" in line
     with pytest.raises(CheckpointError):
         load_run_method(broken)
     assert not (tiny_runs["ce"] / "analysis").exists()  # nothing written for a failed analysis

@@ -148,10 +148,11 @@ def test_multiview():
         MultiView([str, 5])
 
 
-def test_registry_builds_every_recipe():
-    assert list_transforms() == sorted(TRANSFORMS) == ["cifar", "cifar_contrastive", "cifar_test", "none"]
+def test_registry_builds_every_cifar_recipe():
+    assert list_transforms() == sorted(TRANSFORMS)
+    assert {"cifar", "cifar_contrastive", "cifar_test", "none"} <= set(TRANSFORMS)
     img = pil_image(2)
-    for name in TRANSFORMS:
+    for name in ("cifar", "cifar_contrastive", "cifar_test", "none"):  # large-scale: test_fastjpeg.py
         t = build_transform(name)
         assert build_transform(name) is not t  # fresh instance
         x = t(img)

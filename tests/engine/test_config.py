@@ -124,3 +124,12 @@ def test_ldam_presets_state_which_margin_and_how_to_switch(data, row):
     text = resolve_config_path(f"{data}/{row}").read_text()
     assert "M = 0.5 as in LDAM" in text and "--set loss.max_margin=0.1" in text
     assert load_config(f"{data}/{row}", ["loss.max_margin=0.1"]).loss.params["max_margin"] == 0.1
+
+
+def test_a_yaml_syntax_error_is_one_line_with_file_line_and_column(tmp_path):
+    path = tmp_path / "bad.yaml"
+    path.write_text("data: {name: cifar10_lt}\noptim: {milestones: [}\n")
+    with pytest.raises(ConfigError) as err:
+        load_config(path)
+    message = str(err.value)
+    assert "\n" not in message and message.startswith(f"{path}: not valid YAML (line 2, column 22: ")

@@ -31,22 +31,24 @@ def test_auto_is_the_device_pipeline_where_batched_recipes_exist(fake_cifar10):
         load_config("cifar10_lt/ce", ["data.pipeline=gpu"])
 
 
-def test_device_batches_follow_the_sampler_and_the_views(fake_cifar10):
+def test_device_batches_follow_the_order_and_the_views(fake_cifar10):
     train = create_dataset("cifar10_lt", fake_cifar10, train=True, imbalance_factor=10)
     batches = DeviceBatches(train, ["cifar", "cifar_contrastive"], 32, torch.device("cpu"))
-    assert len(train) == 159 and len(batches) == 5
-    g = torch.Generator().manual_seed(3)
-    order = torch.randperm(159, generator=torch.Generator().manual_seed(3))  # as RandomSampler
+    assert len(train) == 159
+    order = torch.randperm(159, generator=torch.Generator().manual_seed(3))
     seen = []
-    for views, targets in batches.epoch(g, 0):
+    for views, targets in batches.batches(order, torch.Generator().manual_seed(3), 0, 5):
         assert isinstance(views, list) and len(views) == 2
         assert views[0].shape == views[1].shape == (targets.shape[0], 3, 32, 32)
         assert views[0].dtype == torch.float32
         seen.append(targets)
     assert [t.shape[0] for t in seen] == [32, 32, 32, 32, 31]
     assert torch.equal(torch.cat(seen), torch.as_tensor(train.targets)[order])
-    dropped = DeviceBatches(train, ["cifar"], 32, torch.device("cpu"), drop_last=True)
-    assert len(dropped) == 4 and sum(1 for _ in dropped.epoch(torch.Generator(), 0)) == 4
+    later = [t for _, t in batches.batches(order, torch.Generator(), 3, 5)]  # from batch 3 on
+    assert torch.equal(torch.cat(later), torch.as_tensor(train.targets)[order[96:]])
+    indexed = DeviceBatches(train, ["cifar"], 32, torch.device("cpu"), with_indices=True)
+    (_, t, i), = list(indexed.batches(order, torch.Generator(), 4, 5))
+    assert torch.equal(i, order[128:]) and torch.equal(t, torch.as_tensor(train.targets)[order[128:]])
 
 
 def test_device_and_loader_evaluation_agree(fake_cifar10, tmp_path):

@@ -1,4 +1,6 @@
+import errno
 import json
+import os
 
 import pytest
 import torch
@@ -99,19 +101,35 @@ def test_existing_run_needs_resume_and_resume_needs_same_config(fake_cifar10, tm
 
 
 def test_corrupted_and_foreign_checkpoints(fake_cifar10, tmp_path):
-    cfg = load_config("cifar10_lt/ce", tiny_overrides(fake_cifar10, epochs=1))
+    """A damaged latest checkpoint falls back to the previous one with a warning; with both
+    damaged, or a file of another program, or weights of another model, a clear error."""
+    cfg = load_config("cifar10_lt/ce", tiny_overrides(fake_cifar10, epochs=2))
     run = tmp_path / "run"
     Trainer(cfg, run, log=quiet).fit()
-    good = (run / "checkpoint.pt").read_bytes()
-    (run / "checkpoint.pt").write_bytes(good[: len(good) // 2])
+    latest, previous = run / "checkpoint.pt", run / "checkpoint.prev.pt"
+    good = latest.read_bytes()
+    latest.write_bytes(good[: len(good) // 2])
+    said = []
+    resumed = Trainer(cfg, run, resume=True, log=said.append)
+    assert resumed.start_epoch == 2 and not resumed._final  # the full checkpoint after epoch 2
+    assert "damaged or truncated" in said[0] and "using the previous checkpoint" in said[0]
+    resumed.close()
+    damaged = bytearray(previous.read_bytes())
+    damaged[len(damaged) // 2] ^= 0xFF  # one flipped byte: torch.load would not notice
+    previous.write_bytes(bytes(damaged))
+    with pytest.raises(CheckpointError, match="checkpoint.pt is damaged or truncated"):
+        Trainer(cfg, run, resume=True, log=quiet)
+    previous.unlink()
+    (run / "checkpoint.sha256").unlink()  # no digests (a copied file): torch.load decides
+    latest.write_bytes(good[: len(good) // 2])
     with pytest.raises(CheckpointError, match="truncated or corrupted"):
         Trainer(cfg, run, resume=True, log=quiet)
-    torch.save({"weights": 1}, run / "checkpoint.pt")
+    torch.save({"weights": 1}, latest)
     with pytest.raises(CheckpointError, match="not written by this version"):
         Trainer(cfg, run, resume=True, log=quiet)
     state = load_checkpoint_bytes(good, tmp_path)
     state["method"] = {"model.head.weight": torch.zeros(3)}
-    save_checkpoint({k: v for k, v in state.items() if k != "format_version"}, run / "checkpoint.pt")
+    save_checkpoint({k: v for k, v in state.items() if k != "format_version"}, latest)
     with pytest.raises(CheckpointError, match="does not match this model"):
         Trainer(cfg, run, resume=True, log=quiet)
 
@@ -122,24 +140,31 @@ def load_checkpoint_bytes(data, tmp_path):
     return load_checkpoint(path)
 
 
-def test_atomic_save_keeps_previous_checkpoint_when_writing_fails(tmp_path, monkeypatch):
+@pytest.mark.parametrize("code,reason", [(errno.ENOSPC, "the disk is full"), (errno.EACCES, "the folder is not writable")])
+def test_a_failing_write_keeps_the_checkpoints_and_says_what_failed(tmp_path, monkeypatch, code, reason):
+    from dbm_ltr.engine import checkpoint
+
     path = tmp_path / "checkpoint.pt"
     save_checkpoint({"epoch": 1}, path)
+    save_checkpoint({"epoch": 2}, path)
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+    assert sorted(before) == ["checkpoint.prev.pt", "checkpoint.pt", "checkpoint.sha256"]
 
-    def crash(*args, **kwargs):
-        raise OSError("disk full")
+    def fail(*args, **kwargs):
+        raise OSError(code, os.strerror(code))
 
-    monkeypatch.setattr(torch, "save", crash)
-    with pytest.raises(OSError):
-        save_checkpoint({"epoch": 2}, path)
+    monkeypatch.setattr(checkpoint, "_write_file", fail)
+    with pytest.raises(CheckpointError, match=f"could not write the checkpoint of epoch 3 to {tmp_path}: {reason}.*"
+                                              "the previous checkpoint .* is intact.*--resume"):
+        save_checkpoint({"epoch": 3}, path)
     monkeypatch.undo()
-    assert load_checkpoint(path)["epoch"] == 1
-    assert [p.name for p in tmp_path.iterdir()] == ["checkpoint.pt"]  # no temp file left
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before  # nothing replaced, no temp file
+    assert load_checkpoint(path)["epoch"] == 2
 
 
 def test_nan_loss_stops_with_a_clear_error(fake_cifar10, tmp_path):
     cfg = load_config("cifar10_lt/ce", tiny_overrides(fake_cifar10, epochs=1) + ["optim.lr=1e30"])
-    with pytest.raises(TrainingError, match="loss became nan in epoch 1; lower optim.lr"):
+    with pytest.raises(TrainingError, match=r"loss became non-finite \(nan or inf\) in epoch 1 at step 2 of 5; lower optim.lr"):
         Trainer(cfg, tmp_path / "run", log=quiet).fit()
 
 

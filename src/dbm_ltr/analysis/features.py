@@ -119,9 +119,14 @@ def run_features(
     config, method, state = load_run_method(run_dir, overrides, device)
     d = config.data
     info = DATASET_INFO[d.name]
+    from ..engine.trainer import dataset_options
+
+    options = dataset_options(config)
+    if "decode" in options:
+        options["decode"] = "cpu"
     dataset = create_dataset(
         d.name, d.root, train=split == "train", transform=build_transform(info["test_transform"]),
-        imbalance_factor=d.imbalance_factor, download=d.download, seed=d.seed,
+        imbalance_factor=d.imbalance_factor, download=d.download, seed=d.seed, **options,
     )
     counts = [int(n) for n in state["cls_num_list"]]
     notes = []

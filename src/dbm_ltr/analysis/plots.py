@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Sequence
 
+from ..figures import GROUP_COLOURS, plot_per_class_accuracy, pyplot as _pyplot, save_figure
 from ..metrics import GROUPS, group_of
 
 __all__ = [
@@ -16,61 +17,8 @@ __all__ = [
     "plot_sweep",
 ]
 
-GROUP_COLOURS = {"many": "#4477aa", "medium": "#ccbb44", "few": "#ee6677"}
 RUN_COLOURS = ("#4477aa", "#ee6677", "#228833", "#ccbb44", "#66ccee", "#aa3377", "#bbbbbb", "#000000")
 RUN_MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*")
-
-
-def _pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
-def plot_per_class_accuracy(
-    per_class: Sequence[float | None],
-    cls_num_list: Sequence[int],
-    path: str | Path,
-    title: str = "",
-    many_threshold: int = 100,
-    few_threshold: int = 20,
-) -> Path:
-    """Bars of per-class test accuracy in class order, coloured by Many/Medium/Few, with the
-    training count of each class on a log-scaled second axis."""
-    plt = _pyplot()
-    colours = {"many": "#4477aa", "medium": "#ccbb44", "few": "#ee6677"}
-    groups = [group_of(int(n), many_threshold, few_threshold) for n in cls_num_list]
-    values = [float("nan") if v is None else v for v in per_class]
-    x = range(len(values))
-    fig, ax = plt.subplots(figsize=(max(6.0, 0.09 * len(values) + 4), 3.6))
-    ax.bar(x, values, color=[colours[g] for g in groups], width=0.85)
-    ax.set_xlabel("class (label order)")
-    ax.set_ylabel("test accuracy (%)")
-    ax.set_ylim(0, 100)
-    twin = ax.twinx()
-    twin.plot(list(x), list(cls_num_list), color="black", linewidth=1.2)
-    twin.set_yscale("log")
-    twin.set_ylabel("training images (log)")
-    handles = [plt.Rectangle((0, 0), 1, 1, color=colours[g]) for g in colours if g in groups]
-    ax.legend(handles, [g for g in colours if g in groups], loc="lower left", fontsize=8)
-    if title:
-        ax.set_title(title, fontsize=10)
-    fig.tight_layout()
-    path = Path(path)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
-
-
-def _save(fig, path: str | Path, plt) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
 
 
 def plot_angle_distributions(
@@ -123,7 +71,7 @@ def plot_angle_distributions(
     ax.grid(axis="y", alpha=0.3)
     ax.set_title((title + "\n" if title else "") + "bar: Q1-Q3, dot: median, dash: mean", fontsize=9)
     fig.tight_layout()
-    return _save(fig, path, plt)
+    return save_figure(fig, path)
 
 
 def plot_accuracy_vs_count(
@@ -168,7 +116,7 @@ def plot_accuracy_vs_count(
     if title:
         ax.set_title(title, fontsize=10)
     fig.tight_layout()
-    return _save(fig, path, plt)
+    return save_figure(fig, path)
 
 
 def plot_confusion_matrix(
@@ -203,7 +151,7 @@ def plot_confusion_matrix(
     if title:
         ax.set_title(title, fontsize=10)
     fig.tight_layout()
-    return _save(fig, path, plt)
+    return save_figure(fig, path)
 
 
 def plot_sweep(
@@ -258,7 +206,7 @@ def plot_sweep(
     if title:
         ax.set_title(title, fontsize=9)
     fig.tight_layout()
-    return _save(fig, path, plt)
+    return save_figure(fig, path)
 
 
 def plot_reproduction(rows: Sequence, path: str | Path, title: str = "") -> Path:
@@ -295,4 +243,4 @@ def plot_reproduction(rows: Sequence, path: str | Path, title: str = "") -> Path
     ax.legend(fontsize=7, loc="lower right")
     ax.set_title(title or "ours beside the paper", fontsize=9)
     fig.tight_layout()
-    return _save(fig, path, plt)
+    return save_figure(fig, path)

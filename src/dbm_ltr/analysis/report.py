@@ -20,8 +20,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
-from ..engine.config import RESUMABLE_DIFFERENCES, flatten_config
-from .runs import CHECKPOINT, CONFIG, METRICS, RunError, read_metrics, read_run_config
+from ..engine.config import flatten_config
+from ..engine.rundir import RESUMABLE_DIFFERENCES
+from ..engine.rundir import is_run_dir
+from .runs import RunError, read_metrics, read_run_config
 
 __all__ = [
     "METRICS_REPORTED",
@@ -102,11 +104,8 @@ def expand_run_dirs(paths: Sequence[str | Path]) -> list[Path]:
     out: list[Path] = []
     for p in paths:
         path = Path(p)
-        markers = (CONFIG, CHECKPOINT, METRICS)
-        if path.is_dir() and not any((path / m).is_file() for m in markers):
-            children = sorted(
-                c for c in path.iterdir() if c.is_dir() and any((c / m).is_file() for m in markers)
-            )
+        if path.is_dir() and not is_run_dir(path):
+            children = sorted(c for c in path.iterdir() if c.is_dir() and is_run_dir(c))
             if children:
                 out.extend(children)
                 continue

@@ -22,7 +22,8 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 from ..engine.config import ConfigError, preset_dir
-from .runs import CHECKPOINT, METRICS, read_metrics
+from ..engine.rundir import CHECKPOINT, METRICS, OUTPUT
+from .runs import read_metrics
 
 __all__ = [
     "ROW_SETS",
@@ -40,7 +41,6 @@ TABLE2_ROWS = ("ce", "ldam", "dbm_ce", "ce_drw", "ldam_drw", "dbm_drw", "bs", "d
 ROW_SETS = {"table2": TABLE2_ROWS, "all": TABLE2_ROWS + ("bcl", "dbm_bcl", "gml", "dbm_gml", "ncl", "dbm_ncl")}
 #: Rows that distil a teacher, and the preset row that trains it (first, once per seed).
 TEACHERS = {"gml": "gml_teacher", "dbm_gml": "gml_teacher"}
-LOG = "train.log"  # each run's stdout and stderr
 MEMORY_PER_RUN = 3 * 2**30  # bytes of GPU memory budgeted for one packed ResNet-32 run
 MAX_JOBS = 8
 
@@ -226,7 +226,7 @@ def run_reproduction(
                 run = ready.pop(0)
                 pending.remove(run)
                 run.run_dir.mkdir(parents=True, exist_ok=True)
-                handle = open(run.run_dir / LOG, "a")
+                handle = open(run.run_dir / OUTPUT, "a")
                 process = subprocess.Popen(_command(run), stdout=handle, stderr=subprocess.STDOUT, env=env)
                 active.append((run, process, time.perf_counter(), handle))
                 log(f"  started  {run.name} ({'resuming' if run.status == 'resume' else 'training'})")
@@ -243,9 +243,9 @@ def run_reproduction(
                     top1 = read_metrics(run.run_dir)["top1"]
                     log(f"[{done}/{len(runs)}] {run.name}: finished in {run.seconds:.0f}s, top-1 {top1:.2f}")
                 else:
-                    run.error = _tail(run.run_dir / LOG)
+                    run.error = _tail(run.run_dir / OUTPUT)
                     log(f"[{done}/{len(runs)}] {run.name}: FAILED (exit {process.returncode}); "
-                        f"last lines of {run.run_dir / LOG}:\n{run.error}")
+                        f"last lines of {run.run_dir / OUTPUT}:\n{run.error}")
     except KeyboardInterrupt:
         for run, process, _, handle in active:
             process.terminate()

@@ -8,6 +8,8 @@ from typing import Any, Sequence
 
 import yaml
 
+from ..engine.rundir import CHECKPOINT, CONFIG, METRICS, is_run_dir
+
 __all__ = [
     "RunError",
     "check_run_dir",
@@ -16,9 +18,6 @@ __all__ = [
     "run_labels",
 ]
 
-CHECKPOINT = "checkpoint.pt"
-CONFIG = "config.yaml"
-METRICS = "metrics.json"
 
 
 class RunError(ValueError):
@@ -37,8 +36,7 @@ def check_run_dir(run_dir: str | Path, need: Sequence[str] = (CHECKPOINT,)) -> P
         raise RunError(f"{path}: no such run directory")
     if not path.is_dir():
         raise RunError(f"{path} is not a directory; pass the run directory written by dbm-ltr train --out")
-    present = [name for name in (CONFIG, CHECKPOINT, METRICS) if (path / name).is_file()]
-    if not present:
+    if not is_run_dir(path):
         raise RunError(
             f"{path} is not a run directory (no {CONFIG}, {CHECKPOINT} or {METRICS}); "
             "create one with: dbm-ltr train --config PRESET --out DIR"

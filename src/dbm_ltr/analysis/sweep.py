@@ -24,8 +24,9 @@ from typing import Any, Callable, Sequence
 
 import yaml
 
-from ..engine.config import RESUMABLE_DIFFERENCES, ConfigError, flatten_config
-from .runs import CHECKPOINT, METRICS, read_metrics, read_run_config
+from ..engine.config import ConfigError, flatten_config
+from ..engine.rundir import CHECKPOINT, LOG, METRICS, config_differences
+from .runs import read_metrics, read_run_config
 
 __all__ = [
     "GridAxis",
@@ -146,7 +147,8 @@ def check_buildable(config, where: str) -> None:
     from ..data import DATASET_INFO
     from ..engine.trainer import build_method
 
-    c = DATASET_INFO[config.data.name]["num_classes"]  # the name was checked with the config
+    info = DATASET_INFO[config.data.name]  # the name was checked with the config
+    c = info["num_classes"] or info.get("expected_num_classes", 1000)  # None: the split file defines it
     try:
         build_method(config, _dummy_counts(c, config.data.imbalance_factor), c)
     except (ValueError, TypeError) as err:
@@ -159,11 +161,9 @@ def compare_existing(run_dir: Path, config) -> None:
     saved = read_run_config(run_dir)
     if saved is None:
         return
-    old = flatten_config(saved)
-    new = flatten_config(config.to_dict())
-    diff = sorted(k for k in set(old) | set(new) if k not in RESUMABLE_DIFFERENCES and old.get(k) != new.get(k))
+    diff = config_differences(saved, config.to_dict())
     if diff:
-        shown = "; ".join(f"{k}: existing {old.get(k)!r}, planned {new.get(k)!r}" for k in diff[:3])
+        shown = "; ".join(f"{k}: existing {a!r}, planned {b!r}" for k, a, b in diff[:3])
         raise ConfigError(
             f"{run_dir} holds a run with other settings ({shown}); choose another --out or "
             "remove that directory"
@@ -172,7 +172,7 @@ def compare_existing(run_dir: Path, config) -> None:
 
 def _last_logged_epoch(run_dir: Path) -> int | None:
     try:
-        lines = (run_dir / "log.jsonl").read_text().strip().splitlines()
+        lines = (run_dir / LOG).read_text().strip().splitlines()
         return int(json.loads(lines[-1])["epoch"]) if lines else None
     except (OSError, ValueError, KeyError, IndexError):
         return None

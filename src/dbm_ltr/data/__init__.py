@@ -7,7 +7,11 @@ Data sets are created by name so that a config can name them::
                                imbalance_factor=100)
 
 Built-in names: ``cifar10_lt``, ``cifar100_lt`` and ``digits_lt`` (ignores ``root`` and
-``download``).  ``DATASET_INFO[name]`` holds ``num_classes`` and the names of the default
+``download``), and the split-file data sets ``imagenet_lt``, ``inat2018`` and ``places_lt``
+(:mod:`~dbm_ltr.data.splitfile`; they ignore ``imbalance_factor``, ``download`` and ``seed``
+and take the keywords ``split``, ``split_dir``, ``skip_corrupt``, ``decode``, ``check_first``).
+``DATASET_INFO[name]`` holds ``num_classes`` (``None`` where the split file defines it; then
+``expected_num_classes`` gives the official count) and the names of the default
 ``train_transform``, ``test_transform`` and ``contrastive_transform`` (``None`` if there is
 none) in the :data:`TRANSFORMS` registry.
 """
@@ -22,10 +26,17 @@ from ..registry import Registry
 from .cifar import CIFAR10_CLASSES, CIFAR100_CLASSES, LongTailCIFAR10, LongTailCIFAR100
 from .digits import LongTailDigits
 from .errors import DatasetNotFoundError
+from .fastjpeg import CorruptImageError, EncodedBatch, EncodedImage, ImageReadError, MissingImageError
 from .longtail import check_imbalance_factor, long_tail_counts, select_long_tail_indices
+from . import splitfile as _splitfile
+from .splitfile import INaturalist2018, ImageNetLT, PlacesLT, SplitFileDataset, SplitFileError
 from .transforms import (
     CIFAR_MEAN,
     CIFAR_STD,
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    INAT_MEAN,
+    INAT_STD,
     TRANSFORMS,
     Cutout,
     EnsureTensor,
@@ -44,8 +55,22 @@ __all__ = [
     "CIFAR10_CLASSES",
     "CIFAR_MEAN",
     "CIFAR_STD",
+    "CorruptImageError",
     "DATASETS",
     "DATASET_INFO",
+    "EncodedBatch",
+    "EncodedImage",
+    "IMAGENET_MEAN",
+    "IMAGENET_STD",
+    "INAT_MEAN",
+    "INAT_STD",
+    "INaturalist2018",
+    "ImageNetLT",
+    "ImageReadError",
+    "MissingImageError",
+    "PlacesLT",
+    "SplitFileDataset",
+    "SplitFileError",
     "TRANSFORMS",
     "Cutout",
     "DatasetNotFoundError",
@@ -112,8 +137,10 @@ def create_dataset(
     download: bool = False,
     seed: int = 0,
     target_transform: Optional[Callable] = None,
+    **options: Any,
 ) -> Dataset:
-    """Build the data set registered as ``name`` (train split long-tailed, test balanced)."""
+    """Build the data set registered as ``name`` (train split long-tailed, test balanced);
+    ``options``: keywords of that data set only (e.g. ``split_dir`` of ``imagenet_lt``)."""
     return DATASETS.lookup(name)(
         root=root,
         train=train,
@@ -122,6 +149,7 @@ def create_dataset(
         imbalance_factor=imbalance_factor,
         download=download,
         seed=seed,
+        **options,
     )
 
 
@@ -144,3 +172,14 @@ register_dataset("digits_lt", _digits_factory, info={
     "num_classes": 10, "train_transform": "none", "test_transform": "none",
     "contrastive_transform": None,
 })
+for _name, _factory, _prefix, _classes in (
+    ("imagenet_lt", _splitfile.imagenet_lt, "imagenet", 1000),
+    ("inat2018", _splitfile.inat2018, "inat", 8142),
+    ("places_lt", _splitfile.places_lt, "imagenet", 365),
+):
+    register_dataset(_name, _factory, info={
+        "num_classes": None,  # defined by the train split file (max label + 1)
+        "expected_num_classes": _classes,  # of the official split files
+        "train_transform": f"{_prefix}_train", "test_transform": f"{_prefix}_test",
+        "contrastive_transform": f"{_prefix}_contrastive",
+    })

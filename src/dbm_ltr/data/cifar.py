@@ -116,6 +116,15 @@ class _LongTailCIFAR(Dataset):
                     f"fewer than its {C} classes"
                 )
             counts = long_tail_counts(n_max, C, self.imbalance_factor)
+            empty = [c for c, n in enumerate(counts) if n == 0]
+            if empty:
+                named = ", ".join(f"{c} ({classes[c]})" for c in empty[:5])
+                raise ValueError(
+                    f"{self.dataset_name} train split ({self.source}, {n_max} images a class) at "
+                    f"imbalance factor {self.imbalance_factor:g} leaves class(es) {named} without "
+                    f"training images (n_c = int({n_max} * (1/IF)^(c/{C - 1}))); lower "
+                    "data.imbalance_factor or use a larger training set"
+                )
             indices = select_long_tail_indices(labels, counts, seed)
             images = images[indices]
             labels = labels[indices]

@@ -13,6 +13,26 @@ the BCL / NCL code.
 
 Normalisation uses mean (0.4914, 0.4822, 0.4465), std (0.2023, 0.1994, 0.2010), the values of
 the LDAM-DRW / DBM code.
+
+Large-scale recipes (ImageNet-LT and Places-LT: ``imagenet_*``, ImageNet's mean and std;
+iNaturalist 2018: ``inat_*``, mean (0.466, 0.471, 0.380), std (0.195, 0.194, 0.192)), as the
+BCL code at ImageNet scale:
+
+* ``*_train``: RandomResizedCrop(224) -> HFlip -> ToTensor -> Normalize.
+* ``*_test``: Resize(256) -> CenterCrop(224) -> ToTensor -> Normalize.
+* ``*_randaug`` (BCL / GML classification view): RandomResizedCrop(224) -> HFlip ->
+  ColorJitter(0.4, 0.4, 0.4, 0) -> RandAugment ``rand-n2-m10-mstd0.5`` (timm's, or the same
+  operations without timm: :mod:`dbm_ltr.data.randaugment`; fill = the mean in 0-255) ->
+  ToTensor -> Normalize.
+* ``*_contrastive`` (BCL views 2-3): RandomResizedCrop(224) -> HFlip -> ColorJitter(0.4, 0.4,
+  0.4, 0.1) with p 0.8 -> Grayscale p 0.2 -> ToTensor -> Normalize (no blur).
+
+Their first step decodes an undecoded JPEG (:class:`~dbm_ltr.data.fastjpeg.EncodedImage`, what
+the split-file data sets hand them) at reduced size where the crop allows
+(:mod:`dbm_ltr.data.fastjpeg`); PIL images and (3, H, W) tensors on any device work as well.
+Crops and resizes run on uint8 tensors (torchvision's tensor semantics: bilinear,
+antialiased); colour jitter, grayscale and RandAugment on PIL images for CPU inputs (faster
+there) and on tensors for GPU inputs (RandAugment always on PIL).
 """
 
 from __future__ import annotations
@@ -25,10 +45,17 @@ from torchvision import transforms as T
 from torchvision.transforms import AutoAugmentPolicy
 
 from ..registry import Registry
+from .fastjpeg import NormalizeToFloat, RandomResizedCropDecode, ResizeCenterCropDecode, ToPILImage
+from .randaugment import rand_augment
 
 __all__ = [
     "CIFAR_MEAN",
     "CIFAR_STD",
+    "IMAGENET_MEAN",
+    "IMAGENET_STD",
+    "INAT_MEAN",
+    "INAT_STD",
+    "Recipe",
     "TRANSFORMS",
     "Cutout",
     "EnsureTensor",
@@ -38,12 +65,20 @@ __all__ = [
     "cifar_contrastive_transform",
     "cifar_test_transform",
     "cifar_train_transform",
+    "large_contrastive_transform",
+    "large_randaug_transform",
+    "large_test_transform",
+    "large_train_transform",
     "list_transforms",
     "register_transform",
 ]
 
 CIFAR_MEAN: tuple[float, float, float] = (0.4914, 0.4822, 0.4465)
 CIFAR_STD: tuple[float, float, float] = (0.2023, 0.1994, 0.2010)
+IMAGENET_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
+IMAGENET_STD: tuple[float, float, float] = (0.229, 0.224, 0.225)
+INAT_MEAN: tuple[float, float, float] = (0.466, 0.471, 0.380)
+INAT_STD: tuple[float, float, float] = (0.195, 0.194, 0.192)
 
 
 class Cutout:
@@ -191,6 +226,83 @@ def cifar_test_transform(
     return T.Compose([T.ToTensor(), T.Normalize(mean, std)])
 
 
+class Recipe(T.Compose):
+    """``Compose`` whose first step also takes an undecoded
+    :class:`~dbm_ltr.data.fastjpeg.EncodedImage` (the split-file data sets then skip decoding)."""
+
+    accepts_encoded = True
+
+
+class PILOnCPU:
+    """CPU images -> PIL (colour jitter and grayscale are faster there); tensors on a GPU stay
+    tensors (torchvision's colour ops work on both)."""
+
+    def __call__(self, img: Any) -> Any:
+        if isinstance(img, torch.Tensor) and img.device.type != "cpu":
+            return img
+        return ToPILImage()(img)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}()"
+
+
+def large_train_transform(
+    mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD, size: int = 224,
+) -> Recipe:
+    """RandomResizedCrop(size) -> HFlip -> ToTensor -> Normalize, decoding at reduced size."""
+    return Recipe([RandomResizedCropDecode(size), T.RandomHorizontalFlip(), NormalizeToFloat(mean, std)])
+
+
+def large_test_transform(
+    mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD, resize: int = 256,
+    crop: int = 224,
+) -> Recipe:
+    """Resize(resize) -> CenterCrop(crop) -> ToTensor -> Normalize, decoding at reduced size."""
+    return Recipe([ResizeCenterCropDecode(resize, crop), NormalizeToFloat(mean, std)])
+
+
+def large_randaug_transform(
+    mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD, size: int = 224,
+    config: str = "rand-n2-m10-mstd0.5", use_timm: bool | None = None,
+) -> Recipe:
+    """The BCL classification view at ImageNet scale: RandomResizedCrop -> HFlip ->
+    ColorJitter(0.4, 0.4, 0.4, 0) -> RandAugment(``config``, fill = mean in 0-255, translate
+    constant 0.45 * size) -> ToTensor -> Normalize."""
+    fill = tuple(min(255, round(255 * m)) for m in mean)
+    return Recipe([
+        RandomResizedCropDecode(size),
+        T.RandomHorizontalFlip(),
+        ToPILImage(),
+        T.ColorJitter(0.4, 0.4, 0.4, 0.0),
+        rand_augment(config, fill=fill, translate_const=int(size * 0.45), use_timm=use_timm),
+        NormalizeToFloat(mean, std),
+    ])
+
+
+def large_contrastive_transform(
+    mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD, size: int = 224,
+) -> Recipe:
+    """The SimCLR-style view of BCL at ImageNet scale: RandomResizedCrop -> HFlip ->
+    ColorJitter(0.4, 0.4, 0.4, 0.1) p 0.8 -> Grayscale p 0.2 -> ToTensor -> Normalize."""
+    return Recipe([
+        RandomResizedCropDecode(size),
+        T.RandomHorizontalFlip(),
+        PILOnCPU(),
+        T.RandomApply([T.ColorJitter(0.4, 0.4, 0.4, 0.1)], p=0.8),
+        T.RandomGrayscale(p=0.2),
+        NormalizeToFloat(mean, std),
+    ])
+
+
+def _with_stats(factory: Callable[..., Callable], mean, std) -> Callable[[], Callable]:
+    def make() -> Callable:
+        return factory(mean=mean, std=std)
+
+    make.__name__ = factory.__name__
+    make.__doc__ = factory.__doc__
+    return make
+
+
 TransformFactory = Callable[[], Callable]
 
 #: name -> zero-argument factory returning a fresh transform
@@ -201,6 +313,11 @@ register_transform("cifar", cifar_train_transform)
 register_transform("cifar_contrastive", cifar_contrastive_transform)
 register_transform("cifar_test", cifar_test_transform)
 register_transform("none", EnsureTensor)
+for _prefix, _mean, _std in (("imagenet", IMAGENET_MEAN, IMAGENET_STD), ("inat", INAT_MEAN, INAT_STD)):
+    register_transform(f"{_prefix}_train", _with_stats(large_train_transform, _mean, _std))
+    register_transform(f"{_prefix}_test", _with_stats(large_test_transform, _mean, _std))
+    register_transform(f"{_prefix}_randaug", _with_stats(large_randaug_transform, _mean, _std))
+    register_transform(f"{_prefix}_contrastive", _with_stats(large_contrastive_transform, _mean, _std))
 
 
 def build_transform(name: str) -> Callable:

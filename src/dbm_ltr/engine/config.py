@@ -21,10 +21,9 @@ import yaml
 from ..data import DATASET_INFO, list_transforms
 from ..losses import loss_parameters
 from ..methods import method_parameters
-from ..models import list_trunks
+from ..models import is_trunk_name, list_trunks
 
 __all__ = [
-    "RESUMABLE_DIFFERENCES",
     "Config",
     "ConfigError",
     "DataConfig",
@@ -42,14 +41,6 @@ __all__ = [
 ]
 
 
-# Settings a resumed run may change: where the data lives, loader workers, device, logging.
-# The run stays the same experiment; it is bit-identical when workers and device are unchanged.
-RESUMABLE_DIFFERENCES = frozenset({
-    "name", "paper", "data.root", "data.workers", "data.download", "data.eval_batch_size",
-    "train.progress", "train.device", "train.compile",
-})
-
-
 class ConfigError(ValueError):
     """A configuration problem; the message says what is wrong and how to fix it."""
 
@@ -65,12 +56,16 @@ class DataConfig:
     pipeline: str = "auto"  # auto | loader | device: where batches are augmented (auto: device where supported)
     workers: int = 4
     eval_batch_size: int = 256
+    split_dir: str = ""  # split-file data sets: folder of the split files ("" = data.root)
+    skip_corrupt: bool = False  # split-file data sets: replace unreadable images (counted)
+    decode: str = "cpu"  # split-file data sets: cpu (reduced-size JPEG decoding) | pil | device (nvJPEG)
 
 
 @dataclass
 class ModelConfig:
     name: str = "resnet32"
     classifier: str = "linear"  # linear | cosine
+    pretrained: str = ""  # local state dict loaded into the trunk (torchvision keys; nothing is downloaded)
 
 
 @dataclass
@@ -109,6 +104,8 @@ class TrainConfig:
     progress: bool = True
     drop_last: bool = False
     compile: bool = False  # torch.compile the model (eager, with a message, where unavailable)
+    nan_policy: str = "stop"  # stop | skip: a non-finite loss stops the run, or its step is dropped
+    auto_resume: bool = False  # resume from the run directory's checkpoint if there is one (torchrun restarts)
 
 
 @dataclass
@@ -303,11 +300,14 @@ def _check_values(config: Config) -> None:
         (o.epochs > 0, f"optim.epochs must be > 0, got {o.epochs}"),
         (0 <= o.warmup_epochs <= o.epochs, f"optim.warmup_epochs must be in [0, epochs], got {o.warmup_epochs}"),
         (o.weight_decay >= 0, f"optim.weight_decay must be >= 0, got {o.weight_decay}"),
-        (o.schedule in ("cosine", "step", "constant"), f"optim.schedule must be cosine, step or constant, got {o.schedule!r}"),
+        (o.schedule in ("cosine", "cosine_shifted", "step", "constant"),
+         f"optim.schedule must be cosine, cosine_shifted, step or constant, got {o.schedule!r}"),
+        (d.decode in ("cpu", "pil", "device"), f"data.decode must be cpu, pil or device, got {d.decode!r}"),
         (d.imbalance_factor >= 1, f"data.imbalance_factor must be >= 1, got {d.imbalance_factor}"),
         (d.workers >= 0, f"data.workers must be >= 0, got {d.workers}"),
         (d.pipeline in ("auto", "loader", "device"), f"data.pipeline must be auto, loader or device, got {d.pipeline!r}"),
         (t.eval_every >= 0, f"train.eval_every must be >= 0, got {t.eval_every}"),
+        (t.nan_policy in ("stop", "skip"), f"train.nan_policy must be stop or skip, got {t.nan_policy!r}"),
         (config.model.classifier in ("linear", "cosine"), f"model.classifier must be linear or cosine, got {config.model.classifier!r}"),
     ]
     for ok, message in checks:
@@ -318,6 +318,8 @@ def _check_values(config: Config) -> None:
         (config.model.name, list_trunks(), "model.name"),
     ] + ([(d.augment, list_transforms(), "data.augment")] if d.augment else [])
     for value, valid, key in names:
+        if key == "model.name" and is_trunk_name(value):  # registered, or timm:NAME
+            continue
         if value not in valid:
             raise ConfigError(f"{key}: unknown {value!r}{_suggest(value, valid)}; valid: {', '.join(valid)}")
 
@@ -385,11 +387,19 @@ def load_config(source: str | Path | dict, overrides: list[str] | None = None) -
         try:
             values = yaml.safe_load(path.read_text()) or {}
         except yaml.YAMLError as err:
-            raise ConfigError(f"{path}: not valid YAML ({err})") from None
+            raise ConfigError(f"{path}: not valid YAML ({_yaml_problem(err)})") from None
         if not isinstance(values, dict):
             raise ConfigError(f"{path}: a config must be a mapping of sections")
         values.setdefault("name", _preset_name(path))
     return config_from_dict(apply_overrides(values, overrides or []))
+
+
+def _yaml_problem(err: yaml.YAMLError) -> str:
+    """One line: what the YAML parser found and where (1-based line and column)."""
+    mark = getattr(err, "problem_mark", None)
+    problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+    where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""
+    return f"{where}{problem}"
 
 
 def _preset_name(path: Path) -> str:

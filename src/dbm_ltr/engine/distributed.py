@@ -49,8 +49,27 @@ def init_distributed(device: torch.device) -> DistInfo:
         backend = "nccl" if device.type == "cuda" else "gloo"
         if device.type == "cuda":
             torch.cuda.set_device(device)
-        dist.init_process_group(backend=backend)
+        dist.init_process_group(backend=backend, **_attempt_store(world))
     return DistInfo(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")))
+
+
+def _attempt_store(world: int) -> dict:
+    """Under torchrun, the rendezvous store with a prefix per restart attempt.
+
+    After torchrun restarts its workers (``--max-restarts``), the new processes meet in the
+    same store as the old ones; where the backend's keys are not told apart by attempt, a new
+    worker can read a dead worker's address and the new process group never forms. A prefix
+    with ``TORCHELASTIC_RESTART_COUNT`` keeps each attempt's keys apart."""
+    if "TORCHELASTIC_RESTART_COUNT" not in os.environ:
+        return {}
+    agent_hosts_store = os.environ.get("TORCHELASTIC_USE_AGENT_STORE", "").lower() == "true"
+    rank = int(os.environ["RANK"])
+    store = dist.TCPStore(
+        os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), world,
+        is_master=rank == 0 and not agent_hosts_store, wait_for_workers=False,
+    )
+    attempt = os.environ["TORCHELASTIC_RESTART_COUNT"]
+    return {"store": dist.PrefixStore(f"dbm_ltr/attempt_{attempt}", store), "rank": rank, "world_size": world}
 
 
 def shard_indices(n: int, info: DistInfo) -> list[int]:

@@ -10,19 +10,20 @@
   recipe (the CIFAR data sets), on any device: it is the faster of the two on a GPU and on the
   CPU too (``benchmarks/gpu_throughput.py``); else ``loader``.
 
-Both draw the batch order from the same sampler (a seeded permutation, or
-``DistributedSampler`` under torchrun) and all randomness from (seed, epoch, rank), so a
-resumed run repeats its epochs exactly with either pipeline. The evaluation set follows the
-same choice.
+Both take the batch order from the trainer (a seeded permutation, or ``DistributedSampler``'s
+shard under torchrun); the device pipeline draws its augmentation from the epoch's generator,
+the loader from a seed per (epoch, sample) (:class:`SeededSamples`), so a resumed run repeats
+its epochs exactly with either, from any batch. The evaluation set follows the same choice.
 """
 
 from __future__ import annotations
 
+import random
 from typing import Iterator, Sequence
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset, Subset
+from torch.utils.data import DataLoader, Dataset, Subset, get_worker_info
 
 from ..data import DATASET_INFO
 from ..data.batch_augment import BATCH_RECIPES, create_batch_recipe
@@ -32,7 +33,7 @@ from .distributed import DistInfo, shard_indices
 __all__ = [
     "PIPELINES",
     "DeviceBatches",
-    "WithIndices",
+    "SeededSamples",
     "EvalBatches",
     "resolve_pipeline",
     "transform_names",
@@ -91,24 +92,47 @@ def _images_tensor(dataset: Dataset, device: torch.device) -> tuple[torch.Tensor
     return images, targets
 
 
-class WithIndices(Dataset):
-    """``dataset[i]`` followed by ``i``: the loader's batches carry each sample's index."""
+class SeededSamples(Dataset):
+    """``dataset[i]`` with every random draw of its transform seeded from ``(seed, i)`` (torch,
+    NumPy and ``random``), and ``i`` appended when ``with_indices``.
 
-    def __init__(self, dataset: Dataset) -> None:
-        self.dataset = dataset
+    An image's augmentation then depends on the epoch's seed and the image alone, not on which
+    loader worker prepared it or how many there are, so a run is the same with any
+    ``data.workers`` and an epoch can resume from any batch without replaying the ones before.
+    In the main process (``workers=0``) the global random state is restored afterwards.
+    """
+
+    def __init__(self, dataset: Dataset, seed: int, with_indices: bool = False) -> None:
+        self.dataset, self.seed, self.with_indices = dataset, int(seed), with_indices
 
     def __len__(self) -> int:
         return len(self.dataset)
 
+    def sample_seed(self, index: int) -> int:
+        return (self.seed * 6364136223846793005 + 1442695040888963407 * (index + 1)) % 2**63
+
     def __getitem__(self, index: int):
-        return (*self.dataset[index], index)
+        in_worker = get_worker_info() is not None
+        saved = None if in_worker else (random.getstate(), np.random.get_state(), torch.get_rng_state())
+        seed = self.sample_seed(index)
+        random.seed(seed)
+        np.random.seed(seed % 2**32)
+        torch.manual_seed(seed)
+        try:
+            item = self.dataset[index]
+        finally:
+            if saved is not None:
+                random.setstate(saved[0])
+                np.random.set_state(saved[1])
+                torch.set_rng_state(saved[2])
+        return (*item, index) if self.with_indices else item
 
 
 class DeviceBatches:
-    """Training batches augmented on the device, one epoch per :meth:`epoch` call.
+    """Training batches augmented on the device.
 
-    ``recipes`` holds one batched recipe per view; a batch is ``(view, targets)`` for one view
-    and ``([view_1, ...], targets)`` for several, like the loader with ``MultiView``; with
+    ``recipe_names`` names one batched recipe per view; a batch is ``(view, targets)`` for one
+    view and ``([view_1, ...], targets)`` for several, like the loader with ``MultiView``; with
     ``with_indices`` the samples' positions in the data set follow as a third item.
     """
 
@@ -118,41 +142,20 @@ class DeviceBatches:
         recipe_names: Sequence[str],
         batch_size: int,
         device: torch.device,
-        dist_info: DistInfo = DistInfo(),
-        drop_last: bool = False,
-        seed: int = 0,
         with_indices: bool = False,
     ) -> None:
         self.dataset = dataset
-        self.with_indices = with_indices
         self.images, self.targets = _images_tensor(dataset, device)
         self.recipes = [create_batch_recipe(name) for name in recipe_names]
         self.batch_size = batch_size
         self.device = device
-        self.drop_last = drop_last
-        self.sampler = None
-        if dist_info.enabled:
-            from torch.utils.data.distributed import DistributedSampler
+        self.with_indices = with_indices
 
-            self.sampler = DistributedSampler(
-                dataset, dist_info.world_size, dist_info.rank, shuffle=True, seed=seed, drop_last=drop_last,
-            )
-
-    def __len__(self) -> int:
-        """Batches per epoch (of this process)."""
-        n = self.sampler.num_samples if self.sampler is not None else len(self.dataset)
-        return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
-
-    def _order(self, generator: torch.Generator, epoch: int) -> torch.Tensor:
-        if self.sampler is not None:
-            self.sampler.set_epoch(epoch)
-            return torch.tensor(list(self.sampler), dtype=torch.long)
-        return torch.randperm(len(self.dataset), generator=generator)  # as RandomSampler
-
-    def epoch(self, generator: torch.Generator, epoch: int) -> Iterator:
-        """The batches of one epoch; ``generator`` (CPU) supplies every random draw."""
-        order = self._order(generator, epoch).to(self.device, non_blocking=True)
-        for b in range(len(self)):
+    def batches(self, order: torch.Tensor, generator: torch.Generator, start: int, count: int) -> Iterator:
+        """Batches ``start .. count - 1`` of the sample ``order`` (CPU); ``generator`` (CPU)
+        supplies every random draw, batch after batch."""
+        order = order.to(self.device, non_blocking=True)
+        for b in range(start, count):
             index = order[b * self.batch_size:(b + 1) * self.batch_size]
             raw = self.images.index_select(0, index)
             views = [recipe(raw, generator) for recipe in self.recipes]
@@ -193,5 +196,9 @@ class EvalBatches:
                 yield self.recipe(self.images.index_select(0, index), generator), self.targets.index_select(0, index)
             return
         shard = Subset(self.dataset, self.indices) if self.indices is not None else self.dataset
-        yield from DataLoader(shard, batch_size=self.batch_size, shuffle=False, num_workers=self.workers,
-                              pin_memory=self.device.type == "cuda")
+        collate = getattr(self.dataset, "collate_fn", None)
+        for images, targets in DataLoader(shard, batch_size=self.batch_size, shuffle=False, num_workers=self.workers,
+                                          pin_memory=self.device.type == "cuda", collate_fn=collate):
+            if collate is not None and hasattr(images, "samples"):  # data.decode=device
+                images, targets = self.dataset.decode_batch(images, self.device, targets)
+            yield images, targets

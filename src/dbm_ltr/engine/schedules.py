@@ -26,10 +26,17 @@ def learning_rate(
       step, as in the original);
     * ``"step"``: then ``lr * lr_decay ** k``, ``k`` = number of milestones ``m`` with
       ``t > m`` (CIFAR: 160/180; NCL at 400 epochs: 320/360);
-    * ``"constant"``: then ``lr``.
+    * ``"constant"``: then ``lr``;
+    * ``"cosine_shifted"`` (the large-scale BCL / DBM code; no warm-up, ``W`` shifts the
+      phase): ``lr * (1 + cos(pi * (epoch - W) / (E - W))) / 2`` for 0-based ``epoch``
+      (W = 4, E = 90: 0.9947 lr at epoch 0, the peak at epoch 4; W = 0: plain per-epoch
+      cosine annealing).
     """
     if epoch < 0:
         raise ValueError(f"epoch must be >= 0, got {epoch}")
+    if schedule == "cosine_shifted":  # no warm-up: warmup_epochs is the phase shift
+        span = max(epochs - warmup_epochs, 1)
+        return base_lr * 0.5 * (1.0 + math.cos(math.pi * (epoch - warmup_epochs) / span))
     t = epoch + 1
     if t <= warmup_epochs:
         return base_lr * t / warmup_epochs
@@ -40,4 +47,4 @@ def learning_rate(
         return base_lr * lr_decay ** sum(t > m for m in milestones)
     if schedule == "constant":
         return base_lr
-    raise ValueError(f"unknown schedule {schedule!r}; choose cosine, step or constant")
+    raise ValueError(f"unknown schedule {schedule!r}; choose cosine, cosine_shifted, step or constant")

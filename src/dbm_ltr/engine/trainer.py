@@ -1,22 +1,20 @@
-"""The training engine: one loop for every method (SPEC 5.2, 6.1).
+"""The training engine: one loop for every method.
 
-A run is a directory::
-
-    RUN/config.yaml           the resolved configuration
-    RUN/checkpoint.pt         latest epoch (atomic), enough to resume exactly
-    RUN/log.jsonl             one line per epoch
-    RUN/metrics.json          final-epoch evaluation (and the best epoch, labelled, if tracked)
-    RUN/per_class_accuracy.png
-    RUN/tb/                   TensorBoard events, when tensorboard is installed
+:class:`Trainer` trains a validated :class:`~dbm_ltr.engine.config.Config` into a run directory
+(files: :mod:`.rundir`). It survives faults: a checkpoint (atomic, checksummed, the previous
+one kept) after every epoch and, on SIGINT / SIGTERM, in the middle of one; every random draw of
+an epoch derives from (seed, epoch, rank, and for the loader pipeline the sample index), so a
+run resumed from any checkpoint repeats the uninterrupted run exactly.
 """
 
 from __future__ import annotations
 
 import itertools
 import json
-import math
 import os
 import random
+import signal
+import threading
 import time
 from contextlib import nullcontext
 from pathlib import Path
@@ -27,37 +25,67 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
-from ..analysis.plots import plot_per_class_accuracy
-from ..data import DATASET_INFO, MultiView, build_transform, create_dataset
+from ..data import DATASET_INFO, EncodedBatch, MultiView, build_transform, create_dataset
+from ..figures import plot_per_class_accuracy
 from ..losses import create_loss
 from ..methods import Method, create_method, method_views
+from ..models import pretrained_trunks
 from ..metrics import ClassAccuracy
 from .checkpoint import (
     CheckpointError,
     capture_rng,
-    load_checkpoint,
+    load_latest,
+    previous_path,
     restore_rng,
     save_checkpoint,
 )
-from .config import (
-    RESUMABLE_DIFFERENCES,
-    Config,
-    apply_overrides,
-    config_from_dict,
-    flatten_config,
-    save_config,
-)
+from .config import Config, apply_overrides, config_from_dict, save_config
 from .distributed import DistInfo, init_distributed, pick_device
-from .pipeline import DeviceBatches, EvalBatches, WithIndices, resolve_pipeline, transform_names
+from .pipeline import DeviceBatches, EvalBatches, SeededSamples, resolve_pipeline, transform_names
+from .rundir import (
+    CHECKPOINT,
+    CONFIG,
+    LOG,
+    METRICS,
+    PER_CLASS_PLOT,
+    TENSORBOARD,
+    RunLock,
+    config_differences,
+    foreign_files,
+    is_run_dir,
+    write_json,
+    write_log,
+)
 from .schedules import learning_rate
 
-__all__ = ["Trainer", "TrainingError", "build_method", "evaluate_method", "restore_method"]
-
-CHECKPOINT = "checkpoint.pt"
+__all__ = [
+    "Interrupted",
+    "Trainer",
+    "TrainingError",
+    "build_method",
+    "evaluate_method",
+    "restore_method",
+]
 
 
 class TrainingError(RuntimeError):
     """Training cannot go on (e.g. the loss became NaN); the message says what to change."""
+
+
+class Interrupted(Exception):
+    """Training stopped on SIGINT / SIGTERM after writing a checkpoint."""
+
+    def __init__(self, signum: int, run_dir: Path, where: str) -> None:
+        self.signum = signum
+        name = signal.Signals(signum).name
+        super().__init__(
+            f"stopped by {name} {where}; checkpoint written; continue with: "
+            f"dbm-ltr train --out {run_dir} --resume"
+        )
+
+    @property
+    def exit_code(self) -> int:
+        return 128 + self.signum
 
 
 def seed_everything(seed: int) -> None:
@@ -78,11 +106,28 @@ def view_transform(config: Config, views: tuple[str, ...]):
     return transforms[0] if len(transforms) == 1 else MultiView(transforms)
 
 
+def dataset_options(config: Config) -> dict:
+    """``data.split_dir`` / ``skip_corrupt`` / ``decode`` for the data sets that take them
+    (the split-file ones); set to a non-default value for another data set: an error."""
+    import inspect
+
+    from ..data import DATASETS
+    from .config import ConfigError, DataConfig
+
+    d = config.data
+    accepted = inspect.signature(DATASETS.lookup(d.name)).parameters
+    options = {"split_dir": d.split_dir, "skip_corrupt": d.skip_corrupt, "decode": d.decode}
+    for key, value in options.items():
+        if key not in accepted and value != getattr(DataConfig, key):
+            raise ConfigError(f"data.{key} is not an option of data set {d.name!r}")
+    return {k: v for k, v in options.items() if k in accepted}
+
+
 def load_datasets(config: Config, views: tuple[str, ...], train: bool = True) -> tuple[Dataset | None, Dataset]:
     """(train set with the method's views or ``None``, test set)."""
     d = config.data
     info = DATASET_INFO[d.name]  # the name was checked with the config
-    common = dict(imbalance_factor=d.imbalance_factor, download=d.download, seed=d.seed)
+    common = dict(imbalance_factor=d.imbalance_factor, download=d.download, seed=d.seed, **dataset_options(config))
     train_set = (
         create_dataset(d.name, d.root, train=True, transform=view_transform(config, views), **common)
         if train else None
@@ -124,7 +169,7 @@ def restore_method(
         raise CheckpointError(f"{source} lacks {', '.join(missing)}; it was not written by dbm-ltr train")
     config = config_from_dict(apply_overrides(state["config"], list(overrides)))
     counts = [int(n) for n in state["cls_num_list"]]
-    method = build_method(config, counts, DATASET_INFO[config.data.name]["num_classes"])
+    method = build_method(config, counts, len(counts))
     try:
         method.load_state_dict(state["method"])
     except RuntimeError as err:
@@ -200,6 +245,38 @@ def evaluate_method(
     return acc.summary(cls_num_list)
 
 
+class _StopSignals:
+    """SIGINT / SIGTERM handlers for the length of a ``with`` block: the first signal asks
+    the loop to stop at the next step boundary; a second one stops at once
+    (``KeyboardInterrupt``). Nothing is installed outside the main thread, nor under
+    torchrun: its agent stops workers with SIGTERM to restart them, and a worker that lingers
+    breaks the next rendezvous, so there a worker stops at once and the run resumes from its
+    last epoch checkpoint (``train.auto_resume``)."""
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+    def __init__(self, enabled: bool = True) -> None:
+        self.signum = 0
+        self.enabled = enabled
+        self._previous: dict = {}
+
+    def _handle(self, signum, frame) -> None:
+        if self.signum:
+            raise KeyboardInterrupt
+        self.signum = signum
+
+    def __enter__(self) -> "_StopSignals":
+        if self.enabled and threading.current_thread() is threading.main_thread():
+            for sig in self.SIGNALS:
+                self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+        self._previous.clear()
+
+
 class Trainer:
     """Trains ``config`` into ``run_dir``; ``resume=True`` continues from its checkpoint.
 
@@ -222,40 +299,42 @@ class Trainer:
         t = config.train
         self.device = pick_device(t.device, int(os.environ.get("LOCAL_RANK", "0")))
         self.dist = init_distributed(self.device)
-        if t.deterministic:
-            torch.use_deterministic_algorithms(True)
-            torch.backends.cudnn.benchmark = False
-        elif self.device.type == "cuda":
-            torch.backends.cudnn.benchmark = True
+        _configure_backends(t.deterministic, self.device)
         if config.optim.batch_size % self.dist.world_size:
             raise ValueError(
                 f"optim.batch_size={config.optim.batch_size} is the global batch and must divide "
                 f"evenly over {self.dist.world_size} processes"
             )
-        checkpoint_path = self.run_dir / CHECKPOINT
-        if not resume and checkpoint_path.exists():
-            raise CheckpointError(
-                f"{self.run_dir} already holds a run; pass --resume to continue it or choose "
-                "another --out"
-            )
-        state = load_checkpoint(checkpoint_path) if resume else None
-        if state is not None:
-            self._check_same_run(state)
+        self._lock = RunLock(self.run_dir).acquire() if self.dist.is_main else None
+        try:
+            self._setup(resume or t.auto_resume and self._has_checkpoint(), strict_resume=resume)
+        except BaseException:
+            self.close()
+            raise
 
+    def _has_checkpoint(self) -> bool:
+        path = self.run_dir / CHECKPOINT
+        return path.exists() or previous_path(path).exists()
+
+    def _setup(self, resume: bool, strict_resume: bool) -> None:
+        config, t, o, d = self.config, self.config.train, self.config.optim, self.config.data
+        state = self._read_state(resume, strict_resume)
         seed_everything(t.seed)
         views = method_views(config.method.name)
         self.pipeline = resolve_pipeline(config, views, self.device)
         self.train_set, self.test_set = load_datasets(config, views)
         self.cls_num_list = list(self.train_set.cls_num_list)
-        self.num_classes = DATASET_INFO[config.data.name]["num_classes"]
-        self.method = build_method(config, self.cls_num_list, self.num_classes).to(self.device)
+        self.num_classes = len(self.cls_num_list)  # from the training split (a split file may define it)
+        # pretrained weights for a new run only (a resumed one restores its own)
+        with pretrained_trunks(config.model.pretrained if state is None else "", config.model.name):
+            self.method = build_method(config, self.cls_num_list, self.num_classes).to(self.device)
         if self.device.type == "cuda":
             self.method.to(memory_format=torch.channels_last)
-        d, o = config.data, config.optim
+        self.recipes = transform_names(config, views)
         if self.pipeline == "device":
             self.device_batches = DeviceBatches(
-                self.train_set, transform_names(config, views), o.batch_size // self.dist.world_size,
-                self.device, self.dist, t.drop_last, t.seed, self.method.uses_indices,
+                self.train_set, self.recipes, o.batch_size // self.dist.world_size, self.device,
+                with_indices=self.method.uses_indices,
             )
         self.eval_batches = EvalBatches(
             self.test_set, DATASET_INFO[d.name]["test_transform"], d.eval_batch_size, self.device,
@@ -273,41 +352,63 @@ class Trainer:
         self.history: list[dict] = []
         self.best: dict | None = None
         self.elapsed = 0.0
+        self._partial: dict | None = None  # a mid-epoch checkpoint's position, until it is used
+        self._final = False  # the checkpoint is the final one (no optimizer state)
+        self.finished_metrics: dict | None = None
         if state is not None:
             self._restore(state)
-        if self.dist.enabled:
-            from torch.nn.parallel import DistributedDataParallel
-
-            ids = [self.device.index] if self.device.type == "cuda" else None
-            self.model = DistributedDataParallel(self.method, device_ids=ids)
-        else:
-            self.model = self.method
+        self.model = _wrap(self.method, self.dist, self.device)
         if t.compile:
             self.model = compile_model(self.model, self.device, self.log)
         self._writer = None
+        self._stop = _StopSignals(enabled=not self.dist.enabled)
+
+    def close(self) -> None:
+        """Release the run directory (also done when :meth:`fit` returns or fails)."""
+        if self._lock is not None:
+            self._lock.release()
 
     # ------------------------------------------------------------------ checkpoints
 
-    def _check_same_run(self, state: dict) -> None:
-        saved = flatten_config(state.get("config", {}))
-        now = flatten_config(self.config.to_dict())
-        diff = sorted(
-            k for k in set(saved) | set(now)
-            if k not in RESUMABLE_DIFFERENCES and saved.get(k) != now.get(k)
-        )
+    def _read_state(self, resume: bool, strict_resume: bool) -> dict | None:
+        path = self.run_dir / CHECKPOINT
+        if not resume:
+            if self._has_checkpoint():
+                raise CheckpointError(
+                    f"{self.run_dir} already holds a run; pass --resume to continue it or choose "
+                    "another --out"
+                )
+            other = foreign_files(self.run_dir) if self.dist.is_main and not is_run_dir(self.run_dir) else []
+            if other:
+                raise CheckpointError(
+                    f"{self.run_dir} exists and is not a run directory (it holds {', '.join(other[:3])}"
+                    f"{', ...' if len(other) > 3 else ''}); choose another --out (or an empty or new folder)"
+                )
+            return None
+        if not self._has_checkpoint():
+            raise CheckpointError(
+                f"nothing to resume in {self.run_dir} (no checkpoint); start the run with "
+                f"dbm-ltr train --config CONFIG --out {self.run_dir}"
+            )
+        state, warning = load_latest(path)
+        if warning:
+            self.log(f"warning: {warning}")
+        diff = config_differences(state.get("config", {}), self.config.to_dict())
         if diff:
-            shown = "; ".join(f"{k}: checkpoint {saved.get(k)!r}, now {now.get(k)!r}" for k in diff[:4])
+            shown = "; ".join(f"{k}: checkpoint {a!r}, now {b!r}" for k, a, b in diff[:4])
             raise CheckpointError(
                 f"the checkpoint in {self.run_dir} was trained with a different config ({shown}); "
-                f"resume with the run's own config ({self.run_dir / 'config.yaml'}) or start a "
-                "new --out"
+                f"resume with the run's own config ({self.run_dir / CONFIG}) or start a new --out"
             )
+        return state
 
     def _restore(self, state: dict) -> None:
+        self._final = bool(state.get("final"))
         try:
             self.method.load_state_dict(state["method"])
-            self.optimizer.load_state_dict(state["optimizer"])
-            self.scaler.load_state_dict(state["scaler"])
+            if not self._final:
+                self.optimizer.load_state_dict(state["optimizer"])
+                self.scaler.load_state_dict(state["scaler"])
         except (KeyError, RuntimeError, ValueError) as err:
             raise CheckpointError(
                 f"the checkpoint in {self.run_dir} does not match this model/optimizer "
@@ -318,25 +419,47 @@ class Trainer:
         self.best = state.get("best")
         self.elapsed = float(state.get("elapsed", 0.0))
         restore_rng(state["rng"])
+        partial = state.get("partial")
+        if partial is not None and self.dist.enabled:
+            self.log(f"warning: the checkpoint was written in epoch {partial['epoch'] + 1} by one "
+                     f"process; with {self.dist.world_size} that epoch restarts from its beginning")
+            partial = None
+        self._partial = partial
+        if self._final and (self.run_dir / METRICS).is_file():
+            self.finished_metrics = json.loads((self.run_dir / METRICS).read_text())
 
-    def _save(self, epoch_done: int) -> None:
-        if not self.dist.is_main:
-            return
-        save_checkpoint(
-            {
-                "config": self.config.to_dict(),
-                "epoch": epoch_done,
-                "method": self.method.state_dict(),
-                "optimizer": self.optimizer.state_dict(),
-                "scaler": self.scaler.state_dict(),
-                "rng": capture_rng(),
-                "history": self.history,
-                "best": self.best,
-                "elapsed": self.elapsed,
-                "cls_num_list": self.cls_num_list,
-            },
-            self.run_dir / CHECKPOINT,
-        )
+    def _state(self, epochs_done: int, final: bool = False, partial: dict | None = None) -> dict:
+        state = {
+            "config": self.config.to_dict(),
+            "epoch": epochs_done,
+            "method": self.method.state_dict(),
+            "rng": capture_rng(),
+            "history": self.history,
+            "best": self.best,
+            "elapsed": self.elapsed,
+            "cls_num_list": self.cls_num_list,
+        }
+        if final:  # enough for eval and analyze: no optimizer state (half the size)
+            state["final"] = True
+        else:
+            state.update(optimizer=self.optimizer.state_dict(), scaler=self.scaler.state_dict())
+        if partial is not None:
+            state["partial"] = partial
+        return state
+
+    def _save(self, epochs_done: int, final: bool = False, partial: dict | None = None) -> None:
+        if self.dist.is_main:
+            save_checkpoint(self._state(epochs_done, final, partial), self.run_dir / CHECKPOINT)
+
+    def _save_partial(self, epoch: int, step: int, generator: torch.Generator, sums: torch.Tensor,
+                      seconds: float, skipped: int) -> None:
+        """A mid-epoch checkpoint (one process): ``step`` steps of ``epoch`` done, with the
+        random state, the pipeline's generator and the running sums, so training continues
+        exactly where it stopped."""
+        self._save(epoch, partial={
+            "epoch": epoch, "step": step, "rng": capture_rng(), "generator": generator.get_state(),
+            "sums": sums.tolist(), "seconds": seconds, "skipped": skipped,
+        })
 
     # ------------------------------------------------------------------ training
 
@@ -344,111 +467,154 @@ class Trainer:
         if self.dist.is_main:
             self._log(message)
 
-    def _batches(self, epoch: int, generator: torch.Generator):
-        """``(iterable of (images, targets), number of batches)`` of one training epoch."""
-        if self.pipeline == "device":
-            return self.device_batches.epoch(generator, epoch), len(self.device_batches)
-        o, d, t = self.config.optim, self.config.data, self.config.train
-        sampler = None
+    def _order(self, epoch: int, generator: torch.Generator) -> torch.Tensor:
+        """This process's sample order in ``epoch``: a seeded permutation (one process) or
+        ``DistributedSampler``'s shard."""
         if self.dist.enabled:
             from torch.utils.data.distributed import DistributedSampler
 
             sampler = DistributedSampler(
                 self.train_set, self.dist.world_size, self.dist.rank, shuffle=True,
-                seed=t.seed, drop_last=t.drop_last,
+                seed=self.config.train.seed, drop_last=self.config.train.drop_last,
             )
             sampler.set_epoch(epoch)
-        loader = DataLoader(
-            WithIndices(self.train_set) if self.method.uses_indices else self.train_set,
-            batch_size=o.batch_size // self.dist.world_size,
-            shuffle=sampler is None,
-            sampler=sampler,
-            num_workers=d.workers,
-            pin_memory=self.device.type == "cuda",
-            drop_last=t.drop_last,
-            generator=generator,
-        )
-        return loader, len(loader)
+            return torch.tensor(list(sampler), dtype=torch.long)
+        return torch.randperm(len(self.train_set), generator=generator)
+
+    def _batches(self, epoch: int, order: torch.Tensor, generator: torch.Generator, start: int):
+        """``(iterable of batches, number of batches)`` of ``order`` from batch ``start`` on."""
+        size = self.config.optim.batch_size // self.dist.world_size
+        count = len(order) // size if self.config.train.drop_last else -(-len(order) // size)
+        if self.pipeline == "device":
+            return self.device_batches.batches(order, generator, start, count), count - start
+        chunks = [order[b * size:(b + 1) * size].tolist() for b in range(start, count)]
+        samples = SeededSamples(self.train_set, epoch_seed(self.config.train.seed, epoch),
+                                self.method.uses_indices)
+        loader = DataLoader(samples, batch_sampler=chunks, num_workers=self.config.data.workers,
+                            pin_memory=self.device.type == "cuda",
+                            collate_fn=getattr(self.train_set, "collate_fn", None))
+        return loader, len(chunks)
 
     def train_one_epoch(self, epoch: int, max_steps: int | None = None) -> dict:
-        """Train one epoch (or its first ``max_steps`` steps: benchmarks, smoke tests); returns
-        the epoch's log row."""
+        """Train one epoch (or its first ``max_steps`` steps: benchmarks, smoke tests), from
+        where a mid-epoch checkpoint stopped if there is one; returns the epoch's log row."""
         o, t = self.config.optim, self.config.train
         lr = learning_rate(epoch, o.lr, o.epochs, o.schedule, o.warmup_epochs, o.milestones, o.lr_decay)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         seed = epoch_seed(t.seed, epoch) + self.dist.rank  # own stream per process
         seed_everything(seed)
-        batches, total = self._batches(epoch, torch.Generator().manual_seed(seed))
+        generator = torch.Generator().manual_seed(seed)
+        order = self._order(epoch, generator)
+        # running sums stay on the device (nothing in the step waits for it): loss, correct, seen
+        sums = torch.zeros(3, dtype=torch.float64, device=self.device)
+        start, seconds_before, skipped = 0, 0.0, 0
+        partial, self._partial = (self._partial, None) if self._partial and self._partial["epoch"] == epoch else (None, self._partial)
+        if partial is not None:
+            start, seconds_before, skipped = partial["step"], partial["seconds"], partial["skipped"]
+            restore_rng(partial["rng"])
+            generator.set_state(partial["generator"])
+            sums = torch.tensor(partial["sums"], dtype=torch.float64, device=self.device)
+        batches, total = self._batches(epoch, order, generator, start)
         if max_steps is not None:
             batches, total = itertools.islice(batches, max_steps), min(total, max_steps)
         self.method.train()
-        # running sums stay on the device: nothing in the step waits for it
-        loss_sum = torch.zeros((), dtype=torch.float64, device=self.device)
-        correct = torch.zeros((), dtype=torch.float64, device=self.device)
-        seen = 0
-        bar = tqdm(
-            batches, total=total, desc=f"epoch {epoch + 1}/{o.epochs}", leave=False,
-            dynamic_ncols=True, disable=not (t.progress and self.dist.is_main),
-        )
-        start = shown = time.perf_counter()
-        for images, targets, *indices in bar:
-            images, targets = _to_device(images, self.device), targets.to(self.device, non_blocking=True)
-            extra = {"indices": indices[0].to(self.device, non_blocking=True)} if indices else {}
-            with _autocast(self.device, self.amp):
-                out = self.model(images, targets, epoch, **extra)
-            self.optimizer.zero_grad(set_to_none=True)
-            self.scaler.scale(out.loss).backward()
-            self.scaler.step(self.optimizer)
-            self.scaler.update()
-            n = targets.shape[0]
-            seen += n
-            loss_sum += out.loss.detach().double() * n
-            correct += (out.scores.detach().argmax(dim=1) == targets).sum()
-            if not bar.disable and time.perf_counter() - shown > 1.0:  # read back once a second
-                shown = time.perf_counter()
-                bar.set_postfix(loss=f"{loss_sum.item() / seen:.3f}", acc=f"{100 * correct.item() / seen:.1f}%")
-        bar.close()
+        first_bad = torch.full((), -1, dtype=torch.long, device=self.device)
+        bar = tqdm(batches, total=total, desc=f"epoch {epoch + 1}/{o.epochs}", leave=False,
+                   dynamic_ncols=True, disable=not (t.progress and self.dist.is_main))
+        begin = shown = time.perf_counter()
+        step = start
+        try:
+            for step, (images, targets, *indices) in enumerate(bar, start + 1):
+                if isinstance(images, EncodedBatch):  # data.decode=device: nvJPEG + GPU transforms
+                    images, targets, *indices = self.train_set.decode_batch(images, self.device, targets, *indices)
+                images, targets = _to_device(images, self.device), targets.to(self.device, non_blocking=True)
+                extra = {"indices": indices[0].to(self.device, non_blocking=True)} if indices else {}
+                with _autocast(self.device, self.amp):
+                    out = self.model(images, targets, epoch, **extra)
+                loss = out.loss.detach()
+                if t.nan_policy == "skip" and not self._all_finite(loss):
+                    skipped += 1  # one read of the loss per step: the price of skipping
+                    continue
+                self.optimizer.zero_grad(set_to_none=True)
+                self.scaler.scale(out.loss).backward()
+                self.scaler.step(self.optimizer)
+                self.scaler.update()
+                n = targets.shape[0]
+                sums += torch.stack([loss.double() * n, (out.scores.detach().argmax(dim=1) == targets).sum().double(),
+                                     torch.tensor(float(n), dtype=torch.float64, device=self.device)])
+                if t.nan_policy == "stop":
+                    first_bad = torch.where((first_bad < 0) & ~torch.isfinite(loss), step, first_bad)
+                now = time.perf_counter()
+                if self.device.type == "cpu" or now - shown > 1.0:  # a read costs nothing on the CPU
+                    shown = now
+                    self._check_finite(first_bad, epoch, total + start)
+                    if not bar.disable:
+                        loss_sum, correct, seen = sums.tolist()
+                        bar.set_postfix(loss=f"{loss_sum / max(seen, 1):.3f}", acc=f"{100 * correct / max(seen, 1):.1f}%")
+                signum = self._stop.signum
+                if signum:
+                    seconds = seconds_before + time.perf_counter() - begin
+                    self._check_finite(first_bad, epoch, total + start)
+                    self._save_partial(epoch, step, generator, sums, seconds, skipped)
+                    raise Interrupted(signum, self.run_dir, f"in epoch {epoch + 1} after step {step} of {total + start}")
+        finally:
+            bar.close()  # ends the loader's worker processes too
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
-        seconds = time.perf_counter() - start
-        totals = torch.stack([loss_sum, correct, torch.tensor(float(seen), dtype=torch.float64, device=self.device)])
+        self._check_finite(first_bad, epoch, total + start)
+        seconds = seconds_before + time.perf_counter() - begin
         if self.dist.enabled:
             import torch.distributed as dist
 
-            dist.all_reduce(totals)
-        loss_sum, correct, count = totals.tolist()
-        train_loss = loss_sum / max(count, 1)
-        if not math.isfinite(train_loss):
+            dist.all_reduce(sums)
+        loss_sum, correct, count = sums.tolist()
+        if count == 0 and skipped:
             raise TrainingError(
-                f"the training loss became {train_loss} in epoch {epoch + 1}; lower optim.lr or "
-                "enable train.deterministic to find the batch; the last good checkpoint is kept"
+                f"every step of epoch {epoch + 1} had a non-finite loss ({skipped} skipped); lower "
+                "optim.lr or check the data; the last good checkpoint is kept"
             )
-        return {
+        row = {
             "epoch": epoch + 1,
             "lr": lr,
-            "train_loss": train_loss,
+            "train_loss": loss_sum / max(count, 1),
             "train_acc": 100.0 * correct / max(count, 1),
             "seconds": seconds,
             "images_per_s": count / seconds if seconds > 0 else None,
         }
+        if t.nan_policy == "skip":
+            row["skipped_steps"] = skipped
+        return row
+
+    def _all_finite(self, loss: torch.Tensor) -> bool:
+        finite = torch.isfinite(loss).float().reshape(1)
+        if self.dist.enabled:  # every process skips the same step, or none does
+            import torch.distributed as dist
+
+            dist.all_reduce(finite, op=dist.ReduceOp.MIN)
+        return bool(finite.item())
+
+    def _check_finite(self, first_bad: torch.Tensor, epoch: int, steps: int) -> None:
+        bad = int(first_bad.item())
+        if bad >= 0:
+            raise TrainingError(
+                f"the training loss became non-finite (nan or inf) in epoch {epoch + 1} at step "
+                f"{bad} of {steps}; lower optim.lr, set train.nan_policy=skip to drop such steps, "
+                "or enable train.deterministic to find the batch; the last good checkpoint is kept"
+            )
 
     def evaluate(self) -> dict:
         return evaluate_method(
-            self.method, self.eval_batches, self.cls_num_list, self.num_classes, self.device,
-            self.amp,
+            self.method, self.eval_batches, self.cls_num_list, self.num_classes, self.device, self.amp,
+            progress=self.config.train.progress and self.dist.is_main,
         )
 
-    def _write_log(self, row: dict) -> None:
-        if not self.dist.is_main:
-            return
-        with open(self.run_dir / "log.jsonl", "a") as f:
-            f.write(json.dumps(row) + "\n")
+    def _write_tensorboard(self, row: dict) -> None:
         if self._writer is None:
             try:
                 from torch.utils.tensorboard import SummaryWriter
 
-                self._writer = SummaryWriter(str(self.run_dir / "tb"))
+                self._writer = SummaryWriter(str(self.run_dir / TENSORBOARD))
             except ImportError:  # tensorboard not installed
                 self._writer = False
         if self._writer:
@@ -458,15 +624,30 @@ class Trainer:
             self._writer.flush()
 
     def fit(self) -> dict:
-        """Train the remaining epochs, evaluate the final model, write ``metrics.json``."""
+        """Train the remaining epochs, evaluate the final model, write ``metrics.json``.
+
+        On SIGINT / SIGTERM: stops after the current step, writes a checkpoint and raises
+        :class:`Interrupted`. A run that is already finished returns its metrics."""
+        try:
+            if self.finished_metrics is not None:
+                self.log(f"{self.run_dir} is already finished (epoch {self.start_epoch}/"
+                         f"{self.config.optim.epochs}); its metrics: {self.run_dir / METRICS}")
+                return self.finished_metrics
+            with self._stop:
+                return self._fit()
+        finally:
+            self.close()
+
+    def _fit(self) -> dict:
         c, o = self.config, self.config.optim
         if self.dist.is_main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
-            save_config(c, self.run_dir / "config.yaml")
-            if self.start_epoch == 0:
-                (self.run_dir / "log.jsonl").write_text("")
-        if self.start_epoch:
-            self.log(f"resuming {self.run_dir} after epoch {self.start_epoch}/{o.epochs}")
+            save_config(c, self.run_dir / CONFIG)
+            write_log(self.run_dir, self.history)  # the checkpoint's epochs, each once
+        if self.start_epoch or self._partial:
+            where = (f"in epoch {self._partial['epoch'] + 1} after step {self._partial['step']}" if self._partial
+                     else f"after epoch {self.start_epoch}/{o.epochs}")
+            self.log(f"resuming {self.run_dir} {where}")
         self.log(
             f"{c.name or 'run'}: {c.method.name}/{c.loss.name} on {c.data.name} "
             f"(IF {c.data.imbalance_factor:g}, {len(self.train_set)} train images), "
@@ -484,18 +665,26 @@ class Trainer:
                 if self.best is None or result["top1"] >= self.best["top1"]:
                     self.best = {"epoch": epoch + 1, **result}
             self.history.append(row)
-            self._write_log(row)
+            self._save(epoch + 1)  # the checkpoint first, then the log line
+            if self.dist.is_main:
+                with open(self.run_dir / LOG, "a") as f:
+                    f.write(json.dumps(row) + "\n")
+                self._write_tensorboard(row)
             self.log(
                 f"epoch {epoch + 1}/{o.epochs}  lr {row['lr']:.5f}  loss {row['train_loss']:.4f}  "
                 f"train acc {row['train_acc']:.2f}%"
                 + (f"  test top1 {row['test_top1']:.2f}%" if "test_top1" in row else "")
+                + (f"  skipped {row['skipped_steps']} steps" if row.get("skipped_steps") else "")
                 + f"  {row['seconds']:.1f}s"
             )
-            self._save(epoch + 1)
+            signum = self._stop.signum
+            if signum:
+                raise Interrupted(signum, self.run_dir, f"after epoch {epoch + 1}")
         return self.finish()
 
     def finish(self) -> dict:
-        """Evaluate the final model and write ``metrics.json`` and the per-class plot."""
+        """Evaluate the final model; write ``metrics.json``, the per-class plot and the final
+        checkpoint (weights only)."""
         c = self.config
         result = self.evaluate()
         metrics = {
@@ -520,15 +709,34 @@ class Trainer:
                 "original code reports); not the reported result",
             }
         if self.dist.is_main:
-            (self.run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
             plot_per_class_accuracy(
-                result["per_class"], self.cls_num_list, self.run_dir / "per_class_accuracy.png",
+                result["per_class"], self.cls_num_list, self.run_dir / PER_CLASS_PLOT,
                 title=f"{c.name or c.method.name}: final epoch, top-1 {result['top1']:.2f}%",
+                class_names=metrics["classes"],
             )
+            write_json(self.run_dir / METRICS, metrics)  # the run is finished once this exists
+            self._save(metrics["epoch"], final=True)
             if self._writer:
                 self._writer.close()
         self.log(format_groups(metrics))
         return metrics
+
+
+def _configure_backends(deterministic: bool, device: torch.device) -> None:
+    if deterministic:
+        torch.use_deterministic_algorithms(True)
+        torch.backends.cudnn.benchmark = False
+    elif device.type == "cuda":
+        torch.backends.cudnn.benchmark = True  # autotune convolutions for the fixed input size
+
+
+def _wrap(method: Method, dist_info: DistInfo, device: torch.device) -> torch.nn.Module:
+    """The module the step calls: ``DistributedDataParallel`` under torchrun."""
+    if not dist_info.enabled:
+        return method
+    from torch.nn.parallel import DistributedDataParallel
+
+    return DistributedDataParallel(method, device_ids=[device.index] if device.type == "cuda" else None)
 
 
 def compile_model(model: torch.nn.Module, device: torch.device, log: Callable[[str], None]) -> torch.nn.Module:
@@ -549,13 +757,20 @@ def paper_reference(config: Config) -> dict | None:
     table = config.paper or {}
     key = f"{config.data.imbalance_factor:g}"
     entry = {}
-    top1 = (table.get("top1") or {})
-    for k, v in top1.items():
-        if f"{float(k):g}" == key:
-            entry["top1"] = v
-    for k, v in (table.get("groups") or {}).items():
-        if f"{float(k):g}" == key:
-            entry.update(v)
+    top1 = table.get("top1")
+    groups = table.get("groups") or {}
+    if isinstance(top1, (int, float)):  # a data set without an imbalance factor (ImageNet-LT, ...)
+        entry["top1"] = top1
+    else:
+        for k, v in (top1 or {}).items():
+            if f"{float(k):g}" == key:
+                entry["top1"] = v
+    if set(groups) <= {"many", "medium", "few"}:  # plain groups, as top1
+        entry.update(groups)
+    else:
+        for k, v in groups.items():
+            if f"{float(k):g}" == key:
+                entry.update(v)
     if not entry:
         return None
     entry["source"] = table.get("source", "")
@@ -571,6 +786,3 @@ def format_groups(metrics: dict) -> str:
         f"{fmt(metrics['medium'])}  few {fmt(metrics['few'])}  ({metrics['reported']})"
     )
 
-
-def config_from_checkpoint(state: dict) -> Config:
-    return config_from_dict(state["config"])

@@ -42,6 +42,8 @@ from ..losses.gml import distillation_kl, gml_contrastive_losses, queue_segments
 from ..models import TrunkClassifier, create_model, mlp_head
 from .base import SingleModelMethod, StepOutput, check_head_matches_loss, gather_from_all
 
+CHECKPOINT = "checkpoint.pt"  # a run directory's latest checkpoint (dbm_ltr.engine.rundir)
+
 __all__ = ["GMLMethod", "TEMPERATURE_MODES", "load_teacher"]
 
 TEMPERATURE_MODES = ("shared", "per_class")
@@ -58,7 +60,7 @@ def load_teacher(
             "--out RUN, then set method.teacher=RUN"
         )
     path = Path(path)
-    file = path / "checkpoint.pt" if path.is_dir() else path
+    file = path / CHECKPOINT if path.is_dir() else path
     if not file.is_file():
         raise ValueError(f"method.teacher: no teacher checkpoint at {file} (give a run directory of "
                          "dbm-ltr train or its checkpoint.pt)")

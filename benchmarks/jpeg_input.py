@@ -1,0 +1,187 @@
+"""Images/s per CPU core of the JPEG input pipeline: torchvision's ``ImageFolder`` + PIL +
+torchvision transforms (the usual baseline) vs the split-file data set with its fast path
+(reduced-size decoding, uint8 tensor crops; :mod:`dbm_ltr.data.fastjpeg`), for the training
+transform (RandomResizedCrop(224) + flip + normalise) and the evaluation transform
+(Resize(256) + CenterCrop(224) + normalise).
+
+    python benchmarks/jpeg_input.py                       # 400 JPEGs cut from real photos
+    python benchmarks/jpeg_input.py --source cifar        # upscaled CIFAR-10 images
+    python benchmarks/jpeg_input.py --images DIR          # your own JPEGs (any folder tree)
+    python benchmarks/jpeg_input.py --workers 2           # DataLoader with 2 worker processes
+
+Generated images: ``--count`` JPEGs (quality ``--quality``) of random sizes ``--min-size`` to
+``--max-size`` px per side (ImageNet-like by default: 300-500), cut from the photographs
+shipped with matplotlib / scikit-learn (random crops of at least half of each side, resized,
+randomly mirrored) or, with ``--source cifar``, upscaled (bicubic) from
+``../shared/data/cifar10_train.npz`` (smooth images: decode faster than photographs).
+
+Per core: with ``--workers 0`` everything runs in this process on one thread (images/s = per
+core); with ``--workers N`` the throughput of N loader processes divided by N. Each setting
+runs ``--repeats`` passes over all images after one warm-up pass (files in the page cache);
+the best pass counts.
+"""
+
+from __future__ import annotations
+
+import argparse
+import glob
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "src"))
+
+from dbm_ltr.data import IMAGENET_MEAN, IMAGENET_STD, build_transform, create_dataset  # noqa: E402
+
+
+def photo_sources() -> list[str]:
+    """Real photographs shipped with installed packages (matplotlib, scikit-learn)."""
+    found = []
+    for module, pattern in (("matplotlib", "mpl-data/sample_data/*.jpg"), ("sklearn", "datasets/images/*.jpg")):
+        try:
+            mod = __import__(module)
+        except ImportError:
+            continue
+        found += sorted(glob.glob(os.path.join(os.path.dirname(mod.__file__), pattern)))
+    return found
+
+
+def generate(out: Path, count: int, source: str, lo: int, hi: int, quality: int, seed: int = 0) -> list[Path]:
+    """``count`` JPEGs in ``out/train/c<k>/`` (10 folders, for ImageFolder)."""
+    rng = np.random.RandomState(seed)
+    if source == "photos":
+        photos = [Image.open(p).convert("RGB") for p in photo_sources()]
+        if not photos:
+            raise SystemExit("no photographs found (matplotlib / scikit-learn sample images); use --source cifar")
+    else:
+        npz = Path(__file__).resolve().parents[2] / "shared" / "data" / "cifar10_train.npz"
+        if not npz.is_file():
+            raise SystemExit(f"{npz} not found; use --source photos or --images DIR")
+        cifar = np.load(npz)["images"]
+    files = []
+    for k in range(count):
+        w, h = int(rng.randint(lo, hi + 1)), int(rng.randint(lo, hi + 1))
+        if source == "photos":
+            photo = photos[k % len(photos)]
+            pw, ph = photo.size
+            cw, ch = int(rng.randint(pw // 2, pw + 1)), int(rng.randint(ph // 2, ph + 1))
+            x, y = int(rng.randint(0, pw - cw + 1)), int(rng.randint(0, ph - ch + 1))
+            img = photo.crop((x, y, x + cw, y + ch)).resize((w, h), Image.Resampling.BICUBIC)
+        else:
+            img = Image.fromarray(cifar[rng.randint(len(cifar))]).resize((w, h), Image.Resampling.BICUBIC)
+        if rng.rand() < 0.5:
+            img = img.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+        path = out / "train" / f"c{k % 10}" / f"img{k:05d}.JPEG"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        img.save(path, "JPEG", quality=quality)
+        files.append(path)
+    return files
+
+
+def write_split_files(root: Path, files: list[Path]) -> None:
+    lines = "".join(f"{p.relative_to(root)} {int(p.parent.name[1:]) if p.parent.name[1:].isdigit() else 0}\n"
+                    for p in files)
+    for split in ("train", "test"):
+        (root / f"ImageNet_LT_{split}.txt").write_text(lines)
+
+
+def folder_tree(images: Path, work: Path) -> tuple[Path, list[Path]]:
+    """A tree ImageFolder and the split-file data set both read: symlinks to ``images``."""
+    files = sorted(p for p in images.rglob("*") if p.suffix.lower() in (".jpg", ".jpeg"))
+    if not files:
+        raise SystemExit(f"no .jpg / .jpeg files under {images}")
+    out = []
+    for k, p in enumerate(files):
+        link = work / "train" / f"c{k % 10}" / f"img{k:05d}.JPEG"
+        link.parent.mkdir(parents=True, exist_ok=True)
+        link.symlink_to(p.resolve())
+        out.append(link)
+    return work, out
+
+
+def baseline_transform(kind: str):
+    from torchvision import transforms as T
+
+    norm = T.Normalize(IMAGENET_MEAN, IMAGENET_STD)
+    if kind == "train":
+        return T.Compose([T.RandomResizedCrop(224), T.RandomHorizontalFlip(), T.ToTensor(), norm])
+    return T.Compose([T.Resize(256), T.CenterCrop(224), T.ToTensor(), norm])
+
+
+def one_pass(dataset, workers: int, batch: int = 32) -> float:
+    """Images/s of one pass over ``dataset``."""
+    from torch.utils.data import DataLoader
+
+    start = time.perf_counter()
+    if workers == 0:
+        for i in range(len(dataset)):
+            dataset[i]
+    else:
+        for _ in DataLoader(dataset, batch_size=batch, num_workers=workers, shuffle=False):
+            pass
+    return len(dataset) / (time.perf_counter() - start)
+
+
+def measure(datasets, workers: int, repeats: int) -> list[float]:
+    """Best images/s of each data set over ``repeats`` passes, the data sets interleaved
+    (so that load from other processes hits all alike), after one warm-up pass each."""
+    best = [0.0] * len(datasets)
+    for r in range(repeats + 1):
+        for k, dataset in enumerate(datasets):
+            rate = one_pass(dataset, workers)
+            if r:  # the first pass warms the page cache
+                best[k] = max(best[k], rate)
+    return best
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--images", help="folder of JPEGs to use instead of generated ones")
+    p.add_argument("--source", choices=("photos", "cifar"), default="photos")
+    p.add_argument("--count", type=int, default=400)
+    p.add_argument("--min-size", type=int, default=300)
+    p.add_argument("--max-size", type=int, default=500)
+    p.add_argument("--quality", type=int, default=90)
+    p.add_argument("--workers", type=int, default=0, help="DataLoader worker processes (0: this process)")
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--keep", help="write the generated images here (kept) instead of a temp folder")
+    args = p.parse_args(argv)
+
+    torch.set_num_threads(1)
+    from torchvision.datasets import ImageFolder
+
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(args.keep or tmp)
+        if args.images:
+            root, files = folder_tree(Path(args.images), work)
+            what = f"{len(files)} JPEGs from {args.images}"
+        else:
+            root, files = work, generate(work, args.count, args.source, args.min_size, args.max_size, args.quality)
+            what = (f"{len(files)} JPEGs from {args.source}, {args.min_size}-{args.max_size} px a side, "
+                    f"quality {args.quality}")
+        write_split_files(root, files)
+        sizes = np.array([Image.open(f).size for f in files])
+        cores = max(args.workers, 1)
+        print(f"{what}; mean size {sizes[:, 0].mean():.0f} x {sizes[:, 1].mean():.0f}, "
+              f"{sum(os.path.getsize(f) for f in files) / len(files) / 1024:.0f} KiB a file")
+        print(f"{'workers: ' + str(args.workers) if args.workers else 'single process, 1 thread'}; "
+              f"images/s per core (best of {args.repeats} interleaved passes)\n")
+        print(f"{'transform':10s} {'ImageFolder+PIL':>16s} {'ours (fast path)':>17s} {'ours decode=pil':>16s} {'speed-up':>9s}")
+        for kind, name in (("train", "imagenet_train"), ("test", "imagenet_test")):
+            base = ImageFolder(str(root / "train"), transform=baseline_transform(kind))
+            fast = create_dataset("imagenet_lt", str(root), train=True, transform=build_transform(name))
+            plain = create_dataset("imagenet_lt", str(root), train=True, transform=build_transform(name))
+            plain.decode = "pil"
+            rates = [r / cores for r in measure([base, fast, plain], args.workers, args.repeats)]
+            print(f"{kind:10s} {rates[0]:16.0f} {rates[1]:17.0f} {rates[2]:16.0f} {rates[1] / rates[0]:8.2f}x")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

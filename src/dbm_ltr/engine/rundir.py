@@ -1,0 +1,146 @@
+"""The run directory: its files, which config differences a resumed run may have, its lock.
+
+A run is a directory written by ``dbm-ltr train --out RUN``::
+
+    RUN/config.yaml            the resolved configuration
+    RUN/checkpoint.pt          the latest checkpoint (see :mod:`.checkpoint`), with
+    RUN/checkpoint.prev.pt     the previous one and
+    RUN/checkpoint.sha256      the digests of both
+    RUN/log.jsonl              one line per finished epoch
+    RUN/metrics.json           the final evaluation (written last: a run is finished when it exists)
+    RUN/per_class_accuracy.png
+    RUN/tb/                    TensorBoard events, when tensorboard is installed
+    RUN/.lock                  held by the process training into RUN
+    RUN/train.log              the process's output, when dbm-ltr reproduce started it
+
+Every tool that reads or writes runs (trainer, eval, analyze, report, sweep, reproduce) takes
+these names and rules from here.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Iterable
+
+from .checkpoint import CHECKPOINT, CheckpointError
+from .config import flatten_config
+
+__all__ = [
+    "CHECKPOINT",
+    "CONFIG",
+    "LOCK",
+    "LOG",
+    "METRICS",
+    "OUTPUT",
+    "PER_CLASS_PLOT",
+    "RESUMABLE_DIFFERENCES",
+    "TENSORBOARD",
+    "RunLock",
+    "config_differences",
+    "foreign_files",
+    "is_run_dir",
+    "write_json",
+    "write_log",
+]
+
+CONFIG = "config.yaml"
+LOG = "log.jsonl"
+METRICS = "metrics.json"
+PER_CLASS_PLOT = "per_class_accuracy.png"
+TENSORBOARD = "tb"
+LOCK = ".lock"
+OUTPUT = "train.log"  # the training process's output, where a tool that starts it keeps it (reproduce)
+
+#: Settings a resumed run may change: where the data lives, loader workers, device, logging,
+#: compilation. The run stays the same experiment; it is bit-identical when workers and device
+#: are unchanged.
+RESUMABLE_DIFFERENCES = frozenset({
+    "name", "paper", "data.root", "data.split_dir", "data.workers", "data.download", "data.eval_batch_size",
+    "train.progress", "train.device", "train.compile", "train.auto_resume",
+})
+
+
+def config_differences(saved: dict, now: dict) -> list[tuple[str, Any, Any]]:
+    """``(key, saved value, current value)`` for every setting (dotted key) that differs
+    between two resolved configs and that a resumed run may not change."""
+    old, new = flatten_config(saved), flatten_config(now)
+    return [(k, old.get(k), new.get(k)) for k in sorted(set(old) | set(new))
+            if k not in RESUMABLE_DIFFERENCES and old.get(k) != new.get(k)]
+
+
+def is_run_dir(path: str | Path) -> bool:
+    """Whether ``path`` holds a run (its config, a checkpoint or its metrics)."""
+    path = Path(path)
+    return any((path / name).is_file() for name in (CONFIG, CHECKPOINT, METRICS))
+
+
+def foreign_files(path: str | Path) -> list[str]:
+    """Files in ``path`` that no run writes before its checkpoint (a folder holding any is not
+    a place to start a run)."""
+    path = Path(path)
+    return sorted(p.name for p in path.iterdir() if p.name not in (LOCK, OUTPUT)) if path.is_dir() else []
+
+
+def write_json(path: Path, value: Any) -> None:
+    """Write ``value`` as JSON atomically (a temporary file renamed into place)."""
+    _atomic_text(Path(path), json.dumps(value, indent=2))
+
+
+def write_log(run_dir: Path, rows: Iterable[dict]) -> None:
+    """Rewrite ``log.jsonl`` with ``rows`` (on resume: the checkpoint's history, so an epoch
+    logged before a crash but not checkpointed is not listed twice)."""
+    _atomic_text(Path(run_dir) / LOG, "".join(json.dumps(r) + "\n" for r in rows))
+
+
+def _atomic_text(path: Path, text: str) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+class RunLock:
+    """An exclusive lock on a run directory (``RUN/.lock``), held while a process trains into
+    it. It is an OS file lock (``flock``), so a killed process never leaves it stuck; where
+    the OS has none (Windows) it does nothing."""
+
+    def __init__(self, run_dir: str | Path) -> None:
+        self.path = Path(run_dir) / LOCK
+        self._file = None
+
+    def acquire(self) -> "RunLock":
+        try:
+            import fcntl
+        except ImportError:  # pragma: no cover - no flock on this OS
+            return self
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        handle = open(self.path, "a+")
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            handle.seek(0)
+            holder = handle.read().strip() or "unknown"
+            handle.close()
+            raise CheckpointError(
+                f"{self.path.parent} is in use by another dbm-ltr process (pid {holder}); wait for "
+                f"it to finish or stop it, or choose another --out"
+            ) from None
+        handle.seek(0)
+        handle.truncate()
+        handle.write(str(os.getpid()))
+        handle.flush()
+        self._file = handle
+        return self
+
+    def release(self) -> None:
+        if self._file is not None:
+            self._file.close()  # closing the file releases the lock
+            self._file = None

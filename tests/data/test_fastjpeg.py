@@ -1,0 +1,294 @@
+"""Fast JPEG input: crop boxes as torchvision's, reduced-size decoding, the large-scale recipes,
+RandAugment without timm, and the batched (GPU) decoding logic run on the CPU."""
+
+import io
+import random
+import sys
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from torchvision import transforms as T
+from torchvision.transforms.v2 import functional as F2
+
+from dbm_ltr.data import IMAGENET_MEAN, IMAGENET_STD, INAT_MEAN, INAT_STD, MultiView, build_transform
+from dbm_ltr.data.fastjpeg import (
+    CorruptImageError,
+    EncodedBatch,
+    EncodedImage,
+    EncodedSample,
+    MissingImageError,
+    NormalizeToFloat,
+    RandomResizedCropDecode,
+    ResizeCenterCropDecode,
+    accepts_encoded,
+    collate_encoded,
+    dct_factor,
+    decode_batch,
+    jpeg_size,
+    random_resized_crop_box,
+    resized_output_size,
+)
+from dbm_ltr.data.randaugment import RAND_AUGMENT_OPS, RandAugmentPIL, parse_rand_augment, rand_augment
+
+
+def photo(w, h, seed=0):
+    """A smooth, photo-like RGB image (gradients + low-frequency blobs + mild noise)."""
+    rng = np.random.RandomState(seed)
+    yy, xx = np.mgrid[0:h, 0:w] / max(w, h)
+    img = np.zeros((h, w, 3))
+    for c in range(3):
+        for _ in range(3):
+            fx, fy, ph = rng.uniform(1, 6), rng.uniform(1, 6), rng.uniform(0, 6.3)
+            img[..., c] += 40 * np.sin(2 * np.pi * (fx * xx + fy * yy) + ph)
+    img += 128 + rng.normal(0, 2, size=img.shape)
+    return Image.fromarray(np.clip(img, 0, 255).astype(np.uint8))
+
+
+def jpeg_file(tmp_path, w, h, name="a.jpg", seed=0, **save):
+    path = tmp_path / name
+    photo(w, h, seed).save(path, "JPEG", quality=95, **save)
+    return str(path)
+
+
+@pytest.mark.parametrize("height,width", [(375, 500), (500, 333), (40, 16), (1000, 30), (224, 224), (3, 900)])
+def test_crop_box_is_torchvisions(height, width):
+    img = Image.new("RGB", (width, height))
+    for seed in range(200):
+        torch.manual_seed(seed)
+        want = T.RandomResizedCrop.get_params(img, (0.08, 1.0), (3 / 4, 4 / 3))
+        torch.manual_seed(seed)
+        assert random_resized_crop_box(height, width) == tuple(want)
+    torch.manual_seed(1)  # another scale / ratio range
+    want = T.RandomResizedCrop.get_params(img, (0.5, 0.9), (0.5, 2.0))
+    torch.manual_seed(1)
+    assert random_resized_crop_box(height, width, (0.5, 0.9), (0.5, 2.0)) == tuple(want)
+
+
+def test_dct_factor_and_output_size():
+    assert dct_factor(2000, 1900, 224, 224) == 8
+    assert dct_factor(1000, 900, 224, 224) == 4
+    assert dct_factor(448, 460, 224, 224) == 2
+    assert dct_factor(447, 1000, 224, 224) == 1
+    assert dct_factor(100, 100, 224, 224) == 1
+    assert resized_output_size(375, 500, 256) == (256, 341)  # torchvision's Resize(256)
+    assert resized_output_size(500, 333, 256) == (384, 256)
+    img = Image.new("RGB", (333, 500))
+    assert T.Resize(256)(img).size == (256, 384)
+
+
+def test_jpeg_header_size(tmp_path):
+    for kw in ({}, {"progressive": True}):
+        path = jpeg_file(tmp_path, 37, 23, **kw)
+        assert jpeg_size(open(path, "rb").read()) == (37, 23)
+    gray = io.BytesIO()
+    photo(19, 41).convert("L").save(gray, "JPEG")
+    assert jpeg_size(gray.getvalue()) == (19, 41)
+    png = io.BytesIO()
+    photo(8, 8).save(png, "PNG")
+    assert jpeg_size(png.getvalue()) is None and jpeg_size(b"\xff\xd8\xff") is None
+
+
+@pytest.mark.parametrize("exact,bound", [(False, 4.0), (True, 1.5)])
+def test_reduced_decoding_matches_a_full_decode(tmp_path, exact, bound):
+    path = jpeg_file(tmp_path, 320, 256)
+    full = torch.from_numpy(np.array(Image.open(path).convert("RGB"))).permute(2, 0, 1)
+    crop = RandomResizedCropDecode(32, exact=exact)
+    diffs, factors = [], set()
+    for seed in range(40):
+        torch.manual_seed(seed)
+        image = EncodedImage(path)
+        out = crop(image)
+        assert out.shape == (3, 32, 32) and out.dtype == torch.uint8
+        factors |= set(image._cache)
+        torch.manual_seed(seed)
+        top, left, h, w = random_resized_crop_box(256, 320)
+        ref = F2.resized_crop(full, top, left, h, w, [32, 32], antialias=True)
+        diffs.append((out.float() - ref.float()).abs().mean().item())
+        assert (out.float() - ref.float()).abs().max() <= 48
+    assert {2, 4, 8} & factors  # large crops were decoded at reduced size
+    assert np.mean(diffs) < bound, diffs  # grey levels, on a 0-255 scale (a high-contrast test image)
+
+
+def test_full_size_decode_is_exact_and_test_crop_geometry(tmp_path):
+    path = jpeg_file(tmp_path, 60, 44)
+    pil = Image.open(path).convert("RGB")
+    image = EncodedImage(path)
+    decoded, f = image.decode(1)
+    assert f == 1 and torch.equal(decoded.permute(1, 2, 0), torch.from_numpy(np.array(pil)))
+    # Resize + CenterCrop: torchvision's geometry, here without reduction (short side 44 < 2 * 24)
+    out = ResizeCenterCropDecode(24, 20)(EncodedImage(path))
+    ref = T.Compose([T.Resize(24), T.CenterCrop(20), T.PILToTensor()])(pil)
+    assert out.shape == ref.shape == (3, 20, 20)
+    assert (out.float() - ref.float()).abs().max() <= 2  # torch vs PIL antialiased bilinear
+    # reduced: short side 256 >= 2 * 64 -> 1/4 decode, still close to the full-size result
+    path = jpeg_file(tmp_path, 320, 256, "b.jpg")
+    big = EncodedImage(path)
+    out = ResizeCenterCropDecode(64, 56)(big)
+    assert set(big._cache) == {4}
+    ref = T.Compose([T.Resize(64), T.CenterCrop(56), T.PILToTensor()])(Image.open(path).convert("RGB"))
+    assert out.shape == ref.shape and (out.float() - ref.float()).abs().mean() < 1.5
+    exact = ResizeCenterCropDecode(64, 56, exact=True)(EncodedImage(path))
+    assert exact.shape == ref.shape and (exact.float() - ref.float()).abs().mean() < 1.5
+    assert ResizeCenterCropDecode(64, 56, reduced=False)(Image.open(path)).shape == (3, 56, 56)
+
+
+def test_views_share_decodes(tmp_path, monkeypatch):
+    path = jpeg_file(tmp_path, 64, 48)
+    calls = []
+    original = EncodedImage._decode
+    monkeypatch.setattr(EncodedImage, "_decode", lambda self, f: calls.append(f) or original(self, f))
+    views = MultiView([RandomResizedCropDecode(16), RandomResizedCropDecode(16), ResizeCenterCropDecode(20, 16)])
+    assert accepts_encoded(views) and not accepts_encoded(MultiView([T.ToTensor()]))
+    out = views(EncodedImage(path))
+    assert [v.shape for v in out] == [(3, 16, 16)] * 3
+    assert 1 <= len(calls) == len(set(calls)) <= 2  # one decode per factor at most (1 or 2 here)
+    image = EncodedImage(path)
+    image.decode(1)
+    assert image.decode(2)[1] == 1  # a finer decode is reused
+
+
+def test_non_jpeg_grey_and_unreadable_files(tmp_path):
+    png = tmp_path / "x.JPEG"  # a PNG named .JPEG, as a few ImageNet files
+    photo(30, 20).save(png, "PNG")
+    out = RandomResizedCropDecode(8)(EncodedImage(str(png)))
+    assert out.shape == (3, 8, 8)
+    grey = tmp_path / "g.jpg"
+    photo(30, 20).convert("L").save(grey, "JPEG")
+    assert EncodedImage(str(grey)).decode(1)[0].shape == (3, 20, 30)
+    bad = tmp_path / "bad.jpg"
+    bad.write_bytes(b"not an image at all")
+    with pytest.raises(CorruptImageError, match=f"cannot read image {bad}"):
+        RandomResizedCropDecode(8)(EncodedImage(str(bad)))
+    truncated = tmp_path / "t.jpg"
+    data = open(jpeg_file(tmp_path, 64, 64, "ok.jpg"), "rb").read()
+    truncated.write_bytes(data[: len(data) // 2])
+    with pytest.raises(CorruptImageError, match="t.jpg"):
+        EncodedImage(str(truncated)).decode(1)
+    with pytest.raises(CorruptImageError, match="t.jpg"):
+        EncodedImage(str(truncated)).pil()
+    with pytest.raises(MissingImageError, match="nope.jpg: no such file"):
+        EncodedImage(str(tmp_path / "nope.jpg")).size
+
+
+def test_normalize_equals_totensor_normalize():
+    img = photo(20, 12)
+    want = T.Compose([T.ToTensor(), T.Normalize(IMAGENET_MEAN, IMAGENET_STD)])(img)
+    norm = NormalizeToFloat(IMAGENET_MEAN, IMAGENET_STD)
+    assert torch.allclose(norm(img), want, atol=1e-5)
+    assert torch.allclose(norm(T.PILToTensor()(img)), want, atol=1e-5)
+    assert torch.allclose(norm(T.ToTensor()(img)), want, atol=1e-5)
+
+
+@pytest.mark.parametrize("prefix,mean,std", [("imagenet", IMAGENET_MEAN, IMAGENET_STD), ("inat", INAT_MEAN, INAT_STD)])
+def test_large_recipes_shapes_and_normalisation(tmp_path, prefix, mean, std):
+    path = jpeg_file(tmp_path, 40, 30)
+    mean255 = tuple(round(255 * m) for m in mean)
+    flat = Image.new("RGB", (50, 40), mean255)
+    for kind in ("train", "test", "randaug", "contrastive"):
+        t = build_transform(f"{prefix}_{kind}")
+        assert accepts_encoded(t)
+        for img in (EncodedImage(path), Image.open(path), T.PILToTensor()(Image.open(path))):
+            out = t(img)
+            assert out.shape == (3, 224, 224) and out.dtype == torch.float32
+        if kind in ("train", "test"):  # a flat image at the mean normalises to ~0
+            assert t(flat).abs().max() < 0.5 / 255 / min(std) + 1e-4
+    # the same normalisation as ToTensor + Normalize on the test view
+    want = T.Compose([T.Resize(256), T.CenterCrop(224), T.ToTensor(), T.Normalize(mean, std)])(Image.open(path))
+    got = build_transform(f"{prefix}_test")(EncodedImage(path))
+    assert (got - want).abs().mul(torch.tensor(std).view(3, 1, 1) * 255).max() <= 2.01
+
+
+def test_randaug_fill_and_translate():
+    t = build_transform("imagenet_randaug")
+    ra = t.transforms[4]
+    fill = ra.fill if isinstance(ra, RandAugmentPIL) else ra.ops[0].kwargs["fillcolor"]
+    assert tuple(fill) == (124, 116, 104)
+
+
+def test_randaugment_fallback_without_timm(monkeypatch):
+    monkeypatch.setitem(sys.modules, "timm", None)  # import timm -> ImportError
+    monkeypatch.setitem(sys.modules, "timm.data.auto_augment", None)
+    ra = rand_augment("rand-n2-m10-mstd0.5", fill=(124, 116, 104))
+    assert isinstance(ra, RandAugmentPIL) and ra.num_ops == 2 and ra.magnitude == 10 and ra.magnitude_std == 0.5
+    with pytest.raises(ImportError, match=r"pip install 'dbm-ltr\[timm\]'"):
+        rand_augment(use_timm=True)
+    img = photo(32, 24)
+    outs = []
+    for seed in range(2):
+        random.seed(seed)
+        np.random.seed(seed)
+        outs.append(np.asarray(ra(img)))
+    random.seed(0)
+    np.random.seed(0)
+    assert np.array_equal(np.asarray(ra(img)), outs[0])  # seeded -> reproducible
+    assert outs[0].shape == (24, 32, 3)
+    # every operation at full magnitude keeps size and mode; a few exact checks
+    for name in RAND_AUGMENT_OPS:
+        single = RandAugmentPIL(1, 10, 0.0, 1.0, fill=(1, 2, 3), ops=[name])
+        out = single(img)
+        assert out.size == img.size and out.mode == "RGB", name
+    inv = RandAugmentPIL(1, 10, 0.0, 1.0, ops=["Invert"])(img)
+    assert np.array_equal(np.asarray(inv), 255 - np.asarray(img))
+    add = np.asarray(RandAugmentPIL(1, 10, 0.0, 1.0, ops=["SolarizeAdd"])(img)).astype(int)
+    src = np.asarray(img).astype(int)
+    assert np.array_equal(add, np.where(src < 128, np.minimum(src + 110, 255), src))
+    moved = np.asarray(RandAugmentPIL(1, 10, 0.0, 1.0, fill=(1, 2, 3), ops=["TranslateXRel"])(img))
+    assert (moved == [1, 2, 3]).all(axis=2).any()  # the fill shows where the image moved away
+    assert parse_rand_augment("rand-n3-m9-mstd0.5-p1")["p"] == 1.0
+    with pytest.raises(ValueError, match="unknown RandAugment config section"):
+        parse_rand_augment("rand-n2-x4")
+
+
+def test_randaugment_equals_timm_when_installed():
+    timm_aa = pytest.importorskip("timm.data.auto_augment")
+    img = photo(40, 30)
+    ours = rand_augment(use_timm=False)
+    theirs = timm_aa.rand_augment_transform("rand-n2-m10-mstd0.5", {"translate_const": 100, "img_mean": (124, 116, 104)})
+    for seed in range(50):
+        random.seed(seed)
+        np.random.seed(seed)
+        a = np.asarray(ours(img))
+        random.seed(seed)
+        np.random.seed(seed)
+        assert np.array_equal(a, np.asarray(theirs(img)))
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")  # torchvision 0.29 deprecates its decoders
+def test_batched_decode_logic_on_cpu(tmp_path):
+    """decode="device" minus the GPU: collate, per-image seeds, corrupt handling."""
+    from torchvision.io import ImageReadMode, decode_jpeg
+
+    paths = [jpeg_file(tmp_path, 30 + 4 * i, 24, f"{i}.jpg", seed=i) for i in range(3)]
+    png = tmp_path / "p.JPEG"
+    photo(20, 20).save(png, "PNG")
+    torch.manual_seed(0)
+    samples = [EncodedSample.read(EncodedImage(p)) for p in paths + [str(png)]]
+    assert [s.decoded for s in samples] == [False, False, False, True]
+    batch, targets = collate_encoded([(s, k) for k, s in enumerate(samples)])
+    assert isinstance(batch, EncodedBatch) and len(batch) == 4 and targets.tolist() == [0, 1, 2, 3]
+    assert batch.pin_memory() is batch
+
+    def cpu_decoder(data, device):
+        if isinstance(data, list):
+            return [decode_jpeg(d, mode=ImageReadMode.RGB) for d in data]
+        return decode_jpeg(data, mode=ImageReadMode.RGB)
+
+    views = MultiView([build_transform("imagenet_train"), build_transform("imagenet_contrastive")])
+    out = decode_batch(batch, views, "cpu", jpeg_decoder=cpu_decoder)
+    assert [v.shape for v in out] == [(4, 3, 224, 224)] * 2
+    again = decode_batch(batch, views, "cpu", jpeg_decoder=cpu_decoder)
+    assert all(torch.equal(a, b) for a, b in zip(out, again))  # each image its own seed
+    with pytest.raises(ValueError, match="CUDA device"):
+        decode_batch(batch, views, "cpu")
+    # a file neither the decoder nor PIL reads: an error naming it, or replaced and reported
+    broken = EncodedSample(torch.frombuffer(bytearray(b"\xff\xd8\xff" + b"x" * 50), dtype=torch.uint8),
+                           "/data/broken.jpg", 7)
+    bad = EncodedBatch([broken] + samples[:2])
+    with pytest.raises(CorruptImageError, match="/data/broken.jpg"):
+        decode_batch(bad, None, "cpu", jpeg_decoder=cpu_decoder)
+    seen = []
+    images, source = decode_batch(bad, None, "cpu", skip_corrupt=True, on_corrupt=seen.append,
+                                  jpeg_decoder=cpu_decoder, with_source=True)
+    assert seen == ["/data/broken.jpg"] and torch.equal(images[0], images[1]) and source == [1, 1, 2]
