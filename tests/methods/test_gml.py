@@ -247,7 +247,7 @@ def test_teacher_mismatches_are_one_line_errors(teacher, fake_cifar10, tmp_path)
 
 def test_student_trains_and_resumes_exactly(teacher, fake_cifar10, tmp_path):
     """Queue, pointers, indices, temperature and embeddings all come back on resume."""
-    overrides = tiny_overrides(fake_cifar10, epochs=3) + ["train.deterministic=true", f"method.teacher={teacher}",
+    overrides = tiny_overrides(fake_cifar10, epochs=2) + ["train.deterministic=true", f"method.teacher={teacher}",
                                                 "method.queue_size=64", "optim.batch_size=16"]
     cfg = load_config("cifar10_lt/dbm_gml", overrides)
     straight = Trainer(cfg, tmp_path / "a", log=quiet)
