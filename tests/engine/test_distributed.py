@@ -1,4 +1,5 @@
-"""Two processes under torchrun (gloo on the CPU): the engine's DDP path end to end."""
+"""Several processes (gloo on the CPU): the engine's DDP path end to end, SyncBatchNorm, and a
+run resumed with another number of processes."""
 
 import json
 import os
@@ -6,21 +7,90 @@ import subprocess
 import sys
 
 import pytest
+import torch
 from fakes import tiny_overrides
 
+from dbm_ltr.engine import Trainer, load_config
+from dbm_ltr.engine.distributed import DistInfo
+from dbm_ltr.engine.trainer import _wrap
+from dbm_ltr.losses import create_loss
+from dbm_ltr.methods import create_method
 
-def test_torchrun_two_processes(fake_cifar10, tmp_path):
+COUNTS = [50, 20, 8, 4]
+
+
+def _method():
+    torch.manual_seed(0)
+    loss = create_loss("dbm", COUNTS, base="bs")
+    return create_method("standard", trunk="resnet32", classifier="cosine", num_classes=4, cls_num_list=COUNTS,
+                         loss=loss, loss_name="dbm")
+
+
+def _batch():
+    g = torch.Generator().manual_seed(1)
+    return torch.randn(8, 3, 32, 32, generator=g), torch.tensor([0, 1, 2, 3, 0, 1, 0, 2])
+
+
+def _ddp_worker(rank, world, init_file, out_dir, sync_bn):
+    import torch.distributed as dist
+
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
+    method = _method()
+    model = _wrap(method, DistInfo(rank, world, rank), torch.device("cpu"), sync_bn=sync_bn)
+    x, y = _batch()
+    half = slice(rank * 4, rank * 4 + 4)
+    out = model(x[half], y[half], 0)
+    out.loss.backward()
+    loss = out.loss.detach().clone()
+    dist.all_reduce(loss)
+    grads = {n: p.grad for n, p in method.named_parameters() if p.grad is not None}
+    torch.save({"loss": loss / world, "grads": grads}, f"{out_dir}/rank{rank}.pt")
+    dist.destroy_process_group()
+
+
+def test_two_processes_match_one_process_on_the_global_batch(tmp_path):
+    """Two processes, each with half of a global batch of 8, give the loss and gradients of one
+    process on the whole batch taken as the same two halves (each half's BatchNorm statistics
+    its own, as in each process; DDP averages the gradients). SyncBatchNorm (train.sync_bn,
+    statistics over the global batch) needs CUDA devices."""
+    import torch.multiprocessing as mp
+
+    mp.spawn(_ddp_worker, args=(2, str(tmp_path / "init"), str(tmp_path), False), nprocs=2)
+    ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in range(2)]
+    method = _method()
+    x, y = _batch()
+    loss = (method(x[:4], y[:4], 0).loss + method(x[4:], y[4:], 0).loss) / 2
+    loss.backward()
+    want = {n: p.grad for n, p in method.named_parameters() if p.grad is not None}
+    assert ranks[0]["loss"].item() == pytest.approx(loss.item(), rel=1e-5)
+    for r in ranks:  # DDP leaves the same averaged gradients in every process
+        assert r["grads"].keys() == want.keys()
+        worst = max(((r["grads"][n] - want[n]).abs().max() / want[n].abs().max().clamp_min(1e-12)).item()
+                    for n in want if want[n].abs().max() > 1e-6)
+        assert worst < 1e-4
+
+
+def test_torchrun_resumes_a_one_process_run_with_two(fake_cifar10, tmp_path):
+    """Epoch 1 in one process, epoch 2 under torchrun with two (the global batch is kept);
+    the evaluation shards cover the test set once and only rank 0 reports."""
     run = tmp_path / "ddp"
+    overrides = tiny_overrides(fake_cifar10, epochs=2) + ["train.device=cpu"]
+    first = Trainer(load_config("cifar10_lt/dbm_bs", overrides), run, log=lambda m: None)
+    first.history.append(first.train_one_epoch(0))
+    first._save(1)
+    first.close()
     cmd = [
         sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-        "-m", "dbm_ltr.cli", "train", "--config", "cifar10_lt/dbm_bs", "--out", str(run),
-        "--set", *tiny_overrides(fake_cifar10, epochs=1), "train.device=cpu",
+        "-m", "dbm_ltr.cli", "train", "--config", "cifar10_lt/dbm_bs", "--out", str(run), "--resume",
+        "--set", *overrides,
     ]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     result = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
-    assert "x2" in result.stdout  # the run header names both processes
+    assert "resuming" in result.stdout and "x2" in result.stdout  # the run header names both processes
     metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["epoch"] == 2
     # the evaluation shards cover the whole test set once: 10 images a class, none twice
     assert all(v is not None for v in metrics["per_class"])
     assert all(v * 10 % 100 == pytest.approx(0, abs=1e-6) for v in metrics["per_class"])

@@ -112,20 +112,19 @@ def run_features(
 ) -> RunFeatures:
     """Rebuild a run's method and extract features, labels, predictions and class weights on
     ``split`` (``test`` or ``train``; the training split without augmentation)."""
-    from ..data import DATASET_INFO, build_transform, create_dataset
+    from ..data import DATASET_INFO, create_dataset
+    from ..engine.trainer import dataset_options, transform
 
     if split not in SPLITS:
         raise ValueError(f"unknown split {split!r}; choose one of {', '.join(SPLITS)}")
     config, method, state = load_run_method(run_dir, overrides, device)
     d = config.data
     info = DATASET_INFO[d.name]
-    from ..engine.trainer import dataset_options
-
     options = dataset_options(config)
     if "decode" in options:
         options["decode"] = "cpu"
     dataset = create_dataset(
-        d.name, d.root, train=split == "train", transform=build_transform(info["test_transform"]),
+        d.name, d.root, train=split == "train", transform=transform(config, info["test_transform"]),
         imbalance_factor=d.imbalance_factor, download=d.download, seed=d.seed, **options,
     )
     counts = [int(n) for n in state["cls_num_list"]]

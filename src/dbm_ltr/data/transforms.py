@@ -37,6 +37,7 @@ there) and on tensors for GPU inputs (RandAugment always on PIL).
 
 from __future__ import annotations
 
+import functools
 from typing import Any, Callable, Sequence
 
 import torch
@@ -294,13 +295,10 @@ def large_contrastive_transform(
     ])
 
 
-def _with_stats(factory: Callable[..., Callable], mean, std) -> Callable[[], Callable]:
-    def make() -> Callable:
-        return factory(mean=mean, std=std)
-
-    make.__name__ = factory.__name__
-    make.__doc__ = factory.__doc__
-    return make
+def _with_stats(factory: Callable[..., Callable], mean, std) -> Callable[..., Callable]:
+    """``factory`` with the data set's normalisation filled in (its other keywords, such as
+    ``size``, stay open)."""
+    return functools.partial(factory, mean=mean, std=std)
 
 
 TransformFactory = Callable[[], Callable]
@@ -320,6 +318,7 @@ for _prefix, _mean, _std in (("imagenet", IMAGENET_MEAN, IMAGENET_STD), ("inat",
     register_transform(f"{_prefix}_contrastive", _with_stats(large_contrastive_transform, _mean, _std))
 
 
-def build_transform(name: str) -> Callable:
-    """A fresh instance of the transform registered as ``name``."""
-    return TRANSFORMS.lookup(name)()
+def build_transform(name: str, **options: Any) -> Callable:
+    """A fresh instance of the transform registered as ``name`` (``options``: keywords of its
+    factory, e.g. ``size`` of the large-scale recipes)."""
+    return TRANSFORMS.lookup(name)(**options)

@@ -56,6 +56,7 @@ class DataConfig:
     pipeline: str = "auto"  # auto | loader | device: where batches are augmented (auto: device where supported)
     workers: int = 4
     eval_batch_size: int = 256
+    image_size: int = 0  # large-scale recipes: crop size (test: resize by 256/224, then crop); 0 = 224
     split_dir: str = ""  # split-file data sets: folder of the split files ("" = data.root)
     skip_corrupt: bool = False  # split-file data sets: replace unreadable images (counted)
     decode: str = "cpu"  # split-file data sets: cpu (reduced-size JPEG decoding) | pil | device (nvJPEG)
@@ -105,6 +106,7 @@ class TrainConfig:
     drop_last: bool = False
     compile: bool = False  # torch.compile the model (eager, with a message, where unavailable)
     nan_policy: str = "stop"  # stop | skip: a non-finite loss stops the run, or its step is dropped
+    sync_bn: bool = False  # under torchrun: BatchNorm statistics over the global batch (SyncBatchNorm)
     auto_resume: bool = False  # resume from the run directory's checkpoint if there is one (torchrun restarts)
 
 
@@ -305,6 +307,7 @@ def _check_values(config: Config) -> None:
         (d.decode in ("cpu", "pil", "device"), f"data.decode must be cpu, pil or device, got {d.decode!r}"),
         (d.imbalance_factor >= 1, f"data.imbalance_factor must be >= 1, got {d.imbalance_factor}"),
         (d.workers >= 0, f"data.workers must be >= 0, got {d.workers}"),
+        (d.image_size >= 0, f"data.image_size must be >= 0 (0: the recipe's 224), got {d.image_size}"),
         (d.pipeline in ("auto", "loader", "device"), f"data.pipeline must be auto, loader or device, got {d.pipeline!r}"),
         (t.eval_every >= 0, f"train.eval_every must be >= 0, got {t.eval_every}"),
         (t.nan_policy in ("stop", "skip"), f"train.nan_policy must be stop or skip, got {t.nan_policy!r}"),

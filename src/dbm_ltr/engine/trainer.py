@@ -9,6 +9,7 @@ run resumed from any checkpoint repeats the uninterrupted run exactly.
 
 from __future__ import annotations
 
+import inspect
 import itertools
 import json
 import os
@@ -25,7 +26,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
-from ..data import DATASET_INFO, EncodedBatch, MultiView, build_transform, create_dataset
+from ..data import DATASET_INFO, DATASETS, TRANSFORMS, EncodedBatch, MultiView, build_transform, create_dataset
 from ..figures import plot_per_class_accuracy
 from ..losses import create_loss
 from ..methods import Method, create_method, method_views
@@ -39,7 +40,7 @@ from .checkpoint import (
     restore_rng,
     save_checkpoint,
 )
-from .config import Config, apply_overrides, config_from_dict, save_config
+from .config import Config, ConfigError, DataConfig, apply_overrides, config_from_dict, save_config
 from .distributed import DistInfo, init_distributed, pick_device
 from .pipeline import DeviceBatches, EvalBatches, SeededSamples, resolve_pipeline, transform_names
 from .rundir import (
@@ -100,20 +101,30 @@ def epoch_seed(seed: int, epoch: int) -> int:
     return (seed * 1_000_003 + epoch * 7919 + 17) % 2**63
 
 
+def transform(config: Config, name: str):
+    """The transform registered as ``name``, at ``data.image_size`` when that is set (for the
+    large-scale recipes: crop ``size``; the test recipe resizes to ``size * 256 / 224`` first)."""
+    size = config.data.image_size
+    if not size:
+        return build_transform(name)
+    accepted = inspect.signature(TRANSFORMS.lookup(name)).parameters
+    options = {k: v for k, v in (("size", size), ("crop", size), ("resize", round(size * 256 / 224)))
+               if k in accepted}
+    if not options:
+        raise ConfigError(f"data.image_size: the transform {name!r} of {config.data.name} has a fixed size; "
+                          "leave data.image_size at 0")
+    return build_transform(name, **options)
+
+
 def view_transform(config: Config, views: tuple[str, ...]):
     """The training transform for a method's views: one transform, or ``MultiView``."""
-    transforms = [build_transform(n) for n in transform_names(config, views)]
+    transforms = [transform(config, n) for n in transform_names(config, views)]
     return transforms[0] if len(transforms) == 1 else MultiView(transforms)
 
 
 def dataset_options(config: Config) -> dict:
     """``data.split_dir`` / ``skip_corrupt`` / ``decode`` for the data sets that take them
     (the split-file ones); set to a non-default value for another data set: an error."""
-    import inspect
-
-    from ..data import DATASETS
-    from .config import ConfigError, DataConfig
-
     d = config.data
     accepted = inspect.signature(DATASETS.lookup(d.name)).parameters
     options = {"split_dir": d.split_dir, "skip_corrupt": d.skip_corrupt, "decode": d.decode}
@@ -133,7 +144,7 @@ def load_datasets(config: Config, views: tuple[str, ...], train: bool = True) ->
         if train else None
     )
     test_set = create_dataset(
-        d.name, d.root, train=False, transform=build_transform(info["test_transform"]), **common
+        d.name, d.root, train=False, transform=transform(config, info["test_transform"]), **common
     )
     return train_set, test_set
 
@@ -300,6 +311,8 @@ class Trainer:
         self.device = pick_device(t.device, int(os.environ.get("LOCAL_RANK", "0")))
         self.dist = init_distributed(self.device)
         _configure_backends(t.deterministic, self.device)
+        if t.sync_bn and self.dist.enabled and self.device.type != "cuda":
+            raise ConfigError("train.sync_bn needs CUDA devices (PyTorch's SyncBatchNorm); on the CPU leave it off")
         if config.optim.batch_size % self.dist.world_size:
             raise ValueError(
                 f"optim.batch_size={config.optim.batch_size} is the global batch and must divide "
@@ -357,7 +370,7 @@ class Trainer:
         self.finished_metrics: dict | None = None
         if state is not None:
             self._restore(state)
-        self.model = _wrap(self.method, self.dist, self.device)
+        self.model = _wrap(self.method, self.dist, self.device, t.sync_bn)
         if t.compile:
             self.model = compile_model(self.model, self.device, self.log)
         self._writer = None
@@ -730,12 +743,17 @@ def _configure_backends(deterministic: bool, device: torch.device) -> None:
         torch.backends.cudnn.benchmark = True  # autotune convolutions for the fixed input size
 
 
-def _wrap(method: Method, dist_info: DistInfo, device: torch.device) -> torch.nn.Module:
-    """The module the step calls: ``DistributedDataParallel`` under torchrun."""
+def _wrap(method: Method, dist_info: DistInfo, device: torch.device, sync_bn: bool = False) -> torch.nn.Module:
+    """The module the step calls: ``DistributedDataParallel`` under torchrun, with
+    ``SyncBatchNorm`` (statistics of the global batch; the parameters stay the same objects)
+    when ``sync_bn``."""
     if not dist_info.enabled:
         return method
     from torch.nn.parallel import DistributedDataParallel
 
+    if sync_bn:
+        for name, child in list(method.named_children()):
+            setattr(method, name, torch.nn.SyncBatchNorm.convert_sync_batchnorm(child))
     return DistributedDataParallel(method, device_ids=[device.index] if device.type == "cuda" else None)
 
 
