@@ -1,4 +1,4 @@
-"""Command line: ``dbm-ltr train | eval | reproduce | demo | analyze | report | sweep``.
+"""Command line: ``dbm-ltr train | presets | eval | reproduce | demo | analyze | report | sweep``.
 
 Errors a user can fix (bad config, missing data set, unusable checkpoint) are printed as one
 line and exit with status 2; set ``DBM_LTR_DEBUG=1`` to see the traceback instead.
@@ -11,6 +11,8 @@ import json
 import os
 import sys
 from pathlib import Path
+
+from .errors import DbmLtrError
 
 __all__ = ["main"]
 
@@ -56,7 +58,9 @@ def cmd_train(args) -> int:
 def cmd_eval(args) -> int:
     from .data import DATASET_INFO
     from .engine.checkpoint import load_checkpoint
+    from .engine.distributed import loader_workers
     from .engine.pipeline import EvalBatches, resolve_pipeline
+    from .engine.rundir import CHECKPOINT
     from .engine.trainer import (
         evaluate_method,
         format_groups,
@@ -64,20 +68,23 @@ def cmd_eval(args) -> int:
         restore_method,
     )
 
-    state = load_checkpoint(args.checkpoint)
-    config, method = restore_method(state, _overrides(args), source=str(args.checkpoint))
+    path = Path(args.checkpoint)
+    if path.is_dir():  # a run directory
+        path = path / CHECKPOINT
+    state = load_checkpoint(path)
+    config, method = restore_method(state, _overrides(args), source=str(path), run_dir=path.parent)
     _, test_set = load_datasets(config, ("regular",), train=False)
     counts = [int(n) for n in state["cls_num_list"]]
     device = next(method.parameters()).device
     d = config.data
     batches = EvalBatches(
         test_set, DATASET_INFO[d.name]["test_transform"], d.eval_batch_size, device,
-        resolve_pipeline(config, ("regular",), device), d.workers,
+        resolve_pipeline(config, ("regular",), device), loader_workers(d.workers),
     )
-    result = evaluate_method(method, batches, counts, len(counts), device, config.train.amp)
+    result = evaluate_method(method, batches, counts, len(counts), device, config.train.amp, progress=True)
     result["epoch"] = state["epoch"]
     result["reported"] = f"checkpoint after epoch {state['epoch']}"
-    out = Path(args.out) if args.out else Path(args.checkpoint).with_name("eval.json")
+    out = Path(args.out) if args.out else path.with_name("eval.json")
     out.write_text(json.dumps(result, indent=2))
     print(format_groups(result))
     print(f"written: {out}")
@@ -119,7 +126,10 @@ def cmd_report(args) -> int:
         write_report,
     )
 
-    rows = summarize_runs(expand_run_dirs(args.runs))
+    skipped: list[str] = []
+    rows = summarize_runs(expand_run_dirs(args.runs), skipped)
+    for line in skipped:
+        print(f"dbm-ltr report: {line}", file=sys.stderr)
     print(report_markdown(rows), end="")
     if args.out:
         md, table = write_report(rows, args.out)
@@ -198,66 +208,113 @@ def cmd_reproduce(args) -> int:
     return 0
 
 
+def cmd_presets(args) -> int:
+    import yaml
+
+    from .engine.config import preset_dir
+
+    root = preset_dir()
+    shown = 0
+    for path in sorted(root.rglob("*.yaml")):
+        name = str(path.relative_to(root).with_suffix(""))
+        if args.filter not in name:
+            continue
+        text = path.read_text()
+        about = next((line[2:].strip() for line in text.splitlines() if line.startswith("# ")), "")
+        paper = (yaml.safe_load(text) or {}).get("paper") or {}
+        top1 = paper.get("top1")
+        if isinstance(top1, dict):
+            numbers = ", ".join(f"IF {float(k):g}: {v}" for k, v in top1.items())
+        else:
+            numbers = "" if top1 is None else f"{top1}"
+        print(f"{name:32s} {('paper top-1 ' + numbers) if numbers else 'no paper number':42s} {about[:90]}")
+        shown += 1
+    if not shown:
+        print(f"no preset matches {args.filter!r}", file=sys.stderr)
+        return 1
+    return 0
+
+
 DEMO_PRESETS = ("ce", "dbm_ce", "bs", "dbm_bs")
 
 
 def cmd_demo(args) -> int:
     import shutil
-    import statistics
 
+    from .analysis.report import compact_table, summarize_runs
     from .engine import Trainer, load_config
 
-    seeds = list(range(args.seeds))
-    results: dict[str, list[dict]] = {p: [] for p in DEMO_PRESETS}
-    for preset in DEMO_PRESETS:
-        for seed in seeds:
-            overrides = [f"train.seed={seed}"] + ([f"optim.epochs={args.epochs}"] if args.epochs else [])
-            run = Path(args.out) / f"{preset}_seed{seed}"
-            if run.exists():
-                shutil.rmtree(run)
-            metrics = Trainer(load_config(f"demo/{preset}", overrides), run, log=lambda m: None).fit()
-            results[preset].append(metrics)
-        seconds = sum(m["train_seconds"] for m in results[preset])
-        print(f"  trained {preset:7s} x{len(seeds)} seeds in {seconds:.1f}s", flush=True)
+    out = Path(args.out)
+    plan = [(preset, seed) for preset in DEMO_PRESETS for seed in range(args.seeds)]
+    earlier = [out / f"{p}_seed{s}" for p, s in plan if (out / f"{p}_seed{s}").exists()]
+    if earlier:
+        print(f"replacing {len(earlier)} earlier demo run(s) in {out}")
+    epochs = args.epochs or load_config(f"demo/{DEMO_PRESETS[0]}").optim.epochs
+    print(f"training {', '.join(_label(p) for p in DEMO_PRESETS)} on long-tailed digits, {args.seeds} "
+          f"seed(s) each: {len(plan)} runs of {epochs} epochs into {out}", flush=True)
+    for k, (preset, seed) in enumerate(plan, 1):
+        overrides = [f"train.seed={seed}"] + ([f"optim.epochs={args.epochs}"] if args.epochs else [])
+        run = out / f"{preset}_seed{seed}"
+        if run.exists():
+            shutil.rmtree(run)
+        metrics = Trainer(load_config(f"demo/{preset}", overrides), run, log=lambda m: None).fit()
+        print(f"  [{k}/{len(plan)}] {_label(preset):7s} seed {seed}: top-1 {metrics['top1']:.2f}% "
+              f"({metrics['train_seconds']:.1f}s)", flush=True)
 
-    first = results[DEMO_PRESETS[0]][0]
+    rows = summarize_runs([out / f"{p}_seed{s}" for p, s in plan])
+    first = json.loads((out / f"{plan[0][0]}_seed{plan[0][1]}" / "metrics.json").read_text())
     print(f"\nLong-tailed digits (scikit-learn 8x8, IF {first['imbalance_factor']:g}, train counts "
           f"{first['cls_num_list']}),\nbalanced test set (50 a class). Final-epoch accuracy (%), "
-          f"mean +- std over {len(seeds)} seeds:")
-    print(f"  {'method':8s} {'top-1':>13s} {'many':>13s} {'medium':>13s} {'few':>13s}")
-    for preset in DEMO_PRESETS:
-        cells = []
-        for key in ("top1", "many", "medium", "few"):
-            values = [m[key] for m in results[preset] if m[key] is not None]
-            if not values:
-                cells.append(f"{'-':>13s}")
-                continue
-            std = statistics.stdev(values) if len(values) > 1 else 0.0
-            cells.append(f"{statistics.mean(values):>6.2f} +- {std:4.2f}")
-        print(f"  {preset.upper().replace('_', '-'):8s} " + " ".join(cells))
-    print(f"\nrun directories: {args.out}/<preset>_seed<k>/ (metrics.json, per_class_accuracy.png)")
+          f"mean +- std over {args.seeds} seed(s):")
+    print(compact_table(rows, label=lambda row: _label(row.preset)))
+    print(f"\nrun directories: {out}/<preset>_seed<k>/ (metrics.json, per_class_accuracy.png)")
     return 0
 
 
-class _UsageError(ValueError):
-    pass
+def _label(preset: str) -> str:
+    """``demo/dbm_ce`` -> ``DBM-CE``."""
+    return preset.split("/")[-1].upper().replace("_", "-")
+
+
+class _UsageError(DbmLtrError):
+    """A command line that cannot work (e.g. --resume without a run)."""
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from . import __version__
+
     parser = argparse.ArgumentParser(
         prog="dbm-ltr", description="Difficulty-aware Balancing Margin loss for long-tailed recognition",
     )
+    parser.add_argument("--version", action="version", version=f"dbm-ltr {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser("train", help="train a config or preset into a run directory")
-    p.add_argument("--config", help="YAML file or preset name (e.g. cifar10_lt/dbm_ce)")
-    p.add_argument("--out", required=True, help="run directory")
-    p.add_argument("--resume", action="store_true", help="continue the run in --out")
+    p = sub.add_parser(
+        "train", help="train a config or preset into a run directory",
+        description="Train a config file or preset into a run directory (config.yaml, checkpoints, "
+        "log.jsonl, metrics.json). Presets: dbm-ltr presets (e.g. cifar10_lt/dbm_bs); every "
+        "setting is a key of the config's sections data, model, method, loss, optim, train, "
+        "changed with --set section.key=value (an unknown key is an error that lists the valid ones).",
+        epilog="example: dbm-ltr train --config cifar10_lt/dbm_ce --out runs/c10_dbm_ce --set "
+        "data.root=../shared/data optim.epochs=30",
+    )
+    p.add_argument("--config", help="YAML file or preset name (dbm-ltr presets lists them)")
+    p.add_argument("--out", required=True, help="run directory (new, empty, or a run to --resume)")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint")
     _add_set(p)
     p.set_defaults(func=cmd_train)
 
+    p = sub.add_parser(
+        "presets", help="list the presets with the paper's numbers",
+        description="The shipped presets (usable as --config NAME), one line each: what they train "
+        "and the paper's top-1 they are compared with.",
+    )
+    p.add_argument("filter", nargs="?", default="", help="show only presets whose name contains this")
+    p.set_defaults(func=cmd_presets)
+
     p = sub.add_parser("eval", help="evaluate a checkpoint on its test set")
-    p.add_argument("--checkpoint", required=True)
+    p.add_argument("--checkpoint", required=True,
+                   help="a run directory or a checkpoint file written by dbm-ltr train")
     p.add_argument("--out", help="where to write the JSON result (default: eval.json beside it)")
     _add_set(p)
     p.set_defaults(func=cmd_eval)
@@ -290,7 +347,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser(
         "demo", help="offline demo: CE, DBM-CE, BS, DBM-BS on long-tailed digits (under a minute)"
     )
-    p.add_argument("--out", default="runs/demo")
+    p.add_argument("--out", default="runs/demo",
+                   help="folder of the demo's run directories (default runs/demo; earlier demo runs there "
+                   "are replaced)")
     p.add_argument("--epochs", type=int, default=0, help="override the presets' 30 epochs")
     p.add_argument("--seeds", type=int, default=3, help="seeds per method (default 3)")
     p.set_defaults(func=cmd_demo)
@@ -354,14 +413,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from .data import DatasetNotFoundError
-    from .engine import CheckpointError, ConfigError, TrainingError
+    args = build_parser().parse_args(argv)  # before any heavy import: --help and usage errors are instant
     from .engine.trainer import Interrupted
 
-    args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (ConfigError, CheckpointError, DatasetNotFoundError, TrainingError, ValueError) as err:
+    except DbmLtrError as err:  # anything else is a bug: its traceback is shown
         if os.environ.get("DBM_LTR_DEBUG"):
             raise
         print(f"dbm-ltr {args.command}: error: {err}", file=sys.stderr)

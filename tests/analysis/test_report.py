@@ -74,20 +74,26 @@ def test_other_settings_and_imbalance_factors_stay_apart(runs, tmp_path):
     assert "| settings |" in report_markdown(rows)
 
 
-def test_missing_metrics_is_an_error_naming_the_run(runs, tmp_path, capsys):
+def test_unfinished_runs_and_other_folders_are_skipped_with_a_line(runs, tmp_path, capsys):
     unfinished = write_run(tmp_path / "unfinished", "cifar100_lt/bs", 2, None, metrics=False)
     with pytest.raises(RunError, match="unfinished has no metrics.json"):
-        summarize_runs(runs + [unfinished])
-    assert cli.main(["report", *map(str, runs), str(unfinished)]) == 2
+        summarize_runs(runs + [unfinished])  # the library call without a skip list: an error
+    compare = tmp_path / "compare"  # an analysis folder, as the README's sequence writes it
+    compare.mkdir()
+    (compare / "analysis.md").write_text("# analysis\n")
+    assert cli.main(["report", *map(str, runs), str(unfinished), str(compare)]) == 0
     captured = capsys.readouterr()
-    assert captured.out == ""  # nothing printed before the error
+    assert "| cifar100_lt/dbm_bs | 100 | 2 |" in captured.out  # the finished runs are reported
     err = captured.err.strip().splitlines()
-    assert len(err) == 1 and err[0].startswith("dbm-ltr report: error: ") and str(unfinished) in err[0]
+    assert len(err) == 2
+    assert err[0].startswith("dbm-ltr report: skipped ") and "unfinished has no metrics.json" in err[0]
+    assert "compare is not a run directory" in err[1]
 
 
 def test_missing_and_foreign_folders(tmp_path, capsys):
     assert cli.main(["report", str(tmp_path / "gone")]) == 2
-    assert "no such run directory" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "no finished run among the folders given" in err and "no such run directory" in err
     (tmp_path / "empty").mkdir()
     assert cli.main(["report", str(tmp_path / "empty")]) == 2
     assert "is not a run directory" in capsys.readouterr().err

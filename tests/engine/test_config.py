@@ -57,7 +57,7 @@ def test_overrides_dotted_bare_and_yaml_values():
     (["epoch=3"], r"unknown override key 'epoch' \(did you mean 'epochs'\?\)"),
     (["seed=3"], r"ambiguous: write one of data.seed, train.seed"),
     (["optim.epochs"], r"must look like key=value"),
-    (["optim.warmup_epochs=300"], r"warmup_epochs must be in \[0, epochs\]"),
+    (["optim.warmup_epochs=-1"], r"warmup_epochs must be >= 0"),
     (["data.imbalance_factor=0.5"], r"imbalance_factor must be >= 1"),
     (["model.classifier=norm"], r"model.classifier must be linear or cosine"),
     (["data.name=cifar10"], r"data.name: unknown 'cifar10' \(did you mean 'cifar10_lt'\?\)"),

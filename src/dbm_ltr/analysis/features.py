@@ -57,7 +57,7 @@ def load_run_method(run_dir: str | Path, overrides: Sequence[str] = (), device: 
     from ..engine.trainer import restore_method
 
     state = load_run_state(run_dir)
-    config, method = restore_method(state, overrides, device, source=str(Path(run_dir) / CHECKPOINT))
+    config, method = restore_method(state, overrides, device, source=str(Path(run_dir) / CHECKPOINT), run_dir=run_dir)
     return config, method, state
 
 
@@ -113,6 +113,7 @@ def run_features(
     """Rebuild a run's method and extract features, labels, predictions and class weights on
     ``split`` (``test`` or ``train``; the training split without augmentation)."""
     from ..data import DATASET_INFO, create_dataset
+    from ..engine.distributed import loader_workers
     from ..engine.trainer import dataset_options, transform
 
     if split not in SPLITS:
@@ -133,7 +134,7 @@ def run_features(
     if epoch < planned:
         notes.append(f"unfinished run: checkpoint after epoch {epoch}/{planned}")
     features, labels, predictions = extract_features(
-        method, dataset, batch_size or d.eval_batch_size, d.workers,
+        method, dataset, batch_size or d.eval_batch_size, loader_workers(d.workers),
     )
     with torch.no_grad():
         weights = method.class_weights().detach().float().cpu().clone()

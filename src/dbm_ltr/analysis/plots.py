@@ -105,9 +105,11 @@ def plot_accuracy_vs_count(
     plain = FuncFormatter(lambda v, _: f"{v:g}")
     ax.xaxis.set_major_formatter(plain)
     ax.xaxis.set_minor_formatter(FuncFormatter(lambda v, _: f"{v:g}" if highest / lowest < 20 else ""))
-    for boundary in (few_threshold, many_threshold + 0.5):
+    boundaries = [(few_threshold, f"Few | Medium ({few_threshold} images)"),
+                  (many_threshold + 0.5, f"Medium | Many (over {many_threshold} images)")]
+    for (boundary, label), style in zip(boundaries, ("--", ":")):
         if lowest <= boundary <= highest:
-            ax.axvline(boundary, color="grey", linestyle="--", linewidth=0.8)
+            ax.axvline(boundary, color="grey", linestyle=style, linewidth=0.9, label=label)
     ax.set_xlabel("training images of the class (log scale)")
     ax.set_ylabel("accuracy (%)")
     ax.set_ylim(-3, 103)

@@ -18,7 +18,7 @@ import json
 import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 from ..engine.config import flatten_config
 from ..engine.rundir import RESUMABLE_DIFFERENCES
@@ -28,6 +28,7 @@ from .runs import RunError, read_metrics, read_run_config
 __all__ = [
     "METRICS_REPORTED",
     "ReportRow",
+    "compact_table",
     "expand_run_dirs",
     "report_csv",
     "report_markdown",
@@ -62,6 +63,8 @@ class ReportRow:
     best: dict[str, list[float]] = field(default_factory=dict)
     #: the preset's own number of epochs, when the preset is known (to mark short runs)
     recipe_epochs: int | None = None
+    #: ``data.limit`` of the runs (training images kept), ``None`` for the whole split
+    limit: int | None = None
 
     @property
     def n(self) -> int:
@@ -87,15 +90,18 @@ class ReportRow:
 
     @property
     def short(self) -> bool:
-        """Trained for fewer epochs than its preset's recipe."""
-        return self.recipe_epochs is not None and any(
+        """Trained for fewer epochs than its preset's recipe, or on part of the training split."""
+        return bool(self.limit) or self.recipe_epochs is not None and any(
             e is not None and e < self.recipe_epochs for e in self.epochs
         )
 
     def epochs_text(self) -> str:
         known = sorted({e for e in self.epochs if e is not None})
         text = "/".join(str(e) for e in known) or "-"
-        return f"{text} (short; recipe {self.recipe_epochs})" if self.short else text
+        marks = ([f"recipe {self.recipe_epochs}"] if self.recipe_epochs and any(
+            e is not None and e < self.recipe_epochs for e in self.epochs) else [])
+        marks += [f"{self.limit} training images"] if self.limit else []
+        return f"{text} (short; {', '.join(marks)})" if marks else text
 
 
 def expand_run_dirs(paths: Sequence[str | Path]) -> list[Path]:
@@ -126,14 +132,23 @@ def _format_value(value: str) -> str:
     return parsed if isinstance(parsed, str) else json.dumps(parsed)
 
 
-def summarize_runs(run_dirs: Sequence[str | Path]) -> list[ReportRow]:
-    """Group runs (seeds of one recipe) and collect their metrics; every directory is read
-    before anything is returned, so one unfinished run stops the report with its name."""
+def summarize_runs(run_dirs: Sequence[str | Path], skipped: list[str] | None = None) -> list[ReportRow]:
+    """Group runs (seeds of one recipe) and collect their metrics.
+
+    A folder that is not a finished run (no ``metrics.json``, not a run at all) is an error
+    naming it, or, when a ``skipped`` list is given, left out with one line appended there
+    saying why; an error then only if no finished run remains."""
     if not run_dirs:
         raise ValueError("no run directories given")
     loaded = []
     for run in run_dirs:
-        metrics = read_metrics(run)
+        try:
+            metrics = read_metrics(run)
+        except RunError as err:
+            if skipped is None:
+                raise
+            skipped.append(f"skipped {err}")
+            continue
         config = read_run_config(run)
         preset = metrics.get("preset") or (config or {}).get("name") or Path(run).name
         imbalance = metrics.get("imbalance_factor")
@@ -142,6 +157,8 @@ def summarize_runs(run_dirs: Sequence[str | Path]) -> list[ReportRow]:
         seed = ((config or {}).get("train") or {}).get("seed")
         loaded.append((str(run), metrics, preset, imbalance, seed, _settings_signature(config)))
 
+    if not loaded:
+        raise RunError("no finished run among the folders given (" + "; ".join(skipped or []) + ")")
     groups: dict[tuple, list] = {}
     for item in loaded:
         _, _, preset, imbalance, _, signature = item
@@ -178,6 +195,7 @@ def summarize_runs(run_dirs: Sequence[str | Path]) -> list[ReportRow]:
             epochs=[metrics.get("epoch") for _, metrics, *_ in items],
             best={m: [float(b[m]) for b in bests if b.get(m) is not None] for m in METRICS_REPORTED},
             recipe_epochs=_recipe_epochs(str(preset)),
+            limit=next((m.get("limit") for _, m, *_ in items if m.get("limit")), None),
         ))
     return rows
 
@@ -238,8 +256,9 @@ def report_markdown(rows: Sequence[ReportRow], title: str = "") -> str:
             "a like-for-like comparison with the paper.",
         ]
     if any(r.short for r in rows):
-        lines += ["", "Short runs (fewer epochs than the preset's recipe) are marked in the "
-                  "epochs column; their numbers are not comparable with the paper's."]
+        lines += ["", "Short runs (fewer epochs than the preset's recipe, or part of the training "
+                  "split: data.limit) are marked in the epochs column; their numbers are not "
+                  "comparable with the paper's."]
     lines += [
         "",
         "| " + " | ".join(header) + " |",
@@ -262,6 +281,20 @@ def report_markdown(rows: Sequence[ReportRow], title: str = "") -> str:
             lines += ["", f"Note: {r.preset} (IF {_if_text(r.imbalance_factor)}) averages runs that "
                       f"share a seed (seeds {', '.join(str(s) for s in r.seeds)})."]
     return "\n".join(lines) + "\n"
+
+
+def compact_table(rows: Sequence[ReportRow], label: Callable[[ReportRow], str] = lambda r: r.preset) -> str:
+    """Top-1 and Many / Medium / Few of each row, mean +- std over its seeds, as an aligned
+    plain-text table (the demo's summary)."""
+    width = max([6] + [len(label(r)) for r in rows])
+    lines = [f"  {'method':{width}s} " + " ".join(f"{_TITLES[m]:>13s}" for m in METRICS_REPORTED)]
+    for r in rows:
+        cells = []
+        for m in METRICS_REPORTED:
+            mean, std = r.mean(m), r.std(m)
+            cells.append(f"{'-':>13s}" if mean is None else f"{mean:>6.2f} +- {std or 0.0:4.2f}")
+        lines.append(f"  {label(r):{width}s} " + " ".join(cells))
+    return "\n".join(lines)
 
 
 def report_csv(rows: Sequence[ReportRow], path: str | Path) -> Path:

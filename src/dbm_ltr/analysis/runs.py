@@ -9,6 +9,7 @@ from typing import Any, Sequence
 import yaml
 
 from ..engine.rundir import CHECKPOINT, CONFIG, METRICS, is_run_dir
+from ..errors import DbmLtrError
 
 __all__ = [
     "RunError",
@@ -20,7 +21,7 @@ __all__ = [
 
 
 
-class RunError(ValueError):
+class RunError(DbmLtrError, ValueError):
     """A folder that cannot be used as a run directory; the message names it and says why."""
 
 

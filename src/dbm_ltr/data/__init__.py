@@ -27,7 +27,13 @@ from .cifar import CIFAR10_CLASSES, CIFAR100_CLASSES, LongTailCIFAR10, LongTailC
 from .digits import LongTailDigits
 from .errors import DatasetNotFoundError
 from .fastjpeg import CorruptImageError, EncodedBatch, EncodedImage, ImageReadError, MissingImageError
-from .longtail import check_imbalance_factor, long_tail_counts, select_long_tail_indices
+from .longtail import (
+    LimitedDataset,
+    check_imbalance_factor,
+    limit_indices,
+    long_tail_counts,
+    select_long_tail_indices,
+)
 from . import splitfile as _splitfile
 from .splitfile import INaturalist2018, ImageNetLT, PlacesLT, SplitFileDataset, SplitFileError
 from .transforms import (
@@ -77,6 +83,7 @@ __all__ = [
     "EnsureTensor",
     "LongTailCIFAR10",
     "LongTailCIFAR100",
+    "LimitedDataset",
     "LongTailDigits",
     "MultiView",
     "RandomGaussianBlur",
@@ -87,6 +94,7 @@ __all__ = [
     "cifar_train_transform",
     "create_dataset",
     "list_datasets",
+    "limit_indices",
     "list_transforms",
     "long_tail_counts",
     "register_dataset",

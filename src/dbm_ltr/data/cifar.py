@@ -30,7 +30,7 @@ import numpy as np
 from PIL import Image
 from torch.utils.data import Dataset
 
-from .errors import DatasetNotFoundError
+from .errors import DataError, DatasetNotFoundError
 from .longtail import check_imbalance_factor, long_tail_counts, select_long_tail_indices
 
 __all__ = [
@@ -65,14 +65,14 @@ CIFAR100_CLASSES: tuple[str, ...] = (
 
 def _check_labels(labels: np.ndarray, num_classes: int, where: str) -> np.ndarray:
     if labels.ndim != 1:
-        raise ValueError(f"{where}: 'labels' must be 1-D, got shape {labels.shape}")
+        raise DataError(f"{where}: 'labels' must be 1-D, got shape {labels.shape}")
     if labels.size and not np.issubdtype(labels.dtype, np.integer):
-        raise ValueError(f"{where}: 'labels' must be integers, got dtype {labels.dtype}")
+        raise DataError(f"{where}: 'labels' must be integers, got dtype {labels.dtype}")
     labels = labels.astype(np.int64, copy=False)
     if labels.size:
         lo, hi = int(labels.min()), int(labels.max())
         if lo < 0 or hi >= num_classes:
-            raise ValueError(
+            raise DataError(
                 f"{where}: labels out of range: found {lo}..{hi}, valid 0..{num_classes - 1} "
                 f"({num_classes} classes)"
             )
@@ -111,7 +111,7 @@ class _LongTailCIFAR(Dataset):
         if self.train:
             n_max = len(labels) // C
             if n_max < 1:
-                raise ValueError(
+                raise DataError(
                     f"{self.dataset_name} train split ({self.source}) has only {len(labels)} images, "
                     f"fewer than its {C} classes"
                 )
@@ -119,7 +119,7 @@ class _LongTailCIFAR(Dataset):
             empty = [c for c, n in enumerate(counts) if n == 0]
             if empty:
                 named = ", ".join(f"{c} ({classes[c]})" for c in empty[:5])
-                raise ValueError(
+                raise DataError(
                     f"{self.dataset_name} train split ({self.source}, {n_max} images a class) at "
                     f"imbalance factor {self.imbalance_factor:g} leaves class(es) {named} without "
                     f"training images (n_c = int({n_max} * (1/IF)^(c/{C - 1}))); lower "
@@ -199,13 +199,13 @@ class _LongTailCIFAR(Dataset):
         try:
             archive = np.load(path, allow_pickle=False)
         except (OSError, ValueError, zipfile.BadZipFile, EOFError) as err:
-            raise ValueError(f"{where}: cannot read as a .npz archive ({err})") from None
+            raise DataError(f"{where}: cannot read as a .npz archive ({err})") from None
         if not isinstance(archive, np.lib.npyio.NpzFile):
-            raise ValueError(f"{where}: expected a .npz archive (np.savez), got a single array")
+            raise DataError(f"{where}: expected a .npz archive (np.savez), got a single array")
         with archive:
             missing = [k for k in ("images", "labels") if k not in archive.files]
             if missing:
-                raise ValueError(
+                raise DataError(
                     f"{where}: missing array(s) {missing}; found {sorted(archive.files)} "
                     f"(need 'images' (N,32,32,3) uint8 and 'labels' (N,) int)"
                 )
@@ -214,14 +214,14 @@ class _LongTailCIFAR(Dataset):
                 labels = archive["labels"]
                 classes = archive["classes"] if "classes" in archive.files else None
             except (ValueError, OSError, zipfile.BadZipFile) as err:
-                raise ValueError(f"{where}: cannot read its arrays ({err})") from None
+                raise DataError(f"{where}: cannot read its arrays ({err})") from None
 
         if images.ndim != 4 or images.shape[1:] != (32, 32, 3):
-            raise ValueError(f"{where}: 'images' must have shape (N, 32, 32, 3), got {images.shape}")
+            raise DataError(f"{where}: 'images' must have shape (N, 32, 32, 3), got {images.shape}")
         if images.dtype != np.uint8:
-            raise ValueError(f"{where}: 'images' must be uint8 (0..255 RGB), got dtype {images.dtype}")
+            raise DataError(f"{where}: 'images' must be uint8 (0..255 RGB), got dtype {images.dtype}")
         if labels.ndim != 1 or labels.shape[0] != images.shape[0]:
-            raise ValueError(
+            raise DataError(
                 f"{where}: label count mismatch: {images.shape[0]} images but 'labels' has shape "
                 f"{labels.shape}"
             )
@@ -231,7 +231,7 @@ class _LongTailCIFAR(Dataset):
             names = list(self.default_classes)
         else:
             if classes.ndim != 1 or classes.shape[0] != self.num_classes:
-                raise ValueError(
+                raise DataError(
                     f"{where}: 'classes' must list {self.num_classes} names, got shape {classes.shape}"
                 )
             names = [str(c) for c in classes.tolist()]

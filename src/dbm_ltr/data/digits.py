@@ -20,6 +20,8 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from ..errors import MissingDependencyError
+
 from .longtail import check_imbalance_factor, long_tail_counts, select_long_tail_indices
 
 __all__ = ["LongTailDigits", "digits_split"]
@@ -31,7 +33,7 @@ def _load_digits() -> tuple[np.ndarray, np.ndarray]:
     try:
         from sklearn.datasets import load_digits
     except ImportError as err:
-        raise ImportError(
+        raise MissingDependencyError(
             "the digits demo data set needs scikit-learn: pip install scikit-learn "
             "(or pip install 'dbm-ltr[demo]')"
         ) from err

@@ -1,13 +1,5 @@
-"""Errors of the data package."""
+"""Errors of the data package (defined in :mod:`dbm_ltr.errors`)."""
 
-from __future__ import annotations
+from ..errors import DataError, DatasetNotFoundError
 
-__all__ = ["DatasetNotFoundError"]
-
-
-class DatasetNotFoundError(FileNotFoundError):
-    """A data set is not on disk in any supported format (and was not downloaded).
-
-    The message names the data set, the absolute root searched, the file and folder names
-    looked for, and how to obtain the data.
-    """
+__all__ = ["DataError", "DatasetNotFoundError"]

@@ -71,6 +71,8 @@ import torch
 import torch.nn.functional as F
 from PIL import Image, UnidentifiedImageError
 
+from ..errors import DataError
+
 __all__ = [
     "CorruptImageError",
     "EncodedBatch",
@@ -96,7 +98,7 @@ DCT_FACTORS = (8, 4, 2, 1)
 _JPEG_SOI = b"\xff\xd8\xff"
 
 
-class ImageReadError(OSError, ValueError):
+class ImageReadError(DataError, OSError):
     """An image of a data set cannot be read; the message names the file. (Also a
     ``ValueError``, so the CLI reports it as a data error; ``ImageReadError(message)`` alone
     works too, as the ``DataLoader`` re-raises a worker's exception.)"""

@@ -1,4 +1,5 @@
-"""Long-tailed subsampling of a balanced data set (SPEC 4.1).
+"""Long-tailed subsampling of a balanced data set (the LDAM-DRW protocol), and smaller
+subsets that keep the class proportions (``data.limit``).
 
 Per-class counts follow an exponential profile::
 
@@ -18,7 +19,15 @@ from typing import Sequence
 
 import numpy as np
 
-__all__ = ["check_imbalance_factor", "long_tail_counts", "select_long_tail_indices"]
+from ..errors import ConfigError
+
+__all__ = [
+    "LimitedDataset",
+    "check_imbalance_factor",
+    "limit_indices",
+    "long_tail_counts",
+    "select_long_tail_indices",
+]
 
 
 def check_imbalance_factor(imbalance_factor: object) -> float:
@@ -114,3 +123,60 @@ def select_long_tail_indices(
         rng.shuffle(idx)
         selected.append(idx[:n_c])
     return np.concatenate(selected).astype(np.int64, copy=False)
+
+
+def limit_indices(targets: Sequence[int], limit: int, num_classes: int | None = None) -> np.ndarray:
+    """Positions of at most ``limit`` samples that keep the class proportions of ``targets``
+    and every class: class ``c`` keeps ``max(1, floor(n_c * limit / N))`` of its samples (the
+    largest classes give some back if the floors of 1 overshoot), the first ones in order.
+
+    Raises:
+        ValueError: ``limit`` smaller than the number of classes present.
+    """
+    targets = np.asarray(targets, dtype=np.int64)
+    counts = np.bincount(targets, minlength=num_classes or 0)
+    present = np.flatnonzero(counts)
+    if limit >= len(targets):
+        return np.arange(len(targets))
+    if limit < len(present):
+        raise ConfigError(
+            f"data.limit={limit} cannot keep all {len(present)} classes of the training set (one image "
+            f"each at least); use data.limit >= {len(present)} or 0 for the whole set"
+        )
+    quota = np.zeros_like(counts)
+    quota[present] = np.maximum(1, counts[present] * limit // len(targets))
+    while quota.sum() > limit:  # the floors of 1 overshoot: the largest classes give back
+        quota[np.argmax(quota)] -= 1
+    keep = [np.flatnonzero(targets == c)[: quota[c]] for c in present]
+    return np.sort(np.concatenate(keep))
+
+
+class LimitedDataset:
+    """The samples ``indices`` of ``dataset`` (``data.limit``): ``targets``, ``cls_num_list``
+    and, for in-memory data sets, ``data`` follow the selection; every other attribute is the
+    data set's own."""
+
+    def __init__(self, dataset, indices: np.ndarray, limit: int) -> None:
+        self.dataset = dataset
+        self.indices = np.asarray(indices, dtype=np.int64)
+        self.limit = limit
+        full = np.asarray(dataset.targets, dtype=np.int64)
+        self.targets = full[self.indices].tolist()
+        self.cls_num_list = np.bincount(self.targets, minlength=len(dataset.cls_num_list)).astype(int).tolist()
+        data = getattr(dataset, "data", None)
+        if isinstance(data, np.ndarray) and len(data) == len(full):
+            self.data = data[self.indices]
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, index: int):
+        return self.dataset[int(self.indices[index])]
+
+    def __getattr__(self, name: str):
+        if name == "dataset":  # not set yet (unpickling)
+            raise AttributeError(name)
+        return getattr(self.dataset, name)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.dataset!r}, limit={self.limit}, size={len(self)})"

@@ -39,6 +39,8 @@ from typing import Any, Callable, Optional, Sequence
 import numpy as np
 from PIL import Image, ImageEnhance, ImageOps
 
+from ..errors import MissingDependencyError
+
 __all__ = ["RAND_AUGMENT_OPS", "RandAugmentPIL", "parse_rand_augment", "rand_augment", "timm_available"]
 
 RAND_AUGMENT_OPS = (
@@ -186,6 +188,6 @@ def rand_augment(
         try:
             from timm.data.auto_augment import rand_augment_transform
         except ImportError:
-            raise ImportError("rand_augment(use_timm=True) needs timm: pip install 'dbm-ltr[timm]'") from None
+            raise MissingDependencyError("rand_augment(use_timm=True) needs timm: pip install 'dbm-ltr[timm]'") from None
         return rand_augment_transform(config, {"translate_const": int(translate_const), "img_mean": tuple(fill)})
     return RandAugmentPIL(params["n"], params["m"], params["mstd"], params["p"], params["mmax"], fill)

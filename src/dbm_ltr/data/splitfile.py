@@ -53,7 +53,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, get_worker_info
 
-from .errors import DatasetNotFoundError
+from .errors import DataError, DatasetNotFoundError
 from .fastjpeg import (
     EncodedBatch,
     EncodedImage,
@@ -82,7 +82,7 @@ SPLITS = ("train", "val", "test")
 _SLOTS = 257  # skip counters: main process + one per loader worker (mod 256)
 
 
-class SplitFileError(ValueError):
+class SplitFileError(DataError):
     """A split file is malformed or inconsistent; the message names the file and line."""
 
 

@@ -27,6 +27,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..errors import DbmLtrError
+
 __all__ = [
     "CHECKPOINT",
     "CheckpointError",
@@ -45,8 +47,9 @@ CHECKPOINT = "checkpoint.pt"
 DIGESTS = "checkpoint.sha256"
 
 
-class CheckpointError(RuntimeError):
-    """A checkpoint that cannot be used or written; the message says why and what to do."""
+class CheckpointError(DbmLtrError, RuntimeError):
+    """A checkpoint that cannot be used or written, or a run directory that cannot be trained
+    into; the message says why and what to do."""
 
 
 def previous_path(path: Path) -> Path:
@@ -68,6 +71,17 @@ def _read_digests(path: Path) -> dict[str, str]:
     return values if isinstance(values, dict) else {}
 
 
+def temporary_file(path: Path) -> str:
+    """A new temporary file beside ``path`` (for an atomic rename onto it), with the
+    permissions of any file this process creates (``mkstemp`` would make it private)."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    mask = os.umask(0)
+    os.umask(mask)
+    os.chmod(tmp, 0o666 & ~mask)
+    return tmp
+
+
 def _write_file(path: Path, data: bytes) -> None:
     """Write ``data`` to ``path`` and fsync it (the one place checkpoint bytes hit the disk)."""
     with open(path, "wb") as f:
@@ -77,8 +91,7 @@ def _write_file(path: Path, data: bytes) -> None:
 
 
 def _atomic_write(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
+    tmp = temporary_file(path)
     try:
         _write_file(Path(tmp), data)
         os.replace(tmp, path)
@@ -114,8 +127,7 @@ def save_checkpoint(state: dict[str, Any], path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         for stale in [*path.parent.glob(f".{path.name}.*.tmp"), *path.parent.glob(f".{DIGESTS}.*.tmp")]:
             stale.unlink(missing_ok=True)  # left by a process killed while writing
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-        os.close(fd)
+        tmp = temporary_file(path)
         try:
             _write_file(Path(tmp), data)
             known = _read_digests(path)

@@ -19,9 +19,11 @@ from typing import Any, Callable, get_type_hints
 import yaml
 
 from ..data import DATASET_INFO, list_transforms
+from ..errors import ConfigError
 from ..losses import loss_parameters
 from ..methods import method_parameters
 from ..models import is_trunk_name, list_trunks
+from .schedules import SCHEDULES
 
 __all__ = [
     "Config",
@@ -41,8 +43,6 @@ __all__ = [
 ]
 
 
-class ConfigError(ValueError):
-    """A configuration problem; the message says what is wrong and how to fix it."""
 
 
 @dataclass
@@ -54,8 +54,9 @@ class DataConfig:
     download: bool = False
     augment: str = ""  # training transform; "" = the data set's regular recipe
     pipeline: str = "auto"  # auto | loader | device: where batches are augmented (auto: device where supported)
-    workers: int = 4
+    workers: int = -1  # loader processes; -1: min(4, CPU cores available to the process)
     eval_batch_size: int = 256
+    limit: int = 0  # train on at most this many images of the training split (class proportions kept); 0 = all
     image_size: int = 0  # large-scale recipes: crop size (test: resize by 256/224, then crop); 0 = 224
     split_dir: str = ""  # split-file data sets: folder of the split files ("" = data.root)
     skip_corrupt: bool = False  # split-file data sets: replace unreadable images (counted)
@@ -90,7 +91,7 @@ class OptimConfig:
     batch_size: int = 64  # global batch (split over processes under torchrun)
     epochs: int = 200
     warmup_epochs: int = 5
-    schedule: str = "cosine"  # cosine | step | constant
+    schedule: str = "cosine"  # cosine | cosine_reference | cosine_shifted | step | constant
     milestones: list = field(default_factory=lambda: [160, 180])
     lr_decay: float = 0.01  # factor per milestone of the step schedule
 
@@ -104,6 +105,7 @@ class TrainConfig:
     eval_every: int = 0  # also evaluate every N epochs and track the best (0: only at the end)
     progress: bool = True
     drop_last: bool = False
+    threads: int = 0  # PyTorch's CPU threads; 0: no more than the CPU cores available to the process
     compile: bool = False  # torch.compile the model (eager, with a message, where unavailable)
     nan_policy: str = "stop"  # stop | skip: a non-finite loss stops the run, or its step is dropped
     sync_bn: bool = False  # under torchrun: BatchNorm statistics over the global batch (SyncBatchNorm)
@@ -300,13 +302,14 @@ def _check_values(config: Config) -> None:
         (o.lr > 0, f"optim.lr must be > 0, got {o.lr}"),
         (o.batch_size > 0, f"optim.batch_size must be > 0, got {o.batch_size}"),
         (o.epochs > 0, f"optim.epochs must be > 0, got {o.epochs}"),
-        (0 <= o.warmup_epochs <= o.epochs, f"optim.warmup_epochs must be in [0, epochs], got {o.warmup_epochs}"),
+        (o.warmup_epochs >= 0, f"optim.warmup_epochs must be >= 0, got {o.warmup_epochs}"),
         (o.weight_decay >= 0, f"optim.weight_decay must be >= 0, got {o.weight_decay}"),
-        (o.schedule in ("cosine", "cosine_shifted", "step", "constant"),
-         f"optim.schedule must be cosine, cosine_shifted, step or constant, got {o.schedule!r}"),
+        (o.schedule in SCHEDULES, f"optim.schedule must be one of {', '.join(SCHEDULES)}, got {o.schedule!r}"),
         (d.decode in ("cpu", "pil", "device"), f"data.decode must be cpu, pil or device, got {d.decode!r}"),
         (d.imbalance_factor >= 1, f"data.imbalance_factor must be >= 1, got {d.imbalance_factor}"),
-        (d.workers >= 0, f"data.workers must be >= 0, got {d.workers}"),
+        (d.workers >= -1, f"data.workers must be >= 0, or -1 for one per available core (at most 4), got {d.workers}"),
+        (t.threads >= 0, f"train.threads must be >= 0 (0: the CPU cores available to the process), got {t.threads}"),
+        (d.limit >= 0, f"data.limit must be >= 0 (0: the whole training split), got {d.limit}"),
         (d.image_size >= 0, f"data.image_size must be >= 0 (0: the recipe's 224), got {d.image_size}"),
         (d.pipeline in ("auto", "loader", "device"), f"data.pipeline must be auto, loader or device, got {d.pipeline!r}"),
         (t.eval_every >= 0, f"train.eval_every must be >= 0, got {t.eval_every}"),

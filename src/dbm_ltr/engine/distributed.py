@@ -8,7 +8,22 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
-__all__ = ["DistInfo", "init_distributed", "shard_indices"]
+from ..errors import ConfigError
+
+__all__ = ["DistInfo", "available_cores", "init_distributed", "loader_workers", "shard_indices"]
+
+
+def loader_workers(setting: int) -> int:
+    """``data.workers``: as set, or for -1 one per available core, at most 4."""
+    return setting if setting >= 0 else min(4, available_cores())
+
+
+def available_cores() -> int:
+    """CPU cores this process may run on (its affinity mask, e.g. under taskset or a batch
+    scheduler), not all the cores of the machine."""
+    if hasattr(os, "sched_getaffinity"):
+        return max(1, len(os.sched_getaffinity(0)))
+    return max(1, os.cpu_count() or 1)
 
 
 @dataclass(frozen=True)
@@ -34,7 +49,7 @@ def pick_device(name: str, local_rank: int = 0) -> torch.device:
         return torch.device("cpu")
     device = torch.device(name)
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError("train.device=cuda but CUDA is not available; use train.device=cpu or auto")
+        raise ConfigError("train.device=cuda but CUDA is not available; use train.device=cpu or auto")
     if device.type == "cuda" and device.index is None:
         device = torch.device("cuda", local_rank % torch.cuda.device_count())
     return device

@@ -21,11 +21,10 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from pathlib import Path
 from typing import Any, Iterable
 
-from .checkpoint import CHECKPOINT, CheckpointError
+from .checkpoint import CHECKPOINT, CheckpointError, temporary_file
 from .config import flatten_config
 
 __all__ = [
@@ -96,9 +95,9 @@ def write_log(run_dir: Path, rows: Iterable[dict]) -> None:
 
 
 def _atomic_text(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    tmp = temporary_file(path)
     try:
-        with os.fdopen(fd, "w") as f:
+        with open(tmp, "w") as f:
             f.write(text)
         os.replace(tmp, path)
     except BaseException:

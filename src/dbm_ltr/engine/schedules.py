@@ -1,11 +1,13 @@
-"""Learning-rate schedules, set once per epoch (SPEC 5.2). ``t = epoch + 1``."""
+"""Learning-rate schedules, set once per epoch. ``t = epoch + 1``."""
 
 from __future__ import annotations
 
 import math
 from typing import Sequence
 
-__all__ = ["learning_rate"]
+__all__ = ["SCHEDULES", "learning_rate"]
+
+SCHEDULES = ("cosine", "cosine_reference", "cosine_shifted", "step", "constant")
 
 
 def learning_rate(
@@ -19,11 +21,16 @@ def learning_rate(
 ) -> float:
     """Learning rate of (0-based) ``epoch``.
 
-    * warm-up: ``lr * t / W`` for ``t <= W``;
-    * ``"cosine"``: then ``lr * (1 + cos(pi * (t - W + 1) / (E - W))) / 2``; with ``W = 5``,
-      ``E = 200`` this is the reference code's ``(t - 4) / 195`` phase (t=6: 0.099974,
-      t=101: 0.0504, t=199: 0.0, t=200: 6.5e-6 for lr 0.1; the last epoch overshoots by one
-      step, as in the original);
+    * warm-up: ``lr * t / W`` for ``t <= W`` (``W`` is capped at ``E``);
+    * ``"cosine"``: then ``lr * (1 + cos(pi * (t - W) / (E - W + 1))) / 2``: decreasing every
+      epoch towards zero, which it reaches when the run ends, for any length (t=6: 0.099994,
+      t=101: 0.0516, t=200: 6.4e-6 for lr 0.1, W = 5, E = 200);
+    * ``"cosine_reference"``: the DBM code's cosine, ``(1 + cos(pi * (t - W + 1) / (E - W))) / 2``
+      (with ``W = 5``, ``E = 200`` its ``(t - 4) / 195`` phase: t=6: 0.099974, t=199: 0.0,
+      t=200: 6.5e-6). Its phase runs one step past the end, so the rate reaches zero one epoch
+      early and the last epoch's turns back up. At 200 epochs the two differ by at most 1.2 %
+      of the peak rate (mid-run); in a 5-epoch run without warm-up the reference gives 0 in
+      epoch 4 and 9.5 % of the peak again in epoch 5;
     * ``"step"``: then ``lr * lr_decay ** k``, ``k`` = number of milestones ``m`` with
       ``t > m`` (CIFAR: 160/180; NCL at 400 epochs: 320/360);
     * ``"constant"``: then ``lr``;
@@ -38,13 +45,16 @@ def learning_rate(
         span = max(epochs - warmup_epochs, 1)
         return base_lr * 0.5 * (1.0 + math.cos(math.pi * (epoch - warmup_epochs) / span))
     t = epoch + 1
+    warmup_epochs = min(warmup_epochs, epochs)
     if t <= warmup_epochs:
         return base_lr * t / warmup_epochs
     if schedule == "cosine":
+        return base_lr * 0.5 * (1.0 + math.cos(math.pi * (t - warmup_epochs) / (epochs - warmup_epochs + 1)))
+    if schedule == "cosine_reference":
         span = max(epochs - warmup_epochs, 1)
         return base_lr * 0.5 * (1.0 + math.cos(math.pi * (t - warmup_epochs + 1) / span))
     if schedule == "step":
         return base_lr * lr_decay ** sum(t > m for m in milestones)
     if schedule == "constant":
         return base_lr
-    raise ValueError(f"unknown schedule {schedule!r}; choose cosine, cosine_shifted, step or constant")
+    raise ValueError(f"unknown schedule {schedule!r}; choose one of {', '.join(SCHEDULES)}")

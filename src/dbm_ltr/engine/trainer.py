@@ -9,6 +9,7 @@ run resumed from any checkpoint repeats the uninterrupted run exactly.
 
 from __future__ import annotations
 
+import copy
 import inspect
 import itertools
 import json
@@ -26,7 +27,18 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
-from ..data import DATASET_INFO, DATASETS, TRANSFORMS, EncodedBatch, MultiView, build_transform, create_dataset
+from ..data import (
+    DATASET_INFO,
+    DATASETS,
+    TRANSFORMS,
+    EncodedBatch,
+    LimitedDataset,
+    MultiView,
+    build_transform,
+    create_dataset,
+    limit_indices,
+)
+from ..errors import DbmLtrError
 from ..figures import plot_per_class_accuracy
 from ..losses import create_loss
 from ..methods import Method, create_method, method_views
@@ -41,7 +53,7 @@ from .checkpoint import (
     save_checkpoint,
 )
 from .config import Config, ConfigError, DataConfig, apply_overrides, config_from_dict, save_config
-from .distributed import DistInfo, init_distributed, pick_device
+from .distributed import DistInfo, available_cores, init_distributed, loader_workers, pick_device
 from .pipeline import DeviceBatches, EvalBatches, SeededSamples, resolve_pipeline, transform_names
 from .rundir import (
     CHECKPOINT,
@@ -69,7 +81,7 @@ __all__ = [
 ]
 
 
-class TrainingError(RuntimeError):
+class TrainingError(DbmLtrError, RuntimeError):
     """Training cannot go on (e.g. the loss became NaN); the message says what to change."""
 
 
@@ -143,6 +155,9 @@ def load_datasets(config: Config, views: tuple[str, ...], train: bool = True) ->
         create_dataset(d.name, d.root, train=True, transform=view_transform(config, views), **common)
         if train else None
     )
+    if train_set is not None and d.limit:
+        train_set = LimitedDataset(train_set, limit_indices(train_set.targets, d.limit, len(train_set.cls_num_list)),
+                                   d.limit)
     test_set = create_dataset(
         d.name, d.root, train=False, transform=transform(config, info["test_transform"]), **common
     )
@@ -152,7 +167,16 @@ def load_datasets(config: Config, views: tuple[str, ...], train: bool = True) ->
 def build_method(config: Config, cls_num_list: list[int], num_classes: int) -> Method:
     if len(cls_num_list) != num_classes:
         raise ValueError(f"{len(cls_num_list)} class counts for {num_classes} classes")
-    loss = create_loss(config.loss.name, cls_num_list, **config.loss.params)
+    try:
+        loss = create_loss(config.loss.name, cls_num_list, **config.loss.params)
+        return _create_method(config, cls_num_list, num_classes, loss)
+    except (ValueError, TypeError) as err:
+        if isinstance(err, DbmLtrError):
+            raise
+        raise ConfigError(str(err)) from None
+
+
+def _create_method(config: Config, cls_num_list: list[int], num_classes: int, loss) -> Method:
     return create_method(
         config.method.name,
         trunk=config.model.name,
@@ -170,15 +194,19 @@ def build_method(config: Config, cls_num_list: list[int], num_classes: int) -> M
 
 def restore_method(
     state: dict, overrides: list[str] | tuple[str, ...] = (), device: str | None = None,
-    source: str = "checkpoint",
+    source: str = "checkpoint", run_dir: str | Path | None = None,
 ) -> tuple[Config, Method]:
     """Rebuild the method of a checkpoint ``state`` from its own config (plus ``overrides``,
     e.g. ``data.root=...``), load its weights and move it to ``device`` (default: the
-    config's), in eval mode."""
+    config's), in eval mode. A relative ``data.root`` that does not exist from here is looked
+    up from ``run_dir`` too."""
     missing = [k for k in ("config", "method", "cls_num_list", "epoch") if k not in state]
     if missing:
         raise CheckpointError(f"{source} lacks {', '.join(missing)}; it was not written by dbm-ltr train")
     config = config_from_dict(apply_overrides(state["config"], list(overrides)))
+    root = Path(config.data.root)
+    if run_dir is not None and not root.is_absolute() and not root.exists() and (Path(run_dir) / root).exists():
+        config.data.root = str(Path(run_dir) / root)
     counts = [int(n) for n in state["cls_num_list"]]
     method = build_method(config, counts, len(counts))
     try:
@@ -304,17 +332,22 @@ class Trainer:
         resume: bool = False,
         log: Callable[[str], None] = print,
     ) -> None:
-        self.config = config
+        self.config = config = copy.deepcopy(config)
+        if Path(config.data.root).exists():  # the run records where its data is, from anywhere
+            config.data.root = str(Path(config.data.root).resolve())
         self.run_dir = Path(run_dir)
         self._log = log
         t = config.train
+        cores = available_cores()
+        if t.threads or torch.get_num_threads() > cores:  # two jobs on one machine must not
+            torch.set_num_threads(t.threads or cores)       # each take every core of it
         self.device = pick_device(t.device, int(os.environ.get("LOCAL_RANK", "0")))
         self.dist = init_distributed(self.device)
         _configure_backends(t.deterministic, self.device)
         if t.sync_bn and self.dist.enabled and self.device.type != "cuda":
             raise ConfigError("train.sync_bn needs CUDA devices (PyTorch's SyncBatchNorm); on the CPU leave it off")
         if config.optim.batch_size % self.dist.world_size:
-            raise ValueError(
+            raise ConfigError(
                 f"optim.batch_size={config.optim.batch_size} is the global batch and must divide "
                 f"evenly over {self.dist.world_size} processes"
             )
@@ -351,7 +384,7 @@ class Trainer:
             )
         self.eval_batches = EvalBatches(
             self.test_set, DATASET_INFO[d.name]["test_transform"], d.eval_batch_size, self.device,
-            self.pipeline, d.workers, self.dist,
+            self.pipeline, loader_workers(d.workers), self.dist,
         )
         self.optimizer = torch.optim.SGD(
             parameter_groups(self.method, o.weight_decay), lr=o.lr, momentum=o.momentum,
@@ -503,7 +536,7 @@ class Trainer:
         chunks = [order[b * size:(b + 1) * size].tolist() for b in range(start, count)]
         samples = SeededSamples(self.train_set, epoch_seed(self.config.train.seed, epoch),
                                 self.method.uses_indices)
-        loader = DataLoader(samples, batch_sampler=chunks, num_workers=self.config.data.workers,
+        loader = DataLoader(samples, batch_sampler=chunks, num_workers=loader_workers(self.config.data.workers),
                             pin_memory=self.device.type == "cuda",
                             collate_fn=getattr(self.train_set, "collate_fn", None))
         return loader, len(chunks)
@@ -668,6 +701,12 @@ class Trainer:
             + (f" x{self.dist.world_size}" if self.dist.enabled else "")
             + f", {self.pipeline} pipeline" + (", amp " + str(amp_dtype(self.device)).split(".")[1] if self.amp else "")
         )
+        if o.warmup_epochs > o.epochs and o.schedule != "cosine_shifted":
+            self.log(f"note: optim.warmup_epochs={o.warmup_epochs} is longer than the run ({o.epochs} "
+                     f"epochs); the warm-up spans the whole run")
+        if c.data.limit:
+            self.log(f"note: data.limit={c.data.limit}: training on {len(self.train_set)} images of the "
+                     "training split (a smoke test; not comparable with full runs)")
         for epoch in range(self.start_epoch, o.epochs):
             row = self.train_one_epoch(epoch)
             self.elapsed += row["seconds"]
@@ -713,6 +752,7 @@ class Trainer:
             "classes": list(getattr(self.train_set, "classes", [])),
             "train_seconds": self.elapsed,
             "pipeline": self.pipeline,
+            "limit": c.data.limit or None,  # a smoke test on part of the training split
             "paper": paper_reference(c),
         }
         if self.best is not None:

@@ -17,6 +17,8 @@ from typing import Iterator, Optional
 import torch
 from torch import nn
 
+from ..errors import DbmLtrError, MissingDependencyError
+
 __all__ = [
     "HEAD_PREFIXES", "TIMM_PREFIX", "PretrainedNotFoundError", "TimmNotInstalledError", "load_pretrained", "pretrained_trunks", "timm_trunk",
 ]
@@ -29,11 +31,11 @@ _WRAPPERS = ("", "module.", "model.", "trunk.", "model.trunk.", "backbone.", "en
 _active: list[tuple[str, str]] = []  # (trunk name, path) of pretrained_trunks()
 
 
-class PretrainedNotFoundError(FileNotFoundError, ValueError):
+class PretrainedNotFoundError(DbmLtrError, FileNotFoundError, ValueError):
     """The pretrained weights file does not exist (a ``ValueError`` too: a configuration error)."""
 
 
-class TimmNotInstalledError(ImportError, ValueError):
+class TimmNotInstalledError(MissingDependencyError, ValueError):
     """``timm:NAME`` without timm (a ``ValueError`` too: a configuration error)."""
 
 
