@@ -124,3 +124,24 @@ def test_selection_on_real_cifar10_labels(naive_lt_indices):
     # pinned: first indices of classes 0 and 9 of the standard CIFAR-10-LT IF100 split
     assert got[:5].tolist() == [4030, 38518, 48266, 45556, 6312]
     assert got[starts[9]:starts[9] + 5].tolist() == [22220, 38393, 22240, 25393, 19625]
+
+
+def test_limit_indices_keeps_proportions_and_every_class():
+    from dbm_ltr.data import limit_indices
+    from dbm_ltr.errors import ConfigError
+
+    counts = [500, 200, 50, 10, 3]
+    targets = np.repeat(np.arange(5), counts)
+    np.random.RandomState(0).shuffle(targets)
+    keep = limit_indices(targets, 100)
+    kept = np.bincount(targets[keep], minlength=5)
+    assert kept.sum() <= 100 and (kept >= 1).all()
+    assert kept.tolist() == [65, 26, 6, 1, 1]  # floor(n_c * 100 / 763), at least 1 each
+    assert (np.diff(keep) > 0).all()  # positions in order
+    for c in range(5):  # the first images of each class
+        assert (keep[targets[keep] == c] == np.flatnonzero(targets == c)[: kept[c]]).all()
+    tight = np.bincount(targets[limit_indices(targets, 5)], minlength=5)
+    assert tight.tolist() == [1, 1, 1, 1, 1]
+    assert len(limit_indices(targets, 10_000)) == len(targets)
+    with pytest.raises(ConfigError, match="data.limit=4 cannot keep all 5 classes"):
+        limit_indices(targets, 4)

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -39,6 +40,7 @@ __all__ = [
     "TENSORBOARD",
     "RunLock",
     "config_differences",
+    "environment",
     "foreign_files",
     "is_run_dir",
     "write_json",
@@ -81,6 +83,34 @@ def foreign_files(path: str | Path) -> list[str]:
     a place to start a run)."""
     path = Path(path)
     return sorted(p.name for p in path.iterdir() if p.name not in (LOCK, OUTPUT)) if path.is_dir() else []
+
+
+def environment() -> dict[str, Any]:
+    """What produced a run: package, PyTorch, torchvision and Python versions, and the git
+    commit of the source when it is a git checkout (``-dirty`` with uncommitted changes)."""
+    import platform
+
+    import torch
+    import torchvision
+
+    from .. import __version__
+
+    return {"dbm_ltr": __version__, "torch": torch.__version__, "torchvision": torchvision.__version__,
+            "python": platform.python_version(), "git_commit": _git_commit()}
+
+
+def _git_commit() -> str | None:
+    source = Path(__file__).resolve().parent
+    try:
+        head = subprocess.run(["git", "-C", str(source), "rev-parse", "HEAD"], capture_output=True,
+                              text=True, timeout=10)
+        if head.returncode != 0:
+            return None
+        dirty = subprocess.run(["git", "-C", str(source), "status", "--porcelain", "--untracked-files=no"],
+                               capture_output=True, text=True, timeout=10).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return head.stdout.strip() + ("-dirty" if dirty else "")
 
 
 def write_json(path: Path, value: Any) -> None:

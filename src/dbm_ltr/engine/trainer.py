@@ -64,6 +64,7 @@ from .rundir import (
     TENSORBOARD,
     RunLock,
     config_differences,
+    environment,
     foreign_files,
     is_run_dir,
     write_json,
@@ -352,6 +353,7 @@ class Trainer:
                 f"evenly over {self.dist.world_size} processes"
             )
         self._lock = RunLock(self.run_dir).acquire() if self.dist.is_main else None
+        self.environment = environment()
         try:
             self._setup(resume or t.auto_resume and self._has_checkpoint(), strict_resume=resume)
         except BaseException:
@@ -484,6 +486,7 @@ class Trainer:
             "best": self.best,
             "elapsed": self.elapsed,
             "cls_num_list": self.cls_num_list,
+            "environment": self.environment,
         }
         if final:  # enough for eval and analyze: no optimizer state (half the size)
             state["final"] = True
@@ -753,6 +756,7 @@ class Trainer:
             "train_seconds": self.elapsed,
             "pipeline": self.pipeline,
             "limit": c.data.limit or None,  # a smoke test on part of the training split
+            "environment": self.environment,
             "paper": paper_reference(c),
         }
         if self.best is not None:
