@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Sequence
 
-from .metrics import group_of
+from .metrics import FEW_BELOW, MANY_ABOVE, group_of
 
 __all__ = ["GROUP_COLOURS", "plot_per_class_accuracy", "pyplot", "save_figure"]
 
@@ -36,8 +36,8 @@ def plot_per_class_accuracy(
     cls_num_list: Sequence[int],
     path: str | Path,
     title: str = "",
-    many_threshold: int = 100,
-    few_threshold: int = 20,
+    many_threshold: int = MANY_ABOVE,
+    few_threshold: int = FEW_BELOW,
     class_names: Sequence[str] = (),
 ) -> Path:
     """Bars of per-class test accuracy in class order, coloured by Many/Medium/Few, with the

@@ -3,9 +3,22 @@ transform, and a user can add their own (``register`` works as a decorator)."""
 
 from __future__ import annotations
 
-from typing import Any, Callable
+import inspect
+from typing import Any, Callable, Iterable
 
-__all__ = ["Registry"]
+__all__ = ["Registry", "keyword_defaults"]
+
+
+def keyword_defaults(factory: Callable[..., Any], exclude: Iterable[str] = ()) -> dict[str, Any]:
+    """The parameters of ``factory`` that have a default, with it (``self``/``cls``, ``*args``,
+    ``**kwargs`` and the names in ``exclude`` left out): what a config may set."""
+    skip = set(exclude)
+    return {
+        p.name: p.default
+        for p in inspect.signature(factory).parameters.values()
+        if p.default is not p.empty and p.name not in skip
+        and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)
+    }
 
 
 class Registry(dict):

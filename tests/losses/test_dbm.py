@@ -11,8 +11,6 @@ from dbm_ltr.losses import DBMLoss, class_margins, dbm_target_cosine, hard_posit
 C100 = ref.cifar_lt_counts(500, 100, 100)  # CIFAR-100-LT IF 100
 C10 = ref.cifar_lt_counts(5000, 10, 100)
 
-# every test here runs on both per-sample paths (NumPy on the CPU, torch elsewhere)
-pytestmark = pytest.mark.usefixtures("per_sample_path")
 
 
 def random_cosines(batch, classes, generator=None, dtype=torch.float64):

@@ -8,8 +8,6 @@ from dbm_ltr.losses import LDAMLoss, ldam_margins
 
 C100 = ref.cifar_lt_counts(500, 100, 100)
 
-# every test here runs on both per-sample paths (NumPy on the CPU, torch elsewhere)
-pytestmark = pytest.mark.usefixtures("per_sample_path")
 
 
 def test_ldam_margins_spec_values():

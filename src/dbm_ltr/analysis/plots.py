@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Sequence
 
 from ..figures import GROUP_COLOURS, plot_per_class_accuracy, pyplot as _pyplot, save_figure
-from ..metrics import GROUPS, group_of
+from ..metrics import FEW_BELOW, GROUPS, MANY_ABOVE, group_of
 
 __all__ = [
     "plot_accuracy_vs_count",
@@ -25,8 +25,8 @@ def plot_angle_distributions(
     runs: Sequence[tuple],
     path: str | Path,
     title: str = "",
-    many_threshold: int = 100,
-    few_threshold: int = 20,
+    many_threshold: int = MANY_ABOVE,
+    few_threshold: int = FEW_BELOW,
 ) -> Path:
     """Violins of the feature-to-true-class-weight angles per Many / Medium / Few group, the
     runs side by side within a group (Fig. 4 of the paper), with quartile and mean marks.
@@ -78,8 +78,8 @@ def plot_accuracy_vs_count(
     runs: Sequence[tuple],
     path: str | Path,
     title: str = "",
-    many_threshold: int = 100,
-    few_threshold: int = 20,
+    many_threshold: int = MANY_ABOVE,
+    few_threshold: int = FEW_BELOW,
 ) -> Path:
     """Per-class accuracy against the class's training count (log x-axis), one marker series
     per run, with the Many / Medium / Few boundaries dashed.

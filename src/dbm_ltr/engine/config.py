@@ -11,7 +11,6 @@ from __future__ import annotations
 import copy
 import dataclasses
 import difflib
-import inspect
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, get_type_hints
@@ -211,16 +210,6 @@ def _build_section(cls: type, values: Any, where: str):
             )
         kwargs[key] = _coerce(value, hints[key], f"{where}.{key}")
     return cls(**kwargs)
-
-
-def signature_defaults(factory: Callable, skip: int) -> dict[str, Any]:
-    """Keyword parameters (with defaults) of ``factory`` after its first ``skip`` parameters."""
-    params = list(inspect.signature(factory).parameters.values())[skip:]
-    return {
-        p.name: p.default
-        for p in params
-        if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY) and p.default is not p.empty
-    }
 
 
 def _validate_params(section: str, name: str, params: dict, defaults: dict) -> dict:

@@ -10,14 +10,13 @@ Built-in names: ``ce``, ``cb``, ``drw``, ``bs`` (:class:`BalancedLoss` on linear
 
 from __future__ import annotations
 
-import inspect
 from dataclasses import dataclass
 from typing import Callable, Sequence
 
 import torch
 from torch import nn
 
-from ..registry import Registry
+from ..registry import Registry, keyword_defaults
 from .balanced import (
     BASES,
     BalancedLoss,
@@ -103,14 +102,8 @@ def register_loss(
 def loss_parameters(name: str) -> dict:
     """The keyword parameters a config may set for loss ``name``, with their defaults."""
     entry = LOSSES.lookup(name)
-    params = list(inspect.signature(entry.factory).parameters.values())[1:]  # after the counts
-    return {
-        p.name: p.default
-        for p in params
-        if p.default is not p.empty
-        and p.name not in entry.fixed
-        and (entry.params is None or p.name in entry.params)
-    }
+    return {k: v for k, v in keyword_defaults(entry.factory, entry.fixed).items()
+            if entry.params is None or k in entry.params}
 
 
 def create_loss(name: str, cls_num_list: Sequence[int] | torch.Tensor, **kwargs) -> nn.Module:

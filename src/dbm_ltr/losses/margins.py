@@ -26,7 +26,6 @@ import math
 import warnings
 from typing import Sequence
 
-import numpy as np
 import torch
 from torch import nn
 
@@ -131,163 +130,99 @@ def dbm_target_cosine(
     return (psi, grad) if return_grad else psi
 
 
-class _TorchMath:
-    """The few functions :func:`_dbm_psi` needs, for torch tensors (any device)."""
-
-    acos, cos, sin, where = torch.acos, torch.cos, torch.sin, torch.where
-
-    @staticmethod
-    def clamp_unit(x):
-        return x.clamp(-1.0, 1.0)
-
-    @staticmethod
-    def rsqrt_or_zero(x):
-        return torch.rsqrt(x).nan_to_num_(posinf=0.0)
-
-    @staticmethod
-    def may_overflow(overflow) -> bool:
-        # on an accelerator, reading the mask back would stall the stream: always blend
-        return overflow.device.type != "cpu" or bool(overflow.any())
-
-
-class _NumpyMath:
-    """The same functions for NumPy arrays: the loss's CPU path (see :class:`MarginLoss`)."""
-
-    acos, cos, sin, where = np.arccos, np.cos, np.sin, np.where
-
-    @staticmethod
-    def clamp_unit(x):
-        return np.maximum(np.minimum(x, 1.0), -1.0)  # np.clip costs several times more
-
-    @staticmethod
-    def rsqrt_or_zero(x):
-        root = np.sqrt(x)
-        return np.reciprocal(root, out=root, where=root > 0)  # 0 stays 0
-
-    @staticmethod
-    def may_overflow(overflow) -> bool:
-        return bool(overflow.any())
-
-
 def _dbm_psi(cos_y, margin_y, slope, overflow_mode: str, need_grad: bool):
     """Core of :func:`dbm_target_cosine`: total margin ``m = margin_y + slope (1 - c)``.
 
-    Takes and returns torch tensors or NumPy arrays alike (``slope`` may be ``None``); returns
-    ``(psi, d psi / d c)``, the second ``None`` unless ``need_grad``. Written for few
-    operations: the loss runs it every step on ``B`` values, where the cost is per operation,
-    not per element.
+    Takes per-sample tensors (``slope`` may be ``None``); returns ``(psi, d psi / d c)``, the
+    second ``None`` unless ``need_grad``. Written for few operations: the loss runs it every
+    step on ``B`` values, where the cost is per operation, not per element.
     """
-    xp = _NumpyMath if isinstance(cos_y, np.ndarray) else _TorchMath
-    c = xp.clamp_unit(cos_y)
+    c = cos_y.clamp(-1.0, 1.0)
     one_minus_c = 1.0 - c
     margin = margin_y if slope is None else margin_y + slope * one_minus_c
-    theta_m = xp.acos(c) + margin
-    psi = xp.cos(theta_m)
+    theta_m = torch.acos(c) + margin
+    psi = torch.cos(theta_m)
     grad = None
     if need_grad:
         # 1 / sin(theta) = (1 - c^2)^(-1/2); its infinity at |c| = 1 becomes 0.
-        inv_sin = xp.rsqrt_or_zero(one_minus_c * (1.0 + c))
-        grad = xp.sin(theta_m) * (inv_sin if slope is None else inv_sin + slope)
+        inv_sin = torch.rsqrt(one_minus_c * (1.0 + c)).nan_to_num_(posinf=0.0)
+        grad = torch.sin(theta_m) * (inv_sin if slope is None else inv_sin + slope)
     if overflow_mode == "arcface":
         overflow = theta_m > math.pi
-        if xp.may_overflow(overflow):  # rare
-            sin_m = xp.sin(margin)
-            psi = xp.where(overflow, c - margin * sin_m, psi)
+        # rare; on an accelerator reading the mask back would stall the stream: always blend
+        if overflow.device.type != "cpu" or bool(overflow.any()):
+            sin_m = torch.sin(margin)
+            psi = torch.where(overflow, c - margin * sin_m, psi)
             if grad is not None:
-                fallback = sin_m + margin * xp.cos(margin)
+                fallback = sin_m + margin * torch.cos(margin)
                 fallback = 1.0 + (fallback if slope is None else slope * fallback)
-                grad = xp.where(overflow, fallback, grad)
+                grad = torch.where(overflow, fallback, grad)
     return psi, grad
 
 
-# On the CPU the per-sample work runs in NumPy (see MarginLoss): labels become a NumPy array
-# and the target entries of a contiguous (B, C) tensor are addressed through a NumPy view
-# by their flat positions; on other devices both stay tensors.
-
-
-def _numpy_path(device: torch.device) -> bool:
-    """Whether the per-sample work runs in NumPy (the tests switch it off to cover the other)."""
-    return device.type == "cpu"
-
-
-def _per_class(values: torch.Tensor, labels):
-    """``values[labels]`` for a per-class buffer; an array for NumPy ``labels``."""
-    if isinstance(labels, np.ndarray):
-        return values.numpy()[labels]
-    return values.index_select(0, labels)
-
-
-def _take(values: torch.Tensor, index):
-    """``values.view(-1)[index]`` (``values`` contiguous, without autograd history)."""
-    if isinstance(index, np.ndarray):
-        return values.view(-1).numpy()[index]
-    return values.view(-1)[index]
-
-
-def _put_(values: torch.Tensor, index, new) -> None:
-    """``values.view(-1)[index] = new``, in place."""
-    if isinstance(index, np.ndarray):
-        values.view(-1).numpy()[index] = new
+def _check_cosines(cos_y: torch.Tensor) -> None:
+    """Cosines far outside [-1, 1] are logits passed by mistake: say so (on an accelerator the
+    check runs on the device, so nothing waits for it)."""
+    message = ("the margin losses take raw cosines in [-1, 1] (the output of CosineClassifier, "
+               "before any scale), got values beyond; logits of a linear layer are not cosines")
+    if cos_y.numel() == 0:
+        return
+    lo, hi = torch.aminmax(cos_y)
+    if cos_y.device.type == "cpu":
+        lo, hi = float(lo), float(hi)
+        if lo < -1.01 or hi > 1.01:
+            raise ValueError(f"{message} (found {lo:.3g} .. {hi:.3g})")
     else:
-        values.view(-1)[index] = new.to(values.dtype)
-
-
-def _hard_mask_cpu(cosine: torch.Tensor, flat: np.ndarray, index: np.ndarray, cos_y: np.ndarray,
-                   labels: np.ndarray):
-    """:func:`hard_positive_mask` (as a bool array) for a contiguous CPU ``cosine`` whose
-    memory ``flat`` views; ``cos_y = flat[index]``.
-
-    A row is hard when another class scores higher. ``amax`` is several times faster than
-    ``argmax`` on the CPU, so the target entries are set to -inf for this one reduction and
-    restored bit for bit right after; rows where the best other class ties with the target
-    are settled by ``argmax`` (first index wins).
-    """
-    flat[index] = -np.inf
-    try:
-        best_other = cosine.amax(dim=1).numpy()
-    finally:
-        flat[index] = cos_y
-    hard = best_other > cos_y
-    tied = best_other == cos_y
-    if tied.any():
-        tied = np.flatnonzero(tied)
-        hard[tied] = flat.reshape(cosine.shape)[tied].argmax(axis=1) != labels[tied]
-    return hard
+        torch._assert_async((lo >= -1.01) & (hi <= 1.01), message)
 
 
 def _margin_logits(cosine, target, loss, offset, need_grad):
     """``s * cosine (+ offset)`` with entry ``(b, y_b)`` replaced by ``s * psi(cos_{b,y_b})
-    (+ offset_{y_b})``: the ``B x C`` passes in torch, the per-sample work on ``B``-vectors.
+    (+ offset_{y_b})``: the ``B x C`` passes on the matrix, the per-sample work on
+    ``B``-vectors. ``cosine`` is only read.
 
-    Returns the (contiguous) logits, the labels (NumPy on the CPU), the flat positions of
-    the target entries and ``d psi / d cos_y`` (``None`` for a derivative of 1).
+    Returns the (contiguous, new) logits, the flat positions of the target entries and
+    ``d psi / d cos_y`` (``None`` for a derivative of 1).
     """
     cosine = cosine.contiguous()
-    wants_hard = loss.wants_hard_mask
-    if _numpy_path(cosine.device):
-        labels = target.numpy()
-        flat = cosine.detach().view(-1).numpy()
-        index = np.arange(0, flat.size, cosine.shape[1]) + labels
-        cos_y = flat[index]
-        hard = _hard_mask_cpu(cosine, flat, index, cos_y, labels) if wants_hard else None
-    else:
-        labels = target
-        index = torch.arange(0, cosine.numel(), cosine.shape[1], device=cosine.device) + labels
-        hard = (cosine.argmax(dim=1) != labels) if wants_hard else None
-        cos_y = cosine.detach().view(-1)[index]
+    B, C = cosine.shape
+    index = torch.arange(0, B * C, C, device=cosine.device) + target
+    cos_y = cosine.detach().view(-1)[index]
+    _check_cosines(cos_y)
     scale = loss.scale
-    logits = torch.mul(cosine, scale) if offset is None else torch.add(offset, cosine, alpha=scale)
-    psi, dpsi = loss.target_cosine(cos_y, *loss.per_sample_margins(labels, hard), need_grad)
+    logits = torch.mul(cosine.detach(), scale)  # our own buffer from here on
+    hard = _hard_positives(cosine, logits, index, cos_y * scale, target) if loss.wants_hard_mask else None
+    if offset is not None:
+        logits += offset
+    psi, dpsi = loss.target_cosine(cos_y, *loss.per_sample_margins(target, hard), need_grad)
     new_y = psi * scale
     if offset is not None:
-        new_y = new_y + _per_class(offset, labels)
-    _put_(logits, index, new_y)
-    return logits, labels, index, dpsi
+        new_y = new_y + offset.index_select(0, target)
+    logits.view(-1)[index] = new_y.to(logits.dtype)
+    return logits, index, dpsi
+
+
+def _hard_positives(cosine, scaled, index, scaled_y, target):
+    """:func:`hard_positive_mask` (bool) from ``scaled = s * cosine`` (a fresh buffer of the
+    caller, overwritten at the target entries).
+
+    A row is hard when another class scores higher. On the CPU ``amax`` is many times faster
+    than ``argmax``, so the target entries of ``scaled`` are set to ``-inf`` for one ``amax``.
+    Scaling by ``s > 0`` keeps every strict order; rows where the best other class ties with
+    the target after scaling are settled by ``argmax`` of the raw cosines (first index wins).
+    """
+    scaled.view(-1)[index] = -math.inf
+    best_other = scaled.amax(dim=1)
+    hard = best_other > scaled_y
+    tied = best_other == scaled_y
+    if tied.device.type != "cpu" or bool(tied.any()):  # rare on the CPU; always blended elsewhere
+        hard = torch.where(tied, cosine.detach().argmax(dim=1) != target, hard)
+    return hard
 
 
 # Softmax values below these lose relative precision (subnormal or flushed to zero), so
 # their logarithm is taken from log_softmax instead.
-_LOG_SAFE = {np.float32: np.float32(1e-30), np.float64: np.float64(1e-290)}
+_LOG_SAFE = {torch.float32: 1e-30, torch.float64: 1e-290}
 
 
 def _no_double_backward() -> None:
@@ -311,9 +246,7 @@ class _TargetMarginLogits(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, cosine, target, loss, offset):
-        logits, _, ctx.index, ctx.dpsi = _margin_logits(
-            cosine, target, loss, offset, ctx.needs_input_grad[0]
-        )
+        logits, ctx.index, ctx.dpsi = _margin_logits(cosine, target, loss, offset, ctx.needs_input_grad[0])
         ctx.scale = loss.scale
         return logits
 
@@ -322,8 +255,25 @@ class _TargetMarginLogits(torch.autograd.Function):
         _no_double_backward()
         grad = (grad_logits * ctx.scale).contiguous()
         if ctx.dpsi is not None:
-            _put_(grad, ctx.index, _take(grad, ctx.index) * ctx.dpsi)
+            flat = grad.view(-1)
+            flat[ctx.index] = flat[ctx.index] * ctx.dpsi.to(grad.dtype)
         return grad, None, None, None
+
+
+def _log_target_probability(logits: torch.Tensor, prob: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """``log p_y`` per row: the log of the kept softmax where ``p_y`` is large enough to be
+    accurate, else ``z_y - logsumexp(z)`` (on the CPU only for the rows that need it; on an
+    accelerator for all, blended, so nothing waits for a read-back)."""
+    p_y = prob.view(-1)[index]
+    safe = _LOG_SAFE[p_y.dtype]
+    if p_y.device.type == "cpu":
+        log_p = torch.log(p_y)
+        if p_y.numel() and float(p_y.amin()) < safe:  # rare: tiny probabilities
+            rows = (p_y < safe).nonzero().squeeze(1)
+            log_p[rows] = logits.view(-1)[index[rows]] - torch.logsumexp(logits.index_select(0, rows), dim=1)
+        return log_p
+    exact = logits.view(-1)[index] - torch.logsumexp(logits, dim=1)
+    return torch.where(p_y < safe, exact, torch.log(p_y.clamp_min(safe)))
 
 
 class _MarginCrossEntropy(torch.autograd.Function):
@@ -334,51 +284,36 @@ class _MarginCrossEntropy(torch.autograd.Function):
     the target entries scaled by ``d psi / d cos_y`` and ``coef_b = w_{y_b} / sum_b w_{y_b}``
     (``1 / B`` unweighted). ``F.cross_entropy`` on the output of :class:`_TargetMarginLogits`
     instead writes a one-hot gradient, runs the log-softmax backward and then the backward of
-    the scaling: three ``B x C`` passes where this needs one.
-
-    On the CPU the loss itself is ``-log p_y`` from the kept softmax, except for rows whose
-    ``p_y`` is too small to be represented accurately (below ``_LOG_SAFE``), where it is
-    taken from ``log_softmax`` of those rows. Elsewhere it is ``log_softmax`` gathered.
+    the scaling: three ``B x C`` passes where this needs one. The loss itself is ``-log p_y``
+    from the kept softmax (:func:`_log_target_probability`).
     """
 
     @staticmethod
     def forward(ctx, cosine, target, loss, offset, weight):
-        logits, labels, index, dpsi = _margin_logits(
-            cosine, target, loss, offset, ctx.needs_input_grad[0]
-        )
+        logits, index, dpsi = _margin_logits(cosine, target, loss, offset, ctx.needs_input_grad[0])
         prob = torch.softmax(logits, dim=1)
-        if isinstance(index, np.ndarray):
-            p_y = _take(prob, index)
-            safe = _LOG_SAFE[p_y.dtype.type]
-            log_p = np.log(np.maximum(p_y, safe))
-            small = np.flatnonzero(p_y < safe)
-            if small.size:
-                rows = torch.from_numpy(small)
-                exact = torch.log_softmax(logits.index_select(0, rows), dim=1)
-                log_p[small] = exact.gather(1, target[rows].unsqueeze(1)).squeeze(1).numpy()
+        log_p = _log_target_probability(logits, prob, index)
+        if not len(index):
+            value = log_p.sum() * math.nan  # as F.cross_entropy on an empty batch
+            coef = 0.0
+        elif weight is None:  # the mean: one number for every row
+            coef = 1.0 / len(index)
+            value = log_p.sum() * -coef
         else:
-            log_p = _take(torch.log_softmax(logits, dim=1), index)
-        if weight is None:
-            coef = 1.0 / max(len(index), 1)
-        else:
-            w = _per_class(weight, labels)
+            w = weight.index_select(0, target).to(log_p.dtype)
             coef = w / w.sum()
-        value = -(log_p * coef).sum() if len(index) else log_p.sum() * math.nan  # as F.cross_entropy
+            value = -(log_p * coef).sum()
         ctx.prob, ctx.index, ctx.dpsi, ctx.coef = prob, index, dpsi, coef * loss.scale
-        return torch.from_numpy(np.asarray(value)) if isinstance(value, np.generic) else value
+        return value
 
     @staticmethod
     def backward(ctx, grad_loss):
         _no_double_backward()
-        index, coef = ctx.index, ctx.coef
-        if isinstance(index, np.ndarray):
-            coef = coef * grad_loss.item()
-            grad = ctx.prob * (coef if np.isscalar(coef) else torch.from_numpy(coef).unsqueeze(1))
-        else:
-            coef = coef * grad_loss
-            grad = ctx.prob * (coef.unsqueeze(1) if coef.ndim else coef)
-        target_grad = _take(grad, index) - coef  # the one-hot part
-        _put_(grad, index, target_grad if ctx.dpsi is None else target_grad * ctx.dpsi)
+        coef = ctx.coef * grad_loss
+        grad = ctx.prob * (coef.unsqueeze(1) if coef.ndim else coef)
+        flat = grad.view(-1)
+        target_grad = flat[ctx.index] - coef  # the one-hot part
+        flat[ctx.index] = target_grad if ctx.dpsi is None else target_grad * ctx.dpsi.to(grad.dtype)
         return grad, None, None, None, None
 
 
@@ -396,13 +331,8 @@ class MarginLoss(nn.Module):
     whose backward pass is a single ``B x C`` multiply of the kept softmax (see
     :class:`_MarginCrossEntropy`); :meth:`margin_logits` returns the logits alone.
 
-    On the CPU the per-sample vectors handed to :meth:`target_cosine` are NumPy arrays, read
-    from and written back to the tensors' memory through NumPy views: on vectors of a few
-    hundred values an operation's fixed cost dominates, and NumPy's is several times smaller
-    than torch's. On other devices they are torch tensors. Written with arithmetic operators (or
-    :func:`_dbm_psi`), one formula serves both. The hard-positive mask on the CPU sets the
-    target entries of ``cosine`` to ``-inf`` for one reduction and restores them bit for bit
-    before the call returns (another thread reading the same tensor meanwhile would see it).
+    The per-sample work (:meth:`per_sample_margins`, :meth:`target_cosine`) runs in torch on
+    ``B``-vectors on every device; the input cosines are only read.
     """
 
     def __init__(
@@ -429,27 +359,26 @@ class MarginLoss(nn.Module):
     def wants_hard_mask(self) -> bool:
         return False
 
-    def per_sample_margins(self, target, hard):
+    def per_sample_margins(self, target: torch.Tensor, hard: torch.Tensor | None):
         """``(class_margin[target], margin_slope[target] * hard)`` (slope ``None`` when the
-        loss has no instance margin, mask omitted when ``hard`` is ``None``); NumPy arrays for
-        a NumPy ``target``, tensors for a tensor."""
+        loss has no instance margin, mask omitted when ``hard`` is ``None``)."""
         slope = self.margin_slope
         if slope is not None:
-            slope = _per_class(slope, target) if hard is None else _per_class(slope, target) * hard
-        return _per_class(self.class_margin, target), slope
+            slope = slope.index_select(0, target)
+            if hard is not None:
+                slope = slope * hard
+        return self.class_margin.index_select(0, target), slope
 
     def target_cosine(self, cos_y, margin_y, slope_y, need_grad: bool):
         """Modified cosine ``psi`` of the target class and ``d psi / d cos_y``, each ``(B,)``.
 
         Args:
-            cos_y: raw target cosines, float32 or float64.
-            margin_y: ``class_margin`` of each sample's class.
+            cos_y: raw target cosines ``(B,)``, float32 or float64.
+            margin_y: ``class_margin`` of each sample's class ``(B,)``.
             slope_y: ``margin_slope`` of each sample's class, times the hard-positive mask
                 if ``wants_hard_mask``; ``None`` without an instance margin.
             need_grad: whether the derivative is needed; return ``None`` for it otherwise
                 (``None`` is also read as a derivative of exactly 1).
-
-        The vectors are NumPy arrays on the CPU and torch tensors elsewhere (class docstring).
         """
         raise NotImplementedError
 

@@ -7,10 +7,8 @@ loss_name=..., **params)``; ``params`` are the method's own hyper-parameters (se
 
 from __future__ import annotations
 
-import inspect
-
-from ..registry import Registry
-from .base import Method, StepOutput, check_head_matches_loss
+from ..registry import Registry, keyword_defaults
+from .base import COMMON_ARGS, Method, StepOutput, check_head_matches_loss
 from .bcl import BCLMethod
 from .gml import GMLMethod
 from .ncl import NCLMethod
@@ -32,29 +30,20 @@ __all__ = [
     "register_method",
 ]
 
-#: Arguments every method builder receives from the engine (not configurable per method).
-COMMON_ARGS = (
-    "trunk", "classifier", "num_classes", "cls_num_list", "loss", "loss_name", "data_name",
-    "imbalance_factor", "data_seed",
-)
-
 #: Method classes by name. A class provides ``build(*, trunk, classifier, num_classes,
-#: cls_num_list, loss, loss_name, **params)`` (a classmethod that accepts and ignores further
-#: keyword arguments, ``**_``, so the engine can pass new common ones: ``data_name``,
-#: ``imbalance_factor``, ``data_seed`` of the training set) and ``views``.
+#: cls_num_list, loss, loss_name, data_name, imbalance_factor, data_seed, **params)``, a
+#: classmethod that builds its models and passes ``params`` (the constructor's keyword
+#: parameters, whose defaults live there only) on, and ``views``.
 METHODS = Registry("method")
 register_method = METHODS.register
 list_methods = METHODS.names
 
 
 def method_parameters(name: str) -> dict:
-    """The method's own keyword parameters with their defaults."""
-    params = inspect.signature(METHODS.lookup(name).build).parameters.values()
-    return {
-        p.name: p.default
-        for p in params
-        if p.name not in COMMON_ARGS and p.default is not p.empty and p.kind is not p.VAR_KEYWORD
-    }
+    """The method's own keyword parameters with their defaults: those of its constructor,
+    and those only its ``build`` takes (e.g. NCL's ``num_experts``)."""
+    cls = METHODS.lookup(name)
+    return {**keyword_defaults(cls.__init__), **keyword_defaults(cls.build, COMMON_ARGS)}
 
 
 def method_views(name: str) -> tuple[str, ...]:

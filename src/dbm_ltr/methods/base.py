@@ -13,7 +13,21 @@ from torch import nn
 
 from ..losses import loss_input
 
-__all__ = ["Method", "SingleModelMethod", "StepOutput", "check_head_matches_loss", "gather_from_all"]
+__all__ = [
+    "COMMON_ARGS",
+    "Method",
+    "SingleModelMethod",
+    "StepOutput",
+    "check_head_matches_loss",
+    "constructor_params",
+    "gather_from_all",
+]
+
+#: Arguments every method builder receives from the engine (not configurable per method).
+COMMON_ARGS = (
+    "trunk", "classifier", "num_classes", "cls_num_list", "loss", "loss_name", "data_name",
+    "imbalance_factor", "data_seed",
+)
 
 
 class StepOutput(NamedTuple):
@@ -85,6 +99,19 @@ class SingleModelMethod(Method):
     def features_and_scores(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         features = self.model.forward_features(images)
         return features, self.model.head(features)
+
+
+def constructor_params(cls: type, params: dict) -> dict:
+    """The keyword parameters of ``cls``'s constructor among ``params`` (a ``build``'s
+    ``**params``, which also holds the engine's common arguments); any other name is an error."""
+    from ..registry import keyword_defaults
+
+    accepted = keyword_defaults(cls.__init__)
+    unknown = sorted(set(params) - set(accepted) - set(COMMON_ARGS))
+    if unknown:
+        raise TypeError(f"{cls.__name__} takes no parameter(s) {', '.join(unknown)}; it takes "
+                        f"{', '.join(sorted(accepted)) or 'none'}")
+    return {k: v for k, v in params.items() if k in accepted}
 
 
 def check_head_matches_loss(classifier: str, loss: nn.Module, loss_name: str) -> None:

@@ -22,8 +22,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..losses.contrastive import balanced_contrastive_loss
-from ..models import create_model, mlp_head
-from .base import SingleModelMethod, StepOutput, check_head_matches_loss
+from ..models import create_model, projection_mlp
+from .base import SingleModelMethod, StepOutput, check_head_matches_loss, constructor_params
 
 __all__ = ["BCLMethod", "PROJECTION_VIEWS"]
 
@@ -56,18 +56,15 @@ class BCLMethod(SingleModelMethod):
         self.loss = loss
         self.alpha, self.beta, self.temperature = float(alpha), float(beta), float(temperature)
         dim = model.trunk.out_features
-        self.projection = mlp_head(dim, hidden_dim, proj_dim, batchnorm=True)
-        self.prototype = mlp_head(dim, hidden_dim, proj_dim, batchnorm=True)
+        self.projection = projection_mlp(dim, hidden_dim, proj_dim, batchnorm=True)
+        self.prototype = projection_mlp(dim, hidden_dim, proj_dim, batchnorm=True)
 
     @classmethod
     def build(
-        cls, *, trunk: str, classifier: str, num_classes: int, loss: nn.Module, loss_name: str,
-        alpha: float = 2.0, beta: float = 0.6, temperature: float = 0.1, hidden_dim: int = 512,
-        proj_dim: int = 128, projection_views: str = "all", **_: object,
+        cls, *, trunk: str, classifier: str, num_classes: int, loss: nn.Module, loss_name: str, **params,
     ) -> "BCLMethod":
         check_head_matches_loss(classifier, loss, loss_name)
-        model = create_model(trunk, num_classes, classifier)
-        return cls(model, loss, alpha, beta, temperature, hidden_dim, proj_dim, projection_views)
+        return cls(create_model(trunk, num_classes, classifier), loss, **constructor_params(cls, params))
 
     def prototypes(self) -> torch.Tensor:
         """L2-normalised class prototypes ``(C, proj_dim)`` from the raw classifier weights."""

@@ -39,8 +39,8 @@ from torch import nn
 
 from ..losses import class_counts
 from ..losses.gml import distillation_kl, gml_contrastive_losses, queue_segments
-from ..models import TrunkClassifier, create_model, mlp_head
-from .base import SingleModelMethod, StepOutput, check_head_matches_loss, gather_from_all
+from ..models import TrunkClassifier, create_model, projection_mlp
+from .base import SingleModelMethod, StepOutput, check_head_matches_loss, constructor_params, gather_from_all
 
 CHECKPOINT = "checkpoint.pt"  # a run directory's latest checkpoint (dbm_ltr.engine.rundir)
 
@@ -134,8 +134,8 @@ class GMLMethod(SingleModelMethod):
         self.alpha, self.beta, self.gamma = float(alpha), float(beta), float(gamma)
         self.kd_temperature, self.kd_scale = float(kd_temperature), float(kd_scale)
         dim, teacher_dim = model.trunk.out_features, teacher.trunk.out_features
-        self.embed_q = mlp_head(dim, dim, embed_dim, batchnorm=True)
-        self.embed_k = mlp_head(teacher_dim, teacher_dim, embed_dim, batchnorm=True)
+        self.embed_q = projection_mlp(dim, dim, embed_dim, batchnorm=True)
+        self.embed_k = projection_mlp(teacher_dim, teacher_dim, embed_dim, batchnorm=True)
         if dim == teacher_dim:  # the key embedding starts as a copy of the query embedding
             self.embed_k.load_state_dict(self.embed_q.state_dict())
         C = len(cls_num_list)
@@ -157,19 +157,14 @@ class GMLMethod(SingleModelMethod):
     def build(
         cls, *, trunk: str, classifier: str, num_classes: int, cls_num_list: list[int], loss: nn.Module,
         loss_name: str, data_name: str = "", imbalance_factor: float = 0.0, data_seed: int = 0,
-        teacher: str = "", teacher_trunk: str = "resnet56", queue_size: int = 4096, base_k: int = 2,
-        embed_dim: int = 32, temperature: float = 0.1, temperature_mode: str = "shared",
-        alpha: float = 1.0, beta: float = 1.0, gamma: float = 1.0, kd_temperature: float = 4.0,
-        kd_scale: float = 30.0, **_: object,
+        teacher: str = "", teacher_trunk: str = "resnet56", **params,
     ) -> "GMLMethod":
         if classifier != "cosine":
             raise ValueError("GML trains a cosine student: set model.classifier=cosine")
         check_head_matches_loss(classifier, loss, loss_name)
         teacher_model = load_teacher(teacher, teacher_trunk, num_classes, data_name, imbalance_factor, data_seed)
-        return cls(
-            create_model(trunk, num_classes, classifier), teacher_model, loss, cls_num_list, queue_size, base_k,
-            embed_dim, temperature, temperature_mode, alpha, beta, gamma, kd_temperature, kd_scale,
-        )
+        return cls(create_model(trunk, num_classes, classifier), teacher_model, loss, cls_num_list,
+                   **constructor_params(cls, params))
 
     def train(self, mode: bool = True) -> "GMLMethod":
         super().train(mode)

@@ -35,8 +35,9 @@ from ..losses.ncl import (
     moco_loss,
     nested_balanced_online_distillation,
 )
-from ..models import create_model, create_trunk, mlp_head
-from .base import Method, StepOutput, check_head_matches_loss, gather_from_all
+from ..models import create_model, create_trunk, projection_mlp
+from ..registry import keyword_defaults
+from .base import Method, StepOutput, check_head_matches_loss, constructor_params, gather_from_all
 
 __all__ = ["NCLMethod"]
 
@@ -97,12 +98,12 @@ class NCLMethod(Method):
         self.key_head_mode = key_head
         self.shuffle_bn = bool(shuffle_bn)
         dim = experts[0].trunk.out_features
-        self.query_heads = nn.ModuleList(mlp_head(dim, dim, moco_dim) for _ in experts)
+        self.query_heads = nn.ModuleList(projection_mlp(dim, dim, moco_dim) for _ in experts)
         self.key_trunks = nn.ModuleList(key_trunks)
         if key_init == "copy":  # MoCo: the key encoder starts as the query encoder
             self.key_heads = nn.ModuleList(copy.deepcopy(h) for h in self.query_heads)
         else:  # reference code: separately initialised (and, with key_head="frozen", fixed)
-            self.key_heads = nn.ModuleList(mlp_head(dim, dim, moco_dim) for _ in experts)
+            self.key_heads = nn.ModuleList(projection_mlp(dim, dim, moco_dim) for _ in experts)
         for p in list(self.key_trunks.parameters()) + list(self.key_heads.parameters()):
             p.requires_grad_(False)
         queue = F.normalize(torch.randn(len(experts), queue_size, moco_dim), dim=2)
@@ -113,23 +114,18 @@ class NCLMethod(Method):
     @classmethod
     def build(
         cls, *, trunk: str, classifier: str, num_classes: int, cls_num_list: list[int],
-        loss: nn.Module, loss_name: str, num_experts: int = 3, hard_fraction: float = 0.3,
-        distill_weight: float = 0.6, queue_size: int = 1024, moco_dim: int = 64,
-        moco_temperature: float = 0.2, moco_momentum: float = 0.999, key_init: str = "copy",
-        key_head: str = "ema", shuffle_bn: bool = True, **_: object,
+        loss: nn.Module, loss_name: str, num_experts: int = 3, **params,
     ) -> "NCLMethod":
         check_head_matches_loss(classifier, loss, loss_name)
         if num_experts < 1:
             raise ValueError(f"num_experts must be >= 1, got {num_experts}")
+        params = constructor_params(cls, params)
         experts = [create_model(trunk, num_classes, classifier) for _ in range(num_experts)]
-        if key_init == "copy":
+        if params.get("key_init", keyword_defaults(cls.__init__)["key_init"]) == "copy":
             key_trunks = [copy.deepcopy(e.trunk) for e in experts]
         else:
             key_trunks = [create_trunk(trunk) for _ in experts]
-        return cls(
-            experts, key_trunks, loss, cls_num_list, hard_fraction, distill_weight, queue_size, moco_dim,
-            moco_temperature, moco_momentum, key_init, key_head, shuffle_bn,
-        )
+        return cls(experts, key_trunks, loss, cls_num_list, **params)
 
     @torch.no_grad()
     def _momentum_update(self) -> None:

@@ -1,7 +1,9 @@
 """Metrics: pure functions of predictions, features and counts (no data, no engine)."""
 
 from .accuracy import (
+    FEW_BELOW,
     GROUPS,
+    MANY_ABOVE,
     ClassAccuracy,
     group_of,
     many_medium_few,
@@ -18,7 +20,9 @@ from .fisher import (
 __all__ = [
     "ANGLE_STATS",
     "FEATURE_NORMALIZATIONS",
+    "FEW_BELOW",
     "GROUPS",
+    "MANY_ABOVE",
     "ClassAccuracy",
     "angle_statistics",
     "class_moments",

@@ -6,9 +6,13 @@ from typing import Sequence
 
 import torch
 
-__all__ = ["ClassAccuracy", "GROUPS", "group_of", "many_medium_few", "per_class_accuracy"]
+__all__ = ["FEW_BELOW", "MANY_ABOVE", "ClassAccuracy", "GROUPS", "group_of", "many_medium_few", "per_class_accuracy"]
 
 GROUPS = ("many", "medium", "few")
+#: Many: more than MANY_ABOVE training images; Few: fewer than FEW_BELOW; Medium: the rest
+#: (the usual long-tailed protocol, e.g. Liu et al. 2019; the DBM paper's Tables 2 and 4).
+MANY_ABOVE = 100
+FEW_BELOW = 20
 
 
 def per_class_accuracy(
@@ -20,7 +24,7 @@ def per_class_accuracy(
     return acc.per_class()
 
 
-def group_of(count: int, many_threshold: int = 100, few_threshold: int = 20) -> str:
+def group_of(count: int, many_threshold: int = MANY_ABOVE, few_threshold: int = FEW_BELOW) -> str:
     """``many`` if ``count > many_threshold``, ``few`` if ``count < few_threshold``, else ``medium``."""
     if count > many_threshold:
         return "many"
@@ -32,8 +36,8 @@ def group_of(count: int, many_threshold: int = 100, few_threshold: int = 20) -> 
 def many_medium_few(
     per_class: Sequence[float] | torch.Tensor,
     cls_num_list: Sequence[int],
-    many_threshold: int = 100,
-    few_threshold: int = 20,
+    many_threshold: int = MANY_ABOVE,
+    few_threshold: int = FEW_BELOW,
 ) -> dict[str, float | None]:
     """Unweighted mean of per-class accuracies in each training-frequency group.
 

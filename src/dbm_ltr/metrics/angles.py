@@ -12,7 +12,7 @@ from typing import Sequence
 
 import torch
 
-from .accuracy import GROUPS, group_of
+from .accuracy import FEW_BELOW, GROUPS, MANY_ABOVE, group_of
 
 __all__ = ["ANGLE_STATS", "angle_statistics", "feature_angles", "summarize_angles"]
 
@@ -78,8 +78,8 @@ def angle_statistics(
     angles: torch.Tensor,
     labels: torch.Tensor,
     cls_num_list: Sequence[int],
-    many_threshold: int = 100,
-    few_threshold: int = 20,
+    many_threshold: int = MANY_ABOVE,
+    few_threshold: int = FEW_BELOW,
 ) -> dict[str, dict[str, float | int | None]]:
     """Statistics of the angles per group of the label's training count, and over all samples.
 

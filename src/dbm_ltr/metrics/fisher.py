@@ -23,7 +23,7 @@ from typing import Sequence
 
 import torch
 
-from .accuracy import GROUPS, group_of
+from .accuracy import FEW_BELOW, GROUPS, MANY_ABOVE, group_of
 
 __all__ = ["FEATURE_NORMALIZATIONS", "class_moments", "fisher_pairwise", "fisher_separability"]
 
@@ -137,8 +137,8 @@ def fisher_separability(
     ridge: float = 1e-6,
     normalization: str = "raw",
     min_samples: int = 2,
-    many_threshold: int = 100,
-    few_threshold: int = 20,
+    many_threshold: int = MANY_ABOVE,
+    few_threshold: int = FEW_BELOW,
 ) -> dict:
     """Fisher separability per class and per Many / Medium / Few group (SPEC 6.3).
 

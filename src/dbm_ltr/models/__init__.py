@@ -21,7 +21,7 @@ from torch import nn
 
 from ..registry import Registry
 from .classifier import HEADS, TrunkClassifier, head_weights, make_head
-from .heads import mlp_head
+from .projection import projection_mlp
 from .large import TIMM_PREFIX, active_pretrained, load_pretrained, pretrained_trunks, timm_trunk
 from .resnet_cifar import CifarResNet, resnet32, resnet56
 from .small import SmallConvNet
@@ -39,7 +39,7 @@ __all__ = [
     "list_trunks",
     "load_pretrained",
     "make_head",
-    "mlp_head",
+    "projection_mlp",
     "pretrained_trunks",
     "register_trunk",
 ]

@@ -1,13 +1,14 @@
-"""Small MLP heads of the multi-branch methods (BCL projection/prototype heads, NCL MoCo)."""
+"""The projection MLP of the multi-branch methods (BCL projection and prototype heads, NCL
+MoCo heads, GML embeddings)."""
 
 from __future__ import annotations
 
 from torch import nn
 
-__all__ = ["mlp_head"]
+__all__ = ["projection_mlp"]
 
 
-def mlp_head(in_dim: int, hidden_dim: int, out_dim: int, batchnorm: bool = False) -> nn.Sequential:
+def projection_mlp(in_dim: int, hidden_dim: int, out_dim: int, batchnorm: bool = False) -> nn.Sequential:
     """``Linear -> [BatchNorm1d] -> ReLU -> Linear``, Kaiming-normal weights (CIFAR init)."""
     layers: list[nn.Module] = [nn.Linear(in_dim, hidden_dim)]
     if batchnorm:
