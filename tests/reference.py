@@ -1,6 +1,6 @@
 """Naive float64 references written out with Python's math module, one sample at a time.
 
-They follow ../shared/SPEC.md literally and share no code with the package.
+They follow the paper and the original code literally and share no code with the package.
 """
 
 from __future__ import annotations

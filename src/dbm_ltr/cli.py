@@ -1,4 +1,5 @@
-"""Command line: ``dbm-ltr train | presets | eval | reproduce | demo | analyze | report | sweep``.
+"""Command line: ``dbm-ltr train | presets | settings | eval | reproduce | demo | analyze |
+report | sweep``.
 
 Errors a user can fix (bad config, missing data set, unusable checkpoint) are printed as one
 line and exit with status 2; set ``DBM_LTR_DEBUG=1`` to see the traceback instead.
@@ -235,6 +236,13 @@ def cmd_presets(args) -> int:
     return 0
 
 
+def cmd_settings(args) -> int:
+    from .engine.config import settings_reference
+
+    print(settings_reference(), end="")
+    return 0
+
+
 DEMO_PRESETS = ("ce", "dbm_ce", "bs", "dbm_bs")
 
 
@@ -312,6 +320,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("filter", nargs="?", default="", help="show only presets whose name contains this")
     p.set_defaults(func=cmd_presets)
 
+    p = sub.add_parser(
+        "settings", help="every config setting with its default and meaning (markdown)",
+        description="Print the reference of every setting: the sections' keys, and the parameters "
+        "of each loss and method (the text of docs/settings.md).",
+    )
+    p.set_defaults(func=cmd_settings)
+
     p = sub.add_parser("eval", help="evaluate a checkpoint on its test set")
     p.add_argument("--checkpoint", required=True,
                    help="a run directory or a checkpoint file written by dbm-ltr train")
@@ -360,7 +375,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Rebuild each run from its checkpoint, extract the pooled features of the "
         "test set and report, side by side: the angle between each feature and its true class's "
         "classifier weight per Many/Medium/Few group (mean and quartiles, violin plot; Fig. 4 of "
-        "the paper), Fisher separability per class and group (SPEC 6.3, Table 6), per-class "
+        "the paper), Fisher separability per class and group (Table 6), per-class "
         "accuracy against training count (log x) and a confusion matrix per run. Writes "
         "analysis.md, CSV and JSON tables and PNG plots to --out.",
         epilog="example: dbm-ltr analyze runs/ce runs/dbm_ce --out runs/compare "

@@ -25,7 +25,7 @@ class CosineClassifier(nn.Module):
         num_classes: number of classes ``C``.
 
     The weight has shape ``(D, C)``, one column per class, initialised ``U(-1, 1)`` and then
-    rescaled so that every class column has unit norm (SPEC 1.1).
+    rescaled so that every class column has unit norm (as the DBM code).
 
     Example:
         >>> head = CosineClassifier(64, 10)

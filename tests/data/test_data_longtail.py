@@ -1,4 +1,4 @@
-"""Long-tail counts and the seeded LDAM-DRW selection (SPEC 4.1)."""
+"""Long-tail counts and the seeded LDAM-DRW selection (LDAM-DRW)."""
 
 import os
 
@@ -11,7 +11,7 @@ SHARED = "/work/shared/data"
 
 
 def groups(counts):
-    """Many n > 100, medium 20 <= n <= 100, few n < 20 (SPEC 4.3)."""
+    """Many n > 100, medium 20 <= n <= 100, few n < 20 (the long-tailed protocol)."""
     return (sum(n > 100 for n in counts), sum(20 <= n <= 100 for n in counts),
             sum(n < 20 for n in counts))
 

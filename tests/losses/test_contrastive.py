@@ -8,7 +8,7 @@ from dbm_ltr.losses.contrastive import balanced_contrastive_loss
 
 
 def naive_bsc(anchors, labels, prototypes, T):
-    """SPEC 2.5 written out anchor by anchor, in float64 Python arithmetic."""
+    """The BCL loss written out anchor by anchor, in float64 Python arithmetic."""
     u = anchors.double().tolist()
     q = prototypes.double().tolist()
     y = labels.tolist()

@@ -70,7 +70,7 @@ def test_tau_zero_gives_uniform_margin():
 
 
 def test_spec_test_vectors():
-    """SPEC 1.8: CIFAR-100-LT IF 100, K=0.1, tau=1, lambda=1, s=32."""
+    """Hand-computed values: CIFAR-100-LT IF 100, K=0.1, tau=1, lambda=1, s=32."""
     rows = [  # (target, c_y, hard, total margin, target logit)
         (99, 0.5, 1, 0.125000, 12.420075),
         (99, 0.5, 0, 0.100000, 13.153402),
@@ -291,7 +291,7 @@ def test_gradcheck_in_overflow_region():
 
 
 def test_gradient_matches_spec_closed_form():
-    """SPEC 1.6: dz_y/dc = s sin(theta + m) (1/sqrt(1 - c^2) + lambda h m_C / 2)."""
+    """The derivative: dz_y/dc = s sin(theta + m) (1/sqrt(1 - c^2) + lambda h m_C / 2)."""
     crit = DBMLoss(C100, scale=32.0)
     cos = torch.zeros(3, 100, dtype=torch.float64)
     target = torch.tensor([99, 50, 0])

@@ -27,7 +27,7 @@ def closed_form(x, y, i, j):
 
 
 def projected(x, y, i, j, ridge):
-    """The SPEC 6.3 recipe written out: Fisher direction, project the samples, J of the
+    """The Fisher recipe of Table 6 written out: Fisher direction, project the samples, J of the
     projections (population variances)."""
     a, b = x[y == i], x[y == j]
     pooled = np.cov(a, rowvar=False, ddof=0) + np.cov(b, rowvar=False, ddof=0)

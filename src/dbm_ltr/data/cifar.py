@@ -1,4 +1,4 @@
-"""CIFAR-10-LT and CIFAR-100-LT (SPEC 4.1), with torchvision's ``Dataset`` conventions.
+"""CIFAR-10-LT and CIFAR-100-LT (the LDAM-DRW protocol), with torchvision's ``Dataset`` conventions.
 
 The train split is the standard long-tailed subset of the full training set::
 

@@ -1,6 +1,6 @@
 """Validated run configuration: YAML file + ``key=value`` overrides -> :class:`Config`.
 
-Every section is a dataclass with the CIFAR recipe of the paper as defaults (SPEC 5.2), so a
+Every section is a dataclass with the CIFAR recipe of the DBM code as defaults, so a
 preset only names what differs. ``loss`` and ``method`` take free keyword parameters that are
 checked against the signature of the registered loss / method, so a typo is an error, not a
 silently ignored setting.
@@ -11,6 +11,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import difflib
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, get_type_hints
@@ -44,71 +45,106 @@ __all__ = [
 
 
 
+def setting(default: Any, help: str) -> Any:
+    """A config field with its documentation (``docs/settings.md`` is generated from it)."""
+    if isinstance(default, (list, dict)):
+        return field(default_factory=lambda: copy.deepcopy(default), metadata={"help": help})
+    return field(default=default, metadata={"help": help})
+
+
 @dataclass
 class DataConfig:
-    name: str = "cifar10_lt"
-    root: str = "data"
-    imbalance_factor: float = 100.0
-    seed: int = 0  # selection of the long-tailed subset (SPEC 4.1: NumPy legacy RNG, seed 0)
-    download: bool = False
-    augment: str = ""  # training transform; "" = the data set's regular recipe
-    pipeline: str = "auto"  # auto | loader | device: where batches are augmented (auto: device where supported)
-    workers: int = -1  # loader processes; -1: min(4, CPU cores available to the process)
-    eval_batch_size: int = 256
-    limit: int = 0  # train on at most this many images of the training split (class proportions kept); 0 = all
-    image_size: int = 0  # large-scale recipes: crop size (test: resize by 256/224, then crop); 0 = 224
-    split_dir: str = ""  # split-file data sets: folder of the split files ("" = data.root)
-    skip_corrupt: bool = False  # split-file data sets: replace unreadable images (counted)
-    decode: str = "cpu"  # split-file data sets: cpu (reduced-size JPEG decoding) | pil | device (nvJPEG)
+    """``data``: which data set, where it is, how batches are made."""
+
+    name: str = setting("cifar10_lt", "data set: cifar10_lt, cifar100_lt, imagenet_lt, inat2018, places_lt, digits_lt")
+    root: str = setting("data", "folder of the data set (CIFAR: torchvision's folders or the .npz archives; "
+                        "large scale: the image root); stored absolute in the run")
+    imbalance_factor: float = setting(100.0, "CIFAR-LT: n_max / n_min of the long-tailed training split (10, 50, 100)")
+    seed: int = setting(0, "selection of the long-tailed subset (0: the standard split of LDAM-DRW)")
+    download: bool = setting(False, "CIFAR: download with torchvision when no local copy is found (needs internet)")
+    augment: str = setting("", "training transform by name; empty: the data set's regular recipe")
+    pipeline: str = setting("auto", "auto | loader | device: augment in DataLoader workers with PIL, or as "
+                            "whole batches on the training device (auto: device where batched recipes exist)")
+    workers: int = setting(-1, "DataLoader processes; -1: one per available CPU core, at most 4")
+    eval_batch_size: int = setting(256, "batch size of the evaluation")
+    limit: int = setting(0, "train on at most this many images of the training split, class proportions kept "
+                         "and every class present (smoke tests); 0: all")
+    image_size: int = setting(0, "large-scale recipes: crop size (the test transform resizes to size * 256/224 "
+                              "first); 0: 224")
+    split_dir: str = setting("", "split-file data sets: folder of the split files (empty: data.root)")
+    skip_corrupt: bool = setting(False, "split-file data sets: replace unreadable images by others and count "
+                                 "them, instead of stopping")
+    decode: str = setting("cpu", "split-file data sets: cpu (libjpeg-turbo, reduced-size decoding) | pil | "
+                          "device (batched GPU decoding)")
 
 
 @dataclass
 class ModelConfig:
-    name: str = "resnet32"
-    classifier: str = "linear"  # linear | cosine
-    pretrained: str = ""  # local state dict loaded into the trunk (torchvision keys; nothing is downloaded)
+    """``model``: the trunk and the classifier head."""
+
+    name: str = setting("resnet32", "trunk: resnet32, resnet56, resnet50, resnext50, resnext101, small_cnn, "
+                        "or timm:NAME with timm installed")
+    classifier: str = setting("linear", "linear (logits, with bias) | cosine (raw cosines, for DBM and LDAM)")
+    pretrained: str = setting("", "a local state dict loaded into the trunk (torchvision keys; nothing is "
+                              "downloaded)")
 
 
 @dataclass
 class LossConfig:
-    name: str = "ce"
-    params: dict = field(default_factory=dict)
+    """``loss``: a registered loss by name, and its own parameters (see the loss table)."""
+
+    name: str = setting("ce", "ce, cb, drw, bs, dbm, ldam")
+    params: dict = setting({}, "the loss's keyword parameters")
 
 
 @dataclass
 class MethodConfig:
-    name: str = "standard"
-    params: dict = field(default_factory=dict)
+    """``method``: how a batch becomes a loss (standard, bcl, ncl, gml) and its parameters."""
+
+    name: str = setting("standard", "standard, bcl, ncl, gml")
+    params: dict = setting({}, "the method's keyword parameters")
 
 
 @dataclass
 class OptimConfig:
-    lr: float = 0.1
-    momentum: float = 0.9
-    weight_decay: float = 2e-4
-    nesterov: bool = False
-    batch_size: int = 64  # global batch (split over processes under torchrun)
-    epochs: int = 200
-    warmup_epochs: int = 5
-    schedule: str = "cosine"  # cosine | cosine_reference | cosine_shifted | step | constant
-    milestones: list = field(default_factory=lambda: [160, 180])
-    lr_decay: float = 0.01  # factor per milestone of the step schedule
+    """``optim``: SGD and the learning-rate schedule (set once per epoch)."""
+
+    lr: float = setting(0.1, "peak learning rate")
+    momentum: float = setting(0.9, "SGD momentum")
+    weight_decay: float = setting(2e-4, "weight decay of every parameter (a method may exempt some, "
+                                  "e.g. GML's temperature)")
+    nesterov: bool = setting(False, "Nesterov momentum")
+    batch_size: int = setting(64, "global batch size (split over the processes under torchrun)")
+    epochs: int = setting(200, "epochs")
+    warmup_epochs: int = setting(5, "linear warm-up epochs (capped at the run's length); the phase shift "
+                                 "for cosine_shifted")
+    schedule: str = setting("cosine", "cosine | cosine_reference | cosine_shifted | step | constant")
+    milestones: list = setting([160, 180], "step schedule: the rate is multiplied by lr_decay after each "
+                               "of these (1-based) epochs")
+    lr_decay: float = setting(0.01, "step schedule: factor per milestone")
 
 
 @dataclass
 class TrainConfig:
-    seed: int = 0
-    device: str = "auto"  # auto | cpu | cuda | cuda:N
-    amp: bool = False
-    deterministic: bool = False
-    eval_every: int = 0  # also evaluate every N epochs and track the best (0: only at the end)
-    progress: bool = True
-    drop_last: bool = False
-    threads: int = 0  # PyTorch's CPU threads; 0: no more than the CPU cores available to the process
-    compile: bool = False  # torch.compile the model (eager, with a message, where unavailable)
-    nan_policy: str = "stop"  # stop | skip: a non-finite loss stops the run, or its step is dropped
-    sync_bn: bool = False  # under torchrun: BatchNorm statistics over the global batch (SyncBatchNorm)
-    auto_resume: bool = False  # resume from the run directory's checkpoint if there is one (torchrun restarts)
+    """``train``: seed, device, precision, evaluation and fault handling."""
+
+    seed: int = setting(0, "seed of everything random (order, augmentation, initialisation)")
+    device: str = setting("auto", "auto | cpu | cuda | cuda:N")
+    amp: bool = setting(False, "mixed precision: bfloat16 (float16 with loss scaling on GPUs without "
+                        "bfloat16); margins stay float32")
+    deterministic: bool = setting(False, "deterministic kernels (bit-identical reruns, slower on a GPU)")
+    eval_every: int = setting(0, "also evaluate every N epochs and track the best test epoch, labelled as "
+                              "test-set selection (0: only at the end)")
+    progress: bool = setting(True, "progress bars")
+    drop_last: bool = setting(False, "drop the last, smaller batch of an epoch")
+    threads: int = setting(0, "PyTorch's CPU threads; 0: no more than the CPU cores available to the process")
+    compile: bool = setting(False, "torch.compile the model (eager mode, with a message, where the compiler "
+                            "is unavailable)")
+    nan_policy: str = setting("stop", "stop | skip: a non-finite loss stops the run naming the step, or its "
+                              "step is dropped and counted")
+    sync_bn: bool = setting(False, "under torchrun on GPUs: BatchNorm statistics over the global batch")
+    auto_resume: bool = setting(False, "resume from the run directory's checkpoint when there is one "
+                                "(for torchrun --max-restarts)")
 
 
 @dataclass
@@ -119,8 +155,8 @@ class Config:
     loss: LossConfig = field(default_factory=LossConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
-    name: str = ""  # preset name, for reports
-    paper: dict = field(default_factory=dict)  # the paper's numbers for this preset
+    name: str = setting("", "the preset's name, for reports")
+    paper: dict = setting({}, "the paper's numbers for this preset (source, top1, groups)")
 
     def to_dict(self) -> dict:
         out = dataclasses.asdict(self)
@@ -418,3 +454,70 @@ def flatten_config(values: dict, prefix: str = "") -> dict[str, Any]:
 
 def save_config(config: Config, path: Path) -> None:
     path.write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
+
+
+def _arg_docs(factory: Callable) -> dict[str, str]:
+    """``{parameter: first sentence}`` from the ``Args:`` section of a docstring."""
+    import inspect as _inspect
+
+    doc = _inspect.getdoc(factory) or ""
+    out, current, in_args = {}, None, False
+    for line in doc.splitlines():
+        stripped = line.strip()
+        if stripped == "Args:":
+            in_args = True
+            continue
+        if in_args:
+            if stripped and not line.startswith(" "):
+                break
+            head, sep, text = stripped.partition(": ")
+            if sep and line.startswith("    ") and not line.startswith("        ") and head.isidentifier():
+                current = head
+                out[current] = text
+            elif current and stripped:
+                out[current] += " " + stripped
+    return {k: v.split(". ")[0].rstrip(".") for k, v in out.items()}
+
+
+def settings_reference() -> str:
+    """Every setting of a config as markdown: the sections' fields (type, default, meaning) and
+    the parameters of each loss and method (``docs/settings.md`` is this text)."""
+    from ..losses import LOSSES, loss_parameters
+    from ..methods import METHODS, method_parameters
+
+    def cell(value: Any) -> str:
+        return f"`{value!r}`" if not isinstance(value, str) else f'`"{value}"`'
+
+    def text(value: str) -> str:  # reST markup of the docstrings -> markdown, table-safe
+        value = re.sub(r":\w+:`([^`]+)`", r"`\1`", value).replace("``", "`")
+        return value.replace("|", "\\|")
+
+    lines = ["# Settings", "",
+             "Every setting of a run, with its default. A config file (or preset) sets them by section; "
+             "`--set section.key=value` overrides one (a bare key works when it names one setting). "
+             "This page is generated from the code: `dbm-ltr settings > docs/settings.md`.", ""]
+    for section, cls in _SECTIONS.items():
+        lines += [f"## `{section}`", "", text((cls.__doc__ or "").strip()), "", "| key | type | default | meaning |",
+                  "|---|---|---|---|"]
+        hints = get_type_hints(cls)
+        defaults = cls()
+        for f in dataclasses.fields(cls):
+            lines.append(f"| `{section}.{f.name}` | {hints[f.name].__name__} | {cell(getattr(defaults, f.name))} | "
+                         f"{text(f.metadata.get('help', ''))} |")
+        lines.append("")
+    for kind, registry, parameters, key in (("loss", LOSSES, loss_parameters, "loss"),
+                                            ("method", METHODS, method_parameters, "method")):
+        lines += [f"## `{key}`", "", f"`{key}.name` picks the {kind}; its parameters are set as `{key}.PARAM`.", ""]
+        for name in registry.names():
+            params = parameters(name)
+            entry = registry.lookup(name)
+            factory = getattr(entry, "factory", entry)
+            docs = {**_arg_docs(factory), **_arg_docs(getattr(factory, "build", factory))}
+            lines += [f"### {kind} `{name}`", ""]
+            if not params:
+                lines += ["No parameters.", ""]
+                continue
+            lines += ["| key | default | meaning |", "|---|---|---|"]
+            lines += [f"| `{key}.{p}` | {cell(v)} | {text(docs.get(p, ''))} |" for p, v in params.items()]
+            lines.append("")
+    return "\n".join(lines).rstrip() + "\n"

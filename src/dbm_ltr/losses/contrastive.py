@@ -1,4 +1,4 @@
-r"""Balanced supervised contrastive loss of BCL (Zhu et al., CVPR 2022; SPEC 2.5).
+r"""Balanced supervised contrastive loss of BCL (Zhu et al., CVPR 2022).
 
 Anchors are the ``N`` projections ``u_i`` (both contrastive views of every image); the
 contrast set adds one prototype ``q_c`` per class. With ``N_c`` = anchors of class ``c``

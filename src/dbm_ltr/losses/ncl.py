@@ -1,4 +1,4 @@
-r"""The losses of NCL (Li et al., CVPR 2022; SPEC 2.6) that are not plain cross-entropy.
+r"""The losses of NCL (Li et al., CVPR 2022) that are not plain cross-entropy.
 
 * :func:`hard_category_mask` - hard-category mining: the target plus the ``k - 1`` most
   confusable classes of each sample.

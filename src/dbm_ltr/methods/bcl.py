@@ -31,6 +31,20 @@ PROJECTION_VIEWS = ("all", "contrastive")
 
 
 class BCLMethod(SingleModelMethod):
+    """BCL with any classification loss (balanced softmax: BCL; DBM with base bs: DBM-BCL).
+
+    Args:
+        model: trunk + classifier head.
+        loss: the classification loss on view 1.
+        alpha: weight of the classification loss. Default 2.0 (the BCL and DBM code).
+        beta: weight of the balanced contrastive loss. Default 0.6.
+        temperature: temperature of the contrastive loss. Default 0.1.
+        hidden_dim: hidden width of the projection and prototype heads. Default 512.
+        proj_dim: output width of the projection and prototype heads. Default 128.
+        projection_views: ``"all"`` (the BCL code: the projection head's batch holds all three
+            views) or ``"contrastive"`` (views 2 and 3 only).
+    """
+
     views = ("regular", "contrastive", "contrastive")
 
     def __init__(

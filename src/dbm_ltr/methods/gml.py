@@ -100,6 +100,28 @@ def load_teacher(
 
 
 class GMLMethod(SingleModelMethod):
+    """GML (loss ``dbm`` with ``max_margin=0``, ``scale=30``, base bs) or DBM-GML (DBM margins).
+
+    Args:
+        model: the student: trunk + cosine classifier.
+        teacher: a finished run directory of the teacher, or its checkpoint (``build``; the
+            constructor takes the loaded, frozen teacher model).
+        loss: L_sup on the student's cosines.
+        cls_num_list: training images per class.
+        queue_size: entries of the class-partitioned queue of teacher features. Default 4096.
+        base_k: entries every class gets at least. Default 2.
+        embed_dim: output width of the query and key embeddings. Default 32.
+        temperature: initial temperature of the contrastive terms. Default 0.1.
+        temperature_mode: ``"shared"`` (one learnable temperature, as the GML code) or
+            ``"per_class"``.
+        alpha: weight of the distillation term. Default 1.0.
+        beta: weight of the contrastive terms. Default 1.0.
+        gamma: weight of L_sup. Default 1.0.
+        kd_temperature: distillation temperature. Default 4.0.
+        kd_scale: scale of the plain cosines that are distilled (GML's 1 / T_s). Default 30.0.
+        teacher_trunk: the teacher's trunk (``build``). Default ``"resnet56"``.
+    """
+
     views = ("regular", "regular", "regular")
     uses_indices = True  # the queue remembers which image each key came from
 

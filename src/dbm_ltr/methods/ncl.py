@@ -55,6 +55,27 @@ def _same_batch_everywhere(batch: int, device: torch.device) -> bool:
 
 
 class NCLMethod(Method):
+    """NCL with balanced softmax (NCL) or DBM with base bs (DBM-NCL) in every expert.
+
+    Args:
+        experts: one trunk + classifier per expert.
+        key_trunks: the momentum (key) trunk of each expert.
+        loss: balanced softmax, or DBM with base bs.
+        cls_num_list: training images per class.
+        hard_fraction: share of the classes mined as hard categories (k = 30 of 100). Default 0.3.
+        distill_weight: weight of the nested balanced online distillation. Default 0.6.
+        queue_size: MoCo queue length. Default 1024.
+        moco_dim: width of the MoCo heads. Default 64.
+        moco_temperature: MoCo temperature. Default 0.2.
+        moco_momentum: key-encoder momentum per step. Default 0.999 (the presets: 0.997003,
+            the NCL code's effective value with 3 experts).
+        key_init: ``"copy"`` (MoCo: the key trunk starts as the expert's) or ``"random"`` (the
+            NCL code).
+        key_head: ``"ema"`` (the key head follows the query head) or ``"frozen"`` (the NCL code).
+        shuffle_bn: under torchrun, shuffle the key batch across processes (MoCo). Default true.
+        num_experts: number of experts (``build`` only). Default 3.
+    """
+
     views = ("regular", "contrastive")
 
     def __init__(

@@ -1,4 +1,4 @@
-"""Per-class accuracy and the Many / Medium / Few split (SPEC 4.3, 6.1)."""
+"""Per-class accuracy and the Many / Medium / Few split (the long-tailed protocol of Liu et al. 2019, as the DBM paper)."""
 
 from __future__ import annotations
 

@@ -1,9 +1,9 @@
-"""Angular distance between a feature and its true class's classifier weight (SPEC 6.2, Fig. 4).
+"""Angular distance between a feature and its true class's classifier weight (Fig. 4 of the DBM paper).
 
 ``phi(x) = arccos(clamp(cos(f(x), w_y), -1, 1))`` in degrees, where ``f(x)`` is the pooled
 feature the classifier sees and ``w_y`` the weight vector of the true class (for a linear head
 its weight row; the bias is ignored). Samples are grouped by the Many / Medium / Few group of
-their label's *training* count (SPEC 4.3).
+their label's *training* count (Many > 100, Few < 20).
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Inter-class separability by the Fisher criterion (SPEC 6.3, Table 6 of the paper).
+"""Inter-class separability by the Fisher criterion (Table 6 of the DBM paper).
 
 For every ordered class pair ``(i, j)``, ``i != j``, with class means ``mu`` and population
 covariances ``S`` (ddof 0) of the features::
@@ -27,7 +27,7 @@ from .accuracy import FEW_BELOW, GROUPS, MANY_ABOVE, group_of
 
 __all__ = ["FEATURE_NORMALIZATIONS", "class_moments", "fisher_pairwise", "fisher_separability"]
 
-#: ``raw``: features as the classifier sees them (SPEC default); ``l2``: each row scaled to unit norm.
+#: ``raw``: features as the classifier sees them (the default); ``l2``: each row scaled to unit norm.
 FEATURE_NORMALIZATIONS = ("raw", "l2")
 
 # Bytes of (D, D) float64 matrices solved at once; bounds memory for many classes / wide features.
@@ -140,7 +140,7 @@ def fisher_separability(
     many_threshold: int = MANY_ABOVE,
     few_threshold: int = FEW_BELOW,
 ) -> dict:
-    """Fisher separability per class and per Many / Medium / Few group (SPEC 6.3).
+    """Fisher separability per class and per Many / Medium / Few group (Table 6).
 
     Args:
         features: ``(N, D)`` evaluation features.

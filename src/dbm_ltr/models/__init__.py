@@ -3,7 +3,7 @@
     trunk = create_trunk("resnet32")                       # pooled 64-d features
     model = create_model("resnet32", num_classes=100, classifier="cosine")
 
-Built-in trunks: ``resnet32``, ``resnet56`` (CIFAR, SPEC 3.1), ``small_cnn`` (the offline
+Built-in trunks: ``resnet32``, ``resnet56`` (CIFAR, He et al. 2016), ``small_cnn`` (the offline
 demo), ``resnet50``, ``resnext50`` (32x4d), ``resnext101`` (32x8d) (torchvision
 architectures, ImageNet-style, random init), and ``timm:NAME`` for any timm model when timm is
 installed (:mod:`~dbm_ltr.models.large`). A trunk is an ``nn.Module`` mapping images to pooled

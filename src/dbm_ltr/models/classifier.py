@@ -14,7 +14,7 @@ HEADS = ("linear", "cosine")
 
 
 def make_head(kind: str, in_features: int, num_classes: int) -> nn.Module:
-    """``nn.Linear(D, C)`` (Kaiming-normal weight, SPEC 3.1) or ``CosineClassifier(D, C)``."""
+    """``nn.Linear(D, C)`` (Kaiming-normal weight) or ``CosineClassifier(D, C)``."""
     if kind == "linear":
         head = nn.Linear(in_features, num_classes)
         nn.init.kaiming_normal_(head.weight)

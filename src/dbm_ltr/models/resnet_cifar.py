@@ -1,4 +1,4 @@
-"""ResNet-32/56 for 32x32 images (He et al. 2016, CIFAR variant; SPEC 3.1).
+"""ResNet-32/56 for 32x32 images (He et al. 2016, CIFAR variant).
 
 Stem conv 3x3 (16) -> three stages of BasicBlocks (16/32/64 channels, first strides 1/2/2)
 -> global average pool -> 64-d feature. Shortcuts that change shape are "option A":
