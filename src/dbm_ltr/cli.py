@@ -153,18 +153,22 @@ def cmd_sweep(args) -> int:
         print("\nsweep interrupted; rerun the same command to resume (finished points are skipped)",
               file=sys.stderr)
         raise
-    summary = summarize_sweep(axes, points, args.out)
-    print()
-    print(summary["markdown"], end="")
-    for key in ("report", "csv", "plot"):
-        if key in summary:
-            print(f"{'plot' if key == 'plot' else 'written'}: {summary[key]}")
+    _print_summary(summarize_sweep(axes, points, args.out))
     failed = [p for p in points if not p.finished]
     if failed:
         print(f"{len(failed)} grid point(s) did not finish: " + "; ".join(f"{p.name} ({p.error})" for p in failed),
               file=sys.stderr)
         return 1
     return 0
+
+
+def _print_summary(summary: dict) -> None:
+    """The report of a sweep or a reproduction, and the files written."""
+    print()
+    print(summary["markdown"], end="")
+    for key in ("report", "csv", "plot"):
+        if key in summary:
+            print(f"{'plot' if key == 'plot' else 'written'}: {summary[key]}")
 
 
 def cmd_reproduce(args) -> int:
@@ -195,12 +199,7 @@ def cmd_reproduce(args) -> int:
               file=sys.stderr)
         raise
     title = f"Table 2 rows on {args.data}" + (f", IF {args.imbalance_factor:g}" if args.imbalance_factor else "")
-    summary = summarize_reproduction(runs, args.out, title)
-    print()
-    print(summary["markdown"], end="")
-    for key in ("report", "csv", "plot"):
-        if key in summary:
-            print(f"{'plot' if key == 'plot' else 'written'}: {summary[key]}")
+    _print_summary(summarize_reproduction(runs, args.out, title))
     failed = [r for r in runs if not r.finished]
     if failed:
         print(f"{len(failed)} run(s) did not finish: {', '.join(r.name for r in failed)}; fix the cause "

@@ -799,7 +799,23 @@ class CifarTrainParams:
         return out
 
 
-class BatchCifarTrain:
+class _SampledRecipe:
+    """A recipe in two steps: :meth:`sample` draws every random parameter on the host,
+    :meth:`apply` runs the batch through the operations on its device."""
+
+    def sample(self, b: int, h: int, w: int, generator: torch.Generator):
+        raise NotImplementedError
+
+    def apply(self, images: Tensor, params) -> Tensor:
+        raise NotImplementedError
+
+    def __call__(self, images: Tensor, generator: torch.Generator) -> Tensor:
+        _check_call(images, generator)
+        b, _, h, w = images.shape
+        return self.apply(images, self.sample(b, h, w, generator))
+
+
+class BatchCifarTrain(_SampledRecipe):
     """The ``cifar`` recipe on a uint8 batch: RandomCrop(pad 4) -> HFlip -> AutoAugment
     (CIFAR10 policy, per-image sub-policy) -> ToTensor -> Cutout -> Normalize."""
 
@@ -893,11 +909,6 @@ class BatchCifarTrain:
             x = cutout(x, dev["cutout"], self.cutout)
         return normalize(to_unit(x), dev["mean"], dev["std"])
 
-    def __call__(self, images: Tensor, generator: torch.Generator) -> Tensor:
-        _check_call(images, generator)
-        b, _, h, w = images.shape
-        return self.apply(images, self.sample(b, h, w, generator))
-
     def __repr__(self) -> str:
         return (f"{type(self).__name__}(crop pad {self.padding} -> hflip -> AutoAugment(CIFAR10, "
                 f"fill={self.fill:g}) -> cutout={self.cutout} -> normalize(mean={self.mean}, "
@@ -964,7 +975,7 @@ def _sample_resized_crop(batch: int, height: int, width: int, scale: tuple[float
     return boxes
 
 
-class BatchCifarContrastive:
+class BatchCifarContrastive(_SampledRecipe):
     """The ``cifar_contrastive`` recipe on a uint8 batch: RandomResizedCrop -> HFlip ->
     ColorJitter p 0.8 -> Grayscale p 0.2 -> PIL GaussianBlur p 0.5 -> ToTensor -> Normalize."""
 
@@ -1042,11 +1053,6 @@ class BatchCifarContrastive:
                                     max_sigma=float(p.sigma[blur].max()))
             x = x.index_copy(0, idx, blurred)
         return normalize(to_unit(x), dev["mean"], dev["std"])
-
-    def __call__(self, images: Tensor, generator: torch.Generator) -> Tensor:
-        _check_call(images, generator)
-        b, _, h, w = images.shape
-        return self.apply(images, self.sample(b, h, w, generator))
 
     def __repr__(self) -> str:
         return (f"{type(self).__name__}(resized_crop(scale={self.scale}) -> hflip -> "
