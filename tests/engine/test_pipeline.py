@@ -116,3 +116,18 @@ def test_max_steps_amp_dtype_and_compile_fallback(fake_cifar10, tmp_path, monkey
     model = torch.nn.Linear(2, 2)
     assert compile_model(model, torch.device("cpu"), said.append) is model
     assert said == ["train.compile: the compiler is unavailable here (RuntimeError: no C compiler); training in eager mode"]
+
+
+def test_the_loader_gives_the_same_run_with_any_number_of_workers(fake_cifar10, tmp_path):
+    """Each image's augmentation is seeded by (seed, epoch, image): 0 and 2 loader workers
+    train to the same weights."""
+    weights = []
+    for workers in (0, 2):
+        cfg = load_config("cifar10_lt/bcl", tiny_overrides(fake_cifar10, epochs=1) + [
+            "data.pipeline=loader", f"data.workers={workers}", "train.deterministic=true", "optim.batch_size=64"])
+        trainer = Trainer(cfg, tmp_path / f"w{workers}", log=quiet)
+        trainer.train_one_epoch(0)
+        weights.append(trainer.method.state_dict())
+        trainer.close()
+    for key in weights[0]:
+        assert torch.equal(weights[0][key], weights[1][key]), key

@@ -355,7 +355,7 @@ class Trainer:
         self._lock = RunLock(self.run_dir).acquire() if self.dist.is_main else None
         self.environment = environment()
         try:
-            self._setup(resume or t.auto_resume and self._has_checkpoint(), strict_resume=resume)
+            self._setup(resume or t.auto_resume and self._has_checkpoint())
         except BaseException:
             self.close()
             raise
@@ -364,9 +364,9 @@ class Trainer:
         path = self.run_dir / CHECKPOINT
         return path.exists() or previous_path(path).exists()
 
-    def _setup(self, resume: bool, strict_resume: bool) -> None:
+    def _setup(self, resume: bool) -> None:
         config, t, o, d = self.config, self.config.train, self.config.optim, self.config.data
-        state = self._read_state(resume, strict_resume)
+        state = self._read_state(resume)
         seed_everything(t.seed)
         views = method_views(config.method.name)
         self.pipeline = resolve_pipeline(config, views, self.device)
@@ -418,7 +418,7 @@ class Trainer:
 
     # ------------------------------------------------------------------ checkpoints
 
-    def _read_state(self, resume: bool, strict_resume: bool) -> dict | None:
+    def _read_state(self, resume: bool) -> dict | None:
         path = self.run_dir / CHECKPOINT
         if not resume:
             if self._has_checkpoint():

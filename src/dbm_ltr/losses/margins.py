@@ -400,7 +400,15 @@ class MarginLoss(nn.Module):
     def forward(
         self, cosine: torch.Tensor, target: torch.Tensor, epoch: int | None = None
     ) -> torch.Tensor:
-        """``base(margin_logits(cosine, target) + offset, target)``."""
+        """The loss ``base(margin_logits(cosine, target) + offset, target)``, a scalar.
+
+        Args:
+            cosine: raw cosines ``(B, C)`` in ``[-1, 1]`` (``CosineClassifier``'s output, no
+                scale), any floating dtype.
+            target: class indices ``(B,)``, on the same device.
+            epoch: the current (0-based) epoch; only ``base="drw"`` uses it (plain CE before
+                ``drw_epoch``, class-balanced weights from then on).
+        """
         return _MarginCrossEntropy.apply(
             self._checked(cosine, target), target, self, self.base_loss.logit_offset,
             self.base_loss.weight_at(epoch),
