@@ -133,3 +133,13 @@ def test_a_yaml_syntax_error_is_one_line_with_file_line_and_column(tmp_path):
         load_config(path)
     message = str(err.value)
     assert "\n" not in message and message.startswith(f"{path}: not valid YAML (line 2, column 22: ")
+
+
+def test_a_setting_added_later_equals_its_default_when_comparing_runs():
+    from dbm_ltr.engine.rundir import config_differences
+
+    now = load_config("cifar10_lt/ce").to_dict()
+    older = {**now, "data": {k: v for k, v in now["data"].items() if k != "limit"}}
+    assert config_differences(older, now) == []
+    changed = {**now, "data": {**now["data"], "limit": 50}}
+    assert config_differences(older, changed) == [("data.limit", 0, 50)]

@@ -21,9 +21,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
 
-from ..engine.config import ConfigError, preset_dir
+from ..data import create_dataset
+from ..engine.config import ConfigError, load_config, preset_dir
+from ..engine.distributed import pick_device
 from ..engine.rundir import CHECKPOINT, METRICS, OUTPUT
+from .plots import plot_reproduction
+from .report import report_markdown, summarize_runs, write_report
 from .runs import read_metrics
+from .sweep import check_buildable, compare_existing
 
 __all__ = [
     "ROW_SETS",
@@ -129,10 +134,6 @@ def plan_reproduction(
             other settings.
         DatasetNotFoundError / ValueError: the data set is missing or damaged.
     """
-    from ..data import create_dataset
-    from ..engine.config import load_config
-    from ..engine.distributed import pick_device
-    from .sweep import check_buildable, compare_existing
 
     common = list(overrides) + ([f"data.imbalance_factor={imbalance_factor:g}"] if imbalance_factor else [])
     order = list(rows)
@@ -259,8 +260,6 @@ def run_reproduction(
 def summarize_reproduction(runs: Sequence[ReproRun], out: str | Path, title: str = "") -> dict[str, Path | str]:
     """Report of the finished runs (``OUT/report.md`` and ``.csv``) and the plot of ours beside
     the paper per row (``OUT/reproduce.png``)."""
-    from .plots import plot_reproduction
-    from .report import report_markdown, summarize_runs, write_report
 
     out = Path(out)
     finished = [r.run_dir for r in runs if r.finished]

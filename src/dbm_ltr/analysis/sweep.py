@@ -24,8 +24,13 @@ from typing import Any, Callable, Sequence
 
 import yaml
 
-from ..engine.config import ConfigError, flatten_config
+from ..data import DATASET_INFO, long_tail_counts
+from ..engine import Trainer, TrainingError
+from ..engine.config import ConfigError, flatten_config, load_config, resolve_override_key
 from ..engine.rundir import CHECKPOINT, LOG, METRICS, config_differences
+from ..engine.trainer import build_method
+from .plots import plot_sweep
+from .report import report_markdown, summarize_runs, write_report
 from .runs import read_metrics, read_run_config
 
 __all__ = [
@@ -136,7 +141,6 @@ def point_name(pairs: Sequence[tuple[str, str]]) -> str:
 
 
 def _dummy_counts(num_classes: int, imbalance_factor: float) -> list[int]:
-    from ..data import long_tail_counts
 
     return long_tail_counts(int(max(1000, 10 * imbalance_factor)), num_classes, imbalance_factor)
 
@@ -144,8 +148,6 @@ def _dummy_counts(num_classes: int, imbalance_factor: float) -> list[int]:
 def check_buildable(config, where: str) -> None:
     """Construct the method and loss (with a long-tail profile of the config's imbalance
     factor in place of the real counts) so value errors show before training starts."""
-    from ..data import DATASET_INFO
-    from ..engine.trainer import build_method
 
     info = DATASET_INFO[config.data.name]  # the name was checked with the config
     c = info["num_classes"] or info.get("expected_num_classes", 1000)  # None: the split file defines it
@@ -190,7 +192,6 @@ def plan_sweep(
         ConfigError: a bad key or value anywhere in the grid (nothing has been trained), two
             points that would share a directory, or an existing run with other settings.
     """
-    from ..engine.config import load_config
 
     base = load_config(config_source, list(overrides))  # the base itself must be valid
     base_values = base.to_dict()
@@ -245,7 +246,6 @@ def plan_sweep(
 
 def _resolve_path_keys(base_values: dict, key: str) -> list[str]:
     """The dotted path a (possibly bare) override key names, resolved as ``--set`` does."""
-    from ..engine.config import resolve_override_key
 
     return resolve_override_key(base_values, key)
 
@@ -266,7 +266,6 @@ def run_sweep(points: Sequence[SweepPoint], log: Callable[[str], None] = print) 
     """Train every unfinished point through :class:`~dbm_ltr.engine.Trainer` (resuming where a
     checkpoint exists). A point whose training fails (``TrainingError``) is recorded and the
     sweep goes on; ``metrics`` of finished points are filled in."""
-    from ..engine import Trainer, TrainingError
 
     for k, p in enumerate(points, 1):
         head = f"[{k}/{len(points)}] {p.name}"
@@ -290,8 +289,6 @@ def summarize_sweep(
     """Report of the finished points (markdown + CSV in ``out_dir``) and, for one or two grid
     keys besides ``train.seed``, a plot of top-1 (heat map for two keys, Fig. 3 style).
     Returns ``{"markdown": text, "report": path, "csv": path, "plot": path}`` (what exists)."""
-    from .plots import plot_sweep
-    from .report import report_markdown, summarize_runs, write_report
 
     out = Path(out_dir)
     done = [p for p in points if p.finished]

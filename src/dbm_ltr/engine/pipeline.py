@@ -12,7 +12,7 @@
 
 Both take the batch order from the trainer (a seeded permutation, or ``DistributedSampler``'s
 shard under torchrun); the device pipeline draws its augmentation from the epoch's generator,
-the loader from a seed per (epoch, sample) (:class:`SeededSamples`), so a resumed run repeats
+the loader from a seed per (epoch, batch) (:class:`SeededSamples`), so a resumed run repeats
 its epochs exactly with either, from any batch. The evaluation set follows the same choice.
 """
 
@@ -93,10 +93,12 @@ def _images_tensor(dataset: Dataset, device: torch.device) -> tuple[torch.Tensor
 
 
 class SeededSamples(Dataset):
-    """``dataset[i]`` with every random draw of its transform seeded from ``(seed, i)`` (torch,
-    NumPy and ``random``), and ``i`` appended when ``with_indices``.
+    """``dataset`` whose transform draws its randomness from a seed per batch: every random draw
+    (torch, NumPy, ``random``) for the batch of samples ``indices`` is seeded from ``(seed,
+    indices[0])`` (each sample is in one batch an epoch), and ``i`` is appended to each sample
+    when ``with_indices``.
 
-    An image's augmentation then depends on the epoch's seed and the image alone, not on which
+    A batch's augmentation then depends on the epoch's seed and the batch alone, not on which
     loader worker prepared it or how many there are, so a run is the same with any
     ``data.workers`` and an epoch can resume from any batch without replaying the ones before.
     In the main process (``workers=0``) the global random state is restored afterwards.
@@ -111,21 +113,26 @@ class SeededSamples(Dataset):
     def sample_seed(self, index: int) -> int:
         return (self.seed * 6364136223846793005 + 1442695040888963407 * (index + 1)) % 2**63
 
-    def __getitem__(self, index: int):
-        in_worker = get_worker_info() is not None
-        saved = None if in_worker else (random.getstate(), np.random.get_state(), torch.get_rng_state())
-        seed = self.sample_seed(index)
+    def __getitems__(self, indices: Sequence[int]) -> list:
+        """The loader's batched fetch: one seed for the batch."""
+        saved = None if get_worker_info() is not None else (
+            random.getstate(), np.random.get_state(), torch.get_rng_state())
+        seed = self.sample_seed(int(indices[0])) if len(indices) else 0
         random.seed(seed)
         np.random.seed(seed % 2**32)
-        torch.manual_seed(seed)
+        torch.default_generator.manual_seed(seed)  # the CPU generator only: torch.manual_seed would
+        # also queue seeds for every accelerator backend
         try:
-            item = self.dataset[index]
+            items = [self.dataset[i] for i in indices]
         finally:
             if saved is not None:
                 random.setstate(saved[0])
                 np.random.set_state(saved[1])
                 torch.set_rng_state(saved[2])
-        return (*item, index) if self.with_indices else item
+        return [(*item, i) for item, i in zip(items, indices)] if self.with_indices else items
+
+    def __getitem__(self, index: int):
+        return self.__getitems__([index])[0]
 
 
 class DeviceBatches:

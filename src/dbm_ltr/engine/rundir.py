@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from .checkpoint import CHECKPOINT, CheckpointError, temporary_file
-from .config import flatten_config
+from .config import ConfigError, config_from_dict, flatten_config
 
 __all__ = [
     "CHECKPOINT",
@@ -67,9 +67,18 @@ RESUMABLE_DIFFERENCES = frozenset({
 def config_differences(saved: dict, now: dict) -> list[tuple[str, Any, Any]]:
     """``(key, saved value, current value)`` for every setting (dotted key) that differs
     between two resolved configs and that a resumed run may not change."""
-    old, new = flatten_config(saved), flatten_config(now)
+    old, new = flatten_config(_with_defaults(saved)), flatten_config(_with_defaults(now))
     return [(k, old.get(k), new.get(k)) for k in sorted(set(old) | set(new))
             if k not in RESUMABLE_DIFFERENCES and old.get(k) != new.get(k)]
+
+
+def _with_defaults(values: dict) -> dict:
+    """``values`` with every setting it lacks at its default (a run written before a setting
+    existed trained with its default)."""
+    try:
+        return config_from_dict(values, check_values=False).to_dict()
+    except (ConfigError, TypeError):
+        return values
 
 
 def is_run_dir(path: str | Path) -> bool:

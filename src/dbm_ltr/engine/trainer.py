@@ -3,7 +3,7 @@
 :class:`Trainer` trains a validated :class:`~dbm_ltr.engine.config.Config` into a run directory
 (files: :mod:`.rundir`). It survives faults: a checkpoint (atomic, checksummed, the previous
 one kept) after every epoch and, on SIGINT / SIGTERM, in the middle of one; every random draw of
-an epoch derives from (seed, epoch, rank, and for the loader pipeline the sample index), so a
+an epoch derives from (seed, epoch, rank, and for the loader pipeline the batch), so a
 run resumed from any checkpoint repeats the uninterrupted run exactly.
 """
 

@@ -220,9 +220,10 @@ def _hard_positives(cosine, scaled, index, scaled_y, target):
     return hard
 
 
-# Softmax values below these lose relative precision (subnormal or flushed to zero), so
-# their logarithm is taken from log_softmax instead.
-_LOG_SAFE = {torch.float32: 1e-30, torch.float64: 1e-290}
+# Softmax values at or above these are normal floating-point numbers, computed from normal
+# exponentials (exp(z - max) >= p_y): full relative precision. Below, the value may have been
+# subnormal or flushed to zero, so its logarithm is taken from logsumexp instead.
+_LOG_SAFE = {torch.float32: 1e-36, torch.float64: 1e-306}
 
 
 def _no_double_backward() -> None:
