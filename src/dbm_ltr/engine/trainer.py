@@ -698,8 +698,9 @@ class Trainer:
                      else f"after epoch {self.start_epoch}/{o.epochs}")
             self.log(f"resuming {self.run_dir} {where}")
         self.log(
-            f"{c.name or 'run'}: {c.method.name}/{c.loss.name} on {c.data.name} "
-            f"(IF {c.data.imbalance_factor:g}, {len(self.train_set)} train images), "
+            f"{c.name or 'run'}: {c.method.name}/{c.loss.name} on {c.data.name} ("
+            + (f"IF {c.data.imbalance_factor:g}, " if hasattr(self.train_set, "imbalance_factor") else "")
+            + f"{len(self.train_set)} train images), "
             f"{c.model.name}+{c.model.classifier}, {o.epochs} epochs, device {self.device}"
             + (f" x{self.dist.world_size}" if self.dist.enabled else "")
             + f", {self.pipeline} pipeline" + (", amp " + str(amp_dtype(self.device)).split(".")[1] if self.amp else "")
@@ -750,7 +751,7 @@ class Trainer:
             "method": c.method.name,
             "loss": c.loss.name,
             "data": c.data.name,
-            "imbalance_factor": c.data.imbalance_factor,
+            "imbalance_factor": c.data.imbalance_factor if hasattr(self.train_set, "imbalance_factor") else None,
             "cls_num_list": self.cls_num_list,
             "classes": list(getattr(self.train_set, "classes", [])),
             "train_seconds": self.elapsed,
