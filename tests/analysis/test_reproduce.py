@@ -130,7 +130,7 @@ def test_gml_rows_bring_their_teacher_first(fake_cifar10_root, tmp_path, capsys)
 def test_a_student_runs_after_its_teacher_and_not_after_a_failed_one(fake_cifar10_root, tmp_path, capsys):
     out = tmp_path / "gml"
     common = ["--data", "cifar10_lt", "--imbalance-factor", "10", "--out", str(out), "--jobs", "2",
-              "--set", *tiny_overrides(fake_cifar10_root)]
+              "--set", *tiny_overrides(fake_cifar10_root), "data.limit=40"]
     # a damaged teacher checkpoint: the teacher fails, its student is not started
     teacher = out / "gml_teacher_seed0"
     teacher.mkdir(parents=True)

@@ -75,7 +75,8 @@ def test_a_device_pipeline_run_writes_its_run_directory(fake_cifar10, tmp_path):
     ("cifar10_lt/dbm_bcl", ["optim.batch_size=64"]),
 ])
 def test_resume_is_exact_with_the_device_pipeline(fake_cifar10, tmp_path, preset, extra):
-    overrides = tiny_overrides(fake_cifar10, epochs=2) + ["train.deterministic=true", "data.pipeline=device"] + extra
+    overrides = tiny_overrides(fake_cifar10, epochs=2) + ["train.deterministic=true", "data.pipeline=device",
+                                                          "data.limit=80"] + extra
     cfg = load_config(preset, overrides)
     straight = Trainer(cfg, tmp_path / "a", log=quiet)
     straight.fit()

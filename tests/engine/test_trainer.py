@@ -61,7 +61,8 @@ def test_resume_is_exact(fake_cifar10, tmp_path, preset, extra):
     """Interrupted after epoch 1 and resumed == uninterrupted, to the last bit (model,
     optimizer, BN statistics, NCL's queues and momentum encoders, the log); the PIL loader
     pipeline (the device pipeline: test_pipeline.py)."""
-    overrides = tiny_overrides(fake_cifar10, epochs=2) + ["train.deterministic=true", "data.pipeline=loader"]
+    overrides = tiny_overrides(fake_cifar10, epochs=2) + ["train.deterministic=true", "data.pipeline=loader",
+                                                          "data.limit=80"]
     cfg = load_config(preset, overrides + extra)
     straight = Trainer(cfg, tmp_path / "a", log=quiet)
     straight.fit()
