@@ -67,15 +67,20 @@ def loader_alone(t: Trainer, args) -> float:
 def device_alone(t: Trainer, args) -> float:
     batches = DeviceBatches(t.train_set, ["cifar"], args.batch_size, t.device)
     g = torch.Generator().manual_seed(0)
-    it = batches.epoch(g, 0)
+    n = len(t.train_set)
+
+    def epoch():
+        return batches.batches(torch.randperm(n, generator=g), g, 0, n // args.batch_size)
+
+    it = epoch()
     next(it)
     _sync(t.device)
     start, seen = time.perf_counter(), 0
-    for step in range(args.steps):
+    for _ in range(args.steps):
         try:
             x, y = next(it)
         except StopIteration:
-            it = batches.epoch(g, step)
+            it = epoch()
             x, y = next(it)
         seen += y.shape[0]
     _sync(t.device)
