@@ -590,8 +590,9 @@ class Trainer:
                 self.scaler.step(self.optimizer)
                 self.scaler.update()
                 n = targets.shape[0]
-                sums += torch.stack([loss.double() * n, (out.scores.detach().argmax(dim=1) == targets).sum().double(),
-                                     torch.tensor(float(n), dtype=torch.float64, device=self.device)])
+                sums[0] += loss.double() * n  # in place on the device: no copy from the host
+                sums[1] += (out.scores.detach().argmax(dim=1) == targets).sum()
+                sums[2] += n
                 if t.nan_policy == "stop":
                     first_bad = torch.where((first_bad < 0) & ~torch.isfinite(loss), step, first_bad)
                 now = time.perf_counter()
