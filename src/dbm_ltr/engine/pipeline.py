@@ -31,16 +31,12 @@ from .config import Config, ConfigError
 from .distributed import DistInfo, shard_indices
 
 __all__ = [
-    "PIPELINES",
     "DeviceBatches",
     "SeededSamples",
     "EvalBatches",
     "resolve_pipeline",
     "transform_names",
 ]
-
-PIPELINES = ("auto", "loader", "device")
-
 
 def transform_names(config: Config, views: Sequence[str]) -> list[str]:
     """The registered transform name of each training view (``regular`` / ``contrastive``)."""

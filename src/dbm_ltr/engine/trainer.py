@@ -378,10 +378,9 @@ class Trainer:
             self.method = build_method(config, self.cls_num_list, self.num_classes).to(self.device)
         if self.device.type == "cuda":
             self.method.to(memory_format=torch.channels_last)
-        self.recipes = transform_names(config, views)
         if self.pipeline == "device":
             self.device_batches = DeviceBatches(
-                self.train_set, self.recipes, o.batch_size // self.dist.world_size, self.device,
+                self.train_set, transform_names(config, views), o.batch_size // self.dist.world_size, self.device,
                 with_indices=self.method.uses_indices,
             )
         self.eval_batches = EvalBatches(
