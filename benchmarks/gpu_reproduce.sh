@@ -10,15 +10,25 @@
 # checkout:  mkdir -p .bundle && cp ../shared/data/cifar10_lt_bundle.npz \
 #            ../shared/data/unpack_bundle.py .bundle/ && echo /.bundle/ >> .git/info/exclude
 #
-# OUT_DIR receives 8 files: device.txt (GPU, driver, torch), benchmark.txt
-# (benchmarks/gpu_throughput.py), reproduce.txt (the command's output), report.md,
-# report.csv, reproduce.png, table2_runs.tar.gz (every run directory: config, log.jsonl,
-# metrics.json, plots) and table2_checkpoints.tar.gz (each run's final checkpoint, weights only,
-# about 2 MB, so `dbm-ltr eval` and `dbm-ltr analyze` work on them without training).
+# Order: the reproduction first (the result), then the benchmark in the time left, both inside
+# a wall-clock budget (BUDGET seconds, default 560, so the whole script ends inside a 10-minute
+# slot): reproduce gets the budget less BENCH_MIN seconds (default 100); where it runs out, every
+# run is stopped at a step boundary with a mid-epoch checkpoint (rerunning the same command on
+# the unpacked archive resumes them), and reproduce.txt lists how far each run got. The packed
+# runs share the GPU through CUDA MPS where nvidia-cuda-mps-control is there and a test client
+# connects (MPS=0 turns it off): without it the kernels of separate processes never overlap.
 #
-# Knobs (environment): BENCH_STEPS (default 200), BENCH_JOBS (1,2,4,8), BENCH_FLAGS (extra
-# flags of the benchmark, e.g. --skip-compile), JOBS (packed runs of reproduce, default 8),
-# ROWS (table2), SEEDS (0), EXTRA (more --set overrides for every run).
+# OUT_DIR receives 8 files: device.txt (GPU, driver, torch, MPS), reproduce.txt (the command's
+# output, then each run's last epoch and evaluation), report.md, report.csv, reproduce.png (the
+# finished runs), benchmark.txt (benchmarks/gpu_throughput.py, as far as it got),
+# table2_runs.tar.gz (every run directory: config, log.jsonl, metrics.json, plots) and
+# table2_checkpoints.tar.gz (each run's checkpoint: for a finished run the final weights, about
+# 2 MB, so `dbm-ltr eval` and `dbm-ltr analyze` work on them without training).
+#
+# Knobs (environment): BUDGET, BENCH_MIN, MPS (auto|0), BENCH_STEPS (default 100), BENCH_JOBS
+# (1,2,4,8), BENCH_FLAGS (extra flags of the benchmark, e.g. --skip-compile), JOBS (packed runs of
+# reproduce, default 8), ROWS (table2), SEEDS (0), EXTRA (more --set overrides for every run),
+# PYTHON (default python3), COMMIT (the commit to name in device.txt where git is missing).
 set -euo pipefail
 
 bundle_dir=${1:?usage: benchmarks/gpu_reproduce.sh BUNDLE_DIR OUT_DIR}
@@ -33,38 +43,73 @@ out=$(cd "$out" && pwd)
 work=$(mktemp -d)
 cd "$repo"
 export PYTHONPATH="$repo/src${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
+py=${PYTHON:-$(command -v python3 || command -v python)}  # GPU images often have python3 alone
 start=$(date +%s)
 
 {
   date -u +"%Y-%m-%dT%H:%M:%SZ"
   nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader 2>/dev/null || echo "nvidia-smi: not available"
-  python -c "import torch, torchvision; print('torch', torch.__version__, 'torchvision', torchvision.__version__, 'cuda', torch.version.cuda, '|', torch.cuda.get_device_name() if torch.cuda.is_available() else 'no CUDA device')"
-  echo "commit $(git rev-parse --short HEAD 2>/dev/null || echo unknown)"
+  "$py" -c "import torch, torchvision; print('torch', torch.__version__, 'torchvision', torchvision.__version__, 'cuda', torch.version.cuda, '|', torch.cuda.get_device_name() if torch.cuda.is_available() else 'no CUDA device')"
+  echo "commit ${COMMIT:-$(git rev-parse --short HEAD 2>/dev/null || echo unknown)}"
 } > "$out/device.txt"
 cat "$out/device.txt"
 
-if ! python "$bundle_dir/unpack_bundle.py" "$bundle_dir/cifar10_lt_bundle.npz" "$work/data"; then
+if [ "${MPS:-auto}" != 0 ] && command -v nvidia-cuda-mps-control >/dev/null; then
+  export CUDA_MPS_PIPE_DIRECTORY="$work/mps" CUDA_MPS_LOG_DIRECTORY="$work/mps-log"
+  mkdir -p "$CUDA_MPS_PIPE_DIRECTORY" "$CUDA_MPS_LOG_DIRECTORY"
+  if nvidia-cuda-mps-control -d && timeout 60 "$py" -c "import torch; assert torch.ones(2, device='cuda').sum().item() == 2"; then
+    trap 'echo quit | nvidia-cuda-mps-control >/dev/null 2>&1 || true' EXIT
+    echo "MPS: on (packed runs share the GPU)" | tee -a "$out/device.txt"
+  else
+    echo quit | nvidia-cuda-mps-control >/dev/null 2>&1 || true
+    unset CUDA_MPS_PIPE_DIRECTORY CUDA_MPS_LOG_DIRECTORY
+    echo "MPS: off (the control daemon or a test client failed; packed runs time-share the GPU)" | tee -a "$out/device.txt"
+  fi
+else
+  echo "MPS: off (${MPS:+MPS=$MPS; }nvidia-cuda-mps-control not used)" | tee -a "$out/device.txt"
+fi
+
+if ! "$py" "$bundle_dir/unpack_bundle.py" "$bundle_dir/cifar10_lt_bundle.npz" "$work/data"; then
   echo "error: could not unpack $bundle_dir/cifar10_lt_bundle.npz (damaged or incomplete copy?); copy it again from shared/data" >&2
   exit 2
 fi
 
-python benchmarks/gpu_throughput.py --root "$work/data" --steps "${BENCH_STEPS:-200}" \
-  --jobs "${BENCH_JOBS:-1,2,4,8}" ${BENCH_FLAGS:-} 2>&1 | tee "$out/benchmark.txt"
-echo "benchmark done after $(( $(date +%s) - start ))s" | tee -a "$out/benchmark.txt"
-
+left() { echo $(( ${BUDGET:-560} - ($(date +%s) - start) )); }
 set +e
-python -m dbm_ltr.cli reproduce --data cifar10_lt --imbalance-factor 100 --rows "${ROWS:-table2}" \
+# SIGINT to reproduce alone (--foreground): it stops its runs, each at a step boundary with a checkpoint
+timeout --foreground -s INT -k 60 $(( $(left) - ${BENCH_MIN:-100} )) \
+  "$py" -m dbm_ltr.cli reproduce --data cifar10_lt --imbalance-factor 100 --rows "${ROWS:-table2}" \
   --seeds "${SEEDS:-0}" --jobs "${JOBS:-8}" --out "$work/table2" --set "data.root=$work/data" ${EXTRA:-} \
-  2>&1 | tee "$out/reproduce.txt"
-status=${PIPESTATUS[0]}
+  > >(tee "$out/reproduce.txt") 2>&1
+status=$?
 set -e
-echo "reproduce exit status $status after $(( $(date +%s) - start ))s in all" | tee -a "$out/reproduce.txt"
-
+{
+  echo "reproduce exit status $status after $(( $(date +%s) - start ))s in all"
+  "$py" - "$work/table2" <<'PY'
+import json, sys
+from pathlib import Path
+print("\nrun                   epochs done   last test top-1 (epoch)   finished")
+for run in sorted(p for p in Path(sys.argv[1]).iterdir() if p.is_dir()):
+    rows = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines() if line.strip()] \
+        if (run / "log.jsonl").is_file() else []
+    epochs = max((r["epoch"] for r in rows if "epoch" in r), default=0)
+    evals = [r for r in rows if "test_top1" in r]
+    last = f"{evals[-1]['test_top1']:.2f} ({evals[-1].get('epoch', '?')})" if evals else "-"
+    print(f"{run.name:22s} {epochs:11d}   {last:25s} {'yes' if (run / 'metrics.json').is_file() else 'no'}")
+PY
+} 2>&1 | tee -a "$out/reproduce.txt"
 for f in report.md report.csv reproduce.png; do
   [ -f "$work/table2/$f" ] && cp "$work/table2/$f" "$out/"
 done
-# the runs without their checkpoints, and the final checkpoints (weights only, about 2 MB each)
-# apart, so each archive stays under the 16 MB a file the GPU machine hands back
+
+set +e
+timeout -s INT -k 20 $(( $(left) - 20 )) "$py" benchmarks/gpu_throughput.py --root "$work/data" \
+  --steps "${BENCH_STEPS:-100}" --jobs "${BENCH_JOBS:-1,2,4,8}" ${BENCH_FLAGS:-} > >(tee "$out/benchmark.txt") 2>&1
+echo "benchmark exit status $? after $(( $(date +%s) - start ))s in all" | tee -a "$out/benchmark.txt"
+set -e
+
+# the runs without their checkpoints, and the checkpoints apart, so each archive stays under the
+# 16 MB a file the GPU machine hands back
 tar czf "$out/table2_runs.tar.gz" -C "$work" --exclude=tb --exclude='checkpoint*' table2
 (cd "$work" && find table2 -name checkpoint.pt -print0 | tar czf "$out/table2_checkpoints.tar.gz" --null -T -)
 rm -rf "$work"

@@ -37,18 +37,45 @@ def test_device_batches_follow_the_order_and_the_views(fake_cifar10):
     assert len(train) == 159
     order = torch.randperm(159, generator=torch.Generator().manual_seed(3))
     seen = []
-    for views, targets in batches.batches(order, torch.Generator().manual_seed(3), 0, 5):
+    for views, targets in batches.batches(order, 3, 0, 5):
         assert isinstance(views, list) and len(views) == 2
         assert views[0].shape == views[1].shape == (targets.shape[0], 3, 32, 32)
         assert views[0].dtype == torch.float32
         seen.append(targets)
     assert [t.shape[0] for t in seen] == [32, 32, 32, 32, 31]
     assert torch.equal(torch.cat(seen), torch.as_tensor(train.targets)[order])
-    later = [t for _, t in batches.batches(order, torch.Generator(), 3, 5)]  # from batch 3 on
+    later = [t for _, t in batches.batches(order, 3, 3, 5)]  # from batch 3 on
     assert torch.equal(torch.cat(later), torch.as_tensor(train.targets)[order[96:]])
     indexed = DeviceBatches(train, ["cifar"], 32, torch.device("cpu"), with_indices=True)
-    (_, t, i), = list(indexed.batches(order, torch.Generator(), 4, 5))
+    (_, t, i), = list(indexed.batches(order, 3, 4, 5))
     assert torch.equal(i, order[128:]) and torch.equal(t, torch.as_tensor(train.targets)[order[128:]])
+
+
+def test_device_batches_are_augmented_a_chunk_at_a_time_and_resume_from_any_batch(fake_cifar10):
+    """A chunk of batches is augmented at once with draws seeded by (epoch seed, chunk): the
+    pixels of a batch are the recipe's on the chunk with the chunk's generator, and starting
+    at any batch (a resumed epoch, mid-chunk included) gives the same pixels."""
+    from dbm_ltr.data.batch_augment import create_batch_recipe
+    from dbm_ltr.engine.pipeline import derived_seed
+
+    train = create_dataset("cifar10_lt", fake_cifar10, train=True, imbalance_factor=10)
+    order = torch.randperm(159, generator=torch.Generator().manual_seed(5))
+    pipe = DeviceBatches(train, ["cifar"], 16, torch.device("cpu"), chunk_images=64)  # 4 batches a chunk
+    assert pipe.chunk_batches == 4
+    full = [x for x, _ in pipe.batches(order, 11, 0, 10)]
+    assert [x.shape[0] for x in full] == [16] * 9 + [15]
+    images = torch.from_numpy(train.data).permute(0, 3, 1, 2)
+    recipe = create_batch_recipe("cifar")
+    for chunk in range(3):  # chunks of batches 0-3, 4-7, 8-9
+        expected = recipe(images[order[chunk * 64:(chunk + 1) * 64]],
+                          torch.Generator().manual_seed(derived_seed(11, chunk)))
+        assert torch.equal(torch.cat(full[chunk * 4:(chunk + 1) * 4]), expected)
+    for start in (1, 4, 6, 9):
+        assert all(torch.equal(a, b) for a, b in zip(full[start:], [x for x, _ in pipe.batches(order, 11, start, 10)]))
+    other = [x for x, _ in pipe.batches(order, 12, 0, 10)]  # another epoch's seed: other draws
+    assert not torch.equal(other[0], full[0])
+    with pytest.raises(ValueError, match="chunk_images must be >= 1"):
+        DeviceBatches(train, ["cifar"], 16, torch.device("cpu"), chunk_images=0)
 
 
 def test_device_and_loader_evaluation_agree(fake_cifar10, tmp_path):

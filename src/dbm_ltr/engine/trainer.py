@@ -499,13 +499,12 @@ class Trainer:
         if self.dist.is_main:
             save_checkpoint(self._state(epochs_done, final, partial), self.run_dir / CHECKPOINT)
 
-    def _save_partial(self, epoch: int, step: int, generator: torch.Generator, sums: torch.Tensor,
-                      seconds: float, skipped: int) -> None:
+    def _save_partial(self, epoch: int, step: int, sums: torch.Tensor, seconds: float, skipped: int) -> None:
         """A mid-epoch checkpoint (one process): ``step`` steps of ``epoch`` done, with the
-        random state, the pipeline's generator and the running sums, so training continues
+        random state and the running sums, so training continues
         exactly where it stopped."""
         self._save(epoch, partial={
-            "epoch": epoch, "step": step, "rng": capture_rng(), "generator": generator.get_state(),
+            "epoch": epoch, "step": step, "rng": capture_rng(),
             "sums": sums.tolist(), "seconds": seconds, "skipped": skipped,
         })
 
@@ -529,12 +528,13 @@ class Trainer:
             return torch.tensor(list(sampler), dtype=torch.long)
         return torch.randperm(len(self.train_set), generator=generator)
 
-    def _batches(self, epoch: int, order: torch.Tensor, generator: torch.Generator, start: int):
+    def _batches(self, epoch: int, order: torch.Tensor, start: int):
         """``(iterable of batches, number of batches)`` of ``order`` from batch ``start`` on."""
         size = self.config.optim.batch_size // self.dist.world_size
         count = len(order) // size if self.config.train.drop_last else -(-len(order) // size)
         if self.pipeline == "device":
-            return self.device_batches.batches(order, generator, start, count), count - start
+            seed = epoch_seed(self.config.train.seed, epoch) + self.dist.rank
+            return self.device_batches.batches(order, seed, start, count), count - start
         chunks = [order[b * size:(b + 1) * size].tolist() for b in range(start, count)]
         samples = SeededSamples(self.train_set, epoch_seed(self.config.train.seed, epoch),
                                 self.method.uses_indices)
@@ -561,9 +561,8 @@ class Trainer:
         if partial is not None:
             start, seconds_before, skipped = partial["step"], partial["seconds"], partial["skipped"]
             restore_rng(partial["rng"])
-            generator.set_state(partial["generator"])
             sums = torch.tensor(partial["sums"], dtype=torch.float64, device=self.device)
-        batches, total = self._batches(epoch, order, generator, start)
+        batches, total = self._batches(epoch, order, start)
         if max_steps is not None:
             batches, total = itertools.islice(batches, max_steps), min(total, max_steps)
         self.method.train()
@@ -605,7 +604,7 @@ class Trainer:
                 if signum:
                     seconds = seconds_before + time.perf_counter() - begin
                     self._check_finite(first_bad, epoch, total + start)
-                    self._save_partial(epoch, step, generator, sums, seconds, skipped)
+                    self._save_partial(epoch, step, sums, seconds, skipped)
                     raise Interrupted(signum, self.run_dir, f"in epoch {epoch + 1} after step {step} of {total + start}")
         finally:
             bar.close()  # ends the loader's worker processes too
