@@ -10,25 +10,28 @@
 # checkout:  mkdir -p .bundle && cp ../shared/data/cifar10_lt_bundle.npz \
 #            ../shared/data/unpack_bundle.py .bundle/ && echo /.bundle/ >> .git/info/exclude
 #
-# Order: the reproduction first (the result), then the benchmark in the time left, both inside
-# a wall-clock budget (BUDGET seconds, default 560, so the whole script ends inside a 10-minute
-# slot): reproduce gets the budget less BENCH_MIN seconds (default 100); where it runs out, every
+# Order: a profile of one training step (benchmarks/profile_step.py; PROFILE=0 leaves it out),
+# the reproduction (the result), then the benchmark in the time left, all inside a wall-clock
+# budget (BUDGET seconds, default 560, so the whole script ends inside a 10-minute slot): reproduce gets the budget less BENCH_MIN seconds (default 100); where it runs out, every
 # run is stopped at a step boundary with a mid-epoch checkpoint (rerunning the same command on
 # the unpacked archive resumes them), and reproduce.txt lists how far each run got. The packed
 # runs share the GPU through CUDA MPS where nvidia-cuda-mps-control is there and a test client
 # connects (MPS=0 turns it off): without it the kernels of separate processes never overlap.
 #
-# OUT_DIR receives 8 files: device.txt (GPU, driver, torch, MPS), reproduce.txt (the command's
-# output, then each run's last epoch and evaluation), report.md, report.csv, reproduce.png (the
-# finished runs), benchmark.txt (benchmarks/gpu_throughput.py, as far as it got),
-# table2_runs.tar.gz (every run directory: config, log.jsonl, metrics.json, plots) and
-# table2_checkpoints.tar.gz (each run's checkpoint: for a finished run the final weights, about
-# 2 MB, so `dbm-ltr eval` and `dbm-ltr analyze` work on them without training).
+# OUT_DIR receives at most 8 files: device.txt (GPU, driver, torch, MPS), profile.txt,
+# reproduce.txt (the command's output with the report of the finished runs, then each run's last
+# epoch and evaluation), benchmark.txt (benchmarks/gpu_throughput.py, as far as it got),
+# table2_runs.tar.gz (every run directory: config, log.jsonl, metrics.json, plots; report.md,
+# report.csv and reproduce.png) and table2_checkpoints.tar.gz.0, .1, ... (parts of one archive of
+# each run's checkpoint: for a finished run the final weights, about 2 MB, so `dbm-ltr eval` and
+# `dbm-ltr analyze` work on them without training; for an unfinished one what `reproduce`
+# resumes from).
 #
-# Knobs (environment): BUDGET, BENCH_MIN, MPS (auto|0), BENCH_STEPS (default 100), BENCH_JOBS
-# (1,2,4,8), BENCH_FLAGS (extra flags of the benchmark, e.g. --skip-compile), JOBS (packed runs of
-# reproduce, default 8), ROWS (table2), SEEDS (0), EXTRA (more --set overrides for every run),
-# PYTHON (default python3), COMMIT (the commit to name in device.txt where git is missing).
+# Knobs (environment): BUDGET, BENCH_MIN, MPS (auto|0), PROFILE (1|0), BENCH_STEPS (default
+# 100), BENCH_JOBS (1,2,4,8), BENCH_FLAGS (extra flags of the benchmark, e.g. --skip-compile),
+# JOBS (packed runs of reproduce, default 8), ROWS (table2), SEEDS (0), EXTRA (more --set
+# overrides for every run), PYTHON (default python3), COMMIT (the commit to name in device.txt
+# where git is missing).
 set -euo pipefail
 
 bundle_dir=${1:?usage: benchmarks/gpu_reproduce.sh BUNDLE_DIR OUT_DIR}
@@ -76,6 +79,9 @@ fi
 
 left() { echo $(( ${BUDGET:-560} - ($(date +%s) - start) )); }
 set +e
+if [ "${PROFILE:-1}" != 0 ]; then  # where one step's time goes (kernels or host), DBM-CE, eager
+  timeout -s INT -k 10 90 "$py" benchmarks/profile_step.py --root "$work/data" > >(tee "$out/profile.txt") 2>&1
+fi
 # SIGINT to reproduce alone (--foreground): it stops its runs, each at a step boundary with a checkpoint
 timeout --foreground -s INT -k 60 $(( $(left) - ${BENCH_MIN:-100} )) \
   "$py" -m dbm_ltr.cli reproduce --data cifar10_lt --imbalance-factor 100 --rows "${ROWS:-table2}" \
@@ -98,9 +104,6 @@ for run in sorted(p for p in Path(sys.argv[1]).iterdir() if p.is_dir()):
     print(f"{run.name:22s} {epochs:11d}   {last:25s} {'yes' if (run / 'metrics.json').is_file() else 'no'}")
 PY
 } 2>&1 | tee -a "$out/reproduce.txt"
-for f in report.md report.csv reproduce.png; do
-  [ -f "$work/table2/$f" ] && cp "$work/table2/$f" "$out/"
-done
 
 set +e
 timeout -s INT -k 20 $(( $(left) - 20 )) "$py" benchmarks/gpu_throughput.py --root "$work/data" \
@@ -108,9 +111,10 @@ timeout -s INT -k 20 $(( $(left) - 20 )) "$py" benchmarks/gpu_throughput.py --ro
 echo "benchmark exit status $? after $(( $(date +%s) - start ))s in all" | tee -a "$out/benchmark.txt"
 set -e
 
-# the runs without their checkpoints, and the checkpoints apart, so each archive stays under the
-# 16 MB a file the GPU machine hands back
+# the runs (report.csv and reproduce.png included) without their checkpoints; the checkpoints
+# apart, in parts of 15 MB (the GPU machine hands back files of 16 MB at most; unfinished runs
+# carry their optimizer state, about 4 MB each): cat table2_checkpoints.tar.gz.* | tar xz
 tar czf "$out/table2_runs.tar.gz" -C "$work" --exclude=tb --exclude='checkpoint*' table2
-(cd "$work" && find table2 -name checkpoint.pt -print0 | tar czf "$out/table2_checkpoints.tar.gz" --null -T -)
+(cd "$work" && find table2 -name checkpoint.pt -print0 | tar cz --null -T - | split -b 15m -d -a 1 - "$out/table2_checkpoints.tar.gz.")
 rm -rf "$work"
 exit "$status"

@@ -142,6 +142,9 @@ def main() -> None:
     parser.add_argument("--jobs", default="1,2,4,8", help="packed-run counts (comma-separated)")
     parser.add_argument("--pipeline", default="auto", help="pipeline of the packed runs")
     parser.add_argument("--skip-compile", action="store_true", help="leave out the compiled rows")
+    parser.add_argument("--only", default="pipelines,eager,packed,compiled",
+                        help="row groups to measure, in this order: pipelines (each alone), eager "
+                             "(train step, fp32 and amp), packed, compiled")
     parser.add_argument("--extra", nargs="*", default=[], help="more overrides for every run")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--ready", help=argparse.SUPPRESS)
@@ -160,24 +163,30 @@ def main() -> None:
         rows.append((label, value))
         print(f"  {label:55s} {value:10.0f} img/s", flush=True)
 
+    groups = {g.strip() for g in args.only.split(",") if g.strip()}
+    unknown = groups - {"pipelines", "eager", "packed", "compiled"}
+    if unknown:
+        parser.error(f"--only: unknown row group(s) {', '.join(sorted(unknown))}; use pipelines, eager, packed, compiled")
+    fast = "device" if device.type == "cuda" else "loader"
     end_to_end = {}
     try:
         with tempfile.TemporaryDirectory() as tmp:
-            base = trainer(args, tmp, "base", "data.pipeline=loader")
-            add(f"loader pipeline alone ({args.workers} workers)", loader_alone(base, args))
-            add("device pipeline alone", device_alone(base, args))
-            del base
-            for pipeline in ("loader", "device"):
-                end_to_end[pipeline] = step_rate(args, tmp, f"e2e_{pipeline}", f"data.pipeline={pipeline}")
-                add(f"train step, {pipeline} pipeline, eager, fp32", end_to_end[pipeline])
-            fast = "device" if device.type == "cuda" else "loader"
-            add(f"train step, {fast} pipeline, eager, amp",
-                step_rate(args, tmp, "eager_amp", f"data.pipeline={fast}", "train.amp=true"))
-            for jobs in [int(j) for j in args.jobs.split(",") if j]:
+            if "pipelines" in groups:
+                base = trainer(args, tmp, "base", "data.pipeline=loader")
+                add(f"loader pipeline alone ({args.workers} workers)", loader_alone(base, args))
+                add("device pipeline alone", device_alone(base, args))
+                del base
+            if "eager" in groups:
+                for pipeline in ("loader", "device"):
+                    end_to_end[pipeline] = step_rate(args, tmp, f"e2e_{pipeline}", f"data.pipeline={pipeline}")
+                    add(f"train step, {pipeline} pipeline, eager, fp32", end_to_end[pipeline])
+                add(f"train step, {fast} pipeline, eager, amp",
+                    step_rate(args, tmp, "eager_amp", f"data.pipeline={fast}", "train.amp=true"))
+            for jobs in [int(j) for j in args.jobs.split(",") if j] if "packed" in groups else []:
                 extra = ", " + " ".join(args.extra) if args.extra else ""
                 add(f"packed runs x{jobs} ({args.pipeline} pipeline{extra}), aggregate", packed(args, jobs, tmp))
             # last: compiling takes the longest, and a time-boxed run loses these rows first
-            if not args.skip_compile:
+            if "compiled" in groups and not args.skip_compile:
                 for label, extra in [("compiled, fp32", ["train.compile=true"]),
                                      ("compiled, amp", ["train.compile=true", "train.amp=true"])]:
                     add(f"train step, {fast} pipeline, {label}",
