@@ -27,8 +27,8 @@
 # `dbm-ltr analyze` work on them without training; for an unfinished one what `reproduce`
 # resumes from).
 #
-# Knobs (environment): BUDGET, BENCH_MIN, MPS (auto|0), PROFILE (1|0), BENCH_STEPS (default
-# 100), BENCH_JOBS (1,2,4,8), BENCH_FLAGS (extra flags of the benchmark, e.g. --skip-compile),
+# Knobs (environment): BUDGET, BENCH_MIN, MPS (auto|0), PROFILE (1|0), BENCH (1|0), BENCH_STEPS
+# (default 100), BENCH_JOBS (1,2,4,8), BENCH_FLAGS (extra flags of the benchmark, e.g. --skip-compile),
 # JOBS (packed runs of reproduce, default 8), ROWS (table2), SEEDS (0), EXTRA (more --set
 # overrides for every run), PYTHON (default python3), COMMIT (the commit to name in device.txt
 # where git is missing).
@@ -101,15 +101,20 @@ for run in sorted(p for p in Path(sys.argv[1]).iterdir() if p.is_dir()):
     epochs = max((r["epoch"] for r in rows if "epoch" in r), default=0)
     evals = [r for r in rows if "test_top1" in r]
     last = f"{evals[-1]['test_top1']:.2f} ({evals[-1].get('epoch', '?')})" if evals else "-"
-    print(f"{run.name:22s} {epochs:11d}   {last:25s} {'yes' if (run / 'metrics.json').is_file() else 'no'}")
+    finished = (run / "metrics.json").is_file()
+    if finished:
+        last = f"{json.loads((run / 'metrics.json').read_text())['top1']:.2f} (final)"
+    print(f"{run.name:22s} {epochs:11d}   {last:25s} {'yes' if finished else 'no'}")
 PY
 } 2>&1 | tee -a "$out/reproduce.txt"
 
-set +e
-timeout -s INT -k 20 $(( $(left) - 20 )) "$py" benchmarks/gpu_throughput.py --root "$work/data" \
-  --steps "${BENCH_STEPS:-100}" --jobs "${BENCH_JOBS:-1,2,4,8}" ${BENCH_FLAGS:-} > >(tee "$out/benchmark.txt") 2>&1
-echo "benchmark exit status $? after $(( $(date +%s) - start ))s in all" | tee -a "$out/benchmark.txt"
-set -e
+if [ "${BENCH:-1}" != 0 ]; then
+  set +e
+  timeout -s INT -k 20 $(( $(left) - 20 )) "$py" benchmarks/gpu_throughput.py --root "$work/data" \
+    --steps "${BENCH_STEPS:-100}" --jobs "${BENCH_JOBS:-1,2,4,8}" ${BENCH_FLAGS:-} > >(tee "$out/benchmark.txt") 2>&1
+  echo "benchmark exit status $? after $(( $(date +%s) - start ))s in all" | tee -a "$out/benchmark.txt"
+  set -e
+fi
 
 # the runs (report.csv and reproduce.png included) without their checkpoints; the checkpoints
 # apart, in parts of 15 MB (the GPU machine hands back files of 16 MB at most; unfinished runs

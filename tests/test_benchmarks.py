@@ -3,7 +3,14 @@ caught here, not on a GPU machine."""
 
 import argparse
 import importlib.util
+import os
+import shutil
+import subprocess
+import sys
+import tarfile
 from pathlib import Path
+
+import pytest
 
 from fakes import write_fake_cifar_npz
 
@@ -34,3 +41,34 @@ def test_profile_step_prints_where_the_time_goes(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "wall time per step" in out and "top host operations" in out
     assert len([line for line in out.splitlines() if " ms  x" in line]) == 3
+
+
+@pytest.mark.skipif(shutil.which("bash") is None or shutil.which("timeout") is None,
+                    reason="needs bash and coreutils' timeout")
+def test_gpu_reproduce_script_runs_end_to_end_on_the_cpu(tmp_path):
+    """benchmarks/gpu_reproduce.sh with a stand-in bundle (its unpack script copies a fake data
+    set) and one short row: the files it hands back, the progress table, the archives."""
+    data = write_fake_cifar_npz(tmp_path / "fake", 10, 100, 2)
+    bundle = tmp_path / "bundle"
+    bundle.mkdir()
+    (bundle / "cifar10_lt_bundle.npz").write_bytes(b"stand-in")
+    (bundle / "unpack_bundle.py").write_text(f"import shutil, sys\nshutil.copytree({str(data)!r}, sys.argv[2])\n")
+    out = tmp_path / "out"
+    env = {**os.environ, "ROWS": "ce", "JOBS": "1", "PROFILE": "0", "BENCH": "0", "MPS": "0",
+           "PYTHON": sys.executable, "EXTRA": "optim.epochs=1 optim.warmup_epochs=0"}
+    result = subprocess.run(["bash", str(BENCHMARKS / "gpu_reproduce.sh"), str(bundle), str(out)], env=env,
+                            capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    assert sorted(p.name for p in out.iterdir()) == [
+        "device.txt", "reproduce.txt", "table2_checkpoints.tar.gz.0", "table2_runs.tar.gz"]
+    assert "MPS: off" in (out / "device.txt").read_text()
+    text = (out / "reproduce.txt").read_text()
+    assert "reproduce exit status 0" in text
+    (row,) = [line.split() for line in text.splitlines() if line.startswith("ce_seed0 ")]
+    assert row[:2] == ["ce_seed0", "1"] and row[3:] == ["(final)", "yes"] and 0 <= float(row[2]) <= 100
+    with tarfile.open(out / "table2_runs.tar.gz") as runs:
+        names = runs.getnames()
+    assert "table2/ce_seed0/metrics.json" in names and "table2/report.md" in names
+    assert not any("checkpoint" in n for n in names)
+    with tarfile.open(out / "table2_checkpoints.tar.gz.0") as checkpoints:
+        assert checkpoints.getnames() == ["table2/ce_seed0/checkpoint.pt"]
