@@ -188,7 +188,9 @@ def main() -> None:
             # last: compiling takes the longest, and a time-boxed run loses these rows first
             if "compiled" in groups and not args.skip_compile:
                 for label, extra in [("compiled, fp32", ["train.compile=true"]),
-                                     ("compiled, amp", ["train.compile=true", "train.amp=true"])]:
+                                     ("compiled, amp", ["train.compile=true", "train.amp=true"]),
+                                     ("compiled with CUDA graphs, fp32",
+                                      ["train.compile=true", "train.compile_mode=reduce-overhead"])]:
                     add(f"train step, {fast} pipeline, {label}",
                         step_rate(args, tmp, label.replace(", ", "_"), f"data.pipeline={fast}", *extra))
     except KeyboardInterrupt:

@@ -146,6 +146,18 @@ def test_max_steps_amp_dtype_and_compile_fallback(fake_cifar10, tmp_path, monkey
     assert said == ["train.compile: the compiler is unavailable here (RuntimeError: no C compiler); training in eager mode"]
 
 
+def test_compile_mode_reaches_torch_compile_and_is_checked(fake_cifar10, tmp_path, monkeypatch):
+    modes = []
+    monkeypatch.setattr(torch.nn.Module, "compile", lambda self, **kw: modes.append(kw.get("mode")))
+    cfg = load_config("cifar10_lt/ce", tiny_overrides(fake_cifar10, epochs=1)
+                      + ["train.compile=true", "train.compile_mode=reduce-overhead"])
+    Trainer(cfg, tmp_path / "run", log=quiet).close()
+    assert modes == ["reduce-overhead"]
+    with pytest.raises(ConfigError, match="train.compile_mode must be one of default, reduce-overhead, "
+                                          "max-autotune, max-autotune-no-cudagraphs, got 'fast'"):
+        load_config("cifar10_lt/ce", ["train.compile_mode=fast"])
+
+
 def test_the_loader_gives_the_same_run_with_any_number_of_workers(fake_cifar10, tmp_path):
     """Each image's augmentation is seeded by (seed, epoch, image): 0 and 2 loader workers
     train to the same weights."""

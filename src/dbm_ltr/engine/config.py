@@ -124,6 +124,9 @@ class OptimConfig:
     lr_decay: float = setting(0.01, "step schedule: factor per milestone")
 
 
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+
+
 @dataclass
 class TrainConfig:
     """``train``: seed, device, precision, evaluation and fault handling."""
@@ -140,6 +143,9 @@ class TrainConfig:
     threads: int = setting(0, "PyTorch's CPU threads; 0: no more than the CPU cores available to the process")
     compile: bool = setting(False, "torch.compile the model (eager mode, with a message, where the compiler "
                             "is unavailable)")
+    compile_mode: str = setting("default", "torch.compile's mode with train.compile: default | reduce-overhead "
+                                "(CUDA graphs: the least host work per step) | max-autotune | "
+                                "max-autotune-no-cudagraphs")
     nan_policy: str = setting("stop", "stop | skip: a non-finite loss stops the run naming the step, or its "
                               "step is dropped and counted")
     sync_bn: bool = setting(False, "under torchrun on GPUs: BatchNorm statistics over the global batch")
@@ -339,6 +345,8 @@ def _check_values(config: Config) -> None:
         (d.pipeline in ("auto", "loader", "device"), f"data.pipeline must be auto, loader or device, got {d.pipeline!r}"),
         (t.eval_every >= 0, f"train.eval_every must be >= 0, got {t.eval_every}"),
         (t.nan_policy in ("stop", "skip"), f"train.nan_policy must be stop or skip, got {t.nan_policy!r}"),
+        (t.compile_mode in COMPILE_MODES,
+         f"train.compile_mode must be one of {', '.join(COMPILE_MODES)}, got {t.compile_mode!r}"),
         (config.model.classifier in ("linear", "cosine"), f"model.classifier must be linear or cosine, got {config.model.classifier!r}"),
     ]
     for ok, message in checks:

@@ -60,7 +60,7 @@ OUTPUT = "train.log"  # the training process's output, where a tool that starts 
 #: are unchanged.
 RESUMABLE_DIFFERENCES = frozenset({
     "name", "paper", "data.root", "data.split_dir", "data.workers", "data.download", "data.eval_batch_size",
-    "train.progress", "train.device", "train.compile", "train.auto_resume",
+    "train.progress", "train.device", "train.compile", "train.compile_mode", "train.auto_resume",
 })
 
 

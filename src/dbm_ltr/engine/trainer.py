@@ -406,7 +406,7 @@ class Trainer:
             self._restore(state)
         self.model = _wrap(self.method, self.dist, self.device, t.sync_bn)
         if t.compile:
-            self.model = compile_model(self.model, self.device, self.log)
+            self.model = compile_model(self.model, self.device, self.log, t.compile_mode)
         self._writer = None
         self._stop = _StopSignals(enabled=not self.dist.enabled)
 
@@ -801,16 +801,19 @@ def _wrap(method: Method, dist_info: DistInfo, device: torch.device, sync_bn: bo
     return DistributedDataParallel(method, device_ids=[device.index] if device.type == "cuda" else None)
 
 
-def compile_model(model: torch.nn.Module, device: torch.device, log: Callable[[str], None]) -> torch.nn.Module:
-    """``model`` compiled with ``torch.compile`` (in place: parameter names are unchanged), or
-    ``model`` itself with a message where the compiler does not work on this machine."""
+def compile_model(
+    model: torch.nn.Module, device: torch.device, log: Callable[[str], None], mode: str = "default"
+) -> torch.nn.Module:
+    """``model`` compiled with ``torch.compile`` in ``mode`` (in place: parameter names are
+    unchanged), or ``model`` itself with a message where the compiler does not work on this
+    machine."""
     try:
         torch.compile(lambda x: x * 2 + 1)(torch.ones(2, device=device))  # the tool chain works
     except Exception as err:  # noqa: BLE001 - any failure of the compiler stack means eager
         log(f"train.compile: the compiler is unavailable here ({type(err).__name__}: "
             f"{str(err).splitlines()[0][:160] if str(err) else ''}); training in eager mode")
         return model
-    model.compile()
+    model.compile(mode=mode)
     return model
 
 
