@@ -12,8 +12,9 @@
 #
 # Order: a profile of one training step (benchmarks/profile_step.py; PROFILE=0 leaves it out),
 # the reproduction (the result), then the benchmark in the time left, all inside a wall-clock
-# budget (BUDGET seconds, default 560, so the whole script ends inside a 10-minute slot): reproduce gets the budget less BENCH_MIN seconds (default 100); where it runs out, every
-# run is stopped at a step boundary with a mid-epoch checkpoint (rerunning the same command on
+# budget (BUDGET seconds, default 560, so the whole script ends inside a 10-minute slot):
+# reproduce gets the budget less BENCH_MIN seconds (default 100); where it runs out, every run
+# is stopped at a step boundary with a mid-epoch checkpoint (rerunning the same command on
 # the unpacked archive resumes them), and reproduce.txt lists how far each run got. The packed
 # runs share the GPU through CUDA MPS where nvidia-cuda-mps-control is there and a test client
 # connects (MPS=0 turns it off): without it the kernels of separate processes never overlap.
@@ -28,10 +29,10 @@
 # resumes from).
 #
 # Knobs (environment): BUDGET, BENCH_MIN, MPS (auto|0), PROFILE (1|0), BENCH (1|0), BENCH_STEPS
-# (default 100), BENCH_JOBS (1,2,4,8), BENCH_FLAGS (extra flags of the benchmark, e.g. --skip-compile),
-# JOBS (packed runs of reproduce, default 8), ROWS (table2), SEEDS (0), EXTRA (more --set
-# overrides for every run), PYTHON (default python3), COMMIT (the commit to name in device.txt
-# where git is missing).
+# (default 100), BENCH_JOBS (1,2,4,8), BENCH_FLAGS (extra flags of the benchmark, e.g.
+# --only pipelines,eager,packed), JOBS (packed runs of reproduce, default 8), ROWS (table2),
+# SEEDS (0), EXTRA (more --set overrides for every run), PYTHON (default python3), COMMIT (the
+# commit to name in device.txt where git is missing).
 set -euo pipefail
 
 bundle_dir=${1:?usage: benchmarks/gpu_reproduce.sh BUNDLE_DIR OUT_DIR}

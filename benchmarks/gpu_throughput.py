@@ -1,6 +1,7 @@
 """Training throughput of ResNet-32 on CIFAR-10-LT: input pipelines, the train step, packed runs.
 
     python benchmarks/gpu_throughput.py --root ../shared/data [--steps 200] [--jobs 1,2,4,8]
+        [--only pipelines,eager,packed,compiled]
 
 On whatever device is present (CUDA if available, else the CPU), it measures images per
 second of
@@ -9,10 +10,14 @@ second of
   (crop, flip, AutoAugment, Cutout), no model;
 * the device pipeline alone: the same recipe batched on the device (``data.pipeline=device``);
 * the full train step through the engine (``Trainer.train_one_epoch``: augmentation, forward,
-  backward, SGD step) with each pipeline, eager and compiled (``train.compile``), with and
-  without AMP (``train.amp``: bfloat16);
+  backward, SGD step): eager fp32 with each pipeline, then with the device pipeline eager with
+  AMP (``train.amp``: bfloat16) and, last, compiled (``train.compile``) in fp32, with AMP and
+  with CUDA graphs (``train.compile_mode=reduce-overhead``);
 * the aggregate of ``--jobs`` packed runs: that many engine processes training at once on the
   one device, each ``--steps`` steps after a warm-up, started together.
+
+``--only`` picks the row groups (pipelines, eager, packed, compiled); the order stays the one
+above, the compiled rows last, since compiling takes the longest.
 
 Batch 64 (the Table 2 recipe), CE with a linear head. Prints one table.
 """
@@ -141,7 +146,6 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=min(8, os.cpu_count() or 1))
     parser.add_argument("--jobs", default="1,2,4,8", help="packed-run counts (comma-separated)")
     parser.add_argument("--pipeline", default="auto", help="pipeline of the packed runs")
-    parser.add_argument("--skip-compile", action="store_true", help="leave out the compiled rows")
     parser.add_argument("--only", default="pipelines,eager,packed,compiled",
                         help="row groups to measure, in this order: pipelines (each alone), eager "
                              "(train step, fp32 and amp), packed, compiled")
@@ -167,7 +171,6 @@ def main() -> None:
     unknown = groups - {"pipelines", "eager", "packed", "compiled"}
     if unknown:
         parser.error(f"--only: unknown row group(s) {', '.join(sorted(unknown))}; use pipelines, eager, packed, compiled")
-    fast = "device" if device.type == "cuda" else "loader"
     end_to_end = {}
     try:
         with tempfile.TemporaryDirectory() as tmp:
@@ -180,28 +183,30 @@ def main() -> None:
                 for pipeline in ("loader", "device"):
                     end_to_end[pipeline] = step_rate(args, tmp, f"e2e_{pipeline}", f"data.pipeline={pipeline}")
                     add(f"train step, {pipeline} pipeline, eager, fp32", end_to_end[pipeline])
-                add(f"train step, {fast} pipeline, eager, amp",
-                    step_rate(args, tmp, "eager_amp", f"data.pipeline={fast}", "train.amp=true"))
+                end_to_end["amp"] = step_rate(args, tmp, "eager_amp", "data.pipeline=device", "train.amp=true")
+                add("train step, device pipeline, eager, amp", end_to_end["amp"])
             for jobs in [int(j) for j in args.jobs.split(",") if j] if "packed" in groups else []:
                 extra = ", " + " ".join(args.extra) if args.extra else ""
                 add(f"packed runs x{jobs} ({args.pipeline} pipeline{extra}), aggregate", packed(args, jobs, tmp))
             # last: compiling takes the longest, and a time-boxed run loses these rows first
-            if "compiled" in groups and not args.skip_compile:
+            if "compiled" in groups:
                 for label, extra in [("compiled, fp32", ["train.compile=true"]),
                                      ("compiled, amp", ["train.compile=true", "train.amp=true"]),
                                      ("compiled with CUDA graphs, fp32",
                                       ["train.compile=true", "train.compile_mode=reduce-overhead"])]:
-                    add(f"train step, {fast} pipeline, {label}",
-                        step_rate(args, tmp, label.replace(", ", "_"), f"data.pipeline={fast}", *extra))
+                    add(f"train step, device pipeline, {label}",
+                        step_rate(args, tmp, label.replace(", ", "_").replace(" ", "_"), "data.pipeline=device", *extra))
     except KeyboardInterrupt:
         print("stopped before the end (interrupted or out of time); the rows measured so far:")
     print(f"\n| measurement ({name}) | images/s |\n|---|---|")
     for label, value in rows:
         print(f"| {label} | {value:.0f} |")
-    if len(end_to_end) == 2:
+    if "device" in end_to_end and "loader" in end_to_end:
         ratio = end_to_end["device"] / end_to_end["loader"]
         print(f"\nend to end, device pipeline / loader pipeline: {ratio:.3f}"
               + (" (target on the CPU: >= 0.95)" if device.type == "cpu" else ""))
+    if "amp" in end_to_end:
+        print(f"end to end, device pipeline, bfloat16 AMP / fp32: {end_to_end['amp'] / end_to_end['device']:.3f}")
 
 
 if __name__ == "__main__":

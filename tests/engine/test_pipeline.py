@@ -159,7 +159,7 @@ def test_compile_mode_reaches_torch_compile_and_is_checked(fake_cifar10, tmp_pat
 
 
 def test_the_loader_gives_the_same_run_with_any_number_of_workers(fake_cifar10, tmp_path):
-    """Each image's augmentation is seeded by (seed, epoch, image): 0 and 2 loader workers
+    """Each batch's augmentation is seeded by (seed, epoch, batch): 0 and 2 loader workers
     train to the same weights."""
     weights = []
     for workers in (0, 2):

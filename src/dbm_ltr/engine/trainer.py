@@ -501,8 +501,7 @@ class Trainer:
 
     def _save_partial(self, epoch: int, step: int, sums: torch.Tensor, seconds: float, skipped: int) -> None:
         """A mid-epoch checkpoint (one process): ``step`` steps of ``epoch`` done, with the
-        random state and the running sums, so training continues
-        exactly where it stopped."""
+        random state and the running sums, so training continues exactly where it stopped."""
         self._save(epoch, partial={
             "epoch": epoch, "step": step, "rng": capture_rng(),
             "sums": sums.tolist(), "seconds": seconds, "skipped": skipped,
@@ -528,12 +527,12 @@ class Trainer:
             return torch.tensor(list(sampler), dtype=torch.long)
         return torch.randperm(len(self.train_set), generator=generator)
 
-    def _batches(self, epoch: int, order: torch.Tensor, start: int):
-        """``(iterable of batches, number of batches)`` of ``order`` from batch ``start`` on."""
+    def _batches(self, epoch: int, seed: int, order: torch.Tensor, start: int):
+        """``(iterable of batches, number of batches)`` of ``order`` from batch ``start`` on;
+        ``seed``: this process's seed of the epoch (the device pipeline's draws)."""
         size = self.config.optim.batch_size // self.dist.world_size
         count = len(order) // size if self.config.train.drop_last else -(-len(order) // size)
         if self.pipeline == "device":
-            seed = epoch_seed(self.config.train.seed, epoch) + self.dist.rank
             return self.device_batches.batches(order, seed, start, count), count - start
         chunks = [order[b * size:(b + 1) * size].tolist() for b in range(start, count)]
         samples = SeededSamples(self.train_set, epoch_seed(self.config.train.seed, epoch),
@@ -562,7 +561,7 @@ class Trainer:
             start, seconds_before, skipped = partial["step"], partial["seconds"], partial["skipped"]
             restore_rng(partial["rng"])
             sums = torch.tensor(partial["sums"], dtype=torch.float64, device=self.device)
-        batches, total = self._batches(epoch, order, start)
+        batches, total = self._batches(epoch, seed, order, start)
         if max_steps is not None:
             batches, total = itertools.islice(batches, max_steps), min(total, max_steps)
         self.method.train()
