@@ -2,7 +2,6 @@
 nothing the user reads cites a file they do not have."""
 
 import re
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -51,8 +50,8 @@ def test_every_page_is_in_the_navigation():
         assert f": {page.name}" in nav, f"{page.name} is not in mkdocs.yml's nav"
 
 
-@pytest.mark.skipif(shutil.which("mkdocs") is None and subprocess.run(
-    [sys.executable, "-c", "import mkdocs"], capture_output=True).returncode != 0, reason="mkdocs not installed")
+@pytest.mark.skipif(subprocess.run([sys.executable, "-c", "import mkdocs"], capture_output=True).returncode != 0,
+                    reason="mkdocs not installed for this Python (the test runs it as python -m mkdocs)")
 def test_the_site_builds_in_strict_mode(tmp_path):
     result = subprocess.run([sys.executable, "-m", "mkdocs", "build", "--strict", "--site-dir", str(tmp_path / "site")],
                             cwd=ROOT, capture_output=True, text=True)
