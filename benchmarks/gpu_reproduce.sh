@@ -28,7 +28,16 @@
 # `dbm-ltr analyze` work on them without training; for an unfinished one what `reproduce`
 # resumes from).
 #
-# Knobs (environment): BUDGET, BENCH_MIN, MPS (auto|0), PROFILE (1|0), BENCH (1|0), BENCH_STEPS
+# Device time is short (15 minutes a session, 10 a command) and the eight rows need about 13
+# minutes of training on an H100 (results/cifar10_lt_if100_h100_table2_partial/), so one call
+# cannot finish them. WORK=DIR keeps the unpacked data and the run directories in DIR (relative
+# to the checkout, ignored by git) instead of a temporary folder: a second call on the same
+# machine, while it is still warm, skips the unpacking and resumes every run from its checkpoint.
+# Two calls that finish the table:
+#   WORK=.gpu_work PROFILE=0 BENCH=0 BUDGET=560 bash benchmarks/gpu_reproduce.sh .bundle $OUT
+#   WORK=.gpu_work PROFILE=0 BENCH=0 BUDGET=300 bash benchmarks/gpu_reproduce.sh .bundle $OUT
+#
+# Knobs (environment): WORK, BUDGET, BENCH_MIN, MPS (auto|0), PROFILE (1|0), BENCH (1|0), BENCH_STEPS
 # (default 100), BENCH_JOBS (1,2,4,8), BENCH_FLAGS (extra flags of the benchmark, e.g.
 # --only pipelines,eager,packed), JOBS (packed runs of reproduce, default 8), ROWS (table2),
 # SEEDS (0), EXTRA (more --set overrides for every run), PYTHON (default python3), COMMIT (the
@@ -44,8 +53,13 @@ for f in cifar10_lt_bundle.npz unpack_bundle.py; do
 done
 mkdir -p "$out"
 out=$(cd "$out" && pwd)
-work=$(mktemp -d)
 cd "$repo"
+if [ -n "${WORK:-}" ]; then  # kept: a later call resumes from it
+  mkdir -p "$WORK"
+  work=$(cd "$WORK" && pwd)
+else
+  work=$(mktemp -d)
+fi
 export PYTHONPATH="$repo/src${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
 py=${PYTHON:-$(command -v python3 || command -v python)}  # GPU images often have python3 alone
 start=$(date +%s)
@@ -60,6 +74,7 @@ cat "$out/device.txt"
 
 if [ "${MPS:-auto}" != 0 ] && command -v nvidia-cuda-mps-control >/dev/null; then
   export CUDA_MPS_PIPE_DIRECTORY="$work/mps" CUDA_MPS_LOG_DIRECTORY="$work/mps-log"
+  rm -rf "$CUDA_MPS_PIPE_DIRECTORY" "$CUDA_MPS_LOG_DIRECTORY"  # an earlier call's (WORK)
   mkdir -p "$CUDA_MPS_PIPE_DIRECTORY" "$CUDA_MPS_LOG_DIRECTORY"
   if nvidia-cuda-mps-control -d && timeout 60 "$py" -c "import torch; assert torch.ones(2, device='cuda').sum().item() == 2"; then
     trap 'echo quit | nvidia-cuda-mps-control >/dev/null 2>&1 || true' EXIT
@@ -73,9 +88,15 @@ else
   echo "MPS: off (${MPS:+MPS=$MPS; }nvidia-cuda-mps-control not used)" | tee -a "$out/device.txt"
 fi
 
-if ! "$py" "$bundle_dir/unpack_bundle.py" "$bundle_dir/cifar10_lt_bundle.npz" "$work/data"; then
-  echo "error: could not unpack $bundle_dir/cifar10_lt_bundle.npz (damaged or incomplete copy?); copy it again from shared/data" >&2
-  exit 2
+if [ -f "$work/data/.unpacked" ]; then
+  echo "data: $work/data (unpacked by an earlier call)"
+else
+  rm -rf "$work/data"
+  if ! "$py" "$bundle_dir/unpack_bundle.py" "$bundle_dir/cifar10_lt_bundle.npz" "$work/data"; then
+    echo "error: could not unpack $bundle_dir/cifar10_lt_bundle.npz (damaged or incomplete copy?); copy it again from shared/data" >&2
+    exit 2
+  fi
+  touch "$work/data/.unpacked"
 fi
 
 left() { echo $(( ${BUDGET:-560} - ($(date +%s) - start) )); }
@@ -122,5 +143,5 @@ fi
 # carry their optimizer state, about 4 MB each): cat table2_checkpoints.tar.gz.* | tar xz
 tar czf "$out/table2_runs.tar.gz" -C "$work" --exclude=tb --exclude='checkpoint*' table2
 (cd "$work" && find table2 -name checkpoint.pt -print0 | tar cz --null -T - | split -b 15m -d -a 1 - "$out/table2_checkpoints.tar.gz.")
-rm -rf "$work"
+[ -n "${WORK:-}" ] || rm -rf "$work"
 exit "$status"

@@ -72,3 +72,27 @@ def test_gpu_reproduce_script_runs_end_to_end_on_the_cpu(tmp_path):
     assert not any("checkpoint" in n for n in names)
     with tarfile.open(out / "table2_checkpoints.tar.gz.0") as checkpoints:
         assert checkpoints.getnames() == ["table2/ce_seed0/checkpoint.pt"]
+
+
+def test_gpu_reproduce_script_with_work_resumes_in_a_second_call(tmp_path):
+    """WORK=DIR keeps the unpacked data and the runs: a second call does not unpack again (the
+    stand-in unpacker fails on an existing folder) and skips the finished run."""
+    data = write_fake_cifar_npz(tmp_path / "fake", 10, 100, 2)
+    bundle = tmp_path / "bundle"
+    bundle.mkdir()
+    (bundle / "cifar10_lt_bundle.npz").write_bytes(b"stand-in")
+    (bundle / "unpack_bundle.py").write_text(f"import shutil, sys\nshutil.copytree({str(data)!r}, sys.argv[2])\n")
+    work = tmp_path / "work"
+    env = {**os.environ, "ROWS": "ce", "JOBS": "1", "PROFILE": "0", "BENCH": "0", "MPS": "0", "WORK": str(work),
+           "PYTHON": sys.executable, "EXTRA": "optim.epochs=1 optim.warmup_epochs=0"}
+    for call in ("first", "second"):
+        out = tmp_path / call
+        result = subprocess.run(["bash", str(BENCHMARKS / "gpu_reproduce.sh"), str(bundle), str(out)], env=env,
+                                capture_output=True, text=True, timeout=600)
+        assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+        assert (work / "table2" / "ce_seed0" / "metrics.json").is_file()
+    assert "unpacked by an earlier call" in result.stdout
+    text = (tmp_path / "second" / "reproduce.txt").read_text()
+    assert "0 to train" in text and "finished, skipped" in text
+    with tarfile.open(tmp_path / "second" / "table2_runs.tar.gz") as runs:
+        assert "table2/ce_seed0/metrics.json" in runs.getnames()
