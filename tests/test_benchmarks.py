@@ -43,22 +43,37 @@ def test_profile_step_prints_where_the_time_goes(tmp_path, capsys):
     assert len([line for line in out.splitlines() if " ms  x" in line]) == 3
 
 
-@pytest.mark.skipif(shutil.which("bash") is None or shutil.which("timeout") is None,
-                    reason="needs bash and coreutils' timeout")
-def test_gpu_reproduce_script_runs_end_to_end_on_the_cpu(tmp_path):
-    """benchmarks/gpu_reproduce.sh with a stand-in bundle (its unpack script copies a fake data
-    set) and one short row: the files it hands back, the progress table, the archives."""
+def stand_in_bundle(tmp_path):
+    """A bundle folder whose unpack script copies a fake CIFAR-10 data set (it fails when the
+    destination exists, so a second unpack shows)."""
     data = write_fake_cifar_npz(tmp_path / "fake", 10, 100, 2)
     bundle = tmp_path / "bundle"
     bundle.mkdir()
     (bundle / "cifar10_lt_bundle.npz").write_bytes(b"stand-in")
     (bundle / "unpack_bundle.py").write_text(f"import shutil, sys\nshutil.copytree({str(data)!r}, sys.argv[2])\n")
-    out = tmp_path / "out"
+    return bundle
+
+
+def run_gpu_reproduce(bundle, out, **knobs):
+    """benchmarks/gpu_reproduce.sh with one 1-epoch CE row on the CPU; asserts it succeeded."""
     env = {**os.environ, "ROWS": "ce", "JOBS": "1", "PROFILE": "0", "BENCH": "0", "MPS": "0",
-           "PYTHON": sys.executable, "EXTRA": "optim.epochs=1 optim.warmup_epochs=0"}
+           "PYTHON": sys.executable, "EXTRA": "optim.epochs=1 optim.warmup_epochs=0", **knobs}
     result = subprocess.run(["bash", str(BENCHMARKS / "gpu_reproduce.sh"), str(bundle), str(out)], env=env,
                             capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    return result
+
+
+needs_bash = pytest.mark.skipif(shutil.which("bash") is None or shutil.which("timeout") is None,
+                                reason="needs bash and coreutils' timeout")
+
+
+@needs_bash
+def test_gpu_reproduce_script_runs_end_to_end_on_the_cpu(tmp_path):
+    """benchmarks/gpu_reproduce.sh with a stand-in bundle (its unpack script copies a fake data
+    set) and one short row: the files it hands back, the progress table, the archives."""
+    out = tmp_path / "out"
+    run_gpu_reproduce(stand_in_bundle(tmp_path), out)
     assert sorted(p.name for p in out.iterdir()) == [
         "device.txt", "reproduce.txt", "table2_checkpoints.tar.gz.0", "table2_runs.tar.gz"]
     assert "MPS: off" in (out / "device.txt").read_text()
@@ -74,22 +89,13 @@ def test_gpu_reproduce_script_runs_end_to_end_on_the_cpu(tmp_path):
         assert checkpoints.getnames() == ["table2/ce_seed0/checkpoint.pt"]
 
 
+@needs_bash
 def test_gpu_reproduce_script_with_work_resumes_in_a_second_call(tmp_path):
     """WORK=DIR keeps the unpacked data and the runs: a second call does not unpack again (the
     stand-in unpacker fails on an existing folder) and skips the finished run."""
-    data = write_fake_cifar_npz(tmp_path / "fake", 10, 100, 2)
-    bundle = tmp_path / "bundle"
-    bundle.mkdir()
-    (bundle / "cifar10_lt_bundle.npz").write_bytes(b"stand-in")
-    (bundle / "unpack_bundle.py").write_text(f"import shutil, sys\nshutil.copytree({str(data)!r}, sys.argv[2])\n")
-    work = tmp_path / "work"
-    env = {**os.environ, "ROWS": "ce", "JOBS": "1", "PROFILE": "0", "BENCH": "0", "MPS": "0", "WORK": str(work),
-           "PYTHON": sys.executable, "EXTRA": "optim.epochs=1 optim.warmup_epochs=0"}
+    bundle, work = stand_in_bundle(tmp_path), tmp_path / "work"
     for call in ("first", "second"):
-        out = tmp_path / call
-        result = subprocess.run(["bash", str(BENCHMARKS / "gpu_reproduce.sh"), str(bundle), str(out)], env=env,
-                                capture_output=True, text=True, timeout=600)
-        assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+        result = run_gpu_reproduce(bundle, tmp_path / call, WORK=str(work))
         assert (work / "table2" / "ce_seed0" / "metrics.json").is_file()
     assert "unpacked by an earlier call" in result.stdout
     text = (tmp_path / "second" / "reproduce.txt").read_text()
