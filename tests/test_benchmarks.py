@@ -34,6 +34,18 @@ def test_gpu_throughput_pieces_run(tmp_path):
     assert bench.step_rate(args, str(tmp_path), "s", "data.imbalance_factor=10", "data.pipeline=device") > 0
 
 
+def test_jpeg_input_compares_the_pipelines(tmp_path, capsys):
+    bench = load("jpeg_input")
+    if not bench.photo_sources():
+        pytest.skip("no sample photographs (matplotlib / scikit-learn) installed")
+    assert bench.main(["--count", "6", "--repeats", "1", "--min-size", "40", "--max-size", "60",
+                       "--keep", str(tmp_path / "jpegs")]) == 0
+    out = capsys.readouterr().out
+    rows = {line.split()[0]: line.split() for line in out.splitlines() if line.startswith(("train ", "test "))}
+    assert set(rows) == {"train", "test"} and all(float(r[-1].rstrip("x")) > 0 for r in rows.values())
+    assert len(list((tmp_path / "jpegs" / "train").rglob("*.JPEG"))) == 6
+
+
 def test_profile_step_prints_where_the_time_goes(tmp_path, capsys):
     root = write_fake_cifar_npz(tmp_path / "c", 10, 20, 2)
     load("profile_step").main(["--root", str(root), "--steps", "2", "--warmup", "1", "--top", "3",

@@ -74,7 +74,7 @@ def cmd_eval(args) -> int:
         path = path / CHECKPOINT
     state = load_checkpoint(path)
     config, method = restore_method(state, _overrides(args), source=str(path), run_dir=path.parent)
-    _, test_set = load_datasets(config, ("regular",), train=False)
+    _, test_set = load_datasets(config, ("regular",), train=False, defer_normalize=True)
     counts = [int(n) for n in state["cls_num_list"]]
     device = next(method.parameters()).device
     d = config.data

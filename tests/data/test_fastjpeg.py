@@ -181,6 +181,43 @@ def test_normalize_equals_totensor_normalize():
     assert torch.allclose(norm(T.ToTensor()(img)), want, atol=1e-5)
 
 
+def _seeded(seed, fn):
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    return fn()
+
+
+@pytest.mark.parametrize("kind", ["train", "test", "randaug", "contrastive"])
+def test_deferred_normalisation_gives_the_same_batches(tmp_path, kind):
+    """A recipe built with defer_normalize passes uint8 images; its batch normaliser turns the
+    collated batch into exactly the batch of the recipe that normalises each image (same
+    random draws), in any memory layout."""
+    from torch.utils.data import default_collate
+
+    from dbm_ltr.data import batch_normalizer
+
+    paths = [jpeg_file(tmp_path, 60 + 9 * k, 48 + 5 * k, f"{k}.jpg", seed=k) for k in range(4)]
+    plain, deferred = build_transform(f"inat_{kind}"), build_transform(f"inat_{kind}", defer_normalize=True)
+    assert batch_normalizer(plain) is None
+    normalize = batch_normalizer(deferred)
+    want = torch.stack([_seeded(k, lambda: plain(EncodedImage(p))) for k, p in enumerate(paths)])
+    items = [_seeded(k, lambda: deferred(EncodedImage(p))) for k, p in enumerate(paths)]
+    assert all(x.dtype == torch.uint8 and x.shape == (3, 224, 224) for x in items)
+    batch = default_collate(items)
+    assert torch.equal(normalize(batch), want)
+    channels_last = normalize(batch.contiguous(memory_format=torch.channels_last))
+    assert channels_last.is_contiguous(memory_format=torch.channels_last) and torch.equal(channels_last, want)
+    # a MultiView normalises each deferred view and leaves the others as they are
+    views = MultiView([deferred, build_transform("cifar_test")])
+    raw = torch.rand(2, 3, 32, 32)
+    out = batch_normalizer(views)([batch, raw])
+    assert torch.equal(out[0], want) and out[1] is raw
+    assert batch_normalizer(build_transform("cifar")) is None and batch_normalizer(None) is None
+    with pytest.raises(ValueError, match=r"expected an \(N, C, H, W\) batch, got shape \(3, 224, 224\)"):
+        normalize(items[0])
+
+
 @pytest.mark.parametrize("prefix,mean,std", [("imagenet", IMAGENET_MEAN, IMAGENET_STD), ("inat", INAT_MEAN, INAT_STD)])
 def test_large_recipes_shapes_and_normalisation(tmp_path, prefix, mean, std):
     path = jpeg_file(tmp_path, 40, 30)

@@ -276,3 +276,27 @@ def test_device_decoding_path_on_cpu(imagenet, monkeypatch):
     assert images.shape == (4, 3, 224, 224) and ds.skipped == 1
     assert indices2.tolist() == [0, 2, 2, 3] and targets2.tolist() == [targets[i] for i in (0, 2, 2, 3)]
     assert torch.equal(images[1], images[2])  # the replacement (a deterministic test view)
+
+
+def test_engine_normalises_loader_batches_on_the_device(imagenet, tmp_path):
+    """The trainer builds the large-scale recipes deferred: the data sets yield uint8 images,
+    and the evaluation and training batches are normalised after the move to the device,
+    to exactly the values of the recipes that normalise each image."""
+    from dbm_ltr.engine import Trainer, load_config
+    from dbm_ltr.engine.trainer import transform
+
+    cfg = load_config("imagenet_lt/dbm_bs", [
+        f"data.root={imagenet.root}", "data.image_size=32", "optim.epochs=1", "optim.warmup_epochs=0",
+        "optim.batch_size=4", "data.workers=0", "train.progress=false", "data.eval_batch_size=4",
+        "model.name=resnet32",
+    ])
+    trainer = Trainer(cfg, tmp_path / "run", log=lambda m: None)
+    assert trainer.pipeline == "loader" and trainer.normalize is not None
+    assert trainer.train_set[0][0].dtype == torch.uint8 and trainer.test_set[0][0].dtype == torch.uint8
+    plain = make("imagenet_lt", imagenet.root, train=False, transform=transform(cfg, "imagenet_test"))
+    images, targets = next(iter(trainer.eval_batches))
+    assert images.dtype == torch.float32
+    assert torch.equal(images, torch.stack([plain[i][0] for i in range(4)]))
+    assert torch.equal(targets, torch.tensor([plain[i][1] for i in range(4)]))
+    row = trainer.train_one_epoch(0, max_steps=2)
+    assert np.isfinite(row["train_loss"])

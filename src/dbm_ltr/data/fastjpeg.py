@@ -37,10 +37,12 @@ decoded at full size.
 is most of a JPEG's decode time at quality 90: decoding a 700 x 700 photograph at 1/2 takes
 ~70 % of the full decode, at 1/4 ~65 %. Most of the gain over ``ImageFolder`` + PIL comes from
 torchvision's decode straight into a tensor, torch's SIMD uint8 resize of only the crop (PIL's
-resize of a 300 px crop to 224 px takes ~0.5 ms, torch's ~0.15 ms) and one fused normalisation
-(``benchmarks/jpeg_input.py``: on one core, 300-500 px photographs, the training transform
-runs ~1.7x and the evaluation transform ~2.1x as fast as ``ImageFolder`` + PIL; the decode
-itself, ~0.45 ms, is then ~65 % of the time).
+resize of a 300 px crop to 224 px takes ~0.5 ms, torch's ~0.15 ms) and a normalisation the
+training engine applies to whole uint8 batches on the training device
+(``NormalizeToFloat(defer=True)``). ``benchmarks/jpeg_input.py``, one core, 300-500 px
+photographs: the training transform runs ~1.8x and the evaluation transform ~2.1x as fast as
+``ImageFolder`` + PIL. The full decode, ~0.56 ms of the ~1.2 ms an image takes, is shared by
+both: only decoding just the crop's region would cut it further.
 
 Images that are not JPEGs (a PNG named .JPEG, CMYK JPEGs torchvision cannot read, ...) are
 decoded with PIL and converted to RGB, as torchvision's ``ImageFolder`` does. An unreadable
@@ -507,26 +509,45 @@ class ToPILImage:
 
 class NormalizeToFloat:
     """Image -> float32 ``(x / 255 - mean) / std``, i.e. ``ToTensor()`` + ``Normalize(mean,
-    std)`` in one step (uint8 tensors and PIL images; float tensors are taken as [0, 1])."""
+    std)`` in one step (uint8 tensors and PIL images; float tensors are taken as [0, 1]).
 
-    def __init__(self, mean: Sequence[float], std: Sequence[float]) -> None:
+    ``defer=True`` leaves the normalisation to the consumer of the batches: the image passes as
+    a (3, H, W) uint8 tensor, and :meth:`batch` normalises a whole ``(N, 3, H, W)`` batch, on
+    the training device, with the same arithmetic (identical values). The training engine
+    builds the large-scale recipes so: the loader processes skip the float conversion, and
+    batches cross from the loader processes and to the GPU as uint8, a quarter of the bytes
+    (``benchmarks/jpeg_input.py``)."""
+
+    def __init__(self, mean: Sequence[float], std: Sequence[float], defer: bool = False) -> None:
         self.mean = tuple(float(m) for m in mean)
         self.std = tuple(float(s) for s in std)
         if any(s <= 0 for s in self.std):
             raise ValueError(f"std must be > 0, got {std}")
+        self.defer = bool(defer)
         m = torch.tensor(self.mean).view(-1, 1, 1)
         s = torch.tensor(self.std).view(-1, 1, 1)
         self._scale = {torch.uint8: 1.0 / (255.0 * s), torch.float32: 1.0 / s}
         self._shift = -m / s
 
-    def __call__(self, img: Any) -> torch.Tensor:
-        image = to_uint8_tensor(img)
+    def _normalize(self, image: torch.Tensor) -> torch.Tensor:
         key = torch.uint8 if image.dtype == torch.uint8 else torch.float32
         scale, shift = self._scale[key].to(image.device), self._shift.to(image.device)
-        return image.float().mul_(scale).add_(shift).contiguous()
+        return image.float().mul_(scale).add_(shift)
+
+    def __call__(self, img: Any) -> torch.Tensor:
+        image = to_uint8_tensor(img)
+        return image if self.defer else self._normalize(image).contiguous()
+
+    def batch(self, images: torch.Tensor) -> torch.Tensor:
+        """Normalise an ``(N, 3, H, W)`` batch of images this transform passed on with
+        ``defer=True`` (any device; the memory layout, e.g. channels-last, is kept)."""
+        if images.dim() != 4:
+            raise ValueError(f"expected an (N, C, H, W) batch, got shape {tuple(images.shape)}")
+        return self._normalize(images)
 
     def __repr__(self) -> str:
-        return f"{type(self).__name__}(mean={self.mean}, std={self.std})"
+        defer = ", defer=True" if self.defer else ""
+        return f"{type(self).__name__}(mean={self.mean}, std={self.std}{defer})"
 
 
 # ---------------------------------------------------------------------------- GPU decoding

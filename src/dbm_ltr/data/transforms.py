@@ -38,7 +38,7 @@ there) and on tensors for GPU inputs (RandAugment always on PIL).
 from __future__ import annotations
 
 import functools
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Optional, Sequence
 
 import torch
 from PIL import Image, ImageFilter
@@ -62,6 +62,7 @@ __all__ = [
     "EnsureTensor",
     "MultiView",
     "RandomGaussianBlur",
+    "batch_normalizer",
     "build_transform",
     "cifar_contrastive_transform",
     "cifar_test_transform",
@@ -249,22 +250,25 @@ class PILOnCPU:
 
 def large_train_transform(
     mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD, size: int = 224,
+    defer_normalize: bool = False,
 ) -> Recipe:
-    """RandomResizedCrop(size) -> HFlip -> ToTensor -> Normalize, decoding at reduced size."""
-    return Recipe([RandomResizedCropDecode(size), T.RandomHorizontalFlip(), NormalizeToFloat(mean, std)])
+    """RandomResizedCrop(size) -> HFlip -> ToTensor -> Normalize, decoding at reduced size
+    (``defer_normalize``: see :func:`batch_normalizer`)."""
+    return Recipe([RandomResizedCropDecode(size), T.RandomHorizontalFlip(),
+                   NormalizeToFloat(mean, std, defer_normalize)])
 
 
 def large_test_transform(
     mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD, resize: int = 256,
-    crop: int = 224,
+    crop: int = 224, defer_normalize: bool = False,
 ) -> Recipe:
     """Resize(resize) -> CenterCrop(crop) -> ToTensor -> Normalize, decoding at reduced size."""
-    return Recipe([ResizeCenterCropDecode(resize, crop), NormalizeToFloat(mean, std)])
+    return Recipe([ResizeCenterCropDecode(resize, crop), NormalizeToFloat(mean, std, defer_normalize)])
 
 
 def large_randaug_transform(
     mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD, size: int = 224,
-    config: str = "rand-n2-m10-mstd0.5", use_timm: bool | None = None,
+    config: str = "rand-n2-m10-mstd0.5", use_timm: bool | None = None, defer_normalize: bool = False,
 ) -> Recipe:
     """The BCL classification view at ImageNet scale: RandomResizedCrop -> HFlip ->
     ColorJitter(0.4, 0.4, 0.4, 0) -> RandAugment(``config``, fill = mean in 0-255, translate
@@ -276,12 +280,13 @@ def large_randaug_transform(
         ToPILImage(),
         T.ColorJitter(0.4, 0.4, 0.4, 0.0),
         rand_augment(config, fill=fill, translate_const=int(size * 0.45), use_timm=use_timm),
-        NormalizeToFloat(mean, std),
+        NormalizeToFloat(mean, std, defer_normalize),
     ])
 
 
 def large_contrastive_transform(
     mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD, size: int = 224,
+    defer_normalize: bool = False,
 ) -> Recipe:
     """The SimCLR-style view of BCL at ImageNet scale: RandomResizedCrop -> HFlip ->
     ColorJitter(0.4, 0.4, 0.4, 0.1) p 0.8 -> Grayscale p 0.2 -> ToTensor -> Normalize."""
@@ -291,8 +296,28 @@ def large_contrastive_transform(
         PILOnCPU(),
         T.RandomApply([T.ColorJitter(0.4, 0.4, 0.4, 0.1)], p=0.8),
         T.RandomGrayscale(p=0.2),
-        NormalizeToFloat(mean, std),
+        NormalizeToFloat(mean, std, defer_normalize),
     ])
+
+
+def batch_normalizer(transform: Any) -> Optional[Callable]:
+    """The batch-side half of a transform built with ``defer_normalize=True`` (its last step a
+    :class:`~dbm_ltr.data.fastjpeg.NormalizeToFloat` with ``defer``), or ``None`` when the
+    transform normalises each image itself. The returned function normalises a collated batch
+    (a tensor, or the list of a ``MultiView``'s view batches) wherever it is, e.g. on the GPU
+    after the transfer. The training engine builds the large-scale recipes deferred."""
+    views = transform.transforms if isinstance(transform, MultiView) else [transform]
+    steps = [getattr(v, "transforms", None) or [v] for v in views]
+    deferred = [s[-1] if isinstance(s[-1], NormalizeToFloat) and s[-1].defer else None for s in steps]
+    if not any(deferred):
+        return None
+
+    def normalize(images: Any) -> Any:
+        if isinstance(transform, MultiView):
+            return [x if d is None else d.batch(x) for d, x in zip(deferred, images)]
+        return deferred[0].batch(images)
+
+    return normalize
 
 
 def _with_stats(factory: Callable[..., Callable], mean, std) -> Callable[..., Callable]:

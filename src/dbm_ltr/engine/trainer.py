@@ -34,6 +34,7 @@ from ..data import (
     EncodedBatch,
     LimitedDataset,
     MultiView,
+    batch_normalizer,
     build_transform,
     create_dataset,
     limit_indices,
@@ -54,7 +55,7 @@ from .checkpoint import (
 )
 from .config import Config, ConfigError, DataConfig, apply_overrides, config_from_dict, save_config
 from .distributed import DistInfo, available_cores, init_distributed, loader_workers, pick_device
-from .pipeline import DeviceBatches, EvalBatches, SeededSamples, resolve_pipeline, transform_names
+from .pipeline import DeviceBatches, EvalBatches, SeededSamples, resolve_pipeline, to_device, transform_names
 from .rundir import (
     CHECKPOINT,
     CONFIG,
@@ -114,24 +115,27 @@ def epoch_seed(seed: int, epoch: int) -> int:
     return (seed * 1_000_003 + epoch * 7919 + 17) % 2**63
 
 
-def transform(config: Config, name: str):
+def transform(config: Config, name: str, defer_normalize: bool = False):
     """The transform registered as ``name``, at ``data.image_size`` when that is set (for the
-    large-scale recipes: crop ``size``; the test recipe resizes to ``size * 256 / 224`` first)."""
+    large-scale recipes: crop ``size``; the test recipe resizes to ``size * 256 / 224`` first);
+    ``defer_normalize``: recipes that can leave their normalisation to the batch
+    (:func:`~dbm_ltr.data.batch_normalizer`) do."""
     size = config.data.image_size
-    if not size:
-        return build_transform(name)
     accepted = inspect.signature(TRANSFORMS.lookup(name)).parameters
-    options = {k: v for k, v in (("size", size), ("crop", size), ("resize", round(size * 256 / 224)))
-               if k in accepted}
-    if not options:
+    options = {"defer_normalize": True} if defer_normalize and "defer_normalize" in accepted else {}
+    if not size:
+        return build_transform(name, **options)
+    sizes = {k: v for k, v in (("size", size), ("crop", size), ("resize", round(size * 256 / 224)))
+             if k in accepted}
+    if not sizes:
         raise ConfigError(f"data.image_size: the transform {name!r} of {config.data.name} has a fixed size; "
                           "leave data.image_size at 0")
-    return build_transform(name, **options)
+    return build_transform(name, **options, **sizes)
 
 
-def view_transform(config: Config, views: tuple[str, ...]):
+def view_transform(config: Config, views: tuple[str, ...], defer_normalize: bool = False):
     """The training transform for a method's views: one transform, or ``MultiView``."""
-    transforms = [transform(config, n) for n in transform_names(config, views)]
+    transforms = [transform(config, n, defer_normalize) for n in transform_names(config, views)]
     return transforms[0] if len(transforms) == 1 else MultiView(transforms)
 
 
@@ -147,20 +151,24 @@ def dataset_options(config: Config) -> dict:
     return {k: v for k, v in options.items() if k in accepted}
 
 
-def load_datasets(config: Config, views: tuple[str, ...], train: bool = True) -> tuple[Dataset | None, Dataset]:
-    """(train set with the method's views or ``None``, test set)."""
+def load_datasets(
+    config: Config, views: tuple[str, ...], train: bool = True, defer_normalize: bool = False,
+) -> tuple[Dataset | None, Dataset]:
+    """(train set with the method's views or ``None``, test set); ``defer_normalize``: the
+    large-scale recipes pass uint8 images and leave the normalisation to the batches
+    (:func:`~dbm_ltr.data.batch_normalizer`; the engine's batches apply it on the device)."""
     d = config.data
     info = DATASET_INFO[d.name]  # the name was checked with the config
     common = dict(imbalance_factor=d.imbalance_factor, download=d.download, seed=d.seed, **dataset_options(config))
     train_set = (
-        create_dataset(d.name, d.root, train=True, transform=view_transform(config, views), **common)
+        create_dataset(d.name, d.root, train=True, transform=view_transform(config, views, defer_normalize), **common)
         if train else None
     )
     if train_set is not None and d.limit:
         train_set = LimitedDataset(train_set, limit_indices(train_set.targets, d.limit, len(train_set.cls_num_list)),
                                    d.limit)
     test_set = create_dataset(
-        d.name, d.root, train=False, transform=transform(config, info["test_transform"]), **common
+        d.name, d.root, train=False, transform=transform(config, info["test_transform"], defer_normalize), **common
     )
     return train_set, test_set
 
@@ -248,17 +256,6 @@ def _autocast(device: torch.device, enabled: bool):
     return torch.autocast(device_type=device.type, dtype=amp_dtype(device))
 
 
-def _to_device(images, device: torch.device):
-    """Images to ``device``; 4-D image batches in channels-last layout on CUDA (faster
-    convolutions with cuDNN), unchanged elsewhere."""
-    if isinstance(images, (list, tuple)):
-        return [_to_device(x, device) for x in images]
-    images = images.to(device, non_blocking=True)
-    if device.type == "cuda" and images.dim() == 4:
-        images = images.contiguous(memory_format=torch.channels_last)
-    return images
-
-
 @torch.no_grad()
 def evaluate_method(
     method: Method,
@@ -276,7 +273,7 @@ def evaluate_method(
     method.eval()
     acc = ClassAccuracy(num_classes, device)
     for images, targets in tqdm(batches, desc="evaluating", leave=False, disable=not progress):
-        images, targets = _to_device(images, device), targets.to(device)
+        images, targets = to_device(images, device), targets.to(device)
         with _autocast(device, amp):
             scores = method.predict(images)
         acc.update(scores.argmax(dim=1), targets)
@@ -370,7 +367,8 @@ class Trainer:
         seed_everything(t.seed)
         views = method_views(config.method.name)
         self.pipeline = resolve_pipeline(config, views, self.device)
-        self.train_set, self.test_set = load_datasets(config, views)
+        self.train_set, self.test_set = load_datasets(config, views, defer_normalize=True)
+        self.normalize = batch_normalizer(self.train_set.transform) if self.pipeline == "loader" else None
         self.cls_num_list = list(self.train_set.cls_num_list)
         self.num_classes = len(self.cls_num_list)  # from the training split (a split file may define it)
         # pretrained weights for a new run only (a resumed one restores its own)
@@ -574,7 +572,9 @@ class Trainer:
             for step, (images, targets, *indices) in enumerate(bar, start + 1):
                 if isinstance(images, EncodedBatch):  # data.decode=device: nvJPEG + GPU transforms
                     images, targets, *indices = self.train_set.decode_batch(images, self.device, targets, *indices)
-                images, targets = _to_device(images, self.device), targets.to(self.device, non_blocking=True)
+                images, targets = to_device(images, self.device), targets.to(self.device, non_blocking=True)
+                if self.normalize is not None:  # uint8 from the loader: normalised here, on the device
+                    images = self.normalize(images)
                 extra = {"indices": indices[0].to(self.device, non_blocking=True)} if indices else {}
                 with _autocast(self.device, self.amp):
                     out = self.model(images, targets, epoch, **extra)
