@@ -52,6 +52,7 @@ def to_device(images, device: torch.device):
         images = images.contiguous(memory_format=torch.channels_last)
     return images
 
+
 def transform_names(config: Config, views: Sequence[str]) -> list[str]:
     """The registered transform name of each training view (``regular`` / ``contrastive``)."""
     info = DATASET_INFO[config.data.name]

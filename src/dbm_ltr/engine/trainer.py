@@ -121,7 +121,10 @@ def transform(config: Config, name: str, defer_normalize: bool = False):
     ``defer_normalize``: recipes that can leave their normalisation to the batch
     (:func:`~dbm_ltr.data.batch_normalizer`) do."""
     size = config.data.image_size
-    accepted = inspect.signature(TRANSFORMS.lookup(name)).parameters
+    try:
+        accepted = inspect.signature(TRANSFORMS.lookup(name)).parameters
+    except (TypeError, ValueError):  # a registered factory without an inspectable signature
+        accepted = {}
     options = {"defer_normalize": True} if defer_normalize and "defer_normalize" in accepted else {}
     if not size:
         return build_transform(name, **options)
