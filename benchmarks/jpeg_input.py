@@ -44,6 +44,7 @@ from PIL import Image
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "src"))
 
 from dbm_ltr.data import IMAGENET_MEAN, IMAGENET_STD, batch_normalizer, build_transform, create_dataset  # noqa: E402
+from dbm_ltr.data.fastjpeg import EncodedImage  # noqa: E402
 
 
 def photo_sources() -> list[str]:
@@ -133,6 +134,20 @@ def one_pass(dataset, workers: int, batch: int = 32) -> float:
     return len(dataset) / (time.perf_counter() - start)
 
 
+def decode_alone(files: list[Path], repeats: int) -> float:
+    """Best images/s of reading and decoding every file at full size (libjpeg-turbo through
+    torchvision, as the fast path does), in this process: the share of the time neither
+    pipeline can avoid."""
+    best = 0.0
+    for r in range(repeats + 1):
+        start = time.perf_counter()
+        for f in files:
+            EncodedImage(str(f)).decode(1)
+        if r:
+            best = max(best, len(files) / (time.perf_counter() - start))
+    return best
+
+
 def measure(datasets, workers: int, repeats: int) -> list[float]:
     """Best images/s of each data set over ``repeats`` passes, the data sets interleaved
     (so that load from other processes hits all alike), after one warm-up pass each."""
@@ -189,6 +204,9 @@ def main(argv=None) -> int:
             rates = [r / cores for r in measure([base, ours, per_image, plain], args.workers, args.repeats)]
             print(f"{kind:10s} {rates[0]:16.0f} {rates[1]:6.0f} {rates[2]:27.0f} {rates[3]:16.0f} "
                   f"{rates[1] / rates[0]:15.2f}x")
+        rate = decode_alone(files, args.repeats)
+        print(f"\nread + full-size decode alone (this process, 1 thread): {rate:.0f} images/s, "
+              f"{1000 / rate:.2f} ms an image")
     return 0
 
 

@@ -43,6 +43,7 @@ def test_jpeg_input_compares_the_pipelines(tmp_path, capsys):
     out = capsys.readouterr().out
     rows = {line.split()[0]: line.split() for line in out.splitlines() if line.startswith(("train ", "test "))}
     assert set(rows) == {"train", "test"} and all(float(r[-1].rstrip("x")) > 0 for r in rows.values())
+    assert "read + full-size decode alone" in out and " ms an image" in out
     assert len(list((tmp_path / "jpegs" / "train").rglob("*.JPEG"))) == 6
 
 

@@ -181,13 +181,6 @@ def test_normalize_equals_totensor_normalize():
     assert torch.allclose(norm(T.ToTensor()(img)), want, atol=1e-5)
 
 
-def _seeded(seed, fn):
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
-    return fn()
-
-
 @pytest.mark.parametrize("kind", ["train", "test", "randaug", "contrastive"])
 def test_deferred_normalisation_gives_the_same_batches(tmp_path, kind):
     """A recipe built with defer_normalize passes uint8 images; its batch normaliser turns the
@@ -196,13 +189,14 @@ def test_deferred_normalisation_gives_the_same_batches(tmp_path, kind):
     from torch.utils.data import default_collate
 
     from dbm_ltr.data import batch_normalizer
+    from dbm_ltr.data.fastjpeg import _seeded as seeded  # random, NumPy and torch seeded alike
 
     paths = [jpeg_file(tmp_path, 60 + 9 * k, 48 + 5 * k, f"{k}.jpg", seed=k) for k in range(4)]
     plain, deferred = build_transform(f"inat_{kind}"), build_transform(f"inat_{kind}", defer_normalize=True)
     assert batch_normalizer(plain) is None
     normalize = batch_normalizer(deferred)
-    want = torch.stack([_seeded(k, lambda: plain(EncodedImage(p))) for k, p in enumerate(paths)])
-    items = [_seeded(k, lambda: deferred(EncodedImage(p))) for k, p in enumerate(paths)]
+    want = torch.stack([seeded(k, lambda: plain(EncodedImage(p))) for k, p in enumerate(paths)])
+    items = [seeded(k, lambda: deferred(EncodedImage(p))) for k, p in enumerate(paths)]
     assert all(x.dtype == torch.uint8 and x.shape == (3, 224, 224) for x in items)
     batch = default_collate(items)
     assert torch.equal(normalize(batch), want)

@@ -40,9 +40,10 @@ torchvision's decode straight into a tensor, torch's SIMD uint8 resize of only t
 resize of a 300 px crop to 224 px takes ~0.5 ms, torch's ~0.15 ms) and a normalisation the
 training engine applies to whole uint8 batches on the training device
 (``NormalizeToFloat(defer=True)``). ``benchmarks/jpeg_input.py``, one core, 300-500 px
-photographs: the training transform runs ~1.8x and the evaluation transform ~2.1x as fast as
-``ImageFolder`` + PIL. The full decode, ~0.56 ms of the ~1.2 ms an image takes, is shared by
-both: only decoding just the crop's region would cut it further.
+photographs: the training transform runs ~1.8x and the evaluation transform ~2.0x as fast as
+``ImageFolder`` + PIL. The full decode, ~0.6 ms of the ~1.1 ms an image takes (the
+benchmark's last line), is shared by both: only decoding just the crop's region would cut it
+further.
 
 Images that are not JPEGs (a PNG named .JPEG, CMYK JPEGs torchvision cannot read, ...) are
 decoded with PIL and converted to RGB, as torchvision's ``ImageFolder`` does. An unreadable
