@@ -134,6 +134,23 @@ def test_full_size_decode_is_exact_and_test_crop_geometry(tmp_path):
     assert ResizeCenterCropDecode(64, 56, reduced=False)(Image.open(path)).shape == (3, 56, 56)
 
 
+def test_resize_reads_channels_last_and_equals_torchs_plain_resize(tmp_path):
+    """The uint8 resize feeds torch's kernel canonical channels-last memory (a decoded image, a
+    crop of one, a plain (3, H, W) tensor): the pixels of torchvision's tensor resize on the
+    same image, returned as a (3, H, W) view of (H, W, 3) memory."""
+    from dbm_ltr.data.fastjpeg import _resize
+
+    decoded = EncodedImage(jpeg_file(tmp_path, 90, 70)).decode(1)[0]
+    assert decoded.permute(1, 2, 0).is_contiguous()  # torchvision decodes (H, W, 3)
+    for image in (decoded, decoded[:, 5:60, 7:80], decoded.contiguous(), decoded[:, 3:40, 2:50].contiguous()):
+        for size in ((32, 32), (100, 64), tuple(image.shape[-2:])):
+            out = _resize(image, size)
+            want = F2.resize(image.contiguous(), list(size), antialias=True)
+            assert torch.equal(out, want)
+            if size != tuple(image.shape[-2:]):
+                assert out.permute(1, 2, 0).is_contiguous()
+
+
 def test_views_share_decodes(tmp_path, monkeypatch):
     path = jpeg_file(tmp_path, 64, 48)
     calls = []
@@ -178,14 +195,47 @@ def test_normalize_equals_totensor_normalize():
     norm = NormalizeToFloat(IMAGENET_MEAN, IMAGENET_STD)
     assert torch.allclose(norm(img), want, atol=1e-5)
     assert torch.allclose(norm(T.PILToTensor()(img)), want, atol=1e-5)
-    assert torch.allclose(norm(T.ToTensor()(img)), want, atol=1e-5)
+    unit = T.ToTensor()(img)
+    kept = unit.clone()
+    assert torch.allclose(norm(unit), want, atol=1e-5)
+    assert torch.equal(unit, kept)  # a float input is not normalised in place
+    channels_last = T.PILToTensor()(img)[None].contiguous(memory_format=torch.channels_last)[0]
+    out = norm(channels_last)
+    assert out.is_contiguous() and torch.allclose(out, want, atol=1e-5)
+
+
+def test_batch_normalisation_against_a_naive_reference():
+    """NormalizeToFloat(defer=True).batch: (N, H, W, 3) uint8 or [0, 1] float batches ->
+    ((x / 255 - mean) / std) as (N, 3, H, W) channels-last float32, the same values as each
+    image normalised alone; the cached rows follow the size and the input is left alone."""
+    norm = NormalizeToFloat(IMAGENET_MEAN, IMAGENET_STD, defer=True)
+    mean, std = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
+    gen = torch.Generator().manual_seed(0)
+    for h, w in ((5, 7), (4, 4), (5, 7)):
+        batch = torch.randint(0, 256, (2, h, w, 3), dtype=torch.uint8, generator=gen)
+        batch[0, 0, 0] = torch.tensor([0, 255, 128], dtype=torch.uint8)
+        naive = (batch.permute(0, 3, 1, 2).double() / 255 - mean.double()) / std.double()
+        out = norm.batch(batch)
+        assert out.shape == (2, 3, h, w) and out.dtype == torch.float32
+        assert out.is_contiguous(memory_format=torch.channels_last)
+        assert torch.allclose(out.double(), naive, atol=1e-5)
+        alone = NormalizeToFloat(IMAGENET_MEAN, IMAGENET_STD)
+        assert torch.equal(out, torch.stack([alone(x.permute(2, 0, 1)) for x in batch]))
+        unit = batch.float() / 255
+        kept = unit.clone()
+        assert torch.allclose(norm.batch(unit).double(), naive, atol=1e-5) and torch.equal(unit, kept)
+    empty = norm.batch(torch.zeros(0, 4, 4, 3, dtype=torch.uint8))
+    assert empty.shape == (0, 3, 4, 4)
+    for bad in (torch.zeros(3, 4, 4, dtype=torch.uint8), torch.zeros(2, 3, 4, 4, dtype=torch.uint8)):
+        with pytest.raises(ValueError, match=r"expected an \(N, H, W, 3\) batch"):
+            norm.batch(bad)
 
 
 @pytest.mark.parametrize("kind", ["train", "test", "randaug", "contrastive"])
 def test_deferred_normalisation_gives_the_same_batches(tmp_path, kind):
-    """A recipe built with defer_normalize passes uint8 images; its batch normaliser turns the
-    collated batch into exactly the batch of the recipe that normalises each image (same
-    random draws), in any memory layout."""
+    """A recipe built with defer_normalize passes (H, W, 3) uint8 images; its batch normaliser
+    turns the collated batch into exactly the batch of the recipe that normalises each image
+    (same random draws), in channels-last memory."""
     from torch.utils.data import default_collate
 
     from dbm_ltr.data import batch_normalizer
@@ -197,18 +247,17 @@ def test_deferred_normalisation_gives_the_same_batches(tmp_path, kind):
     normalize = batch_normalizer(deferred)
     want = torch.stack([seeded(k, lambda: plain(EncodedImage(p))) for k, p in enumerate(paths)])
     items = [seeded(k, lambda: deferred(EncodedImage(p))) for k, p in enumerate(paths)]
-    assert all(x.dtype == torch.uint8 and x.shape == (3, 224, 224) for x in items)
+    assert all(x.dtype == torch.uint8 and x.shape == (224, 224, 3) for x in items)
     batch = default_collate(items)
-    assert torch.equal(normalize(batch), want)
-    channels_last = normalize(batch.contiguous(memory_format=torch.channels_last))
-    assert channels_last.is_contiguous(memory_format=torch.channels_last) and torch.equal(channels_last, want)
+    out = normalize(batch)
+    assert out.is_contiguous(memory_format=torch.channels_last) and torch.equal(out, want)
     # a MultiView normalises each deferred view and leaves the others as they are
     views = MultiView([deferred, build_transform("cifar_test")])
     raw = torch.rand(2, 3, 32, 32)
     out = batch_normalizer(views)([batch, raw])
     assert torch.equal(out[0], want) and out[1] is raw
     assert batch_normalizer(build_transform("cifar")) is None and batch_normalizer(None) is None
-    with pytest.raises(ValueError, match=r"expected an \(N, C, H, W\) batch, got shape \(3, 224, 224\)"):
+    with pytest.raises(ValueError, match=r"expected an \(N, H, W, 3\) batch .* got shape \(224, 224, 3\)"):
         normalize(items[0])
 
 

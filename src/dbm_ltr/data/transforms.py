@@ -304,8 +304,9 @@ def batch_normalizer(transform: Any) -> Optional[Callable]:
     """The batch-side half of a transform built with ``defer_normalize=True`` (its last step a
     :class:`~dbm_ltr.data.fastjpeg.NormalizeToFloat` with ``defer``), or ``None`` when the
     transform normalises each image itself. The returned function normalises a collated batch
-    (a tensor, or the list of a ``MultiView``'s view batches) wherever it is, e.g. on the GPU
-    after the transfer. The training engine builds the large-scale recipes deferred."""
+    (an ``(N, H, W, 3)`` uint8 tensor, or the list of a ``MultiView``'s view batches) wherever
+    it is, e.g. on the GPU after the transfer, into ``(N, 3, H, W)`` float32 in channels-last
+    memory. The training engine builds the large-scale recipes deferred."""
     views = transform.transforms if isinstance(transform, MultiView) else [transform]
     steps = [getattr(v, "transforms", None) or [v] for v in views]
     deferred = [s[-1] if isinstance(s[-1], NormalizeToFloat) and s[-1].defer else None for s in steps]
