@@ -5,6 +5,14 @@ to measure what the compression of ``../shared/data`` costs a trained model at t
     dbm-ltr eval --checkpoint RUN --out clean.json --set data.root=data/paired/clean
     dbm-ltr eval --checkpoint RUN --out jpeg.json --set data.root=data/paired/jpeg
 
+or, for the paired comparison of one or more trained runs in one go,
+
+    python scripts/paired_clean_jpeg_test.py --root ../shared/data --out data/paired --runs RUN [RUN ...]
+
+which prints, per run, the top-1 on both copies, the images only one copy gets right, and the
+clean - JPEG difference with its paired standard error (the difference of two accuracies on
+the same images varies far less than either accuracy).
+
 ``OUT/clean/cifar10_test.npz`` holds ``cifar10_test_subset_lossless.npz`` (test images 0..999,
 pixel-exact); ``OUT/jpeg/cifar10_test.npz`` the JPEG-compressed copy of each from the full
 ``cifar10_test.npz`` (sorted by class, original order unknown), found as the image of the same
@@ -37,10 +45,50 @@ def match_jpeg_copies(clean: np.ndarray, clean_labels: np.ndarray, full: np.ndar
     return match, error
 
 
+def predictions(run: str, data_root: Path) -> tuple[np.ndarray, np.ndarray]:
+    """Top-1 predictions and labels of a run's checkpoint (its folder or the file) on the test
+    split of ``data_root``, in the split's order."""
+    import torch
+
+    from dbm_ltr.data import DATASET_INFO
+    from dbm_ltr.engine.checkpoint import load_checkpoint
+    from dbm_ltr.engine.pipeline import EvalBatches, resolve_pipeline, to_device
+    from dbm_ltr.engine.rundir import CHECKPOINT
+    from dbm_ltr.engine.trainer import load_datasets, restore_method
+
+    path = Path(run) / CHECKPOINT if Path(run).is_dir() else Path(run)
+    config, method = restore_method(load_checkpoint(path), [f"data.root={data_root}"], source=str(path),
+                                    run_dir=path.parent)
+    _, test_set = load_datasets(config, ("regular",), train=False, defer_normalize=True)
+    device = next(method.parameters()).device
+    batches = EvalBatches(test_set, DATASET_INFO[config.data.name]["test_transform"], config.data.eval_batch_size,
+                          device, resolve_pipeline(config, ("regular",), device))
+    predicted, labels = [], []
+    with torch.no_grad():
+        for images, targets in batches:
+            predicted.append(method.predict(to_device(images, device)).argmax(dim=1).cpu())
+            labels.append(targets.cpu())
+    return torch.cat(predicted).numpy(), torch.cat(labels).numpy()
+
+
+def paired_difference(clean_right: np.ndarray, jpeg_right: np.ndarray) -> dict:
+    """Top-1 (percent) on each copy of the same images, the discordant images (right on one copy
+    only) and the clean - JPEG difference with its paired standard error (percentage points)."""
+    n = len(clean_right)
+    only_clean = int((clean_right & ~jpeg_right).sum())
+    only_jpeg = int((jpeg_right & ~clean_right).sum())
+    diff = (only_clean - only_jpeg) / n
+    var = max(only_clean + only_jpeg - n * diff**2, 0.0) / (n * (n - 1)) if n > 1 else 0.0
+    return {"images": n, "clean": 100 * clean_right.mean(), "jpeg": 100 * jpeg_right.mean(),
+            "only_clean": only_clean, "only_jpeg": only_jpeg, "difference": 100 * diff,
+            "std_error": 100 * var**0.5}
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--root", default="../shared/data", help="folder with the CIFAR-10 archives")
     p.add_argument("--out", required=True, help="folder for the two data roots")
+    p.add_argument("--runs", nargs="*", default=[], help="trained runs (folders or checkpoints) to compare on both")
     args = p.parse_args(argv)
     root, out = Path(args.root).resolve(), Path(args.out)
     lossless = np.load(root / "cifar10_test_subset_lossless.npz")
@@ -56,6 +104,15 @@ def main(argv: list[str] | None = None) -> int:
         link = folder / "cifar10_train.npz"
         if not link.exists():
             os.symlink(root / "cifar10_train.npz", link)
+    if args.runs:
+        print("\n| run | top-1 clean | top-1 JPEG | right on clean only | right on JPEG only | clean - JPEG |")
+        print("|---|---|---|---|---|---|")
+    for run in args.runs:
+        (clean, truth), (jpeg, truth_jpeg) = (predictions(run, out.resolve() / k) for k in ("clean", "jpeg"))
+        assert np.array_equal(truth, truth_jpeg) and np.array_equal(truth, labels)
+        r = paired_difference(clean == truth, jpeg == truth)
+        print(f"| {run} | {r['clean']:.2f} | {r['jpeg']:.2f} | {r['only_clean']} | {r['only_jpeg']} | "
+              f"{r['difference']:+.2f} +- {r['std_error']:.2f} |")
     return 0
 
 
