@@ -19,6 +19,16 @@ pixel-exact); ``OUT/jpeg/cifar10_test.npz`` the JPEG-compressed copy of each fro
 class with the least mean absolute difference. Both link ``cifar10_train.npz`` (the class
 counts come from the training split). Prints the match's distinctness and mean / largest
 difference in grey levels.
+
+``--train-subset`` measures the training side too: both roots then get a balanced training
+split of 3,660 images (366 a class) from the 4,000 pixel-exact training images, the originals
+in ``clean/`` and their JPEG copies in ``jpeg/``, so the same recipe trains once on each
+(``data.imbalance_factor=1``) and ``--runs`` evaluates every run on both test copies:
+
+    python scripts/paired_clean_jpeg_test.py --root ../shared/data --out data/paired_train --train-subset
+    dbm-ltr train --config cifar10_lt/dbm_ce --out runs/q_clean --set data.root=data/paired_train/clean \
+        data.imbalance_factor=1 optim.epochs=30
+    (the same with jpeg), then --runs runs/q_clean runs/q_jpeg
 """
 
 from __future__ import annotations
@@ -43,6 +53,23 @@ def match_jpeg_copies(clean: np.ndarray, clean_labels: np.ndarray, full: np.ndar
             diff = np.abs(flat - clean[k].reshape(1, -1).astype(np.int16)).mean(axis=1)
             match[k], error[k] = candidates[diff.argmin()], diff.min()
     return match, error
+
+
+def balanced_train_subset(root: Path) -> dict[str, np.ndarray]:
+    """The pixel-exact training images 0..3999 (``cifar10_train_subset_lossless.npz``) and their
+    JPEG copies (the same positions of ``cifar10_train.npz``, which keeps the original order),
+    cut to the same number of images in every class (the first ones of each, in order):
+    ``{"clean", "jpeg", "labels"}``."""
+    lossless = np.load(root / "cifar10_train_subset_lossless.npz")
+    full = np.load(root / "cifar10_train.npz")
+    positions = lossless["indices"].astype(np.int64)
+    labels = full["labels"][positions].astype(np.int64)
+    if not np.array_equal(labels, lossless["all_train_labels"][positions]):
+        raise SystemExit(f"{root}: the lossless training subset and cifar10_train.npz disagree on the labels")
+    num_classes = len(full["classes"])
+    per_class = np.bincount(labels, minlength=num_classes).min()
+    keep = np.sort(np.concatenate([np.flatnonzero(labels == c)[:per_class] for c in range(num_classes)]))
+    return {"clean": lossless["images"][keep], "jpeg": full["images"][positions[keep]], "labels": labels[keep]}
 
 
 def predictions(run: str, data_root: Path) -> tuple[np.ndarray, np.ndarray]:
@@ -88,6 +115,9 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--root", default="../shared/data", help="folder with the CIFAR-10 archives")
     p.add_argument("--out", required=True, help="folder for the two data roots")
+    p.add_argument("--train-subset", action="store_true",
+                   help="also give the two roots a balanced training split, pixel-exact in clean/ and its "
+                        "JPEG copy in jpeg/ (from the 4,000 lossless training images), to train on each")
     p.add_argument("--runs", nargs="*", default=[], help="trained runs (folders or checkpoints) to compare on both")
     args = p.parse_args(argv)
     root, out = Path(args.root).resolve(), Path(args.out)
@@ -97,13 +127,21 @@ def main(argv: list[str] | None = None) -> int:
     match, error = match_jpeg_copies(lossless["images"], labels, full["images"], full["labels"])
     print(f"{len(set(match.tolist()))} distinct JPEG copies of {len(match)} images; mean absolute "
           f"difference {error.mean():.2f} grey levels (largest {error.max():.2f})")
+    train = balanced_train_subset(root) if args.train_subset else None
     for name, images in (("clean", lossless["images"]), ("jpeg", full["images"][match])):
         folder = out / name
         folder.mkdir(parents=True, exist_ok=True)
         np.savez(folder / "cifar10_test.npz", images=images, labels=labels, classes=full["classes"])
         link = folder / "cifar10_train.npz"
-        if not link.exists():
+        if train is not None:
+            link.unlink(missing_ok=True)
+            np.savez(link, images=train[name], labels=train["labels"], classes=full["classes"])
+        elif not link.exists():
             os.symlink(root / "cifar10_train.npz", link)
+    if train is not None:
+        print(f"training split: {len(train['labels'])} images ({np.bincount(train['labels']).min()} a class), the same "
+              f"in both roots, pixel-exact in clean/, JPEG-compressed in jpeg/ (mean absolute difference "
+              f"{np.abs(train['clean'].astype(np.int16) - train['jpeg']).mean():.2f} grey levels)")
     if args.runs:
         print("\n| run | top-1 clean | top-1 JPEG | right on clean only | right on JPEG only | clean - JPEG |")
         print("|---|---|---|---|---|---|")

@@ -5,6 +5,7 @@ import json
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 SCRIPT = Path(__file__).resolve().parent.parent / "scripts" / "paired_clean_jpeg_test.py"
 
@@ -85,3 +86,27 @@ def test_compares_trained_runs_on_both_copies(tmp_path, fake_cifar10, capsys):
         cli(["eval", "--checkpoint", str(run), "--out", str(out), "--set", f"data.root={tmp_path / 'out' / name}"])
         assert abs(json.loads(out.read_text())["top1"] - top1) <= 0.005  # printed to 2 decimals
     assert abs(clean - jpeg - 100 * (only_clean - only_jpeg) / 30) <= 0.01
+
+
+def test_train_subset_is_balanced_and_the_same_images_in_both_roots(tmp_path):
+    rng = np.random.default_rng(4)
+    labels = np.array([0, 1, 1, 2, 0, 2, 1, 0, 2, 2] * 2)  # class counts 6, 6, 8
+    originals = rng.integers(0, 256, (20, 32, 32, 3), dtype=np.uint8)
+    copies = np.clip(originals.astype(int) + rng.integers(-4, 5, originals.shape), 0, 255).astype(np.uint8)
+    classes = np.array(["a", "b", "c"])
+    all_labels = np.concatenate([labels, np.zeros(5, dtype=np.int64)])
+    np.savez(tmp_path / "cifar10_train_subset_lossless.npz", images=originals, labels=labels, indices=np.arange(20),
+             classes=classes, all_train_labels=all_labels)
+    np.savez(tmp_path / "cifar10_train.npz", images=np.concatenate([copies, np.zeros((5, 32, 32, 3), np.uint8)]),
+             labels=all_labels, classes=classes)
+    subset = load().balanced_train_subset(tmp_path)
+    assert np.bincount(subset["labels"]).tolist() == [6, 6, 6]
+    keep = np.sort(np.concatenate([np.flatnonzero(labels == c)[:6] for c in range(3)]))  # first 6 of each class
+    np.testing.assert_array_equal(subset["clean"], originals[keep])
+    np.testing.assert_array_equal(subset["jpeg"], copies[keep])
+    np.testing.assert_array_equal(subset["labels"], labels[keep])
+    all_labels[3] = 1  # the two archives disagree
+    np.savez(tmp_path / "cifar10_train.npz", images=np.concatenate([copies, np.zeros((5, 32, 32, 3), np.uint8)]),
+             labels=all_labels, classes=classes)
+    with pytest.raises(SystemExit, match="disagree on the labels"):
+        load().balanced_train_subset(tmp_path)
