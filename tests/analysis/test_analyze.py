@@ -43,6 +43,11 @@ def test_analyze_two_runs_writes_every_table_and_plot(tiny_runs, tmp_path, capsy
         assert r["fisher"]["classes_used"] == 10 and r["fisher"]["all"] > 0
         assert len(r["confusion"]) == 10 and sum(map(sum, r["confusion"])) == 100
         assert any("fewer than the 64 feature dimensions" in n for n in r["notes"])
+        from dbm_ltr.metrics import class_vector_cosines
+
+        _, method, _ = load_run_method(tiny_runs[r["label"]])
+        assert r["class_vectors"] == pytest.approx(class_vector_cosines(method.class_weights()), abs=1e-6)
+    assert "class-vector cosine mean / max" in printed
 
     rows = list(csv.DictReader(open(out / "angles.csv")))
     assert [(r["run"], r["group"]) for r in rows[:4]] == [("ce", g) for g in ("many", "medium", "few", "all")]

@@ -187,3 +187,28 @@ def test_mixed_precision_on_cpu_trains_in_bfloat16(fake_cifar10, tmp_path):
     assert torch.bfloat16 in seen  # the cosine classifier ran under autocast
     assert 0 <= metrics["top1"] <= 100
     assert all(p.dtype == torch.float32 for p in trainer.method.parameters())
+
+
+def test_a_collapsed_classifier_is_logged_and_reported_once(fake_cifar10, tmp_path):
+    cfg = load_config("cifar10_lt/dbm_ce", tiny_overrides(fake_cifar10, epochs=2) + ["train.eval_every=1"])
+    messages = []
+    trainer = Trainer(cfg, tmp_path / "run", log=messages.append)
+    head = trainer.method.model.head.weight
+    with torch.no_grad():  # every class vector the same direction, kept so (no gradient)
+        head.copy_(torch.ones(64, 1) * torch.linspace(1, 2, 10))
+    head.requires_grad_(False)
+    trainer.fit()
+    rows = [json.loads(line) for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
+    assert [round(r["class_cos_mean"], 6) for r in rows] == [1.0, 1.0]
+    assert all(r["class_cos_max"] == pytest.approx(1.0) for r in rows)
+    warnings = [m for m in messages if "class vectors point nearly the same way" in m]
+    assert len(warnings) == 1 and "after epoch 1" in warnings[0] and "lower loss.max_margin" in warnings[0]
+
+
+def test_a_trained_classifier_is_not_reported(fake_cifar10, tmp_path):
+    cfg = load_config("cifar10_lt/ce", tiny_overrides(fake_cifar10, epochs=1) + ["train.eval_every=1"])
+    messages = []
+    Trainer(cfg, tmp_path / "run", log=messages.append).fit()
+    row = json.loads((tmp_path / "run" / "log.jsonl").read_text().splitlines()[0])
+    assert -1 <= row["class_cos_mean"] < 0.95 and row["class_cos_mean"] <= row["class_cos_max"] <= 1
+    assert not any("class vectors" in m for m in messages)

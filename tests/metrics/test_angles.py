@@ -7,6 +7,7 @@ import torch
 from dbm_ltr.metrics import (
     ANGLE_STATS,
     angle_statistics,
+    class_vector_cosines,
     feature_angles,
     summarize_angles,
 )
@@ -98,3 +99,36 @@ def test_linear_head_uses_weight_rows_and_ignores_bias():
     cos = torch.nn.functional.cosine_similarity(f, w[labels].detach(), dim=1).double()
     assert torch.allclose(feature_angles(f, w, labels), torch.rad2deg(torch.arccos(cos)), atol=1e-4)
     assert math.isclose(feature_angles(f, w * 2, labels)[0].item(), feature_angles(f, w, labels)[0].item(), abs_tol=1e-4)
+
+
+def _naive_class_cosines(w):
+    """Every ordered pair of distinct classes, one at a time (a zero vector has cosine 0)."""
+    values = []
+    for a in range(len(w)):
+        for b in range(len(w)):
+            if a != b:
+                na, nb = math.sqrt(sum(x * x for x in w[a])), math.sqrt(sum(x * x for x in w[b]))
+                dot = sum(x * y for x, y in zip(w[a], w[b]))
+                values.append(dot / (na * nb) if na and nb else 0.0)
+    return sum(values) / len(values), max(values)
+
+
+@pytest.mark.parametrize("chunk", [1, 3, 1024])
+def test_class_vector_cosines_match_every_pair(chunk):
+    w = torch.randn(7, 5, generator=torch.Generator().manual_seed(0))
+    w[3] = 0  # a zero class vector: cosine 0 with every other
+    w[5] = 2.5 * w[1]  # same direction, other length: cosine 1
+    mean, largest = _naive_class_cosines(w.tolist())
+    got = class_vector_cosines(w, chunk=chunk)
+    assert got["mean"] == pytest.approx(mean, abs=1e-12) and got["max"] == pytest.approx(largest, abs=1e-12)
+    assert got["max"] == pytest.approx(1.0)
+
+
+def test_class_vector_cosines_of_a_collapsed_and_of_an_orthogonal_classifier():
+    collapsed = torch.ones(10, 64) + 1e-3 * torch.randn(10, 64, generator=torch.Generator().manual_seed(1))
+    assert class_vector_cosines(collapsed)["mean"] > 0.999
+    got = class_vector_cosines(torch.eye(6, dtype=torch.bfloat16))
+    assert got == {"mean": 0.0, "max": 0.0}
+    assert class_vector_cosines(torch.ones(1, 4)) == {"mean": None, "max": None}  # no pair
+    with pytest.raises(ValueError, match=r"\(C, D\) matrix"):
+        class_vector_cosines(torch.ones(4))

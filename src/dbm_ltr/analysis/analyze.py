@@ -8,7 +8,8 @@ Writes into the output folder::
     fisher.csv               run, many, medium, few, all, classes_used
     fisher_per_class.csv     class, name, train_count, group, one column of S_i per run
     per_class_accuracy.csv   class, name, train_count, group, one accuracy column per run
-    analysis.json            everything above, plus options and per-run details
+    analysis.json            everything above, plus options and per-run details (the mean and
+                             largest cosine between two classes' classifier vectors among them)
     angles.png               angle distributions per group, runs side by side
     accuracy_vs_count.png    per-class accuracy against training count (log x)
     confusion_<run>.png      row-normalised confusion matrix, one per run
@@ -28,6 +29,7 @@ import torch
 from ..metrics import (
     GROUPS,
     angle_statistics,
+    class_vector_cosines,
     feature_angles,
     fisher_separability,
     group_of,
@@ -64,6 +66,7 @@ class RunAnalysis:
     labels: torch.Tensor  # (N,)
     angle_stats: dict
     fisher: dict
+    class_vectors: dict  # mean / max cosine between two classes' classifier vectors
     confusion: torch.Tensor  # (C, C) counts, rows = true class
     notes: list[str]
 
@@ -118,6 +121,7 @@ def analyze_features(
         fisher=fisher_separability(
             f.features, f.labels, counts, ridge=fisher_ridge, normalization=fisher_normalization
         ),
+        class_vectors=class_vector_cosines(f.weights),
         confusion=confusion,
         notes=notes,
     )
@@ -199,8 +203,9 @@ def fisher_table(results: Sequence[RunAnalysis]) -> str:
 
 
 def runs_table(results: Sequence[RunAnalysis]) -> str:
-    header = ["run", "preset", "epoch", "split", "top-1 (%)", "directory"]
-    rows = [[r.label, r.preset or "-", r.epoch, r.split, _num(r.top1), r.run_dir] for r in results]
+    header = ["run", "preset", "epoch", "split", "top-1 (%)", "class-vector cosine mean / max", "directory"]
+    rows = [[r.label, r.preset or "-", r.epoch, r.split, _num(r.top1),
+             f"{_num(r.class_vectors['mean'], 3)} / {_num(r.class_vectors['max'], 3)}", r.run_dir] for r in results]
     return _md_table(header, rows)
 
 
@@ -216,7 +221,9 @@ def markdown_report(results: Sequence[RunAnalysis], options: dict) -> str:
         "",
         f"Features: {options['split']} split, pooled features the classifier sees; Fisher: "
         f"{options['fisher_normalization']} features, ridge {options['fisher_ridge']:g} x trace/D, "
-        "population variances. Groups by training count: Many > 100, Medium 20-100, Few < 20.",
+        "population variances. Groups by training count: Many > 100, Medium 20-100, Few < 20. "
+        "Class-vector cosine: between the classifier vectors of two different classes (near 1: "
+        "a collapsed classifier that scores every class alike).",
     ]
     notes = [f"- {r.label}: {n}" for r in results for n in r.notes]
     if notes:
@@ -303,7 +310,8 @@ def write_analysis(
                 "label": r.label, "run_dir": r.run_dir, "preset": r.preset, "epoch": r.epoch,
                 "split": r.split, "top1": r.top1, "cls_num_list": r.cls_num_list,
                 "classes": r.classes, "per_class_accuracy": r.per_class_accuracy,
-                "angles": r.angle_stats, "fisher": r.fisher, "notes": r.notes,
+                "angles": r.angle_stats, "fisher": r.fisher, "class_vectors": r.class_vectors,
+                "notes": r.notes,
                 "confusion": r.confusion.tolist(),
             }
             for r in results

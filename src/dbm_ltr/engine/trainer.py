@@ -44,7 +44,7 @@ from ..figures import plot_per_class_accuracy
 from ..losses import create_loss
 from ..methods import Method, create_method, method_views
 from ..models import pretrained_trunks
-from ..metrics import ClassAccuracy
+from ..metrics import ClassAccuracy, class_vector_cosines
 from .checkpoint import (
     CheckpointError,
     capture_rng,
@@ -81,6 +81,11 @@ __all__ = [
     "evaluate_method",
     "restore_method",
 ]
+
+#: Mean cosine between two classes' vectors above which the classifier counts as collapsed
+#: (trained heads of the CIFAR runs: linear about -0.1, cosine 0.2-0.75; collapsed DBM runs on
+#: balanced data: 0.95-1.0).
+COLLAPSED_CLASS_COSINE = 0.95
 
 
 class TrainingError(DbmLtrError, RuntimeError):
@@ -401,6 +406,7 @@ class Trainer:
         self.best: dict | None = None
         self.elapsed = 0.0
         self._partial: dict | None = None  # a mid-epoch checkpoint's position, until it is used
+        self._collapse_reported = False
         self._final = False  # the checkpoint is the final one (no optimizer state)
         self.finished_metrics: dict | None = None
         if state is not None:
@@ -659,6 +665,25 @@ class Trainer:
             progress=self.config.train.progress and self.dist.is_main,
         )
 
+    def _class_vector_check(self, epoch: int) -> dict:
+        """``class_cos_mean`` / ``class_cos_max`` of the classifier's class vectors for the log
+        row, and a warning (once) when they have collapsed onto one direction."""
+        with torch.no_grad():
+            cos = class_vector_cosines(self.method.class_weights())
+        if cos["mean"] is None:
+            return {}
+        if cos["mean"] > COLLAPSED_CLASS_COSINE and not self._collapse_reported:
+            self._collapse_reported = True
+            self.log(
+                f"warning: after epoch {epoch + 1} the classifier's class vectors point nearly the "
+                f"same way (mean cosine between two classes' vectors {cos['mean']:.3f}): every "
+                "class scores alike and accuracy stays near chance. A margin loss does this when "
+                "every class gets a large margin (e.g. DBM, whose rarest class gets "
+                "loss.max_margin, on balanced data); lower loss.max_margin (docs/method.md, "
+                "'Collapsed class vectors')"
+            )
+        return {"class_cos_mean": cos["mean"], "class_cos_max": cos["max"]}
+
     def _write_tensorboard(self, row: dict) -> None:
         if self._writer is None:
             try:
@@ -719,6 +744,7 @@ class Trainer:
             if every and (epoch + 1) % every == 0:
                 result = self.evaluate()
                 row.update({f"test_{k}": result[k] for k in ("top1", "many", "medium", "few")})
+                row.update(self._class_vector_check(epoch))
                 if self.best is None or result["top1"] >= self.best["top1"]:
                     self.best = {"epoch": epoch + 1, **result}
             self.history.append(row)

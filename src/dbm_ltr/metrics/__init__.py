@@ -9,7 +9,7 @@ from .accuracy import (
     many_medium_few,
     per_class_accuracy,
 )
-from .angles import ANGLE_STATS, angle_statistics, feature_angles, summarize_angles
+from .angles import ANGLE_STATS, angle_statistics, class_vector_cosines, feature_angles, summarize_angles
 from .fisher import (
     FEATURE_NORMALIZATIONS,
     class_moments,
@@ -26,6 +26,7 @@ __all__ = [
     "ClassAccuracy",
     "angle_statistics",
     "class_moments",
+    "class_vector_cosines",
     "feature_angles",
     "fisher_pairwise",
     "fisher_separability",

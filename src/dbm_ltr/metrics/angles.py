@@ -8,13 +8,14 @@ their label's *training* count (Many > 100, Few < 20).
 
 from __future__ import annotations
 
+import math
 from typing import Sequence
 
 import torch
 
 from .accuracy import FEW_BELOW, GROUPS, MANY_ABOVE, group_of
 
-__all__ = ["ANGLE_STATS", "angle_statistics", "feature_angles", "summarize_angles"]
+__all__ = ["ANGLE_STATS", "angle_statistics", "class_vector_cosines", "feature_angles", "summarize_angles"]
 
 #: Keys of one group's statistics (degrees, except ``count``).
 ANGLE_STATS = ("count", "mean", "q25", "median", "q75", "min", "max")
@@ -105,3 +106,45 @@ def angle_statistics(
         out[g] = summarize_angles(angles[mask])
     out["all"] = summarize_angles(angles)
     return out
+
+
+def class_vector_cosines(weights: torch.Tensor, chunk: int = 1024) -> dict[str, float | None]:
+    """Mean and largest cosine between the class vectors of two different classes.
+
+    A classifier whose class vectors all point the same way (mean near 1) scores every class
+    alike: it has *collapsed*. A margin loss on a cosine classifier can drive a network there
+    when every class gets a large margin, because moving all cosines towards 1 shrinks the
+    margin's penalty ``s (cos theta - cos(theta + m))`` for every sample at once.
+
+    Args:
+        weights: ``(C, D)`` class vectors, one row per class (any device; a zero row counts
+            as cosine 0 with every other).
+        chunk: rows of the ``C x C`` cosine matrix formed at a time (for the maximum).
+
+    Returns:
+        ``{"mean": ..., "max": ...}`` over the ``C (C - 1)`` ordered pairs of distinct classes
+        (``None`` for fewer than two classes). The mean is exact in float64 without the matrix:
+        ``(|sum_c w_c / |w_c||^2 - C') / (C (C - 1))``, ``C'`` the number of non-zero rows.
+
+    Example:
+        >>> w = torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0]])
+        >>> {k: round(v, 4) for k, v in class_vector_cosines(w).items()}
+        {'mean': 0.4714, 'max': 0.7071}
+    """
+    w = torch.as_tensor(weights).detach()
+    if w.ndim != 2:
+        raise ValueError(f"class vectors must be a (C, D) matrix, got shape {tuple(w.shape)}")
+    classes = w.shape[0]
+    if classes < 2:
+        return {"mean": None, "max": None}
+    unit = torch.nn.functional.normalize(w.double(), dim=1, eps=1e-12)
+    nonzero = (unit.norm(dim=1) > 0.5).sum().item()
+    total = unit.sum(dim=0)
+    mean = ((total @ total).item() - nonzero) / (classes * (classes - 1))
+    largest = -math.inf
+    for start in range(0, classes, chunk):
+        block = unit[start:start + chunk] @ unit.T
+        rows = torch.arange(block.shape[0], device=block.device)
+        block[rows, rows + start] = -math.inf  # a class with itself
+        largest = max(largest, block.max().item())
+    return {"mean": mean, "max": largest}
