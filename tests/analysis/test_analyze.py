@@ -14,6 +14,7 @@ from dbm_ltr.analysis import (
     run_features,
 )
 from dbm_ltr.engine import CheckpointError
+from dbm_ltr.metrics import class_vector_cosines
 
 
 def test_analyze_two_runs_writes_every_table_and_plot(tiny_runs, tmp_path, capsys):
@@ -43,8 +44,6 @@ def test_analyze_two_runs_writes_every_table_and_plot(tiny_runs, tmp_path, capsy
         assert r["fisher"]["classes_used"] == 10 and r["fisher"]["all"] > 0
         assert len(r["confusion"]) == 10 and sum(map(sum, r["confusion"])) == 100
         assert any("fewer than the 64 feature dimensions" in n for n in r["notes"])
-        from dbm_ltr.metrics import class_vector_cosines
-
         _, method, _ = load_run_method(tiny_runs[r["label"]])
         assert r["class_vectors"] == pytest.approx(class_vector_cosines(method.class_weights()), abs=1e-6)
     assert "class-vector cosine mean / max" in printed

@@ -119,12 +119,11 @@ def class_vector_cosines(weights: torch.Tensor, chunk: int = 1024) -> dict[str, 
     Args:
         weights: ``(C, D)`` class vectors, one row per class (any device; a zero row counts
             as cosine 0 with every other).
-        chunk: rows of the ``C x C`` cosine matrix formed at a time (for the maximum).
+        chunk: rows of the ``C x C`` cosine matrix formed at a time.
 
     Returns:
         ``{"mean": ..., "max": ...}`` over the ``C (C - 1)`` ordered pairs of distinct classes
-        (``None`` for fewer than two classes). The mean is exact in float64 without the matrix:
-        ``(|sum_c w_c / |w_c||^2 - C') / (C (C - 1))``, ``C'`` the number of non-zero rows.
+        (``None`` for fewer than two classes), in float64.
 
     Example:
         >>> w = torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0]])
@@ -138,13 +137,12 @@ def class_vector_cosines(weights: torch.Tensor, chunk: int = 1024) -> dict[str, 
     if classes < 2:
         return {"mean": None, "max": None}
     unit = torch.nn.functional.normalize(w.double(), dim=1, eps=1e-12)
-    nonzero = (unit.norm(dim=1) > 0.5).sum().item()
-    total = unit.sum(dim=0)
-    mean = ((total @ total).item() - nonzero) / (classes * (classes - 1))
-    largest = -math.inf
+    total, largest = 0.0, -math.inf
     for start in range(0, classes, chunk):
         block = unit[start:start + chunk] @ unit.T
         rows = torch.arange(block.shape[0], device=block.device)
-        block[rows, rows + start] = -math.inf  # a class with itself
+        block[rows, rows + start] = 0.0  # a class with itself: left out of the sum ...
+        total += block.sum().item()
+        block[rows, rows + start] = -math.inf  # ... and of the maximum
         largest = max(largest, block.max().item())
-    return {"mean": mean, "max": largest}
+    return {"mean": total / (classes * (classes - 1)), "max": largest}
