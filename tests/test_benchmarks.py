@@ -82,11 +82,14 @@ needs_bash = pytest.mark.skipif(shutil.which("bash") is None or shutil.which("ti
 
 
 @needs_bash
-def test_gpu_reproduce_script_runs_end_to_end_on_the_cpu(tmp_path):
+def test_gpu_reproduce_script_runs_end_to_end_and_resumes_with_work(tmp_path):
     """benchmarks/gpu_reproduce.sh with a stand-in bundle (its unpack script copies a fake data
-    set) and one short row: the files it hands back, the progress table, the archives."""
-    out = tmp_path / "out"
-    run_gpu_reproduce(stand_in_bundle(tmp_path), out)
+    set) and one short row: the files it hands back, the progress table, the archives. With
+    WORK=DIR it keeps the unpacked data and the runs: a second call does not unpack again (the
+    stand-in unpacker fails on an existing folder) and skips the finished run."""
+    bundle, work = stand_in_bundle(tmp_path), tmp_path / "work"
+    out = tmp_path / "first"
+    run_gpu_reproduce(bundle, out, WORK=str(work))
     assert sorted(p.name for p in out.iterdir()) == [
         "device.txt", "reproduce.txt", "table2_checkpoints.tar.gz.0", "table2_runs.tar.gz"]
     assert "MPS: off" in (out / "device.txt").read_text()
@@ -100,16 +103,9 @@ def test_gpu_reproduce_script_runs_end_to_end_on_the_cpu(tmp_path):
     assert not any("checkpoint" in n for n in names)
     with tarfile.open(out / "table2_checkpoints.tar.gz.0") as checkpoints:
         assert checkpoints.getnames() == ["table2/ce_seed0/checkpoint.pt"]
+    assert (work / "table2" / "ce_seed0" / "metrics.json").is_file()
 
-
-@needs_bash
-def test_gpu_reproduce_script_with_work_resumes_in_a_second_call(tmp_path):
-    """WORK=DIR keeps the unpacked data and the runs: a second call does not unpack again (the
-    stand-in unpacker fails on an existing folder) and skips the finished run."""
-    bundle, work = stand_in_bundle(tmp_path), tmp_path / "work"
-    for call in ("first", "second"):
-        result = run_gpu_reproduce(bundle, tmp_path / call, WORK=str(work))
-        assert (work / "table2" / "ce_seed0" / "metrics.json").is_file()
+    result = run_gpu_reproduce(bundle, tmp_path / "second", WORK=str(work))
     assert "unpacked by an earlier call" in result.stdout
     text = (tmp_path / "second" / "reproduce.txt").read_text()
     assert "0 to train" in text and "finished, skipped" in text
