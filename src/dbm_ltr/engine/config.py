@@ -140,6 +140,8 @@ class TrainConfig:
                               "test-set selection (0: only at the end)")
     progress: bool = setting(True, "progress bars")
     drop_last: bool = setting(False, "drop the last, smaller batch of an epoch")
+    channels_last: bool = setting(True, "the model in channels-last memory (faster convolutions with cuDNN on "
+                                  "GPUs and oneDNN on CPUs)")
     threads: int = setting(0, "PyTorch's CPU threads; 0: no more than the CPU cores available to the process")
     compile: bool = setting(False, "torch.compile the model (eager mode, with a message, where the compiler "
                             "is unavailable)")

@@ -43,14 +43,12 @@ __all__ = [
 
 
 def to_device(images, device: torch.device):
-    """Images to ``device``; 4-D image batches in channels-last layout on CUDA (faster
-    convolutions with cuDNN), unchanged elsewhere."""
+    """Images (a tensor or a list of views) to ``device``, in their layout: a model in
+    channels-last memory (``train.channels_last``) runs its convolutions channels-last on
+    any input."""
     if isinstance(images, (list, tuple)):
         return [to_device(x, device) for x in images]
-    images = images.to(device, non_blocking=True)
-    if device.type == "cuda" and images.dim() == 4:
-        images = images.contiguous(memory_format=torch.channels_last)
-    return images
+    return images.to(device, non_blocking=True)
 
 
 def transform_names(config: Config, views: Sequence[str]) -> list[str]:

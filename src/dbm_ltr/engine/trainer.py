@@ -53,7 +53,7 @@ from .checkpoint import (
     restore_rng,
     save_checkpoint,
 )
-from .config import Config, ConfigError, DataConfig, apply_overrides, config_from_dict, save_config
+from .config import Config, ConfigError, DataConfig, TrainConfig, apply_overrides, config_from_dict, save_config
 from .distributed import DistInfo, available_cores, init_distributed, loader_workers, pick_device
 from .pipeline import DeviceBatches, EvalBatches, SeededSamples, resolve_pipeline, to_device, transform_names
 from .rundir import (
@@ -209,6 +209,12 @@ def _create_method(config: Config, cls_num_list: list[int], num_classes: int, lo
     )
 
 
+def to_layout(method: Method, train: TrainConfig) -> Method:
+    """``method`` with its 4-D weights in channels-last memory where ``train.channels_last``
+    (the convolutions then run channels-last whatever the layout of their input)."""
+    return method.to(memory_format=torch.channels_last) if train.channels_last else method
+
+
 def restore_method(
     state: dict, overrides: list[str] | tuple[str, ...] = (), device: str | None = None,
     source: str = "checkpoint", run_dir: str | Path | None = None,
@@ -232,7 +238,7 @@ def restore_method(
         raise CheckpointError(
             f"{source} does not match its own config: {str(err).splitlines()[0][:200]}"
         ) from None
-    method.to(pick_device(device or config.train.device))
+    to_layout(method.to(pick_device(device or config.train.device)), config.train)
     method.eval()
     return config, method
 
@@ -381,9 +387,7 @@ class Trainer:
         self.num_classes = len(self.cls_num_list)  # from the training split (a split file may define it)
         # pretrained weights for a new run only (a resumed one restores its own)
         with pretrained_trunks(config.model.pretrained if state is None else "", config.model.name):
-            self.method = build_method(config, self.cls_num_list, self.num_classes).to(self.device)
-        if self.device.type == "cuda":
-            self.method.to(memory_format=torch.channels_last)
+            self.method = to_layout(build_method(config, self.cls_num_list, self.num_classes).to(self.device), t)
         if self.pipeline == "device":
             self.device_batches = DeviceBatches(
                 self.train_set, transform_names(config, views), o.batch_size // self.dist.world_size, self.device,
@@ -730,6 +734,7 @@ class Trainer:
             f"{c.model.name}+{c.model.classifier}, {o.epochs} epochs, device {self.device}"
             + (f" x{self.dist.world_size}" if self.dist.enabled else "")
             + f", {self.pipeline} pipeline" + (", amp " + str(amp_dtype(self.device)).split(".")[1] if self.amp else "")
+            + (", channels-last" if c.train.channels_last else "")
         )
         if o.warmup_epochs > o.epochs and o.schedule != "cosine_shifted":
             self.log(f"note: optim.warmup_epochs={o.warmup_epochs} is longer than the run ({o.epochs} "
