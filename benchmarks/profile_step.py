@@ -52,8 +52,8 @@ def _is_kernel(event) -> bool:
 def bare_rate(device: torch.device, batch: int, steps: int, graph: bool = False) -> float:
     """Steps/s of the plainest loop for the same network: ResNet-32 + linear head, CE, SGD
     with momentum, inputs fixed on the device (no augmentation, no bookkeeping), the model in
-    channels-last memory as the engine's default; with ``graph`` the whole step (forward, backward, SGD) is captured once as a CUDA
-    graph and replayed, which removes the host's launch cost: the floor of the step on the GPU."""
+    channels-last memory as the engine's default; with ``graph`` the whole step (forward,
+    backward, SGD) is captured once as a CUDA graph and replayed, which removes the host's launch cost: the floor of the step on the GPU."""
     from dbm_ltr.models import create_model
 
     torch.manual_seed(0)

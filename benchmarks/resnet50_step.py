@@ -58,8 +58,8 @@ def main() -> None:
     for label, amp in (("float32", False), ("bfloat16 autocast", True)):
         for layout in (torch.contiguous_format, torch.channels_last):
             seconds = step_time(model.to(memory_format=layout), loss, x, y, args.steps, amp, device)
-            name = f"{label}, {'channels-last' if layout == torch.channels_last else 'contiguous'}"
-            print(f"  {name:33s} {1e3 * seconds:8.1f} ms/step  {args.batch_size / seconds:8.1f} img/s")
+            variant = f"{label}, {'channels-last' if layout == torch.channels_last else 'contiguous'}"
+            print(f"  {variant:33s} {1e3 * seconds:8.1f} ms/step  {args.batch_size / seconds:8.1f} img/s")
 
 
 if __name__ == "__main__":

@@ -34,6 +34,17 @@ def test_gpu_throughput_pieces_run(tmp_path):
     assert bench.step_rate(args, str(tmp_path), "s", "data.imbalance_factor=10", "data.pipeline=device") > 0
 
 
+def test_channels_last_pieces_run(tmp_path):
+    bench = load("channels_last")
+    root = write_fake_cifar_npz(tmp_path / "c", 10, 20, 2)
+    overrides = [f"data.root={root}", "train.progress=false", "optim.epochs=1", "optim.warmup_epochs=0",
+                 "data.imbalance_factor=10", "optim.batch_size=16"]
+    for flag in (True, False):
+        rate, seconds = bench.engine_rates("cifar10_lt/ce", flag, 2, overrides)
+        assert rate > 0 and seconds > 0
+    assert 0 < bench.batchnorm_error(0.0, False) < 1e-5 and 0 < bench.batchnorm_error(3.0, True) < 1e-2
+
+
 def test_jpeg_input_compares_the_pipelines(tmp_path, capsys):
     bench = load("jpeg_input")
     if not bench.photo_sources():
