@@ -141,3 +141,26 @@ def test_short_runs_are_marked(tmp_path):
     text = report_markdown([short, full])
     assert "| cifar100_lt/dbm_bs | 100 | 1 | 1 (short; recipe 200) |" in text
     assert "| cifar100_lt/bs | 100 | 1 | 200 |" in text and "not comparable" in text
+
+
+def test_columns_without_a_value_in_any_row_are_left_out_and_named(tmp_path):
+    """CIFAR-10-LT runs have no Few classes, and the paper gives Many / Medium / Few for
+    CIFAR-100-LT IF 100 only: those columns would be '-' in every row. The markdown leaves them
+    out and names them; the CSV keeps them."""
+    paper = {"top1": 84.6, "source": "Table 2"}
+    runs = [write_run(tmp_path / "a", "cifar10_lt/dbm_bs", 0, 79.58, 81.18, 73.2, None, paper=paper),
+            write_run(tmp_path / "b", "cifar10_lt/bs", 0, 78.96, 80.57, 72.5, None, paper={"top1": 83.57})]
+    text = report_markdown(summarize_runs(runs))
+    header = next(line for line in text.splitlines() if line.startswith("| preset"))
+    assert header == ("| preset | IF | n | epochs | top-1 ours (final epoch) | top-1 paper | top-1 diff "
+                      "| many ours (final epoch) | medium ours (final epoch) |")
+    assert "| cifar10_lt/dbm_bs | 100 | 1 | 200 | 79.58 | 84.60 | -5.02 | 81.18 | 73.20 |" in text
+    assert ("Left out, without a value in any row: many paper, many diff, medium paper, medium diff, "
+            "few (every column).") in text
+    # one row with a value keeps the column for every row
+    runs.append(write_run(tmp_path / "c", "cifar10_lt/ce", 0, 72.87, 78.05, 52.15, 10.0))
+    text = report_markdown(summarize_runs(runs))
+    assert "| few ours (final epoch) |" in text and "| cifar10_lt/bs | 100 | 1 | 200 | 78.96 | 83.57 | -4.61 | 80.57 | 72.50 | - |" in text
+    out = tmp_path / "report.md"
+    cli.main(["report", *map(str, runs[:2]), "--out", str(out)])
+    assert "few_mean" in open(out.with_suffix(".csv")).readline()

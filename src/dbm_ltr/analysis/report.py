@@ -227,17 +227,46 @@ def _if_text(value) -> str:
     return "-" if value is None else f"{float(value):g}"
 
 
+def _metric_columns(metric: str, with_best: bool) -> list[tuple[str, Callable[[ReportRow], str]]]:
+    """``(title, cell of a row)`` of the markdown report's columns of one metric."""
+    t, m = _TITLES[metric], metric
+    columns = [(f"{t} ours (final epoch)", lambda r: _cell(r, m))]
+    if with_best:
+        columns.append((f"{t} best epoch*", lambda r: _cell(r, m, best=True)))
+    columns.append((f"{t} paper", lambda r: _fmt(r.paper.get(m))))
+    columns.append((f"{t} diff", lambda r: _fmt(r.diff(m), signed=True)))
+    if with_best:
+        columns.append((f"{t} diff best*", lambda r: _fmt(r.diff(m, best=True), signed=True)))
+    return columns
+
+
 def report_markdown(rows: Sequence[ReportRow], title: str = "") -> str:
     """One markdown table: per group, ours (mean +- std over seeds, final epoch), the paper's
     number and the difference for top-1 and Many / Medium / Few; where runs tracked their best
-    test epoch, that too (marked ``*``: test-set selection) and its difference."""
+    test epoch, that too (marked ``*``: test-set selection) and its difference. Metric columns
+    without a value in any row (CIFAR-10 has no Few classes; the paper gives Many / Medium /
+    Few for CIFAR-100-LT IF 100 alone) are left out and named below the table; the CSV keeps
+    every column."""
     with_settings = any(r.settings for r in rows)
     with_best = any(r.best.get("top1") for r in rows)
     header = ["preset", "IF"] + (["settings"] if with_settings else []) + ["n", "epochs"]
-    for m in METRICS_REPORTED:
-        t = _TITLES[m]
-        header += [f"{t} ours (final epoch)"] + ([f"{t} best epoch*"] if with_best else [])
-        header += [f"{t} paper", f"{t} diff"] + ([f"{t} diff best*"] if with_best else [])
+    table = []
+    for r in rows:
+        cells = [r.preset, _if_text(r.imbalance_factor)] + ([r.settings or "-"] if with_settings else [])
+        table.append(cells + [str(r.n), r.epochs_text()])
+    left_out = []  # columns without a value in any row; a metric with none at all by its name
+    for metric in METRICS_REPORTED:
+        empty = []
+        for name, cell in _metric_columns(metric, with_best):
+            values = [cell(r) for r in rows]
+            if rows and all(v == "-" for v in values):
+                empty.append(name)
+                continue
+            header.append(name)
+            for cells, value in zip(table, values):
+                cells.append(value)
+        whole = len(empty) == len(_metric_columns(metric, with_best))
+        left_out += [f"{_TITLES[metric]} (every column)"] if whole else empty
     lines = []
     if title:
         lines += [f"# {title}", ""]
@@ -264,14 +293,9 @@ def report_markdown(rows: Sequence[ReportRow], title: str = "") -> str:
         "| " + " | ".join(header) + " |",
         "|" + "|".join(["---"] * len(header)) + "|",
     ]
-    for r in rows:
-        cells = [r.preset, _if_text(r.imbalance_factor)] + ([r.settings or "-"] if with_settings else [])
-        cells += [str(r.n), r.epochs_text()]
-        for m in METRICS_REPORTED:
-            cells += [_cell(r, m)] + ([_cell(r, m, best=True)] if with_best else [])
-            cells += [_fmt(r.paper.get(m)), _fmt(r.diff(m), signed=True)]
-            cells += [_fmt(r.diff(m, best=True), signed=True)] if with_best else []
-        lines.append("| " + " | ".join(cells) + " |")
+    lines += ["| " + " | ".join(cells) + " |" for cells in table]
+    if left_out:
+        lines += ["", "Left out, without a value in any row: " + ", ".join(left_out) + "."]
     sources = sorted({r.paper_source for r in rows if r.paper_source})
     if sources:
         lines += ["", "Paper: " + "; ".join(sources)]
