@@ -107,7 +107,7 @@ fi
 # SIGINT to reproduce alone (--foreground): it stops its runs, each at a step boundary with a checkpoint
 timeout --foreground -s INT -k 60 $(( $(left) - ${BENCH_MIN:-100} )) \
   "$py" -m dbm_ltr.cli reproduce --data cifar10_lt --imbalance-factor 100 --rows "${ROWS:-table2}" \
-  --seeds "${SEEDS:-0}" --jobs "${JOBS:-8}" --out "$work/table2" --set "data.root=$work/data" ${EXTRA:-} \
+  --seeds "${SEEDS:-0}" --jobs "${JOBS:-8}" --progress-every 60 --out "$work/table2" --set "data.root=$work/data" ${EXTRA:-} \
   > >(tee "$out/reproduce.txt") 2>&1
 status=$?
 set -e

@@ -186,6 +186,8 @@ def cmd_reproduce(args) -> int:
     seeds = parse_seeds(args.seeds)
     if args.jobs is not None and args.jobs < 1:
         raise _UsageError(f"--jobs must be >= 1, got {args.jobs}")
+    if args.progress_every < 0:
+        raise _UsageError(f"--progress-every must be >= 0 seconds (0: no progress lines), got {args.progress_every:g}")
     runs = plan_reproduction(args.data, rows, seeds, args.out, _overrides(args), args.imbalance_factor)
     jobs = args.jobs or default_jobs()
     print(describe(runs, jobs), flush=True)
@@ -193,7 +195,7 @@ def cmd_reproduce(args) -> int:
         print("dry run: nothing trained")
         return 0
     try:
-        run_reproduction(runs, jobs)
+        run_reproduction(runs, jobs, log=lambda line: print(line, flush=True), progress_every=args.progress_every)
     except KeyboardInterrupt:
         print("\nreproduce interrupted; rerun the same command to resume (finished runs are skipped)",
               file=sys.stderr)
@@ -355,6 +357,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "its free memory allows, at most 8)")
     p.add_argument("--out", required=True, help="folder of the run directories and the report")
     p.add_argument("--dry-run", action="store_true", help="validate and print the planned runs, then stop")
+    p.add_argument("--progress-every", type=float, default=600.0, metavar="SECONDS",
+                   help="print each running run's epoch, pace and time left this often (default 600; 0: never)")
     _add_set(p)
     p.set_defaults(func=cmd_reproduce)
 

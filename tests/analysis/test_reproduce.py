@@ -7,7 +7,7 @@ import pytest
 from analysis_helpers import tiny_overrides
 
 from dbm_ltr import cli
-from dbm_ltr.analysis.reproduce import ROW_SETS, parse_rows, plan_reproduction
+from dbm_ltr.analysis.reproduce import ROW_SETS, ReproRun, parse_rows, plan_reproduction, progress_line
 from dbm_ltr.engine import ConfigError
 
 
@@ -38,6 +38,7 @@ def test_dry_run_validates_everything_and_trains_nothing(fake_cifar10_root, tmp_
 @pytest.mark.parametrize("args,match", [
     (["--rows", "ce,gml_student"], r"unknown row\(s\) gml_student"),
     (["--jobs", "0"], r"--jobs must be >= 1, got 0"),
+    (["--progress-every", "-5"], r"--progress-every must be >= 0 seconds \(0: no progress lines\), got -5"),
     (["--seeds", "0,x"], r"--seeds must be comma-separated integers"),
     (["--set", "train.device=cuda"], r"cifar10_lt/ce: train.device=cuda but CUDA is not available"),
     (["--set", "optim.lrr=0.1"], r"cifar10_lt/ce: unknown config key optim.lrr"),
@@ -73,8 +74,9 @@ def test_two_rows_for_one_epoch_then_skip_resume_and_a_failure(fake_cifar10_root
     out = tmp_path / "t2"
     common = ["--data", "cifar10_lt", "--imbalance-factor", "10", "--out", str(out), "--jobs", "2",
               "--set", *tiny_overrides(fake_cifar10_root), "data.imbalance_factor=10"]
-    assert cli.main(["reproduce", "--rows", "ce,dbm_bs", *common]) == 0
+    assert cli.main(["reproduce", "--rows", "ce,dbm_bs", "--progress-every", "0.5", *common]) == 0
     printed = capsys.readouterr().out
+    assert "  progress ce_seed0: " in printed  # each process takes seconds to start: lines came
     for row in ("ce", "dbm_bs"):
         metrics = json.loads((out / f"{row}_seed0" / "metrics.json").read_text())
         assert metrics["epoch"] == 1 and metrics["preset"] == f"cifar10_lt/{row}"
@@ -144,3 +146,19 @@ def test_a_student_runs_after_its_teacher_and_not_after_a_failed_one(fake_cifar1
     assert printed.index("gml_teacher_seed0: finished") < printed.index("started  gml_seed0")
     metrics = json.loads((out / "gml_seed0" / "metrics.json").read_text())
     assert metrics["method"] == "gml" and "cifar10_lt/gml" in (out / "report.md").read_text()
+
+
+def test_progress_line_reads_the_pace_from_the_log(tmp_path):
+    """Epochs done, the median time of the last five epochs, and the time left at that pace;
+    evaluation lines count as epochs, a half-written last line is skipped."""
+    run = ReproRun("dbm_drw", 0, "cifar10_lt/dbm_drw", tmp_path / "dbm_drw_seed0", [], epochs=200)
+    assert progress_line(run) == "  progress dbm_drw_seed0: starting (no epoch finished yet)"
+    run.run_dir.mkdir()
+    seconds = [90.0, 30.0, 31.0, 29.0, 32.0, 30.5, 35.0]  # the first epoch's start-up falls out
+    lines = [json.dumps({"epoch": e + 1, "lr": 0.1, "seconds": s, **({"test_top1": 50.0} if e == 4 else {})})
+             for e, s in enumerate(seconds)]
+    (run.run_dir / "log.jsonl").write_text("\n".join(lines) + '\n{"epoch": 8, "lr"')
+    # median of 31, 29, 32, 30.5, 35 = 31.0 s; 193 epochs left: 5983 s = 1 h 40 min
+    assert progress_line(run) == "  progress dbm_drw_seed0: epoch 7/200, 31.0 s an epoch, about 1 h 40 min left"
+    run.epochs = 8
+    assert progress_line(run).endswith("epoch 7/8, 31.0 s an epoch, about 1 min left")

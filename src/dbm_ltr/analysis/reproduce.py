@@ -13,7 +13,9 @@ difference) as markdown and CSV, and one PNG of ours beside the paper's per row.
 
 from __future__ import annotations
 
+import json
 import os
+import statistics
 import subprocess
 import sys
 import time
@@ -24,7 +26,7 @@ from typing import Callable, Sequence
 from ..data import create_dataset
 from ..engine.config import ConfigError, load_config, preset_dir
 from ..engine.distributed import pick_device
-from ..engine.rundir import CHECKPOINT, METRICS, OUTPUT
+from ..engine.rundir import CHECKPOINT, LOG, METRICS, OUTPUT
 from .plots import plot_reproduction
 from .report import report_markdown, summarize_runs, write_report
 from .runs import read_metrics
@@ -59,6 +61,7 @@ class ReproRun:
     overrides: list[str]
     status: str = "train"  # train | resume | done
     after: "ReproRun | None" = None  # a run that must finish first (a student's teacher)
+    epochs: int = 0  # of its recipe, for the progress lines
     returncode: int | None = None
     seconds: float = 0.0
     error: str = ""
@@ -165,7 +168,8 @@ def plan_reproduction(
                                download=d.download, seed=d.seed)
                 create_dataset(d.name, d.root, train=False, download=d.download)
                 checked.add((d.name, d.root, d.imbalance_factor))
-            run = ReproRun(row, seed, preset, Path(out) / f"{row}_seed{seed}", run_overrides, after=teacher)
+            run = ReproRun(row, seed, preset, Path(out) / f"{row}_seed{seed}", run_overrides, after=teacher,
+                           epochs=config.optim.epochs)
             planned[(row, seed)] = run
             if run.run_dir.exists():
                 compare_existing(run.run_dir, config)
@@ -200,13 +204,44 @@ def _tail(path: Path, lines: int = 12) -> str:
         return "(no log)"
 
 
+def progress_line(run: ReproRun) -> str:
+    """How far a training run is, from its ``log.jsonl``: the epochs done, the median time of
+    its last five epochs and the time its remaining epochs take at that pace."""
+    try:
+        lines = (run.run_dir / LOG).read_text().splitlines()
+    except OSError:
+        lines = []
+    epochs = []
+    for line in lines:
+        try:
+            entry = json.loads(line)
+        except ValueError:  # a line being written
+            continue
+        if "epoch" in entry and "seconds" in entry:
+            epochs.append(entry)
+    if not epochs:
+        return f"  progress {run.name}: starting (no epoch finished yet)"
+    done = int(epochs[-1]["epoch"])
+    pace = statistics.median(float(e["seconds"]) for e in epochs[-5:])
+    left = max(run.epochs - done, 0) * pace
+    return (f"  progress {run.name}: epoch {done}/{run.epochs}, {pace:.1f} s an epoch, "
+            f"about {_duration(left)} left")
+
+
+def _duration(seconds: float) -> str:
+    minutes = int(round(seconds / 60))
+    return f"{minutes // 60} h {minutes % 60:02d} min" if minutes >= 60 else f"{max(minutes, 1)} min"
+
+
 def run_reproduction(
-    runs: Sequence[ReproRun], jobs: int, log: Callable[[str], None] = print
+    runs: Sequence[ReproRun], jobs: int, log: Callable[[str], None] = print, progress_every: float = 600.0,
 ) -> list[ReproRun]:
     """Train every unfinished run, ``jobs`` processes at a time, each with an equal share of
-    the CPU cores for its threads. Failures are recorded (``returncode``, ``error``: the last
-    lines of the run's log) and the others go on. On Ctrl-C the running processes are stopped
-    (each keeps its last checkpoint) and ``KeyboardInterrupt`` propagates."""
+    the CPU cores for its threads, and every ``progress_every`` seconds (0: never) log a
+    :func:`progress_line` of each running one. Failures are recorded (``returncode``,
+    ``error``: the last lines of the run's log) and the others go on. On Ctrl-C the running
+    processes are stopped (each keeps its last checkpoint) and ``KeyboardInterrupt``
+    propagates."""
     if jobs < 1:
         raise ConfigError(f"--jobs must be >= 1, got {jobs}")
     pending = [r for r in runs if r.status != "done"]
@@ -215,6 +250,7 @@ def run_reproduction(
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "PYTHONUNBUFFERED": "1"}
     active: list[tuple[ReproRun, subprocess.Popen, float, object]] = []
     done = len(runs) - len(pending)
+    next_progress = time.perf_counter() + progress_every
     try:
         while pending or active:
             for run in [r for r in pending if r.after is not None and r.after.ended and not r.after.finished]:
@@ -232,6 +268,11 @@ def run_reproduction(
                 active.append((run, process, time.perf_counter(), handle))
                 log(f"  started  {run.name} ({'resuming' if run.status == 'resume' else 'training'})")
             time.sleep(0.2)
+            if progress_every > 0 and time.perf_counter() >= next_progress:
+                next_progress = time.perf_counter() + progress_every
+                for run, process, _, _ in active:
+                    if process.poll() is None:
+                        log(progress_line(run))
             for item in list(active):
                 run, process, start, handle = item
                 if process.poll() is None:
