@@ -6,9 +6,12 @@ transform (RandomResizedCrop(224) + flip + normalise) and the evaluation transfo
 
 Columns: the baseline; ``ours`` as the training engine runs it (uint8 images collated into
 batches, each batch normalised by the consuming process: on a GPU machine that step runs on
-the GPU, here it is counted on the CPU); ``ours, normalised per image`` (the recipe's
-default, float32 images from the loader); ``ours decode=pil`` (PIL decoding, as the engine
-with ``data.decode=pil``). Every column runs through a ``DataLoader`` with batches of 32.
+the GPU, here it is counted on the CPU); ``ours, loader alone``: the same without that
+normalisation, i.e. the work left on the loader's cores where the batches are normalised on
+a GPU; ``ours, normalised per image`` (the recipe's default, float32 images from the loader);
+``ours decode=pil`` (PIL decoding, as the engine with ``data.decode=pil``). Every column runs
+through a ``DataLoader`` with batches of 32. The speed-ups are ``ours`` and ``ours, loader
+alone`` against the baseline.
 
     python benchmarks/jpeg_input.py                       # 400 JPEGs cut from real photos
     python benchmarks/jpeg_input.py --source cifar        # upscaled CIFAR-10 images
@@ -121,12 +124,12 @@ def baseline_transform(kind: str):
     return T.Compose([T.Resize(256), T.CenterCrop(224), T.ToTensor(), norm])
 
 
-def one_pass(dataset, workers: int, batch: int = 32) -> float:
+def one_pass(dataset, workers: int, batch: int = 32, consumer: bool = True) -> float:
     """Images/s of one pass over ``dataset`` in batches, each batch normalised here when the
-    data set's transform defers that (as the training engine does)."""
+    data set's transform defers that (as the training engine does) and ``consumer`` is true."""
     from torch.utils.data import DataLoader
 
-    normalize = batch_normalizer(dataset.transform)
+    normalize = batch_normalizer(dataset.transform) if consumer else None
     start = time.perf_counter()
     for images, _ in DataLoader(dataset, batch_size=batch, num_workers=workers, shuffle=False):
         if normalize is not None:
@@ -148,13 +151,14 @@ def decode_alone(files: list[Path], repeats: int) -> float:
     return best
 
 
-def measure(datasets, workers: int, repeats: int) -> list[float]:
-    """Best images/s of each data set over ``repeats`` passes, the data sets interleaved
-    (so that load from other processes hits all alike), after one warm-up pass each."""
-    best = [0.0] * len(datasets)
+def measure(columns, workers: int, repeats: int) -> list[float]:
+    """Best images/s of each ``(data set, consumer normalises)`` column over ``repeats``
+    passes, the columns interleaved (so that load from other processes hits all alike), after
+    one warm-up pass each."""
+    best = [0.0] * len(columns)
     for r in range(repeats + 1):
-        for k, dataset in enumerate(datasets):
-            rate = one_pass(dataset, workers)
+        for k, (dataset, consumer) in enumerate(columns):
+            rate = one_pass(dataset, workers, consumer=consumer)
             if r:  # the first pass warms the page cache
                 best[k] = max(best[k], rate)
     return best
@@ -192,8 +196,9 @@ def main(argv=None) -> int:
               f"{sum(os.path.getsize(f) for f in files) / len(files) / 1024:.0f} KiB a file")
         print(f"{'workers: ' + str(args.workers) if args.workers else 'single process, 1 thread'}; "
               f"images/s per core (best of {args.repeats} interleaved passes)\n")
-        print(f"{'transform':10s} {'ImageFolder+PIL':>16s} {'ours':>6s} {'ours, normalised per image':>27s} "
-              f"{'ours decode=pil':>16s} {'speed-up (ours)':>16s}")
+        print(f"{'transform':10s} {'ImageFolder+PIL':>16s} {'ours':>6s} {'ours, loader alone':>19s} "
+              f"{'ours, normalised per image':>27s} {'ours decode=pil':>16s} {'speed-up (ours)':>16s} "
+              f"{'(loader alone)':>15s}")
         for kind, name in (("train", "imagenet_train"), ("test", "imagenet_test")):
             base = ImageFolder(str(root / "train"), transform=baseline_transform(kind))
             ours, per_image, plain = (
@@ -201,9 +206,10 @@ def main(argv=None) -> int:
                 for d in (True, False, True)
             )
             plain.decode = "pil"
-            rates = [r / cores for r in measure([base, ours, per_image, plain], args.workers, args.repeats)]
-            print(f"{kind:10s} {rates[0]:16.0f} {rates[1]:6.0f} {rates[2]:27.0f} {rates[3]:16.0f} "
-                  f"{rates[1] / rates[0]:15.2f}x")
+            columns = [(base, True), (ours, True), (ours, False), (per_image, True), (plain, True)]
+            rates = [r / cores for r in measure(columns, args.workers, args.repeats)]
+            print(f"{kind:10s} {rates[0]:16.0f} {rates[1]:6.0f} {rates[2]:19.0f} {rates[3]:27.0f} "
+                  f"{rates[4]:16.0f} {rates[1] / rates[0]:15.2f}x {rates[2] / rates[0]:14.2f}x")
         rate = decode_alone(files, args.repeats)
         print(f"\nread + full-size decode alone (this process, 1 thread): {rate:.0f} images/s, "
               f"{1000 / rate:.2f} ms an image")

@@ -41,10 +41,11 @@ resize of a 300 px crop to 224 px takes ~0.5 ms, torch's ~0.13 ms), images kept 
 channels-last layout they are decoded in (the resize reads it directly, and nothing is
 transposed on the way to the batch), and a normalisation the training engine applies to whole
 uint8 batches on the training device (``NormalizeToFloat(defer=True)``).
-``benchmarks/jpeg_input.py``, one core, 300-500 px photographs: the training transform runs
-1.7-2.0x and the evaluation transform ~2.1x as fast as ``ImageFolder`` + PIL. The full decode,
-~0.6 ms of the ~1.05 ms a training image takes (the benchmark's last line), is shared by both:
-only decoding just the crop's region would cut it further.
+``benchmarks/jpeg_input.py``, one core, 300-500 px photographs: the loader's work for a
+training image runs 2.0-2.1x and for an evaluation image 2.3-2.4x as fast as ``ImageFolder`` +
+PIL (1.7-1.8x and ~2.0x when the batch normalisation runs on the same CPU instead of the GPU).
+The full decode, ~0.7 ms of the ~1.2 ms a training image takes (the benchmark's last line), is
+shared by both: only decoding just the crop's region would cut it further.
 
 Images that are not JPEGs (a PNG named .JPEG, CMYK JPEGs torchvision cannot read, ...) are
 decoded with PIL and converted to RGB, as torchvision's ``ImageFolder`` does. An unreadable
