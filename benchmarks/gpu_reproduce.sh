@@ -21,7 +21,8 @@
 #
 # OUT_DIR receives at most 8 files: device.txt (GPU, driver, torch, MPS), profile.txt,
 # reproduce.txt (the command's output with the report of the finished runs, then each run's last
-# epoch and evaluation), benchmark.txt (benchmarks/gpu_throughput.py, as far as it got),
+# epoch and evaluation), benchmark.txt (benchmarks/jpeg_input.py with its data.decode=device
+# line, when 200 s are left, then benchmarks/gpu_throughput.py as far as it got),
 # table2_runs.tar.gz (every run directory: config, log.jsonl, metrics.json, plots; report.md,
 # report.csv and reproduce.png) and table2_checkpoints.tar.gz.0, .1, ... (parts of one archive of
 # each run's checkpoint: for a finished run the final weights, about 2 MB, so `dbm-ltr eval` and
@@ -132,8 +133,16 @@ PY
 
 if [ "${BENCH:-1}" != 0 ]; then
   set +e
+  # the JPEG input of the large-scale recipes, data.decode=device included (nvJPEG: its first run on a GPU)
+  if [ "$(left)" -gt 200 ]; then
+    timeout -s INT -k 10 90 "$py" benchmarks/jpeg_input.py --count 128 --repeats 1 --workers 4 \
+      > >(tee "$out/benchmark.txt") 2>&1
+    echo "jpeg_input exit status $? after $(( $(date +%s) - start ))s in all" | tee -a "$out/benchmark.txt"
+  else
+    echo "jpeg_input: left out, under 200 s of the budget left" | tee "$out/benchmark.txt"
+  fi
   timeout -s INT -k 20 $(( $(left) - 20 )) "$py" benchmarks/gpu_throughput.py --root "$work/data" \
-    --steps "${BENCH_STEPS:-100}" --jobs "${BENCH_JOBS:-1,2,4,8}" ${BENCH_FLAGS:-} > >(tee "$out/benchmark.txt") 2>&1
+    --steps "${BENCH_STEPS:-100}" --jobs "${BENCH_JOBS:-1,2,4,8}" ${BENCH_FLAGS:-} > >(tee -a "$out/benchmark.txt") 2>&1
   echo "benchmark exit status $? after $(( $(date +%s) - start ))s in all" | tee -a "$out/benchmark.txt"
   set -e
 fi

@@ -11,7 +11,11 @@ normalisation, i.e. the work left on the loader's cores where the batches are no
 a GPU; ``ours, normalised per image`` (the recipe's default, float32 images from the loader);
 ``ours decode=pil`` (PIL decoding, as the engine with ``data.decode=pil``). Every column runs
 through a ``DataLoader`` with batches of 32. The speed-ups are ``ours`` and ``ours, loader
-alone`` against the baseline.
+alone`` against the baseline. Where CUDA is present, one more line per transform measures
+``data.decode=device`` as the engine runs it: the loader reads the files, each batch is
+decoded by nvJPEG and transformed on the GPU, then normalised there (images/s end to end, not
+per core; an error is printed instead of a number, so the line doubles as a check of that path
+on a new GPU machine).
 
     python benchmarks/jpeg_input.py                       # 400 JPEGs cut from real photos
     python benchmarks/jpeg_input.py --source cifar        # upscaled CIFAR-10 images
@@ -151,6 +155,33 @@ def decode_alone(files: list[Path], repeats: int) -> float:
     return best
 
 
+def device_decode_pass(dataset, workers: int, batch: int = 32) -> float:
+    """Images/s of one pass with ``data.decode=device``, as the training engine runs it: the
+    loader reads the files, the batch is decoded and transformed on the GPU and normalised there."""
+    from torch.utils.data import DataLoader
+
+    normalize = batch_normalizer(dataset.transform)
+    torch.cuda.synchronize()
+    start = time.perf_counter()
+    for images, targets in DataLoader(dataset, batch_size=batch, num_workers=workers, collate_fn=dataset.collate_fn):
+        images, targets = dataset.decode_batch(images, "cuda", targets)
+        if normalize is not None:
+            normalize(images)
+    torch.cuda.synchronize()
+    return len(dataset) / (time.perf_counter() - start)
+
+
+def device_decode_line(root: Path, name: str, workers: int, repeats: int) -> str:
+    """The ``decode=device`` measurement of one transform, or the error it raised."""
+    try:
+        dataset = create_dataset("imagenet_lt", str(root), train=True,
+                                 transform=build_transform(name, defer_normalize=True), decode="device")
+        rates = [device_decode_pass(dataset, workers) for _ in range(repeats + 1)]
+        return f"{max(rates[1:]):.0f} images/s end to end (nvJPEG + GPU transform + normalisation)"
+    except Exception as err:  # noqa: BLE001 - the benchmark reports whatever broke
+        return f"FAILED: {type(err).__name__}: {err}"
+
+
 def measure(columns, workers: int, repeats: int) -> list[float]:
     """Best images/s of each ``(data set, consumer normalises)`` column over ``repeats``
     passes, the columns interleaved (so that load from other processes hits all alike), after
@@ -210,6 +241,9 @@ def main(argv=None) -> int:
             rates = [r / cores for r in measure(columns, args.workers, args.repeats)]
             print(f"{kind:10s} {rates[0]:16.0f} {rates[1]:6.0f} {rates[2]:19.0f} {rates[3]:27.0f} "
                   f"{rates[4]:16.0f} {rates[1] / rates[0]:15.2f}x {rates[2] / rates[0]:14.2f}x")
+            if torch.cuda.is_available():
+                print(f"{kind:10s} decode=device on {torch.cuda.get_device_name()}: "
+                      f"{device_decode_line(root, name, args.workers, args.repeats)}")
         rate = decode_alone(files, args.repeats)
         print(f"\nread + full-size decode alone (this process, 1 thread): {rate:.0f} images/s, "
               f"{1000 / rate:.2f} ms an image")
