@@ -256,8 +256,8 @@ def report_markdown(rows: Sequence[ReportRow], title: str = "") -> str:
         table.append(cells + [str(r.n), r.epochs_text()])
     left_out = []  # columns without a value in any row; a metric with none at all by its name
     for metric in METRICS_REPORTED:
-        empty = []
-        for name, cell in _metric_columns(metric, with_best):
+        columns, empty = _metric_columns(metric, with_best), []
+        for name, cell in columns:
             values = [cell(r) for r in rows]
             if rows and all(v == "-" for v in values):
                 empty.append(name)
@@ -265,7 +265,7 @@ def report_markdown(rows: Sequence[ReportRow], title: str = "") -> str:
             header.append(name)
             for cells, value in zip(table, values):
                 cells.append(value)
-        whole = len(empty) == len(_metric_columns(metric, with_best))
+        whole = len(empty) == len(columns)
         left_out += [f"{_TITLES[metric]} (every column)"] if whole else empty
     lines = []
     if title:
