@@ -162,3 +162,37 @@ def test_progress_line_reads_the_pace_from_the_log(tmp_path):
     assert progress_line(run) == "  progress dbm_drw_seed0: epoch 7/200, 31.0 s an epoch, about 1 h 40 min left"
     run.epochs = 8
     assert progress_line(run).endswith("epoch 7/8, 31.0 s an epoch, about 1 min left")
+
+
+@pytest.mark.parametrize("to_group", [False, True], ids=["kill-parent", "ctrl-c-group"])
+def test_a_signal_stops_the_runs_with_their_checkpoints(fake_cifar10_root, tmp_path, to_group):
+    """SIGTERM to reproduce alone (``kill``), or SIGINT to its whole process group (Ctrl-C):
+    the training process gets exactly one signal, stops with a checkpoint, and reproduce says
+    it was interrupted, not that the run failed."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    out = tmp_path / "t2"
+    cmd = [sys.executable, "-m", "dbm_ltr.cli", "reproduce", "--data", "cifar10_lt", "--rows", "ce",
+           "--out", str(out), "--set", *tiny_overrides(fake_cifar10_root, epochs=500), "data.imbalance_factor=10"]
+    parent = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    log = out / "ce_seed0" / "log.jsonl"
+    deadline = time.time() + 120
+    while not (log.is_file() and log.read_text().strip()) and time.time() < deadline and parent.poll() is None:
+        time.sleep(0.2)  # one epoch done: the run is training
+    assert parent.poll() is None, parent.communicate()
+    if to_group:
+        os.killpg(parent.pid, signal.SIGINT)
+    else:
+        parent.send_signal(signal.SIGTERM)
+    stdout, stderr = parent.communicate(timeout=120)
+    name = "SIGINT" if to_group else "SIGTERM"
+    assert parent.returncode == 130, stdout + stderr
+    assert "reproduce interrupted; rerun the same command to resume" in stderr
+    assert "FAILED" not in stdout and "did not finish" not in stderr
+    train_log = (out / "ce_seed0" / "train.log").read_text()
+    assert f"stopped by {name}" in train_log and "checkpoint written" in train_log, train_log[-1000:]
+    assert (out / "ce_seed0" / "checkpoint.pt").is_file() and not (out / "ce_seed0" / "metrics.json").exists()

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import statistics
 import subprocess
 import sys
@@ -27,6 +28,7 @@ from ..data import create_dataset
 from ..engine.config import ConfigError, load_config, preset_dir
 from ..engine.distributed import pick_device
 from ..engine.rundir import CHECKPOINT, LOG, METRICS, OUTPUT
+from ..engine.trainer import _StopSignals
 from .plots import plot_reproduction
 from .report import report_markdown, summarize_runs, write_report
 from .runs import read_metrics
@@ -239,9 +241,13 @@ def run_reproduction(
     """Train every unfinished run, ``jobs`` processes at a time, each with an equal share of
     the CPU cores for its threads, and every ``progress_every`` seconds (0: never) log a
     :func:`progress_line` of each running one. Failures are recorded (``returncode``,
-    ``error``: the last lines of the run's log) and the others go on. On Ctrl-C the running
-    processes are stopped (each keeps its last checkpoint) and ``KeyboardInterrupt``
-    propagates."""
+    ``error``: the last lines of the run's log) and the others go on.
+
+    On SIGINT or SIGTERM (Ctrl-C, ``kill``) the running processes are stopped, each with a
+    mid-epoch checkpoint, and ``KeyboardInterrupt`` propagates. A signal sent to the whole
+    process group (Ctrl-C) reaches them too: they get ``STOP_GRACE`` seconds to stop on it
+    before they are sent SIGTERM, since a second signal would stop a run without its
+    checkpoint. A second signal to this process stops them at once."""
     if jobs < 1:
         raise ConfigError(f"--jobs must be >= 1, got {jobs}")
     pending = [r for r in runs if r.status != "done"]
@@ -252,50 +258,73 @@ def run_reproduction(
     done = len(runs) - len(pending)
     next_progress = time.perf_counter() + progress_every
     try:
-        while pending or active:
-            for run in [r for r in pending if r.after is not None and r.after.ended and not r.after.finished]:
-                pending.remove(run)  # its teacher failed: nothing to distil from
-                done += 1
-                run.returncode, run.error = -1, f"{run.after.name} did not finish"
-                log(f"[{done}/{len(runs)}] {run.name}: not started, {run.error}")
-            ready = [r for r in pending if r.after is None or (r.after.ended and r.after.finished)]
-            while ready and len(active) < jobs:
-                run = ready.pop(0)
-                pending.remove(run)
-                run.run_dir.mkdir(parents=True, exist_ok=True)
-                handle = open(run.run_dir / OUTPUT, "a")
-                process = subprocess.Popen(_command(run), stdout=handle, stderr=subprocess.STDOUT, env=env)
-                active.append((run, process, time.perf_counter(), handle))
-                log(f"  started  {run.name} ({'resuming' if run.status == 'resume' else 'training'})")
-            time.sleep(0.2)
-            if progress_every > 0 and time.perf_counter() >= next_progress:
-                next_progress = time.perf_counter() + progress_every
-                for run, process, _, _ in active:
-                    if process.poll() is None:
-                        log(progress_line(run))
-            for item in list(active):
-                run, process, start, handle = item
-                if process.poll() is None:
-                    continue
-                active.remove(item)
-                handle.close()
-                done += 1
-                run.returncode, run.seconds = process.returncode, time.perf_counter() - start
-                if process.returncode == 0 and run.finished:
-                    top1 = read_metrics(run.run_dir)["top1"]
-                    log(f"[{done}/{len(runs)}] {run.name}: finished in {run.seconds:.0f}s, top-1 {top1:.2f}")
-                else:
-                    run.error = _tail(run.run_dir / OUTPUT)
-                    log(f"[{done}/{len(runs)}] {run.name}: FAILED (exit {process.returncode}); "
-                        f"last lines of {run.run_dir / OUTPUT}:\n{run.error}")
+        with _StopSignals() as stop:
+            while (pending or active) and not stop.signum:
+                for run in [r for r in pending if r.after is not None and r.after.ended and not r.after.finished]:
+                    pending.remove(run)  # its teacher failed: nothing to distil from
+                    done += 1
+                    run.returncode, run.error = -1, f"{run.after.name} did not finish"
+                    log(f"[{done}/{len(runs)}] {run.name}: not started, {run.error}")
+                ready = [r for r in pending if r.after is None or (r.after.ended and r.after.finished)]
+                while ready and len(active) < jobs:
+                    run = ready.pop(0)
+                    pending.remove(run)
+                    run.run_dir.mkdir(parents=True, exist_ok=True)
+                    handle = open(run.run_dir / OUTPUT, "a")
+                    process = subprocess.Popen(_command(run), stdout=handle, stderr=subprocess.STDOUT, env=env)
+                    active.append((run, process, time.perf_counter(), handle))
+                    log(f"  started  {run.name} ({'resuming' if run.status == 'resume' else 'training'})")
+                time.sleep(0.2)
+                if progress_every > 0 and time.perf_counter() >= next_progress:
+                    next_progress = time.perf_counter() + progress_every
+                    for run, process, _, _ in active:
+                        if process.poll() is None:
+                            log(progress_line(run))
+                for item in list(active):
+                    run, process, start, handle = item
+                    if stop.signum or process.poll() is None:  # stopped by the signal: not a failure
+                        continue
+                    active.remove(item)
+                    handle.close()
+                    done += 1
+                    run.returncode, run.seconds = process.returncode, time.perf_counter() - start
+                    if process.returncode == 0 and run.finished:
+                        top1 = read_metrics(run.run_dir)["top1"]
+                        log(f"[{done}/{len(runs)}] {run.name}: finished in {run.seconds:.0f}s, top-1 {top1:.2f}")
+                    else:
+                        run.error = _tail(run.run_dir / OUTPUT)
+                        log(f"[{done}/{len(runs)}] {run.name}: FAILED (exit {process.returncode}); "
+                            f"last lines of {run.run_dir / OUTPUT}:\n{run.error}")
+            if stop.signum:
+                _stop_gracefully([process for _, process, _, _ in active])
+                raise KeyboardInterrupt
     except KeyboardInterrupt:
-        for run, process, _, handle in active:
-            process.terminate()
-        for run, process, _, handle in active:
+        for _, process, _, _ in active:
+            if process.poll() is None:
+                process.terminate()
+        raise
+    finally:
+        for _, process, _, handle in active:
             process.wait()
             handle.close()
-        raise
     return list(runs)
+
+
+STOP_GRACE = 10.0  # seconds a run gets to stop on a signal it received itself
+
+
+def _stop_gracefully(processes: Sequence[subprocess.Popen]) -> None:
+    """Give the runs ``STOP_GRACE`` seconds to exit on a signal sent to the whole process
+    group (Ctrl-C), then send SIGTERM to those still running (this process alone was
+    signalled, e.g. by ``kill``): one signal each, so each stops with its checkpoint."""
+    deadline = time.perf_counter() + STOP_GRACE
+    while any(p.poll() is None for p in processes) and time.perf_counter() < deadline:
+        time.sleep(0.1)
+    for process in processes:
+        if process.poll() is None:
+            process.send_signal(signal.SIGTERM)
+    for process in processes:  # a second signal here stops them at once (run_reproduction)
+        process.wait()
 
 
 def summarize_reproduction(runs: Sequence[ReproRun], out: str | Path, title: str = "") -> dict[str, Path | str]:
