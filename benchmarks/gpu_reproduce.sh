@@ -105,8 +105,8 @@ set +e
 if [ "${PROFILE:-1}" != 0 ]; then  # where one step's time goes (kernels or host), DBM-CE, eager
   timeout -s INT -k 10 90 "$py" benchmarks/profile_step.py --root "$work/data" > >(tee "$out/profile.txt") 2>&1
 fi
-# SIGINT to reproduce alone (--foreground): it stops its runs, each at a step boundary with a checkpoint
-timeout --foreground -s INT -k 60 $(( $(left) - ${BENCH_MIN:-100} )) \
+# SIGINT to reproduce and its runs (their process group): each run stops at a step boundary with a checkpoint
+timeout -s INT -k 60 $(( $(left) - ${BENCH_MIN:-100} )) \
   "$py" -m dbm_ltr.cli reproduce --data cifar10_lt --imbalance-factor 100 --rows "${ROWS:-table2}" \
   --seeds "${SEEDS:-0}" --jobs "${JOBS:-8}" --progress-every 60 --out "$work/table2" --set "data.root=$work/data" ${EXTRA:-} \
   > >(tee "$out/reproduce.txt") 2>&1
