@@ -164,35 +164,68 @@ def test_progress_line_reads_the_pace_from_the_log(tmp_path):
     assert progress_line(run).endswith("epoch 7/8, 31.0 s an epoch, about 1 min left")
 
 
-@pytest.mark.parametrize("to_group", [False, True], ids=["kill-parent", "ctrl-c-group"])
-def test_a_signal_stops_the_runs_with_their_checkpoints(fake_cifar10_root, tmp_path, to_group):
-    """SIGTERM to reproduce alone (``kill``), or SIGINT to its whole process group (Ctrl-C):
-    the training process gets exactly one signal, stops with a checkpoint, and reproduce says
-    it was interrupted, not that the run failed."""
+def _wait_for_first_epoch(run_dir, alive, timeout=120.0):
+    import time
+
+    log, deadline = run_dir / "log.jsonl", time.time() + timeout
+    while not (log.is_file() and log.read_text().strip()) and time.time() < deadline and alive():
+        time.sleep(0.2)
+
+
+def _assert_stopped_with_checkpoint(run_dir, name):
+    train_log = (run_dir / "train.log").read_text()
+    assert f"stopped by {name}" in train_log and "checkpoint written" in train_log, train_log[-1000:]
+    assert (run_dir / "checkpoint.pt").is_file() and not (run_dir / "metrics.json").exists()
+
+
+def test_kill_stops_the_runs_with_their_checkpoints(fake_cifar10_root, tmp_path, monkeypatch):
+    """SIGTERM to reproduce alone (``kill``; here this process, running it in-process): after
+    the grace period the training process gets one SIGTERM, stops with a checkpoint, and
+    KeyboardInterrupt propagates; the run is not counted as failed."""
+    import os
+    import signal
+    import threading
+
+    from dbm_ltr.analysis import reproduce
+
+    monkeypatch.setattr(reproduce, "STOP_GRACE", 0.5)
+    runs = plan_reproduction("cifar10_lt", ["ce"], [0], tmp_path / "t2",
+                             tiny_overrides(fake_cifar10_root, epochs=500) + ["data.imbalance_factor=10"])
+    lines, done = [], threading.Event()
+
+    def kill_when_training():
+        _wait_for_first_epoch(runs[0].run_dir, lambda: not done.is_set())
+        if not done.is_set():
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    threading.Thread(target=kill_when_training, daemon=True).start()
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            reproduce.run_reproduction(runs, 1, log=lines.append)
+    finally:
+        done.set()
+    assert runs[0].returncode is None and not any("FAILED" in line for line in lines)
+    _assert_stopped_with_checkpoint(runs[0].run_dir, "SIGTERM")
+
+
+def test_ctrl_c_to_the_group_reaches_each_run_once(fake_cifar10_root, tmp_path):
+    """SIGINT to reproduce's whole process group (Ctrl-C): the training process gets it once
+    (reproduce does not add its own), stops with a checkpoint, and reproduce says it was
+    interrupted, not that the run failed."""
     import os
     import signal
     import subprocess
     import sys
-    import time
 
     out = tmp_path / "t2"
     cmd = [sys.executable, "-m", "dbm_ltr.cli", "reproduce", "--data", "cifar10_lt", "--rows", "ce",
            "--out", str(out), "--set", *tiny_overrides(fake_cifar10_root, epochs=500), "data.imbalance_factor=10"]
     parent = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
-    log = out / "ce_seed0" / "log.jsonl"
-    deadline = time.time() + 120
-    while not (log.is_file() and log.read_text().strip()) and time.time() < deadline and parent.poll() is None:
-        time.sleep(0.2)  # one epoch done: the run is training
+    _wait_for_first_epoch(out / "ce_seed0", lambda: parent.poll() is None)
     assert parent.poll() is None, parent.communicate()
-    if to_group:
-        os.killpg(parent.pid, signal.SIGINT)
-    else:
-        parent.send_signal(signal.SIGTERM)
+    os.killpg(parent.pid, signal.SIGINT)
     stdout, stderr = parent.communicate(timeout=120)
-    name = "SIGINT" if to_group else "SIGTERM"
     assert parent.returncode == 130, stdout + stderr
     assert "reproduce interrupted; rerun the same command to resume" in stderr
     assert "FAILED" not in stdout and "did not finish" not in stderr
-    train_log = (out / "ce_seed0" / "train.log").read_text()
-    assert f"stopped by {name}" in train_log and "checkpoint written" in train_log, train_log[-1000:]
-    assert (out / "ce_seed0" / "checkpoint.pt").is_file() and not (out / "ce_seed0" / "metrics.json").exists()
+    _assert_stopped_with_checkpoint(out / "ce_seed0", "SIGINT")
