@@ -30,6 +30,19 @@ def _overrides(args) -> list[str]:
     return [item for group in args.overrides for item in group]
 
 
+def _fisher_dims(text: str) -> int | str | None:
+    """``--fisher-dims``: ``auto``, ``full`` (None: every dimension) or a positive int."""
+    if text in ("auto", "full"):
+        return None if text == "full" else text
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected auto, full or a positive number of dimensions, got {text!r}")
+    return value
+
+
 def cmd_train(args) -> int:
     from .engine import Trainer, load_config
     from .engine.rundir import CONFIG
@@ -105,10 +118,11 @@ def cmd_analyze(args) -> int:
     results = analyze_runs(
         args.runs, _overrides(args), split=args.split, device=args.device,
         fisher_ridge=args.fisher_ridge, fisher_normalization=args.fisher_features,
-        log=lambda m: print(m, file=sys.stderr),
+        fisher_dims=args.fisher_dims, log=lambda m: print(m, file=sys.stderr),
     )
     options = {"split": args.split, "fisher_ridge": args.fisher_ridge,
-               "fisher_normalization": args.fisher_features, "overrides": _overrides(args)}
+               "fisher_normalization": args.fisher_features, "fisher_dims": args.fisher_dims,
+               "overrides": _overrides(args)}
     files = write_analysis(results, out, options)
     print(runs_table(results), angle_table(results), fisher_table(results), sep="\n\n")
     print()
@@ -393,6 +407,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="Fisher regulariser eps = R * trace(S_i + S_j) / D (default 1e-6)")
     p.add_argument("--fisher-features", choices=("raw", "l2"), default="raw",
                    help="features for the Fisher criterion: raw (default) or L2-normalised")
+    p.add_argument("--fisher-dims", type=_fisher_dims, default="auto", metavar="auto|full|N",
+                   help="feature dimensions for the Fisher criterion: auto (default: all of them "
+                   "where the pairwise solves are affordable, as for CIFAR; else the top principal "
+                   "components, e.g. 34 for 1,000 classes of 2,048-d features), full, or N "
+                   "principal components")
     _add_set(p)
     p.set_defaults(func=cmd_analyze)
 

@@ -151,6 +151,33 @@ def test_run_without_checkpoint_and_corrupted_checkpoint(tiny_runs, tmp_path, ca
     assert not (tiny_runs["ce"] / "analysis").exists()  # nothing written for a failed analysis
 
 
+def test_fisher_dims_projects_the_features_and_says_so(tiny_runs, tmp_path, capsys):
+    """--fisher-dims N: the criterion on the top N principal components, named in the table, the
+    CSV and a note; the default (auto) keeps the 64-d CIFAR features whole; bad values are one
+    line each."""
+    out = tmp_path / "pca"
+    assert cli.main(["analyze", str(tiny_runs["dbm_ce"]), "--out", str(out), "--fisher-dims", "5"]) == 0
+    printed = capsys.readouterr()
+    assert "| dimensions | 5 |" in printed.out
+    assert "top 5 principal components of the 64-d features" in printed.err
+    (row,) = csv.DictReader(open(out / "fisher.csv"))
+    assert row["dims"] == "5" and float(row["all"]) > 0
+    data = json.loads((out / "analysis.json").read_text())
+    assert data["options"]["fisher_dims"] == 5 and data["runs"][0]["fisher"]["dims"] == 5
+
+    assert cli.main(["analyze", str(tiny_runs["dbm_ce"]), "--out", str(tmp_path / "auto")]) == 0
+    assert "| dimensions | 64 |" in capsys.readouterr().out
+    assert cli.main(["analyze", str(tiny_runs["dbm_ce"]), "--out", str(tmp_path / "x"), "--fisher-dims", "65"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()  # known once the features are extracted
+    assert err[0].startswith("extracting test features") and len(err) == 2
+    assert err[1].startswith("dbm-ltr analyze: error: --fisher-dims 65:") and "have 64 dimensions" in err[1]
+    for bad in ("0", "many"):
+        with pytest.raises(SystemExit) as exit_info:
+            cli.main(["analyze", str(tiny_runs["dbm_ce"]), "--fisher-dims", bad])
+        assert exit_info.value.code == 2
+        assert "expected auto, full or a positive number of dimensions" in capsys.readouterr().err
+
+
 def test_analyze_help_describes_the_command(capsys):
     with pytest.raises(SystemExit) as exit_info:
         cli.main(["analyze", "--help"])

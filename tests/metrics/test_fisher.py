@@ -5,6 +5,7 @@ import pytest
 import torch
 
 from dbm_ltr.metrics import class_moments, fisher_pairwise, fisher_separability
+from dbm_ltr.metrics.fisher import AUTO_WORK, auto_dims, principal_components
 
 
 def gaussians(num_classes=4, dim=5, per_class=(400, 300, 200, 50), seed=0):
@@ -120,3 +121,57 @@ def test_hundred_classes_of_64d_features_take_seconds():
     assert time.perf_counter() - start < 20  # 4,950 solves; well under a second on an idle core
     assert res["classes_used"] == 100 and all(np.isfinite(res["per_class"]))
     assert res["many"] is not None and res["medium"] is not None and res["few"] is not None
+
+
+def test_principal_components_are_the_top_directions_of_the_total_scatter():
+    x, _ = gaussians(dim=6)
+    got = principal_components(torch.from_numpy(x), 3).numpy()
+    centred = x - x.mean(0)
+    _, sv, vt = np.linalg.svd(centred, full_matrices=False)  # naive reference: SVD of the data
+    expected = centred @ vt[:3].T
+    assert np.allclose(np.abs(got), np.abs(expected), atol=1e-8)  # each axis up to its sign
+    assert np.allclose(got.T @ got, np.diag(sv[:3] ** 2), atol=1e-6)  # uncorrelated, by variance
+    with pytest.raises(ValueError, match="dims must be in 1..6"):
+        principal_components(torch.from_numpy(x), 7)
+
+
+def test_fisher_on_principal_components_is_fisher_of_the_projected_features():
+    x, y = gaussians(dim=6)
+    centred = x - x.mean(0)
+    _, _, vt = np.linalg.svd(centred, full_matrices=False)
+    reduced = centred @ vt[:4].T
+    got = fisher_pairwise(torch.from_numpy(x), torch.from_numpy(y), 4, ridge=0.0, dims=4)
+    for i in range(4):
+        for j in range(4):
+            if i != j:
+                assert got[i, j].item() == pytest.approx(closed_form(reduced, y, i, j), rel=1e-8)
+    full = fisher_pairwise(torch.from_numpy(x), torch.from_numpy(y), 4, ridge=0.0)
+    off = ~torch.eye(4, dtype=torch.bool)
+    assert (got[off] <= full[off] * (1 + 1e-9)).all()  # a subspace can only separate less
+
+
+def test_auto_dims_keeps_affordable_cases_exact_and_bounds_the_rest():
+    assert auto_dims(100, 64) == 64 and auto_dims(10, 64) == 64  # CIFAR: every dimension
+    k = auto_dims(1000, 2048)  # ImageNet-LT with ResNet-50 features
+    pairs = 1000 * 999 // 2
+    assert pairs * k ** 3 <= AUTO_WORK < pairs * (k + 1) ** 3 and k == 34
+    assert auto_dims(1000, 2048, pooled_rank=20) == 20  # never a singular S_i + S_j
+    assert auto_dims(8142, 2048, pooled_rank=4) == 4 and auto_dims(1000, 2048, pooled_rank=0) == 1
+    x, y = gaussians(dim=6)
+    exact = fisher_separability(torch.from_numpy(x), torch.from_numpy(y), [400, 300, 200, 50])
+    auto = fisher_separability(torch.from_numpy(x), torch.from_numpy(y), [400, 300, 200, 50], dims="auto")
+    assert auto == exact and exact["dims"] == 6
+    with pytest.raises(ValueError, match="dims must be None, 'auto' or an int"):
+        fisher_separability(torch.from_numpy(x), torch.from_numpy(y), [1] * 4, dims="all")
+
+
+def test_many_classes_of_wide_features_project_instead_of_solving_every_dimension():
+    """300 classes of 256-d features: 44,850 solves of 256 x 256 (and 157 MB of covariances)
+    in full; auto projects onto as many components as the two smallest classes support."""
+    g = torch.Generator().manual_seed(0)
+    sizes = torch.tensor([12] * 299 + [11])
+    labels = torch.arange(300).repeat_interleave(sizes)
+    feats = torch.randn(300, 256, generator=g)[labels] + 0.5 * torch.randn(len(labels), 256, generator=g)
+    res = fisher_separability(feats, labels, [100] * 300, dims="auto")
+    assert res["dims"] == 11 + 12 - 2 and res["classes_used"] == 300
+    assert all(np.isfinite(res["per_class"])) and min(res["per_class"]) > 0

@@ -5,7 +5,7 @@ Writes into the output folder::
 
     analysis.md              the tables printed on the terminal
     angles.csv               run, group, count, mean, q25, median, q75, min, max (degrees)
-    fisher.csv               run, many, medium, few, all, classes_used
+    fisher.csv               run, many, medium, few, all, classes_used, dims
     fisher_per_class.csv     class, name, train_count, group, one column of S_i per run
     per_class_accuracy.csv   class, name, train_count, group, one accuracy column per run
     analysis.json            everything above, plus options and per-run details (the mean and
@@ -34,7 +34,7 @@ from ..metrics import (
     fisher_separability,
     group_of,
 )
-from .runs import run_labels
+from .runs import RunError, run_labels
 
 __all__ = [
     "RunAnalysis",
@@ -85,8 +85,12 @@ def analyze_features(
     *,
     fisher_ridge: float = 1e-6,
     fisher_normalization: str = "raw",
+    fisher_dims: int | str | None = "auto",
 ) -> RunAnalysis:
-    """All analyses of one run's :class:`~dbm_ltr.analysis.features.RunFeatures`."""
+    """All analyses of one run's :class:`~dbm_ltr.analysis.features.RunFeatures`.
+
+    ``fisher_dims``: see :func:`~dbm_ltr.metrics.fisher_separability` (``"auto"``: every
+    feature dimension where that is affordable, else the top principal components)."""
     f = features
     counts = f.cls_num_list
     c = len(counts)
@@ -97,8 +101,21 @@ def analyze_features(
     per_class = [None if t == 0 else 100.0 * h / t for h, t in zip(hits.tolist(), totals.tolist())]
     top1 = 100.0 * hits.sum().item() / max(totals.sum().item(), 1)
     notes = list(f.notes)
+    if isinstance(fisher_dims, int) and not 1 <= fisher_dims <= f.features.shape[1]:
+        raise RunError(
+            f"--fisher-dims {fisher_dims}: the features of {label} have {f.features.shape[1]} "
+            "dimensions; give at most that many, or auto / full"
+        )
+    fisher = fisher_separability(f.features, f.labels, counts, ridge=fisher_ridge,
+                                 normalization=fisher_normalization, dims=fisher_dims)
     sizes = sorted(n for n in totals.long().tolist() if n >= 2)
-    dim = f.features.shape[1]
+    width, dim = f.features.shape[1], fisher["dims"]
+    if dim < width:
+        notes.append(
+            f"Fisher: on the top {dim} principal components of the {width}-d features; every "
+            f"dimension would take {len(sizes) * (len(sizes) - 1) // 2} solves of {width} x {width} "
+            "systems (analyze --fisher-dims sets the dimension; compare runs at the same one)"
+        )
     if len(sizes) >= 2 and sizes[0] + sizes[1] - 2 < dim:
         notes.append(
             f"Fisher: the two smallest classes have {sizes[0]} and {sizes[1]} samples, fewer than "
@@ -118,9 +135,7 @@ def analyze_features(
         angles=angles,
         labels=f.labels,
         angle_stats=angle_statistics(angles, f.labels, counts),
-        fisher=fisher_separability(
-            f.features, f.labels, counts, ridge=fisher_ridge, normalization=fisher_normalization
-        ),
+        fisher=fisher,
         class_vectors=class_vector_cosines(f.weights),
         confusion=confusion,
         notes=notes,
@@ -134,6 +149,7 @@ def analyze_runs(
     device: str | None = None,
     fisher_ridge: float = 1e-6,
     fisher_normalization: str = "raw",
+    fisher_dims: int | str | None = "auto",
     log=print,
 ) -> list[RunAnalysis]:
     """Extract features of every run (all run directories are checked first) and analyse them."""
@@ -152,7 +168,8 @@ def analyze_runs(
         log(f"extracting {split} features of {run} ...")
         feats = run_features(run, overrides, split=split, device=device)
         results.append(
-            analyze_features(label, feats, fisher_ridge=fisher_ridge, fisher_normalization=fisher_normalization)
+            analyze_features(label, feats, fisher_ridge=fisher_ridge, fisher_normalization=fisher_normalization,
+                             fisher_dims=fisher_dims)
         )
         for note in results[-1].notes:
             log(f"  note: {note}")
@@ -199,6 +216,7 @@ def fisher_table(results: Sequence[RunAnalysis]) -> str:
     """Markdown: one row per group, one column per run: mean class separability ``S_i``."""
     header = ["group"] + [r.label for r in results]
     rows = [[g] + [_num(r.fisher[g]) for r in results] for g in ROWS]
+    rows.append(["dimensions"] + [str(r.fisher["dims"]) for r in results])
     return "Fisher separability (mean over the group's classes of S_i; higher is better)\n\n" + _md_table(header, rows)
 
 
@@ -280,8 +298,9 @@ def write_analysis(
     )
     files["fisher_csv"] = out / "fisher.csv"
     _write_csv(
-        files["fisher_csv"], ["run", *ROWS, "classes_used"],
-        [[r.label] + ["" if r.fisher[g] is None else r.fisher[g] for g in ROWS] + [r.fisher["classes_used"]]
+        files["fisher_csv"], ["run", *ROWS, "classes_used", "dims"],
+        [[r.label] + ["" if r.fisher[g] is None else r.fisher[g] for g in ROWS]
+         + [r.fisher["classes_used"], r.fisher["dims"]]
          for r in results],
     )
     same_classes = len({tuple(r.cls_num_list) for r in results}) == 1

@@ -15,6 +15,14 @@ the pairs are solved in batches. ``J_ij = J_ji``, so only ``i < j`` is solved. W
 
 Class separability ``S_i = mean_{j != i} J_ij``; a group's score is the mean of ``S_i`` over
 its classes (Many / Medium / Few by training count), ``all`` the mean over every class.
+
+The exact criterion costs one ``D x D`` solve per pair and ``C`` covariances of ``D x D``: for
+the 64-d features of a CIFAR ResNet-32 that is nothing, for ImageNet-LT (1,000 classes, 2,048-d
+ResNet-50 features) 499,500 solves and 34 GB of covariances. ``dims`` then projects the features
+onto their top principal components first (PCA of the total scatter, as before LDA in
+"Fisherfaces"); :func:`auto_dims` picks the largest dimension whose cost stays near
+:data:`AUTO_WORK`, which keeps every exact CIFAR case exact. In a subspace the criterion can only
+be lower (the best direction is searched among fewer), so compare runs at the same ``dims``.
 """
 
 from __future__ import annotations
@@ -25,13 +33,50 @@ import torch
 
 from .accuracy import FEW_BELOW, GROUPS, MANY_ABOVE, group_of
 
-__all__ = ["FEATURE_NORMALIZATIONS", "class_moments", "fisher_pairwise", "fisher_separability"]
+__all__ = ["AUTO_WORK", "FEATURE_NORMALIZATIONS", "auto_dims", "class_moments", "fisher_pairwise",
+           "fisher_separability", "principal_components"]
 
 #: ``raw``: features as the classifier sees them (the default); ``l2``: each row scaled to unit norm.
 FEATURE_NORMALIZATIONS = ("raw", "l2")
 
 # Bytes of (D, D) float64 matrices solved at once; bounds memory for many classes / wide features.
 _CHUNK_BYTES = 8 * 2**20
+
+#: Work budget of :func:`auto_dims`: pairs x dims^3 (a few seconds of one CPU core). CIFAR-100
+#: with 64-d features needs 4,950 x 64^3 = 1.3e9, far below it.
+AUTO_WORK = 2e10
+
+
+def auto_dims(num_classes: int, dim: int, pooled_rank: int | None = None, work: float = AUTO_WORK) -> int:
+    """The feature dimension for the Fisher criterion: ``dim`` itself when the ``C (C - 1) / 2``
+    pairwise ``dim x dim`` solves fit ``work`` (pairs x dim^3). Otherwise the features must be
+    projected anyway, and the dimension is the largest ``k`` that fits ``work``, at most
+    ``pooled_rank`` (the rank ``n_a + n_b - 2`` of the pooled covariance of the two smallest
+    classes, so that no pair's ``S_i + S_j`` is singular), at least 1.
+
+    >>> auto_dims(100, 64), auto_dims(1000, 2048), auto_dims(1000, 2048, pooled_rank=20)
+    (64, 34, 20)
+    """
+    pairs = max(num_classes * (num_classes - 1) // 2, 1)
+    if pairs * float(dim) ** 3 <= work:
+        return dim
+    k = int((work / pairs) ** (1.0 / 3.0))
+    while (k + 1) ** 3 * pairs <= work:  # the float cube root may fall one short
+        k += 1
+    if pooled_rank is not None:
+        k = min(k, pooled_rank)
+    return max(1, min(k, dim))
+
+
+def principal_components(features: torch.Tensor, dims: int) -> torch.Tensor:
+    """``(N, dims)``: the features, centred on their mean, in the basis of the top ``dims``
+    eigenvectors of their covariance (the total scatter; float64)."""
+    f = torch.as_tensor(features).double()
+    if not 1 <= dims <= f.shape[1]:
+        raise ValueError(f"dims must be in 1..{f.shape[1]} (the feature dimension), got {dims}")
+    centred = f - f.mean(dim=0)
+    _, vectors = torch.linalg.eigh(centred.T @ centred)  # ascending eigenvalues
+    return centred @ vectors[:, -dims:].flip(1)
 
 
 def _prepare(features: torch.Tensor, labels: torch.Tensor, normalization: str):
@@ -83,6 +128,7 @@ def fisher_pairwise(
     ridge: float = 1e-6,
     normalization: str = "raw",
     min_samples: int = 2,
+    dims: int | None = None,
 ) -> torch.Tensor:
     """The ``(C, C)`` matrix of Fisher criteria ``J_ij`` (float64, symmetric).
 
@@ -98,10 +144,14 @@ def fisher_pairwise(
         normalization: ``"raw"`` or ``"l2"`` (unit-norm feature rows), see
             :data:`FEATURE_NORMALIZATIONS`.
         min_samples: classes with fewer evaluation samples are left out.
+        dims: project the (normalised) features onto their top ``dims`` principal components
+            first (:func:`principal_components`); ``None``: all dimensions.
     """
     if not ridge >= 0:
         raise ValueError(f"ridge must be >= 0, got {ridge}")
     f, y = _prepare(features, labels, normalization)
+    if dims is not None and dims != f.shape[1]:
+        f = principal_components(f, dims)
     counts, means, covs = class_moments(f, y, num_classes)
     d = f.shape[1]
     result = torch.full((num_classes, num_classes), float("nan"), dtype=torch.float64)
@@ -139,6 +189,7 @@ def fisher_separability(
     min_samples: int = 2,
     many_threshold: int = MANY_ABOVE,
     few_threshold: int = FEW_BELOW,
+    dims: int | str | None = None,
 ) -> dict:
     """Fisher separability per class and per Many / Medium / Few group (Table 6).
 
@@ -147,12 +198,14 @@ def fisher_separability(
         labels: ``(N,)`` their classes.
         cls_num_list: *training* images per class (defines ``C`` and the groups).
         ridge, normalization, min_samples: see :func:`fisher_pairwise`.
+        dims: ``None``: all ``D`` dimensions; an int: that many principal components;
+            ``"auto"``: :func:`auto_dims` of ``C`` and ``D``.
 
     Returns:
         ``{"per_class": [S_i or None], "many", "medium", "few", "all": mean of S_i or None,
-        "classes_used": int}``. ``S_i`` averages ``J_ij`` over the other classes that have
-        enough samples; a class without enough samples (or a group without classes) is
-        ``None`` and left out of the means.
+        "classes_used": int, "dims": int}``. ``S_i`` averages ``J_ij`` over the other classes
+        that have enough samples; a class without enough samples (or a group without classes)
+        is ``None`` and left out of the means. ``dims`` is the dimension the criterion used.
 
     Example:
         >>> f = torch.tensor([[0.0], [2.0], [10.0], [12.0]])
@@ -160,7 +213,15 @@ def fisher_separability(
         50.0
     """
     num_classes = len(cls_num_list)
-    pairwise = fisher_pairwise(features, labels, num_classes, ridge, normalization, min_samples)
+    width = torch.as_tensor(features).shape[-1]
+    if dims == "auto":
+        sizes = torch.bincount(torch.as_tensor(labels).reshape(-1).long(), minlength=num_classes)
+        sizes = sizes[sizes >= max(min_samples, 1)].sort().values.tolist()
+        rank = sizes[0] + sizes[1] - 2 if len(sizes) >= 2 else None
+        dims = auto_dims(len(sizes), width, rank)
+    elif dims is not None and not isinstance(dims, int):
+        raise ValueError(f"dims must be None, 'auto' or an int, got {dims!r}")
+    pairwise = fisher_pairwise(features, labels, num_classes, ridge, normalization, min_samples, dims)
     finite_or_inf = ~torch.isnan(pairwise)
     per_class = []
     for c in range(num_classes):
@@ -174,4 +235,5 @@ def fisher_separability(
     used = [s for s in per_class if s is not None]
     out["all"] = sum(used) / len(used) if used else None
     out["classes_used"] = len(used)
+    out["dims"] = width if dims is None else dims
     return out
