@@ -409,9 +409,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="features for the Fisher criterion: raw (default) or L2-normalised")
     p.add_argument("--fisher-dims", type=_fisher_dims, default="auto", metavar="auto|full|N",
                    help="feature dimensions for the Fisher criterion: auto (default: all of them "
-                   "where the pairwise solves are affordable, as for CIFAR; else the top principal "
-                   "components, e.g. 34 for 1,000 classes of 2,048-d features), full, or N "
-                   "principal components")
+                   "where the pairwise solves are affordable and the two smallest classes have "
+                   "enough samples, as for CIFAR test sets; else the top principal components, e.g. "
+                   "34 for 1,000 classes of 2,048-d features), full, or N principal components")
     _add_set(p)
     p.set_defaults(func=cmd_analyze)
 

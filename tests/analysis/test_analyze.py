@@ -43,7 +43,9 @@ def test_analyze_two_runs_writes_every_table_and_plot(tiny_runs, tmp_path, capsy
         assert r["angles"]["many"]["mean"] is None  # no class above 100 images on the fake set
         assert r["fisher"]["classes_used"] == 10 and r["fisher"]["all"] > 0
         assert len(r["confusion"]) == 10 and sum(map(sum, r["confusion"])) == 100
-        assert any("fewer than the 64 feature dimensions" in n for n in r["notes"])
+        # 10 test images a class: S_i + S_j has rank 18 at most, so auto projects to 18 dimensions
+        assert r["fisher"]["dims"] == 18
+        assert any("top 18 principal components of the 64-d features" in n and "rank 18" in n for n in r["notes"])
         _, method, _ = load_run_method(tiny_runs[r["label"]])
         assert r["class_vectors"] == pytest.approx(class_vector_cosines(method.class_weights()), abs=1e-6)
     assert "class-vector cosine mean / max" in printed
@@ -153,8 +155,8 @@ def test_run_without_checkpoint_and_corrupted_checkpoint(tiny_runs, tmp_path, ca
 
 def test_fisher_dims_projects_the_features_and_says_so(tiny_runs, tmp_path, capsys):
     """--fisher-dims N: the criterion on the top N principal components, named in the table, the
-    CSV and a note; the default (auto) keeps the 64-d CIFAR features whole; bad values are one
-    line each."""
+    CSV and a note; full: every dimension, with the note that the ridge sets J where the classes
+    have too few samples; bad values are one line each."""
     out = tmp_path / "pca"
     assert cli.main(["analyze", str(tiny_runs["dbm_ce"]), "--out", str(out), "--fisher-dims", "5"]) == 0
     printed = capsys.readouterr()
@@ -165,8 +167,10 @@ def test_fisher_dims_projects_the_features_and_says_so(tiny_runs, tmp_path, caps
     data = json.loads((out / "analysis.json").read_text())
     assert data["options"]["fisher_dims"] == 5 and data["runs"][0]["fisher"]["dims"] == 5
 
-    assert cli.main(["analyze", str(tiny_runs["dbm_ce"]), "--out", str(tmp_path / "auto")]) == 0
-    assert "| dimensions | 64 |" in capsys.readouterr().out
+    assert cli.main(["analyze", str(tiny_runs["dbm_ce"]), "--out", str(tmp_path / "full"), "--fisher-dims", "full"]) == 0
+    printed = capsys.readouterr()
+    assert "| dimensions | 64 |" in printed.out and "principal components" not in printed.err
+    assert "fewer than the 64 feature dimensions" in printed.err  # the ridge sets J: said so
     assert cli.main(["analyze", str(tiny_runs["dbm_ce"]), "--out", str(tmp_path / "x"), "--fisher-dims", "65"]) == 2
     err = capsys.readouterr().err.strip().splitlines()  # known once the features are extracted
     assert err[0].startswith("extracting test features") and len(err) == 2

@@ -4,8 +4,14 @@ import numpy as np
 import pytest
 import torch
 
-from dbm_ltr.metrics import class_moments, fisher_pairwise, fisher_separability
-from dbm_ltr.metrics.fisher import AUTO_WORK, auto_dims, principal_components
+from dbm_ltr.metrics import (
+    AUTO_WORK,
+    auto_dims,
+    class_moments,
+    fisher_pairwise,
+    fisher_separability,
+    principal_components,
+)
 
 
 def gaussians(num_classes=4, dim=5, per_class=(400, 300, 200, 50), seed=0):
@@ -151,7 +157,8 @@ def test_fisher_on_principal_components_is_fisher_of_the_projected_features():
 
 
 def test_auto_dims_keeps_affordable_cases_exact_and_bounds_the_rest():
-    assert auto_dims(100, 64) == 64 and auto_dims(10, 64) == 64  # CIFAR: every dimension
+    assert auto_dims(100, 64, pooled_rank=198) == 64 and auto_dims(10, 64) == 64  # CIFAR test sets
+    assert auto_dims(100, 64, pooled_rank=8) == 8  # CIFAR-100-LT training set: 5 + 5 images
     k = auto_dims(1000, 2048)  # ImageNet-LT with ResNet-50 features
     pairs = 1000 * 999 // 2
     assert pairs * k ** 3 <= AUTO_WORK < pairs * (k + 1) ** 3 and k == 34

@@ -18,11 +18,13 @@ its classes (Many / Medium / Few by training count), ``all`` the mean over every
 
 The exact criterion costs one ``D x D`` solve per pair and ``C`` covariances of ``D x D``: for
 the 64-d features of a CIFAR ResNet-32 that is nothing, for ImageNet-LT (1,000 classes, 2,048-d
-ResNet-50 features) 499,500 solves and 34 GB of covariances. ``dims`` then projects the features
-onto their top principal components first (PCA of the total scatter, as before LDA in
-"Fisherfaces"); :func:`auto_dims` picks the largest dimension whose cost stays near
-:data:`AUTO_WORK`, which keeps every exact CIFAR case exact. In a subspace the criterion can only
-be lower (the best direction is searched among fewer), so compare runs at the same ``dims``.
+ResNet-50 features) 499,500 solves and 34 GB of covariances. And where two classes have fewer
+samples than dimensions (``n_i + n_j - 2 < D``) ``S_i + S_j`` is singular: ``J`` is then set by
+the ridge, not by the features. ``dims`` projects the features onto their top principal
+components first (PCA of the total scatter, as before LDA in "Fisherfaces"); :func:`auto_dims`
+picks the largest dimension that avoids both, which keeps the paper's case (CIFAR-100 test
+features, 64-d, 100 a class) exact. In a subspace the criterion can only be lower (the best
+direction is searched among fewer), so compare runs at the same ``dims``.
 """
 
 from __future__ import annotations
@@ -48,21 +50,25 @@ AUTO_WORK = 2e10
 
 
 def auto_dims(num_classes: int, dim: int, pooled_rank: int | None = None, work: float = AUTO_WORK) -> int:
-    """The feature dimension for the Fisher criterion: ``dim`` itself when the ``C (C - 1) / 2``
-    pairwise ``dim x dim`` solves fit ``work`` (pairs x dim^3). Otherwise the features must be
-    projected anyway, and the dimension is the largest ``k`` that fits ``work``, at most
-    ``pooled_rank`` (the rank ``n_a + n_b - 2`` of the pooled covariance of the two smallest
-    classes, so that no pair's ``S_i + S_j`` is singular), at least 1.
+    """The feature dimension for the Fisher criterion: ``dim``, or fewer where
 
-    >>> auto_dims(100, 64), auto_dims(1000, 2048), auto_dims(1000, 2048, pooled_rank=20)
-    (64, 34, 20)
+    * the ``C (C - 1) / 2`` pairwise solves would cost more than ``work`` (pairs x dim^3): the
+      largest ``k`` that fits, or
+    * ``pooled_rank`` (the rank ``n_a + n_b - 2`` of the pooled covariance of the two smallest
+      classes) is below it: in more dimensions ``S_i + S_j`` is singular, and ``J`` of such a
+      pair is set by the ridge (``~1 / eps^2``), not by the features;
+
+    at least 1.
+
+    >>> auto_dims(100, 64, pooled_rank=198), auto_dims(1000, 2048), auto_dims(100, 64, pooled_rank=8)
+    (64, 34, 8)
     """
     pairs = max(num_classes * (num_classes - 1) // 2, 1)
-    if pairs * float(dim) ** 3 <= work:
-        return dim
-    k = int((work / pairs) ** (1.0 / 3.0))
-    while (k + 1) ** 3 * pairs <= work:  # the float cube root may fall one short
-        k += 1
+    k = dim
+    if pairs * float(dim) ** 3 > work:
+        k = int((work / pairs) ** (1.0 / 3.0))
+        while (k + 1) ** 3 * pairs <= work:  # the float cube root may fall one short
+            k += 1
     if pooled_rank is not None:
         k = min(k, pooled_rank)
     return max(1, min(k, dim))
