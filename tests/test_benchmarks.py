@@ -123,3 +123,9 @@ def test_gpu_reproduce_script_runs_end_to_end_and_resumes_with_work(tmp_path):
     assert "0 to train" in text and "finished, skipped" in text
     with tarfile.open(tmp_path / "second" / "table2_runs.tar.gz") as runs:
         assert "table2/ce_seed0/metrics.json" in runs.getnames()
+
+
+def test_fisher_scaling_prints_auto_and_exact(capsys):
+    load("fisher_scaling").main(["--classes", "8", "--dim", "32", "--per-class", "4"])
+    row = capsys.readouterr().out.strip().splitlines()[-1]
+    assert row.startswith("| 8 | 32 | 4 | 28 | 6 |"), row  # 4 + 4 - 2: the pooled rank
