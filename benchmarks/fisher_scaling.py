@@ -8,9 +8,8 @@ For each (classes, feature dimension, test images a class) case, on synthetic fe
 centres plus noise, after a ReLU as pooled CNN features are): the dimension ``auto`` picks, its
 seconds, and the seconds of the exact criterion in every dimension (where ``auto`` is not that:
 measured on 15 pairs and scaled to all ``C (C - 1) / 2``), with the memory its ``C``
-covariances take. The
-defaults are CIFAR-100-LT's test set with ResNet-32 features (the paper's Table 6) and
-ImageNet-LT's with ResNet-50 features.
+covariances take. The defaults are CIFAR-100-LT's test set with ResNet-32 features (the
+paper's Table 6) and ImageNet-LT's with ResNet-50 features.
 """
 
 from __future__ import annotations

@@ -27,7 +27,6 @@ from typing import Sequence
 import torch
 
 from ..metrics import (
-    AUTO_WORK,
     GROUPS,
     angle_statistics,
     class_vector_cosines,
@@ -112,19 +111,13 @@ def analyze_features(
     sizes = sorted(n for n in totals.long().tolist() if n >= 2)
     width, dim = f.features.shape[1], fisher["dims"]
     if dim < width:
-        reasons = []
         pairs = len(sizes) * (len(sizes) - 1) // 2
-        if pairs * float(width) ** 3 > AUTO_WORK:
-            reasons.append(f"all {width} would take {pairs} solves of {width} x {width} systems")
-        if len(sizes) >= 2 and sizes[0] + sizes[1] - 2 < width:
-            reasons.append(
-                f"the two smallest classes have {sizes[0]} and {sizes[1]} samples, so S_i + S_j "
-                f"has rank {sizes[0] + sizes[1] - 2} at most and J in more dimensions is set by the ridge"
-            )
+        smallest = (f"; the two smallest classes have {sizes[0]} and {sizes[1]} samples, so S_i + S_j "
+                    f"has rank {sizes[0] + sizes[1] - 2} at most") if len(sizes) >= 2 else ""
         notes.append(
-            f"Fisher: on the top {dim} principal components of the {width}-d features"
-            + (f" ({'; '.join(reasons)})" if reasons else "")
-            + "; analyze --fisher-dims sets the dimension, compare runs at the same one"
+            f"Fisher: on the top {dim} principal components of the {width}-d features (all {width} "
+            f"would take {pairs} solves of {width} x {width} systems{smallest}); analyze --fisher-dims "
+            "sets the dimension, compare runs at the same one"
         )
     if len(sizes) >= 2 and sizes[0] + sizes[1] - 2 < dim:
         notes.append(
