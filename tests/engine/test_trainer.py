@@ -212,3 +212,14 @@ def test_a_trained_classifier_is_not_reported(fake_cifar10, tmp_path):
     row = json.loads((tmp_path / "run" / "log.jsonl").read_text().splitlines()[0])
     assert -1 <= row["class_cos_mean"] < 0.95 and row["class_cos_mean"] <= row["class_cos_max"] <= 1
     assert not any("class vectors" in m for m in messages)
+
+
+def test_progress_bar_written_to_a_file_is_redrawn_rarely(fake_cifar10, tmp_path, capsys):
+    # stderr captured by pytest is not a terminal, as with nohup or a cluster's job log: one
+    # draw at the start of each bar, not one or two for every step (159 images in batches of 8)
+    cfg = load_config("cifar10_lt/ce", tiny_overrides(fake_cifar10, epochs=1)
+                      + ["train.progress=true", "optim.batch_size=8"])
+    Trainer(cfg, tmp_path / "run", log=quiet).fit()
+    err = capsys.readouterr().err
+    draws = [d for d in err.split("\r") if "epoch 1/1" in d]
+    assert 1 <= len(draws) <= 3, draws  # the first draw, the clearing on close, nothing per step

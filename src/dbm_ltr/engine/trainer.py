@@ -16,6 +16,7 @@ import json
 import os
 import random
 import signal
+import sys
 import threading
 import time
 from contextlib import nullcontext
@@ -270,6 +271,19 @@ def _autocast(device: torch.device, enabled: bool):
     return torch.autocast(device_type=device.type, dtype=amp_dtype(device))
 
 
+LOG_BAR_SECONDS = 30.0  # a progress bar written to a file or pipe is redrawn this often
+
+
+def progress_bar(iterable, disable: bool, **kwargs) -> tqdm:
+    """A tqdm bar that does not flood a log: on a terminal or in a notebook it redraws as tqdm
+    does (every 0.1 s at most); where stderr goes to a file or a pipe (``nohup``, a cluster's
+    job log) every :data:`LOG_BAR_SECONDS`, since each redraw there is another line of text."""
+    stream = sys.stderr
+    interactive = "ipykernel" in sys.modules or bool(getattr(stream, "isatty", lambda: False)())
+    return tqdm(iterable, leave=False, dynamic_ncols=True, disable=disable, file=stream,
+                mininterval=0.1 if interactive else LOG_BAR_SECONDS, **kwargs)
+
+
 @torch.no_grad()
 def evaluate_method(
     method: Method,
@@ -286,7 +300,7 @@ def evaluate_method(
     was_training = method.training
     method.eval()
     acc = ClassAccuracy(num_classes, device)
-    for images, targets in tqdm(batches, desc="evaluating", leave=False, disable=not progress):
+    for images, targets in progress_bar(batches, desc="evaluating", disable=not progress):
         images, targets = to_device(images, device), targets.to(device)
         with _autocast(device, amp):
             scores = method.predict(images)
@@ -577,8 +591,8 @@ class Trainer:
             batches, total = itertools.islice(batches, max_steps), min(total, max_steps)
         self.method.train()
         first_bad = torch.full((), -1, dtype=torch.long, device=self.device)
-        bar = tqdm(batches, total=total, desc=f"epoch {epoch + 1}/{o.epochs}", leave=False,
-                   dynamic_ncols=True, disable=not (t.progress and self.dist.is_main))
+        bar = progress_bar(batches, total=total, desc=f"epoch {epoch + 1}/{o.epochs}",
+                           disable=not (t.progress and self.dist.is_main))
         begin = shown = time.perf_counter()
         step = start
         try:
@@ -611,7 +625,8 @@ class Trainer:
                     self._check_finite(first_bad, epoch, total + start)
                     if not bar.disable:
                         loss_sum, correct, seen = sums.tolist()
-                        bar.set_postfix(loss=f"{loss_sum / max(seen, 1):.3f}", acc=f"{100 * correct / max(seen, 1):.1f}%")
+                        bar.set_postfix(loss=f"{loss_sum / max(seen, 1):.3f}", acc=f"{100 * correct / max(seen, 1):.1f}%",
+                                        refresh=False)  # drawn with the next update, at the bar's pace
                 signum = self._stop.signum
                 if signum:
                     seconds = seconds_before + time.perf_counter() - begin
