@@ -138,7 +138,7 @@ class TrainConfig:
     deterministic: bool = setting(False, "deterministic kernels (bit-identical reruns, slower on a GPU)")
     eval_every: int = setting(0, "also evaluate every N epochs and track the best test epoch, labelled as "
                               "test-set selection (0: only at the end)")
-    progress: bool = setting(True, "progress bars")
+    progress: bool = setting(True, "progress bars (redrawn every 30 s where stderr is a file or a pipe)")
     drop_last: bool = setting(False, "drop the last, smaller batch of an epoch")
     channels_last: bool = setting(True, "the model in channels-last memory (faster convolutions with cuDNN on "
                                   "GPUs and oneDNN on CPUs)")
