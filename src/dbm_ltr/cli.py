@@ -44,6 +44,7 @@ def _fisher_dims(text: str) -> int | str | None:
 
 
 def cmd_train(args) -> int:
+    from .analysis.runs import read_run_config
     from .engine import Trainer, load_config
     from .engine.rundir import CONFIG
 
@@ -52,9 +53,10 @@ def cmd_train(args) -> int:
     if source is None:
         if not args.resume:
             raise _UsageError("train needs --config FILE|PRESET (or --resume with an existing --out)")
-        source = run / CONFIG
-        if not source.is_file():
-            raise _UsageError(f"--resume without --config needs {source}; it does not exist")
+        path = run / CONFIG
+        if not path.is_file():
+            raise _UsageError(f"--resume without --config needs {path}; it does not exist")
+        source = read_run_config(run)  # settings it predates at the values it trained with
     config = load_config(source, _overrides(args))
     trainer = Trainer(config, run, resume=args.resume)
     try:

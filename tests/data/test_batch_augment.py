@@ -18,6 +18,8 @@ from torchvision.transforms import functional as F
 from torchvision.transforms.autoaugment import _apply_op
 
 from dbm_ltr.data import batch_augment as ba
+from dbm_ltr.data.autoaugment import (CIFAR10_SUB_POLICIES, ReferenceAutoAugment, reference_magnitudes,
+                                      reference_op)
 from dbm_ltr.data.transforms import CIFAR_MEAN, CIFAR_STD
 from dbm_ltr.registry import Registry
 
@@ -174,6 +176,153 @@ def test_affine_fill_and_translation_semantics():
     out = ba.translate_x(x, torch.tensor([2.9, -1.2]), fill=7.0)  # int(): 2 and -1
     assert torch.equal(out[0, :, :, 2:], x[0, :, :, :3]) and (out[0, :, :, :2] == 7).all()
     assert torch.equal(out[1, :, :, :4], x[1, :, :, 1:]) and (out[1, :, :, 4] == 7).all()
+
+
+# ------------------------------------------------------------------------------------------
+# the reference policy (the DBM code's per-image CIFAR10Policy)
+
+
+def naive_reference_op(img: Image.Image, op: str, bin_: int, sign: int) -> Image.Image:
+    """The DBM code's CIFAR policy op, written out from its definition: bins of 10 levels,
+    magnitudes linspace(0, 0.3) shear (bicubic), linspace(0, 150/331) * side translate
+    (nearest), linspace(0, 30) rotate (always +, RGBA rotated and pasted on grey),
+    linspace(0, 0.9) enhancements, round(linspace(8, 4)) posterize, linspace(256, 0) solarize."""
+    fill = (128, 128, 128)
+    lin = lambda a, b: np.linspace(a, b, 10)[bin_]  # noqa: E731
+    if op in ("ShearX", "ShearY"):
+        m = lin(0, 0.3) * sign
+        coeffs = (1, m, 0, 0, 1, 0) if op == "ShearX" else (1, 0, 0, m, 1, 0)
+        return img.transform(img.size, Image.AFFINE, coeffs, Image.BICUBIC, fillcolor=fill)
+    if op in ("TranslateX", "TranslateY"):
+        m = lin(0, 150 / 331) * sign
+        coeffs = (1, 0, m * img.size[0], 0, 1, 0) if op == "TranslateX" else (1, 0, 0, 0, 1, m * img.size[1])
+        return img.transform(img.size, Image.AFFINE, coeffs, fillcolor=fill)
+    if op == "Rotate":
+        rot = img.convert("RGBA").rotate(lin(0, 30))
+        return Image.composite(rot, Image.new("RGBA", rot.size, (128,) * 4), rot).convert("RGB")
+    from PIL import ImageEnhance
+    enhance = {"Color": ImageEnhance.Color, "Contrast": ImageEnhance.Contrast,
+               "Sharpness": ImageEnhance.Sharpness, "Brightness": ImageEnhance.Brightness}
+    if op in enhance:
+        return enhance[op](img).enhance(1 + lin(0.0, 0.9) * sign)
+    if op == "Posterize":
+        return ImageOps.posterize(img, int(np.round(lin(8, 4))))
+    if op == "Solarize":
+        return ImageOps.solarize(img, lin(256, 0))
+    return {"AutoContrast": ImageOps.autocontrast, "Equalize": ImageOps.equalize, "Invert": ImageOps.invert}[op](img)
+
+
+def test_reference_magnitudes_are_the_policys_bins():
+    table = reference_magnitudes(24, 40)
+    assert set(table) == set(ba.AUTOAUGMENT_OPS)
+    assert np.array_equal(table["TranslateX"][0], np.linspace(0, 150 / 331, 10) * 40)
+    assert np.array_equal(table["TranslateY"][0], np.linspace(0, 150 / 331, 10) * 24)
+    assert list(table["Posterize"][0]) == [8, 8, 7, 7, 6, 6, 5, 5, 4, 4]
+    assert table["Solarize"][0][0] == 256 and table["Solarize"][0][-1] == 0
+    assert table["Rotate"][1] is False and table["ShearX"][1] and table["Color"][1]
+    assert table["Rotate"][0].dtype == np.float64
+
+
+@pytest.mark.parametrize("op", ba.AUTOAUGMENT_OPS)
+def test_reference_op_is_the_written_out_definition_and_the_batched_twin_matches(op, hwc):
+    x = to_batch(hwc).float()
+    n = len(hwc)
+    values, signed = reference_magnitudes(32, 32)[op]
+    bins = range(10) if values.any() else [0]
+    for b in bins:
+        for sign in ((1, -1) if signed else (1,)):
+            value = float(values[b]) * sign
+            naive = pil_apply(hwc, lambda im: naive_reference_op(im, op, b, sign))
+            ref = pil_apply(hwc, lambda im: reference_op(im, op, value))
+            assert torch.equal(ref, naive), f"{op} bin {b} sign {sign}"
+            v = torch.full((n,), value, dtype=torch.float64)
+            if op in ("ShearX", "ShearY"):
+                ours = ba.affine_bicubic(x, ba.reference_affine_matrix(op, v, 32, 32))
+            elif op in GEOMETRIC:
+                ours = ba.affine_nearest(x, ba.reference_affine_matrix(op, v, 32, 32))
+            elif op in BLEND_FN:
+                ours = BLEND_FN[op](x, 1.0 + v)
+            elif op == "Posterize":
+                ours = ba.posterize(x, v)
+            elif op == "Solarize":
+                ours = ba.solarize(x, v)
+            else:
+                ours = {"AutoContrast": ba.autocontrast, "Equalize": ba.equalize, "Invert": ba.invert}[op](x)
+            assert_close_to_pil(ours, ref, f"{op} bin {b} sign {sign}")
+            if op in GEOMETRIC:  # Pillow's geometry is reproduced exactly
+                assert torch.equal(ours, ref), f"{op} bin {b} sign {sign}"
+
+
+def test_reference_translation_rounds_to_the_nearest_pixel():
+    """Pillow's nearest float path samples x + 0.5 + v, floored: a whole-pixel shift of
+    floor(v + 0.5): 14.5015 px (the largest bin at 32 px) moves 15 pixels either way, where
+    torchvision's int() moves 14."""
+    top = float(reference_magnitudes(32, 32)["TranslateX"][0][-1])
+    assert 14.5 < top < 14.51
+    x = torch.arange(32, dtype=torch.float32).repeat(1, 3, 32, 1)
+    for v, shift in ((top, 15), (-top, -15), (4.834, 5), (-4.834, -5), (0.4, 0), (-0.4, 0)):
+        out = ba.affine_nearest(x, ba.reference_affine_matrix("TranslateX", torch.tensor([v], dtype=torch.float64),
+                                                              32, 32), fill=7.0)
+        expect = torch.tensor([c + shift if 0 <= c + shift < 32 else 7.0 for c in range(32)])
+        assert torch.equal(out[0, 0, 0], expect), (v, out[0, 0, 0])
+    tv = ba.translate_x(x, torch.tensor([top]), fill=7.0)  # torchvision: int(14.5) = 14 to the right
+    assert torch.equal(tv[0, 0, 0, 14:], torch.arange(18, dtype=torch.float32))
+
+
+def test_affine_bicubic_semantics():
+    """Identity keeps the image; a half-pixel shift interpolates with Pillow's a = -1 cubic;
+    outside the image the fill stays; a row below the image repeats the row before."""
+    g = torch.Generator().manual_seed(0)
+    x = torch.randint(0, 256, (2, 3, 9, 11), generator=g).float()
+    ident = torch.tensor([[1, 0, 0, 0, 1, 0]] * 2, dtype=torch.float64)
+    assert torch.equal(ba.affine_bicubic(x, ident), x)
+    half = torch.tensor([[1, 0, 0.5, 0, 1, 0]] * 2, dtype=torch.float64)
+    out = ba.affine_bicubic(x, half, fill=7.0)
+    a, b, c, d = (x[..., k:k + 7] for k in range(4))  # taps x-1 .. x+2 at dx = 0.5, inner columns
+    cubic = b + 0.5 * ((c - a) + 0.5 * ((2 * (a - b) + c - d) + 0.5 * (b - a - c + d)))
+    assert torch.equal(out[..., 1:8], torch.trunc(cubic.clamp(0, 255)))
+    assert (out[..., -1] == 7.0).all()  # x + 0.5 + 0.5 = 11: outside
+    for v in (255.0, 0.0):  # overshoot is clipped
+        flat = torch.full((1, 3, 9, 11), v)
+        flat[..., 5] = 255.0 - v
+        assert ba.affine_bicubic(flat, half[:1]).min() >= 0 and ba.affine_bicubic(flat, half[:1]).max() <= 255
+    # the image's last row, sampled half a pixel further down, interpolates against itself
+    down = torch.tensor([[1, 0, 0, 0, 1, 0.5]], dtype=torch.float64)
+    ref = pil_apply(x[:1].permute(0, 2, 3, 1).to(torch.uint8).numpy(),
+                    lambda im: im.transform(im.size, Image.AFFINE, (1, 0, 0, 0, 1, 0.5), Image.BICUBIC,
+                                            fillcolor=(7, 7, 7)))
+    assert torch.equal(ba.affine_bicubic(x[:1], down, fill=7.0), ref)
+
+
+def test_reference_policy_per_image_and_batched_sampling_agree():
+    """Sub-policy frequencies of the per-image policy's draws and the batched twin's are both
+    uniform and alike (chi-square over 20,000 draws each), and so are the apply rates."""
+    torch.manual_seed(0)
+    draws = [ReferenceAutoAugment.sample() for _ in range(N)]
+    per_image = np.bincount([d[0] for d in draws], minlength=25)
+    batched = ba.BatchCifarTrain(autoaugment="reference").sample(N, 32, 32, torch.Generator().manual_seed(1))
+    batched_counts = np.bincount(batched.sub_policy, minlength=25)
+    assert stats.chisquare(per_image).pvalue > 1e-3 and stats.chisquare(batched_counts).pvalue > 1e-3
+    assert stats.chi2_contingency(np.stack([per_image, batched_counts])).pvalue > 1e-3
+    probs = np.array([[s[1] for s in sub] for sub in CIFAR10_SUB_POLICIES])
+    per_image_applied = np.array([[u < probs[k, i] for i, u in enumerate(us)] for k, us, _ in draws])
+    for stage in range(2):
+        a = int(per_image_applied[:, stage].sum())
+        b = int(batched.applied[:, stage].sum())
+        assert binom_ok(a, N, probs[:, stage].mean()) and binom_ok(b, N, probs[:, stage].mean())
+    assert binom_ok(sum(s[0] == 0 for _, _, s in draws), N, 0.5)
+
+
+def test_reference_per_image_policy_applies_its_draws(hwc):
+    policy = ReferenceAutoAugment()
+    img = Image.fromarray(hwc[0])
+    k = next(i for i, sub in enumerate(CIFAR10_SUB_POLICIES) if sub[0][0] == "TranslateY")
+    assert policy.apply(img, k, [0.99, 0.99], [1, 1]) is img  # nothing applied
+    out = policy.apply(img, k, [0.0, 0.99], [0, 1])
+    value = -float(reference_magnitudes(32, 32)["TranslateY"][0][CIFAR10_SUB_POLICIES[k][0][2]])
+    assert np.array_equal(np.asarray(out), np.asarray(reference_op(img, "TranslateY", value)))
+    with pytest.raises(TypeError, match="PIL image"):
+        policy(torch.zeros(3, 32, 32))
 
 
 # ------------------------------------------------------------------------------------------
@@ -354,9 +503,11 @@ def pil_reference_cifar(hwc: np.ndarray, p: ba.CifarTrainParams) -> torch.Tensor
         if p.flip[b]:
             im = F.hflip(im)
         for s in range(2):
-            if applied[b, s]:
+            if applied[b, s] and p.policy == "torchvision":
                 im = _apply_op(im, ba.AUTOAUGMENT_OPS[ops[b, s]], float(mags[b, s]),
                                InterpolationMode.NEAREST, [128.0] * 3)
+            elif applied[b, s]:
+                im = reference_op(im, ba.AUTOAUGMENT_OPS[ops[b, s]], float(mags[b, s]))
         t = F.to_tensor(im)
         y, x = (int(v) for v in p.cutout[b])
         t[:, max(0, y - 8):max(0, y + 8), max(0, x - 8):max(0, x + 8)] = 0
@@ -392,13 +543,21 @@ def assert_recipe_close(ours: torch.Tensor, ref: torch.Tensor) -> None:
     assert (d > 1e-6).float().mean() <= 1e-3
 
 
-def test_cifar_recipe_equals_pil_recipe_with_same_draws(hwc):
-    recipe = ba.create_batch_recipe("cifar")
+@pytest.mark.parametrize("policy", ["reference", "torchvision"])
+def test_cifar_recipe_equals_pil_recipe_with_same_draws(hwc, policy):
+    recipe = ba.create_batch_recipe("cifar", autoaugment=policy)
     hwc = np.concatenate([hwc] * 4)  # 192 images; with this seed every op kind shows up
     p = recipe.sample(len(hwc), 32, 32, torch.Generator().manual_seed(0))
+    assert p.policy == policy
     used = {ba.AUTOAUGMENT_OPS[o] for o in p.ops[p.applied]}
     assert len(used) == 13  # all ops of the CIFAR10 policy took part (no ShearX in it)
     assert_recipe_close(recipe.apply(to_batch(hwc), p), pil_reference_cifar(hwc, p))
+
+
+def test_the_default_recipe_is_the_reference_policy():
+    assert ba.create_batch_recipe("cifar").autoaugment == "reference"
+    with pytest.raises(ValueError, match="unknown AutoAugment policy 'tv'; choose one of reference, torchvision"):
+        ba.create_batch_recipe("cifar", autoaugment="tv")
 
 
 def test_contrastive_recipe_equals_pil_recipe_with_same_draws(hwc):
@@ -418,8 +577,9 @@ def binom_ok(k: int, n: int, p: float, z: float = 4.5) -> bool:
     return abs(k - n * p) <= z * math.sqrt(n * p * (1 - p))
 
 
-def test_cifar_sampling_statistics():
-    p = ba.BatchCifarTrain().sample(N, 32, 32, torch.Generator().manual_seed(0))
+@pytest.mark.parametrize("policy", ["reference", "torchvision"])
+def test_cifar_sampling_statistics(policy):
+    p = ba.BatchCifarTrain(autoaugment=policy).sample(N, 32, 32, torch.Generator().manual_seed(0))
     assert stats.chisquare(np.bincount(p.sub_policy, minlength=25)).pvalue > 1e-3
     # apply frequency of every (sub-policy, stage) against the policy probability
     probs = np.array([[s[1] for s in sub] for sub in ba.CIFAR10_POLICY])
@@ -441,9 +601,13 @@ def test_cifar_sampling_statistics():
     assert binom_ok(int(p.flip.sum()), N, 0.5)
     cells = np.bincount(p.cutout[:, 0] * 32 + p.cutout[:, 1], minlength=1024)
     assert stats.chisquare(cells).pvalue > 1e-3 and cells.size == 1024
-    # signed magnitudes: both signs, magnitudes from the bins
+    # signed magnitudes from the bins: torchvision rotates both ways, the reference policy
+    # counter-clockwise only; both shift both ways
     mags = p.magnitudes[p.ops == ba.AUTOAUGMENT_OPS.index("Rotate")]
-    assert set(np.round(np.abs(mags), 4)) == {round(30 * 2 / 9, 4)} and (mags < 0).any()
+    assert set(np.round(np.abs(mags), 4)) == {round(30 * 2 / 9, 4)}
+    assert (mags < 0).any() == (policy == "torchvision")
+    shifts = p.magnitudes[p.ops == ba.AUTOAUGMENT_OPS.index("TranslateY")]
+    assert (shifts < 0).any() and (shifts > 0).any()
 
 
 def test_contrastive_sampling_statistics():
@@ -520,7 +684,7 @@ def test_cutout_through_the_recipe():
     p = recipe.sample(2, 32, 32, torch.Generator().manual_seed(0))
     p.crop[:] = 4                 # no shift
     p.flip[:] = False
-    p.probs[:] = 1.0              # 1.0 <= p never holds in the CIFAR10 policy: no AutoAugment op
+    p.probs[:] = 1.0              # 1.0 < p never holds in the CIFAR10 policy: no AutoAugment op
     p.cutout[:] = [[0, 31], [20, 10]]
     x = torch.full((2, 3, 32, 32), 200, dtype=torch.uint8)
     out = recipe.apply(x, p)

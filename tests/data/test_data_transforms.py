@@ -19,6 +19,7 @@ from dbm_ltr.data import (
     cifar_train_transform,
     list_transforms,
 )
+from dbm_ltr.data.autoaugment import ReferenceAutoAugment
 
 
 def hole(y, x, h, w, size):
@@ -83,6 +84,8 @@ def test_cutout_middle_centre_is_full_square():
 def test_cutout_bad_input():
     with pytest.raises(ValueError, match="positive integer"):
         Cutout(0)
+    with pytest.raises(ValueError, match="unknown AutoAugment policy 'pil'; choose one of reference, torchvision"):
+        cifar_train_transform(autoaugment="pil")
     with pytest.raises(TypeError, match="after ToTensor"):
         Cutout(16)(Image.new("RGB", (32, 32)))
 
@@ -92,14 +95,19 @@ def pil_image(seed=0, size=32):
     return Image.fromarray(rng.randint(0, 256, (size, size, 3), dtype=np.uint8))
 
 
-def test_train_recipe_structure_and_output():
-    t = cifar_train_transform()
+@pytest.mark.parametrize("policy", ["reference", "torchvision"])
+def test_train_recipe_structure_and_output(policy):
+    t = cifar_train_transform(autoaugment=policy)
     kinds = [type(s) for s in t.transforms]
-    assert kinds == [T.RandomCrop, T.RandomHorizontalFlip, T.AutoAugment, T.ToTensor, Cutout,
+    augment = ReferenceAutoAugment if policy == "reference" else T.AutoAugment
+    assert kinds == [T.RandomCrop, T.RandomHorizontalFlip, augment, T.ToTensor, Cutout,
                      T.Normalize]
     crop, _, aa, _, cut, norm = t.transforms
     assert crop.padding == 4 and crop.size == (32, 32) and crop.fill == 0
-    assert aa.policy == T.AutoAugmentPolicy.CIFAR10 and aa.fill == 128
+    if policy == "torchvision":
+        assert aa.policy == T.AutoAugmentPolicy.CIFAR10 and aa.fill == 128
+    else:
+        assert aa.fill == (128, 128, 128)
     assert cut.size == 16
     assert tuple(norm.mean) == CIFAR_MEAN and tuple(norm.std) == CIFAR_STD
     hole_value = -torch.tensor(CIFAR_MEAN) / torch.tensor(CIFAR_STD)

@@ -116,14 +116,44 @@ def test_table2_presets_track_the_best_test_epoch():
 
 @pytest.mark.parametrize("row", ["ldam", "ldam_drw"])
 @pytest.mark.parametrize("data", ["cifar10_lt", "cifar100_lt"])
-def test_ldam_presets_state_which_margin_and_how_to_switch(data, row):
-    """M = 0.5 of the LDAM paper; the DBM code's effective 0.1 is one documented override."""
+def test_ldam_presets_state_which_margin_and_why(data, row):
+    """M = 0.5 of the LDAM paper; the DBM code's effective 0.1 is the *_code preset."""
     from dbm_ltr.engine.config import resolve_config_path
 
     assert load_config(f"{data}/{row}").loss.params["max_margin"] == 0.5
     text = resolve_config_path(f"{data}/{row}").read_text()
-    assert "M = 0.5 as in LDAM" in text and "--set loss.max_margin=0.1" in text
-    assert load_config(f"{data}/{row}", ["loss.max_margin=0.1"]).loss.params["max_margin"] == 0.1
+    assert "M = 0.5, the LDAM paper's" in text and f"{data}/{row}_code" in text
+    code = load_config(f"{data}/{row}_code")
+    assert code.loss.params["max_margin"] == 0.1
+    a, b = load_config(f"{data}/{row}").to_dict(), code.to_dict()
+    assert {k for k in a["loss"] if a["loss"][k] != b["loss"][k]} == {"max_margin"}
+    assert (a["optim"], a["data"], a["paper"]) == (b["optim"], b["data"], b["paper"])
+
+
+def test_presets_from_the_dbm_code_use_its_learning_rate_and_autoaugment():
+    """The rows whose recipe is the DBM code's cifar/ folder use its cosine, (t - 4) / 195; NCL
+    (the paper's cosine over 400 epochs, or the code's steps) and GML (the GML code's steps)
+    keep theirs; every CIFAR preset uses the DBM code's AutoAugment policy."""
+    for preset in PRESETS:
+        cfg = load_config(preset)
+        row = preset.split("/")[-1]
+        if not preset.startswith(("cifar", "ablation")):
+            assert cfg.optim.schedule != "cosine_reference", preset
+            continue
+        assert cfg.data.autoaugment == "reference", preset
+        if "ncl" in row:
+            assert cfg.optim.schedule == ("step" if row.endswith("_code") else "cosine"), preset
+        elif "gml" in row:
+            assert cfg.optim.schedule == "step", preset
+        else:
+            assert cfg.optim.schedule == "cosine_reference", preset
+
+
+def test_autoaugment_setting():
+    assert load_config("cifar10_lt/ce").data.autoaugment == "reference"
+    assert load_config("cifar10_lt/ce", ["data.autoaugment=torchvision"]).data.autoaugment == "torchvision"
+    with pytest.raises(ConfigError, match="data.autoaugment must be one of reference, torchvision, got 'tv'"):
+        load_config("cifar10_lt/ce", ["data.autoaugment=tv"])
 
 
 def test_a_yaml_syntax_error_is_one_line_with_file_line_and_column(tmp_path):
@@ -143,3 +173,26 @@ def test_a_setting_added_later_equals_its_default_when_comparing_runs():
     assert config_differences(older, now) == []
     changed = {**now, "data": {**now["data"], "limit": 50}}
     assert config_differences(older, changed) == [("data.limit", 0, 50)]
+
+
+def test_a_run_saved_before_autoaugment_existed_trained_with_torchvisions_policy():
+    from dbm_ltr.engine.config import saved_config
+    from dbm_ltr.engine.rundir import config_differences, recipe_revisions
+
+    now = load_config("cifar10_lt/ce").to_dict()
+    older = {**now, "data": {k: v for k, v in now["data"].items() if k != "autoaugment"},
+             "optim": {**now["optim"], "schedule": "cosine"}}
+    upgraded = saved_config(older)
+    assert upgraded["data"]["autoaugment"] == "torchvision" and "autoaugment" not in older["data"]
+    assert saved_config(now) == now and saved_config(None) is None
+    tv = load_config("cifar10_lt/ce", ["data.autoaugment=torchvision", "optim.schedule=cosine"]).to_dict()
+    assert config_differences(older, tv) == [] and recipe_revisions(older, tv) == []
+    # against the revised preset: not refused, two revisions that the run keeps
+    assert config_differences(older, now) == []
+    assert recipe_revisions(older, now) == [("optim.schedule", "cosine", "cosine_reference"),
+                                            ("data.autoaugment", "torchvision", "reference")]
+    # other changes are refused as before, and a revision backwards is a change
+    changed = {**now, "optim": {**now["optim"], "lr": 0.2}}
+    assert config_differences(older, changed) == [("optim.lr", 0.1, 0.2)]
+    assert config_differences(now, tv) == [("data.autoaugment", "reference", "torchvision"),
+                                           ("optim.schedule", "cosine_reference", "cosine")]

@@ -78,6 +78,34 @@ def test_device_batches_are_augmented_a_chunk_at_a_time_and_resume_from_any_batc
         DeviceBatches(train, ["cifar"], 16, torch.device("cpu"), chunk_images=0)
 
 
+@pytest.mark.parametrize("policy", ["reference", "torchvision"])
+def test_data_autoaugment_reaches_both_pipelines(fake_cifar10, tmp_path, policy):
+    """The policy named in data.autoaugment is the one the regular view uses, per image in the
+    loader and batched on the device; the contrastive views have none."""
+    from dbm_ltr.data.autoaugment import ReferenceAutoAugment
+    from torchvision.transforms import AutoAugment
+
+    train = create_dataset("cifar10_lt", fake_cifar10, train=True, imbalance_factor=10)
+    pipe = DeviceBatches(train, ["cifar", "cifar_contrastive"], 16, torch.device("cpu"), autoaugment=policy)
+    assert pipe.recipes[0].autoaugment == policy and not hasattr(pipe.recipes[1], "autoaugment")
+    cfg = load_config("cifar10_lt/bcl", tiny_overrides(fake_cifar10, epochs=1) + [
+        f"data.autoaugment={policy}", "data.pipeline=loader", "optim.batch_size=64"])
+    trainer = Trainer(cfg, tmp_path / "run", log=quiet)
+    kind = ReferenceAutoAugment if policy == "reference" else AutoAugment
+    regular = trainer.train_set.transform.transforms[0]
+    assert isinstance(regular.transforms[2], kind)
+    trainer.close()
+
+
+def test_data_autoaugment_off_cifar_is_an_error():
+    from dbm_ltr.engine.trainer import view_transform
+
+    cfg = load_config("demo/ce", ["data.autoaugment=torchvision"])
+    with pytest.raises(ConfigError, match="data.autoaugment: the training transform.s. none of digits_lt have no "
+                                          "AutoAugment; leave data.autoaugment at reference"):
+        view_transform(cfg, ("regular",))
+
+
 def test_device_and_loader_evaluation_agree(fake_cifar10, tmp_path):
     cfg = load_config("cifar10_lt/dbm_ce", tiny_overrides(fake_cifar10, epochs=1))
     trainer = Trainer(cfg, tmp_path / "run", log=quiet)

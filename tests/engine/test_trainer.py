@@ -101,6 +101,32 @@ def test_existing_run_needs_resume_and_resume_needs_same_config(fake_cifar10, tm
     Trainer(moved, tmp_path / "run", resume=True, log=quiet)  # workers may change
 
 
+def test_a_run_started_before_a_recipe_revision_resumes_with_its_own_recipe(fake_cifar10, tmp_path):
+    """Resumed from the revised preset, a run started with the old cosine and torchvision's
+    policy keeps both, says so, and ends as the uninterrupted old-recipe run."""
+    old = tiny_overrides(fake_cifar10, epochs=2) + ["optim.schedule=cosine", "data.autoaugment=torchvision",
+                                                    "train.deterministic=true",
+                                                    "data.limit=60"]
+    straight = Trainer(load_config("cifar10_lt/ce", old), tmp_path / "a", log=quiet)
+    straight.fit()
+    interrupted = Trainer(load_config("cifar10_lt/ce", old), tmp_path / "b", log=quiet)
+    _interrupt_after(interrupted, 1)
+    with pytest.raises(KeyboardInterrupt):
+        interrupted.fit()
+    revised = load_config("cifar10_lt/ce", tiny_overrides(fake_cifar10, epochs=2) + ["data.limit=60",
+                                                                       "train.deterministic=true"])
+    assert (revised.optim.schedule, revised.data.autoaugment) == ("cosine_reference", "reference")
+    messages = []
+    resumed = Trainer(revised, tmp_path / "b", resume=True, log=messages.append)
+    assert (resumed.config.optim.schedule, resumed.config.data.autoaugment) == ("cosine", "torchvision")
+    assert any("was started before its preset's recipe was revised" in m and "optim.schedule 'cosine' (now "
+               "'cosine_reference')" in m and "data.autoaugment 'torchvision'" in m for m in messages), messages
+    resumed.fit()
+    a, b = straight.method.state_dict(), resumed.method.state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert load_config(tmp_path / "b" / "config.yaml").optim.schedule == "cosine"
+
+
 def test_corrupted_and_foreign_checkpoints(fake_cifar10, tmp_path):
     """A damaged latest checkpoint falls back to the previous one with a warning; with both
     damaged, or a file of another program, or weights of another model, a clear error."""

@@ -156,7 +156,7 @@ def analyze_runs(
     log=print,
 ) -> list[RunAnalysis]:
     """Extract features of every run (all run directories are checked first) and analyse them."""
-    from ..engine.config import apply_overrides, config_from_dict
+    from ..engine.config import apply_overrides, config_from_dict, saved_config
     from .features import load_run_state, run_features
     from .runs import CHECKPOINT, check_run_dir
 
@@ -165,7 +165,7 @@ def analyze_runs(
     for run in run_dirs:  # fail before any slow work: every folder, then every checkpoint
         check_run_dir(run, need=(CHECKPOINT,))
     for run in run_dirs:  # readable checkpoints, and overrides that fit their configs
-        config_from_dict(apply_overrides(load_run_state(run)["config"], list(overrides)))
+        config_from_dict(apply_overrides(saved_config(load_run_state(run)["config"]), list(overrides)))
     results = []
     for run, label in zip(run_dirs, run_labels(run_dirs)):
         log(f"extracting {split} features of {run} ...")

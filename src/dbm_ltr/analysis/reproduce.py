@@ -27,11 +27,11 @@ from typing import Callable, Sequence
 from ..data import create_dataset
 from ..engine.config import ConfigError, load_config, preset_dir
 from ..engine.distributed import pick_device
-from ..engine.rundir import CHECKPOINT, LOG, METRICS, OUTPUT
+from ..engine.rundir import CHECKPOINT, LOG, METRICS, OUTPUT, recipe_revisions
 from ..engine.trainer import _StopSignals
 from .plots import plot_reproduction
 from .report import report_markdown, summarize_runs, write_report
-from .runs import read_metrics
+from .runs import read_metrics, read_run_config
 from .sweep import check_buildable, compare_existing
 
 __all__ = [
@@ -67,6 +67,7 @@ class ReproRun:
     returncode: int | None = None
     seconds: float = 0.0
     error: str = ""
+    kept: str = ""  # recipe revisions of its preset that an existing run keeps (its own values)
 
     @property
     def name(self) -> str:
@@ -175,6 +176,9 @@ def plan_reproduction(
             planned[(row, seed)] = run
             if run.run_dir.exists():
                 compare_existing(run.run_dir, config)
+                saved = read_run_config(run.run_dir)
+                kept = recipe_revisions(saved, config.to_dict()) if saved else []
+                run.kept = ", ".join(f"{k} {a!r}" for k, a, _ in kept)
                 if run.finished:
                     run.status = "done"
                 elif (run.run_dir / CHECKPOINT).is_file():
@@ -189,7 +193,8 @@ def describe(runs: Sequence[ReproRun], jobs: int) -> str:
     for r in runs:
         state = {"done": "finished, skipped", "resume": "resume", "train": "train"}[r.status]
         after = f", after {r.after.name}" if r.after is not None and r.status != "done" else ""
-        lines.append(f"  {r.run_dir}  {r.preset} seed {r.seed}  ({state}{after})")
+        kept = f"; started before its preset's revision, keeps {r.kept}" if r.kept else ""
+        lines.append(f"  {r.run_dir}  {r.preset} seed {r.seed}  ({state}{after}{kept})")
     return "\n".join(lines)
 
 

@@ -8,6 +8,7 @@ from typing import Any, Sequence
 
 import yaml
 
+from ..engine.config import saved_config
 from ..engine.rundir import CHECKPOINT, CONFIG, METRICS, is_run_dir
 from ..errors import DbmLtrError
 
@@ -66,7 +67,8 @@ def read_metrics(run_dir: str | Path) -> dict[str, Any]:
 
 
 def read_run_config(run_dir: str | Path) -> dict[str, Any] | None:
-    """The run's ``config.yaml`` as a nested dict, or ``None`` if the run has none."""
+    """The run's ``config.yaml`` as a nested dict (settings it predates at the values it trained
+    with, :func:`~dbm_ltr.engine.config.saved_config`), or ``None`` if the run has none."""
     path = Path(run_dir) / CONFIG
     if not path.is_file():
         return None
@@ -76,7 +78,7 @@ def read_run_config(run_dir: str | Path) -> dict[str, Any] | None:
         raise RunError(f"{path} is not readable YAML ({type(err).__name__})") from None
     if not isinstance(values, dict):
         raise RunError(f"{path} is not a config (not a mapping)")
-    return values
+    return saved_config(values)
 
 
 def run_labels(run_dirs: Sequence[str | Path]) -> list[str]:

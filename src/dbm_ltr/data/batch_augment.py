@@ -4,8 +4,9 @@ batch at once with tensor ops that run on the batch's device (CPU or GPU).
 Recipes (same names as the per-image PIL recipes of :data:`.transforms.TRANSFORMS`):
 
 * ``cifar``: RandomCrop (4-pixel zero padding) -> horizontal flip p 0.5 -> AutoAugment
-  (torchvision's CIFAR10 policy, nearest, fill 128; every image draws its own sub-policy,
-  apply draws and signs) -> ToTensor -> Cutout(16) -> Normalize.
+  (CIFAR-10 policy, fill 128, every image its own sub-policy, apply draws and signs;
+  ``autoaugment="reference"``: the DBM code's per-image policy, ``"torchvision"``:
+  torchvision's, see :mod:`.autoaugment`) -> ToTensor -> Cutout(16) -> Normalize.
 * ``cifar_contrastive`` (SimCLR-style view of BCL/NCL): RandomResizedCrop(scale 0.2-1,
   ratio 3/4-4/3, bilinear) -> horizontal flip p 0.5 -> ColorJitter(0.4, 0.4, 0.4, 0.1) with
   p 0.8 (ops in a random order per image) -> RandomGrayscale p 0.2 -> Pillow's
@@ -35,7 +36,8 @@ float64 where Pillow itself computes in double).  With the same parameters the b
 give the same pixels as the PIL ops (the tests check this op by op).  Rounding, as Pillow:
 blends (brightness, colour, contrast, sharpness) truncate; SMOOTH, box blur and bilinear
 resampling round half up in fixed point; autocontrast and the HSV conversion truncate, the
-HSV -> RGB step rounds half away from zero; nearest sampling floors 16.16 fixed point.
+HSV -> RGB step rounds half away from zero; nearest sampling floors 16.16 fixed point; the
+bicubic filter (the reference policy's shears) runs in double and truncates, as Pillow's.
 """
 
 from __future__ import annotations
@@ -47,10 +49,9 @@ from typing import Sequence
 import numpy as np
 import torch
 from torch import Tensor
-from torchvision import transforms as T
-from torchvision.transforms import AutoAugmentPolicy
 
 from ..registry import Registry
+from .autoaugment import AUTOAUGMENT_POLICIES, CIFAR10_SUB_POLICIES, reference_magnitudes
 from .transforms import CIFAR_MEAN, CIFAR_STD
 
 __all__ = [
@@ -67,6 +68,7 @@ __all__ = [
     "adjust_hue",
     "adjust_saturation",
     "adjust_sharpness",
+    "affine_bicubic",
     "affine_nearest",
     "autoaugment_magnitudes",
     "autocontrast",
@@ -81,6 +83,7 @@ __all__ = [
     "pad_crop",
     "pil_affine_matrix",
     "posterize",
+    "reference_affine_matrix",
     "resized_crop",
     "rgb_to_grayscale",
     "rotate",
@@ -104,20 +107,19 @@ AUTOAUGMENT_OPS: tuple[str, ...] = (
 _OP_CODE = {name: i for i, name in enumerate(AUTOAUGMENT_OPS)}
 _GEOMETRIC = ("ShearX", "ShearY", "TranslateX", "TranslateY", "Rotate")
 _GEOMETRIC_CODES = np.array([_OP_CODE[n] for n in _GEOMETRIC])
-_SIGNED = {"ShearX", "ShearY", "TranslateX", "TranslateY", "Rotate",
-           "Brightness", "Color", "Contrast", "Sharpness"}
 
-#: torchvision's CIFAR10 AutoAugment policy: 25 sub-policies of two ``(op, p, bin)`` stages
-#: (``bin`` None for ops without magnitude).  Read from torchvision so the two never diverge.
-CIFAR10_POLICY: tuple = tuple(
-    tuple(tuple(stage) for stage in sub)
-    for sub in T.AutoAugment(AutoAugmentPolicy.CIFAR10).policies
-)
+#: AutoAugment's CIFAR-10 policy: 25 sub-policies of two ``(op, p, bin)`` stages (``bin`` None
+#: for ops without magnitude), shared by both ``data.autoaugment`` policies.
+CIFAR10_POLICY: tuple = CIFAR10_SUB_POLICIES
 _POL_OP = np.array([[_OP_CODE[s[0]] for s in sub] for sub in CIFAR10_POLICY], dtype=np.int64)
-#: apply probabilities as float32, since torchvision compares ``float32 rand <= p``
-_POL_P = np.array([[s[1] for s in sub] for sub in CIFAR10_POLICY], dtype=np.float32)
 _POL_BIN = np.array([[-1 if s[2] is None else s[2] for s in sub] for sub in CIFAR10_POLICY],
                     dtype=np.int64)
+#: apply probabilities: torchvision compares ``float32 rand <= p`` in float32; the reference
+#: policy applies a stage when a float64 uniform draw is below ``p``
+_POL_P = {
+    "torchvision": np.array([[s[1] for s in sub] for sub in CIFAR10_POLICY], dtype=np.float32),
+    "reference": np.array([[s[1] for s in sub] for sub in CIFAR10_POLICY], dtype=np.float64),
+}
 
 
 def autoaugment_magnitudes(height: int, width: int, num_bins: int = 10) -> dict[str, tuple[np.ndarray, bool]]:
@@ -321,6 +323,79 @@ def translate_y(x: Tensor, magnitude: Tensor, fill: float = 128.0) -> Tensor:
 def rotate(x: Tensor, angle: Tensor, fill: float = 128.0) -> Tensor:
     """``Image.rotate(angle)`` (degrees, counter-clockwise, about (W/2, H/2)), nearest, fill."""
     return _geometric("Rotate", x, angle, fill)
+
+
+def reference_affine_matrix(op: str, value: Tensor, height: int, width: int) -> Tensor:
+    """The inverse affine matrices ``(n, 6)`` float64 of the reference policy's geometric ops
+    (:func:`~dbm_ltr.data.autoaugment.reference_op`) for signed values ``value``.
+
+    Shears: ``(1, v, 0, 0, 1, 0)`` / ``(1, 0, 0, v, 1, 0)``, for :func:`affine_bicubic`.
+    Translations: Pillow samples ``x + v`` with nearest rounding on its float path
+    (``floor(x + 0.5 + v)``), which is the whole-pixel shift ``floor(v + 0.5)`` of the
+    returned matrix, for :func:`affine_nearest`. ``Rotate``: ``Image.rotate(v)``, as
+    :func:`pil_affine_matrix`.
+    """
+    v = value.to(torch.float64).reshape(-1)
+    one, zero = torch.ones_like(v), torch.zeros_like(v)
+    if op == "ShearX":
+        return torch.stack([one, v, zero, zero, one, zero], 1)
+    if op == "ShearY":
+        return torch.stack([one, zero, zero, v, one, zero], 1)
+    if op == "TranslateX":
+        return torch.stack([one, zero, torch.floor(v + 0.5), zero, one, zero], 1)
+    if op == "TranslateY":
+        return torch.stack([one, zero, zero, zero, one, torch.floor(v + 0.5)], 1)
+    if op == "Rotate":
+        return pil_affine_matrix("Rotate", v, height, width)
+    raise ValueError(f"not a geometric AutoAugment op: {op!r}; use one of {_GEOMETRIC}")
+
+
+def _cubic(a: Tensor, b: Tensor, c: Tensor, d: Tensor, t: Tensor) -> Tensor:
+    """Pillow's ``BICUBIC`` macro (``Geometry.c``, a = -1 cubic through b and c), evaluated in
+    double in the same order: ``b + t (p2 + t (p3 + t p4))``."""
+    p2 = -a + c
+    p3 = 2 * (a - b) + c - d
+    p4 = -a + b - c + d
+    return b + t * (p2 + t * (p3 + t * p4))
+
+
+def affine_bicubic(x: Tensor, matrix: Tensor, fill: float = 128.0) -> Tensor:
+    """Pillow's ``Image.transform(size, AFFINE, matrix, BICUBIC, fillcolor=fill)`` per image.
+
+    ``x`` ``(n, C, H, W)`` float in [0, 255]; ``matrix`` ``(n, 6)`` inverse matrices. Output
+    pixel ``(X, Y)`` samples ``(a (X+.5) + b (Y+.5) + c, d (X+.5) + e (Y+.5) + f)`` (double);
+    outside ``[0, W) x [0, H)`` it keeps ``fill``. Inside, the 4 x 4 taps around the sample
+    (columns clamped to the image; a row above the image is clamped, a row below it repeats
+    the row interpolated before it, as ``BICUBIC_BODY``) are interpolated along x, then y,
+    and the result is clipped to [0, 255] and truncated.
+    """
+    _check_float_batch(x, "affine_bicubic", channels=None)
+    n, ch, h, w = x.shape
+    dev = x.device
+    a, b, c, d, e, f = (v.reshape(n, 1, 1) for v in matrix.to(dev, torch.float64).unbind(1))
+    xs = (torch.arange(w, device=dev, dtype=torch.float64) + 0.5).view(1, 1, w)
+    ys = (torch.arange(h, device=dev, dtype=torch.float64) + 0.5).view(1, h, 1)
+    xx = a * xs + b * ys + c
+    yy = d * xs + e * ys + f
+    inside = (xx >= 0) & (xx < w) & (yy >= 0) & (yy < h)
+    fx, fy = torch.floor(xx - 0.5), torch.floor(yy - 0.5)
+    dx, dy = (xx - 0.5 - fx).unsqueeze(1), (yy - 0.5 - fy).unsqueeze(1)
+    x0, y0 = fx.to(torch.int64) - 1, fy.to(torch.int64) - 1
+    cols = [(x0 + k).clamp(0, w - 1) for k in range(4)]
+    flat = x.to(torch.float64).reshape(n, ch, h * w)
+
+    def along_x(row: Tensor) -> Tensor:
+        taps = [flat.gather(2, (row * w + col).view(n, 1, h * w).expand(n, ch, h * w)).view(n, ch, h, w)
+                for col in cols]
+        return _cubic(*taps, dx)
+
+    rows = [along_x(y0.clamp(0, h - 1))]
+    for k in range(1, 4):
+        in_image = ((y0 + k >= 0) & (y0 + k < h)).unsqueeze(1)
+        rows.append(torch.where(in_image, along_x((y0 + k).clamp(0, h - 1)), rows[-1]))
+    v = _cubic(*rows, dy)
+    out = torch.where(v <= 0, 0.0, torch.where(v >= 255, 255.0, torch.trunc(v)))
+    return torch.where(inside.unsqueeze(1), out, float(fill)).to(x.dtype)
 
 
 # --------------------------------------------------------------------------------------------
@@ -759,9 +834,10 @@ class CifarTrainParams:
     """Host-side draws of the ``cifar`` recipe for a batch of ``B`` images (numpy arrays).
 
     ``crop`` (B, 2) offsets (top, left) in the padded image; ``flip`` (B,); ``sub_policy``
-    (B,) in 0..24; ``probs`` (B, 2) float32 apply draws; ``signs`` (B, 2) (0 = negative);
-    ``cutout`` (B, 2) hole centres (y, x).  Derived: ``ops`` (B, 2) op codes into
-    :data:`AUTOAUGMENT_OPS`, ``applied`` (B, 2), ``magnitudes`` (B, 2) signed.
+    (B,) in 0..24; ``probs`` (B, 2) apply draws (float32 for the torchvision policy, float64
+    for the reference one); ``signs`` (B, 2) (0 = negative); ``cutout`` (B, 2) hole centres
+    (y, x); ``policy``: ``"reference"`` or ``"torchvision"``.  Derived: ``ops`` (B, 2) op codes
+    into :data:`AUTOAUGMENT_OPS`, ``applied`` (B, 2), ``magnitudes`` (B, 2) signed.
     """
 
     crop: np.ndarray
@@ -772,6 +848,7 @@ class CifarTrainParams:
     cutout: np.ndarray
     height: int
     width: int
+    policy: str = "reference"
 
     @property
     def ops(self) -> np.ndarray:
@@ -779,12 +856,19 @@ class CifarTrainParams:
 
     @property
     def applied(self) -> np.ndarray:
-        """torchvision's ``probs[i] <= p`` with both sides float32."""
-        return self.probs <= _POL_P[self.sub_policy]
+        """torchvision's ``probs[i] <= p`` with both sides float32; the reference policy's
+        ``probs[i] < p`` in float64."""
+        p = _POL_P[self.policy][self.sub_policy]
+        return self.probs <= p if self.policy == "torchvision" else self.probs < p
 
     @property
     def magnitudes(self) -> np.ndarray:
-        table = autoaugment_magnitudes(self.height, self.width)
+        """Signed values: torchvision's magnitudes (:func:`autoaugment_magnitudes`) or the
+        reference policy's (:func:`~dbm_ltr.data.autoaugment.reference_magnitudes`)."""
+        if self.policy == "torchvision":
+            table = autoaugment_magnitudes(self.height, self.width)
+        else:
+            table = reference_magnitudes(self.height, self.width)
         ops, bins = self.ops, _POL_BIN[self.sub_policy]
         out = np.zeros(ops.shape, dtype=np.float64)
         for code, name in enumerate(AUTOAUGMENT_OPS):
@@ -797,6 +881,22 @@ class CifarTrainParams:
                 vals = np.where(self.signs[sel] == 0, -vals, vals)
             out[sel] = vals
         return out
+
+    def geometric_matrices(self, stage: int, index: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """``(inverse affine matrices (k, 6) float64, bicubic (k,) bool)`` of the geometric
+        ops of ``stage`` for the images ``index``: torchvision's nearest-neighbour matrices
+        (:func:`pil_affine_matrix`), or the reference policy's (:func:`reference_affine_matrix`;
+        its shears resample bicubic)."""
+        ops, mags = self.ops[index, stage], self.magnitudes[index, stage]
+        mats = np.zeros((len(index), 6), dtype=np.float64)
+        bicubic = np.zeros(len(index), dtype=bool)
+        build = pil_affine_matrix if self.policy == "torchvision" else reference_affine_matrix
+        for name in _GEOMETRIC:
+            sel = ops == _OP_CODE[name]
+            if sel.any():
+                mats[sel] = build(name, torch.from_numpy(mags[sel]), self.height, self.width).numpy()
+                bicubic[sel] = self.policy == "reference" and name in ("ShearX", "ShearY")
+        return mats, bicubic
 
 
 class _SampledRecipe:
@@ -817,10 +917,15 @@ class _SampledRecipe:
 
 class BatchCifarTrain(_SampledRecipe):
     """The ``cifar`` recipe on a uint8 batch: RandomCrop(pad 4) -> HFlip -> AutoAugment
-    (CIFAR10 policy, per-image sub-policy) -> ToTensor -> Cutout -> Normalize."""
+    (CIFAR10 policy, per-image sub-policy; ``autoaugment``: ``"reference"`` or
+    ``"torchvision"``, see :mod:`.autoaugment`) -> ToTensor -> Cutout -> Normalize."""
 
     def __init__(self, cutout: int = 16, mean: Sequence[float] = CIFAR_MEAN,
-                 std: Sequence[float] = CIFAR_STD, padding: int = 4, fill: float = 128.0) -> None:
+                 std: Sequence[float] = CIFAR_STD, padding: int = 4, fill: float = 128.0,
+                 autoaugment: str = "reference") -> None:
+        if autoaugment not in AUTOAUGMENT_POLICIES:
+            raise ValueError(f"unknown AutoAugment policy {autoaugment!r}; choose one of "
+                             f"{', '.join(AUTOAUGMENT_POLICIES)}")
         if isinstance(cutout, bool) or not isinstance(cutout, int) or cutout < 0:
             raise ValueError(f"cutout must be a non-negative integer (0 = off), got {cutout!r}")
         if isinstance(padding, bool) or not isinstance(padding, int) or padding < 0:
@@ -828,6 +933,7 @@ class BatchCifarTrain(_SampledRecipe):
         self.cutout = cutout
         self.padding = padding
         self.fill = float(fill)
+        self.autoaugment = autoaugment
         self.mean, self.std = _stats(mean, std)
 
     def sample(self, batch: int, height: int, width: int, generator: torch.Generator) -> CifarTrainParams:
@@ -836,14 +942,15 @@ class BatchCifarTrain(_SampledRecipe):
         crop = torch.randint(0, 2 * self.padding + 1, (batch, 2), generator=g)
         flip = torch.rand(batch, generator=g) < 0.5
         sub = torch.randint(0, len(CIFAR10_POLICY), (batch,), generator=g)
-        probs = torch.rand(batch, 2, generator=g)
+        dtype = torch.float32 if self.autoaugment == "torchvision" else torch.float64
+        probs = torch.rand(batch, 2, generator=g, dtype=dtype)
         signs = torch.randint(0, 2, (batch, 2), generator=g)
         cy = torch.randint(0, height, (batch,), generator=g)
         cx = torch.randint(0, width, (batch,), generator=g)
         return CifarTrainParams(
             crop=crop.numpy(), flip=flip.numpy(), sub_policy=sub.numpy(), probs=probs.numpy(),
             signs=signs.numpy(), cutout=np.stack([cy.numpy(), cx.numpy()], 1),
-            height=height, width=width)
+            height=height, width=width, policy=self.autoaugment)
 
     def _plan(self, p: CifarTrainParams) -> tuple[_Pack, list]:
         pack = _Pack()
@@ -858,16 +965,17 @@ class BatchCifarTrain(_SampledRecipe):
             op_s, app_s, mag_s = ops[:, stage], applied[:, stage], mags[:, stage]
             geo = np.flatnonzero(app_s & np.isin(op_s, _GEOMETRIC_CODES))
             if geo.size:
-                mats = np.zeros((geo.size, 6), dtype=np.float64)
-                for name in _GEOMETRIC:
-                    sel = op_s[geo] == _OP_CODE[name]
-                    if sel.any():
-                        m = torch.from_numpy(mag_s[geo][sel])
-                        mats[sel] = pil_affine_matrix(name, m, p.height, p.width).numpy()
-                key = f"s{stage}_geo"
-                pack.add(key + "_idx", geo, "i")
-                pack.add(key + "_fix", _fixed_point(torch.from_numpy(mats)).numpy(), "i")
-                steps.append(("geometric", key))
+                mats, bicubic = p.geometric_matrices(stage, geo)
+                if (~bicubic).any():
+                    key = f"s{stage}_geo"
+                    pack.add(key + "_idx", geo[~bicubic], "i")
+                    pack.add(key + "_fix", _fixed_point(torch.from_numpy(mats[~bicubic])).numpy(), "i")
+                    steps.append(("geometric", key))
+                if bicubic.any():  # float64 matrices travel as their bits in the int64 buffer
+                    key = f"s{stage}_bicubic"
+                    pack.add(key + "_idx", geo[bicubic], "i")
+                    pack.add(key + "_mat", np.ascontiguousarray(mats[bicubic]).view(np.int64), "i")
+                    steps.append(("bicubic", key))
             for name in AUTOAUGMENT_OPS:
                 if name in _GEOMETRIC:
                     continue
@@ -892,6 +1000,17 @@ class BatchCifarTrain(_SampledRecipe):
 
     def apply(self, images: Tensor, params: CifarTrainParams) -> Tensor:
         """Apply the recipe with given host parameters (see :meth:`sample`)."""
+        x, dev = self._augment(images, params)
+        if self.cutout > 0:
+            x = cutout(x, dev["cutout"], self.cutout)
+        return normalize(to_unit(x), dev["mean"], dev["std"])
+
+    def pixels(self, images: Tensor, params: CifarTrainParams) -> Tensor:
+        """Crop, flip and AutoAugment only: the float32 pixel values in [0, 255] before
+        Cutout and normalisation (for statistics of the policy)."""
+        return self._augment(images, params)[0]
+
+    def _augment(self, images: Tensor, params: CifarTrainParams) -> tuple[Tensor, dict[str, Tensor]]:
         pack, steps = self._plan(params)
         dev = pack.to(images.device)
         x = pad_crop(images.to(torch.float32), dev["crop"], self.padding, flip=dev["flip"])
@@ -900,19 +1019,19 @@ class BatchCifarTrain(_SampledRecipe):
             sub = x.index_select(0, idx)
             if name == "geometric":
                 sub = _affine_fixed(sub, dev[key + "_fix"], self.fill)
+            elif name == "bicubic":
+                sub = affine_bicubic(sub, dev[key + "_mat"].view(torch.float64), self.fill)
             elif name in self._POINT_OPS:
                 sub = self._POINT_OPS[name](sub, dev[key + "_arg"])
             else:
                 sub = self._PLAIN_OPS[name](sub)
             x = x.index_copy(0, idx, sub)
-        if self.cutout > 0:
-            x = cutout(x, dev["cutout"], self.cutout)
-        return normalize(to_unit(x), dev["mean"], dev["std"])
+        return x, dev
 
     def __repr__(self) -> str:
         return (f"{type(self).__name__}(crop pad {self.padding} -> hflip -> AutoAugment(CIFAR10, "
-                f"fill={self.fill:g}) -> cutout={self.cutout} -> normalize(mean={self.mean}, "
-                f"std={self.std}))")
+                f"{self.autoaugment}, fill={self.fill:g}) -> cutout={self.cutout} -> "
+                f"normalize(mean={self.mean}, std={self.std}))")
 
 
 # --------------------------------------------------------------------------------------------
@@ -1097,7 +1216,8 @@ BATCH_RECIPES.register("cifar_test", BatchCifarTest)
 
 def create_batch_recipe(name: str, **kwargs):
     """A fresh batch recipe registered as ``name`` (``cifar``, ``cifar_contrastive``,
-    ``cifar_test``); ``kwargs`` go to its factory (``mean``, ``std``; ``cifar``: ``cutout``)."""
+    ``cifar_test``); ``kwargs`` go to its factory (``mean``, ``std``; ``cifar``: ``cutout``,
+    ``autoaugment``)."""
     return BATCH_RECIPES.lookup(name)(**kwargs)
 
 

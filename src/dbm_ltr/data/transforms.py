@@ -2,7 +2,8 @@
 the BCL / NCL code.
 
 * ``cifar``: RandomCrop(32, pad 4, zero fill) -> HFlip -> AutoAugment(CIFAR10, fill 128)
-  -> ToTensor -> Cutout(16) -> Normalize.
+  -> ToTensor -> Cutout(16) -> Normalize. ``autoaugment``: the DBM code's per-image policy
+  (``"reference"``, default) or torchvision's (``"torchvision"``), see :mod:`.autoaugment`.
 * ``cifar_contrastive`` (SimCLR-style view): RandomResizedCrop(32, scale 0.2-1) -> HFlip
   -> ColorJitter(0.4, 0.4, 0.4, 0.1) with p 0.8 -> Grayscale p 0.2
   -> Gaussian blur (PIL's filter, sigma uniform in 0.1-2) with p 0.5 -> ToTensor -> Normalize,
@@ -43,9 +44,9 @@ from typing import Any, Callable, Optional, Sequence
 import torch
 from PIL import Image, ImageFilter
 from torchvision import transforms as T
-from torchvision.transforms import AutoAugmentPolicy
 
 from ..registry import Registry
+from .autoaugment import autoaugment_transform
 from .fastjpeg import NormalizeToFloat, RandomResizedCropDecode, ResizeCenterCropDecode, ToPILImage
 from .randaugment import rand_augment
 
@@ -191,12 +192,15 @@ def cifar_train_transform(
     cutout: int = 16,
     mean: Sequence[float] = CIFAR_MEAN,
     std: Sequence[float] = CIFAR_STD,
+    autoaugment: str = "reference",
 ) -> T.Compose:
-    """Regular CIFAR recipe (LDAM-DRW / DBM code); input a PIL image, output a normalised 3x32x32 tensor."""
+    """Regular CIFAR recipe (LDAM-DRW / DBM code); input a PIL image, output a normalised
+    3x32x32 tensor. ``autoaugment``: ``"reference"`` (the DBM code's policy) or
+    ``"torchvision"``."""
     return T.Compose([
         T.RandomCrop(32, padding=4),
         T.RandomHorizontalFlip(),
-        T.AutoAugment(AutoAugmentPolicy.CIFAR10, fill=128),
+        autoaugment_transform(autoaugment, fill=128),
         T.ToTensor(),
         Cutout(cutout),
         T.Normalize(mean, std),

@@ -19,6 +19,7 @@ from typing import Any, Callable, get_type_hints
 import yaml
 
 from ..data import DATASET_INFO, list_transforms
+from ..data.autoaugment import AUTOAUGMENT_POLICIES
 from ..errors import ConfigError
 from ..losses import loss_parameters
 from ..methods import method_parameters
@@ -35,11 +36,13 @@ __all__ = [
     "OptimConfig",
     "TrainConfig",
     "apply_overrides",
+    "LEGACY_VALUES",
     "flatten_config",
     "load_config",
     "preset_dir",
     "resolve_override_key",
     "resolve_config_path",
+    "saved_config",
 ]
 
 
@@ -63,6 +66,9 @@ class DataConfig:
     seed: int = setting(0, "selection of the long-tailed subset (0: the standard split of LDAM-DRW)")
     download: bool = setting(False, "CIFAR: download with torchvision when no local copy is found (needs internet)")
     augment: str = setting("", "training transform by name; empty: the data set's regular recipe")
+    autoaugment: str = setting("reference", "AutoAugment policy of the CIFAR recipe: reference (the DBM code's "
+                               "per-image CIFAR-10 policy) | torchvision (torchvision's AutoAugment); runs saved "
+                               "before this setting existed used torchvision")
     pipeline: str = setting("auto", "auto | loader | device: augment in DataLoader workers with PIL, or as "
                             "whole batches on the training device (auto: device where batched recipes exist)")
     workers: int = setting(-1, "DataLoader processes; -1: one per available CPU core, at most 4")
@@ -345,6 +351,8 @@ def _check_values(config: Config) -> None:
         (d.limit >= 0, f"data.limit must be >= 0 (0: the whole training split), got {d.limit}"),
         (d.image_size >= 0, f"data.image_size must be >= 0 (0: the recipe's 224), got {d.image_size}"),
         (d.pipeline in ("auto", "loader", "device"), f"data.pipeline must be auto, loader or device, got {d.pipeline!r}"),
+        (d.autoaugment in AUTOAUGMENT_POLICIES,
+         f"data.autoaugment must be one of {', '.join(AUTOAUGMENT_POLICIES)}, got {d.autoaugment!r}"),
         (t.eval_every >= 0, f"train.eval_every must be >= 0, got {t.eval_every}"),
         (t.nan_policy in ("stop", "skip"), f"train.nan_policy must be stop or skip, got {t.nan_policy!r}"),
         (t.compile_mode in COMPILE_MODES,
@@ -363,6 +371,27 @@ def _check_values(config: Config) -> None:
             continue
         if value not in valid:
             raise ConfigError(f"{key}: unknown {value!r}{_suggest(value, valid)}; valid: {', '.join(valid)}")
+
+
+#: Settings added after runs had been saved, whose default is not what those runs trained with:
+#: a saved config (``config.yaml``, a checkpoint's) that lacks one trained with this value.
+LEGACY_VALUES: dict[str, Any] = {"data.autoaugment": "torchvision"}
+
+
+def saved_config(values: Any) -> Any:
+    """A config as a run saved it, with each setting of :data:`LEGACY_VALUES` that it predates
+    set to the value it trained with (a copy; anything but a mapping is returned as is)."""
+    if not isinstance(values, dict):
+        return values
+    values = copy.deepcopy(values)
+    for key, value in LEGACY_VALUES.items():
+        *sections, leaf = key.split(".")
+        node = values
+        for part in sections:
+            node = node.get(part) if isinstance(node, dict) else None
+        if isinstance(node, dict) and leaf not in node:
+            node[leaf] = value
+    return values
 
 
 def _parse_override(item: str) -> tuple[str, Any]:

@@ -19,6 +19,7 @@ batch. The evaluation set follows the same choice.
 
 from __future__ import annotations
 
+import inspect
 import random
 from typing import Iterator, Sequence
 
@@ -152,7 +153,8 @@ class SeededSamples(Dataset):
 class DeviceBatches:
     """Training batches augmented on the device.
 
-    ``recipe_names`` names one batched recipe per view; a batch is ``(view, targets)`` for one
+    ``recipe_names`` names one batched recipe per view (``autoaugment``: the policy of those
+    that have AutoAugment, see :mod:`dbm_ltr.data.autoaugment`); a batch is ``(view, targets)`` for one
     view and ``([view_1, ...], targets)`` for several, like the loader with ``MultiView``; with
     ``with_indices`` the samples' positions in the data set follow as a third item.
 
@@ -172,12 +174,17 @@ class DeviceBatches:
         device: torch.device,
         with_indices: bool = False,
         chunk_images: int = 2048,
+        autoaugment: str = "reference",
     ) -> None:
         if batch_size < 1 or chunk_images < 1:
             raise ValueError(f"batch_size and chunk_images must be >= 1, got {batch_size} and {chunk_images}")
         self.dataset = dataset
         self.images, self.targets = _images_tensor(dataset, device)
-        self.recipes = [create_batch_recipe(name) for name in recipe_names]
+        self.recipes = [
+            create_batch_recipe(name, **({"autoaugment": autoaugment} if "autoaugment" in inspect.signature(
+                BATCH_RECIPES.lookup(name)).parameters else {}))
+            for name in recipe_names
+        ]
         self.batch_size = batch_size
         self.chunk_batches = max(1, chunk_images // batch_size)
         self.device = device

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from .checkpoint import CHECKPOINT, CheckpointError, temporary_file
-from .config import ConfigError, config_from_dict, flatten_config
+from .config import ConfigError, config_from_dict, flatten_config, saved_config
 
 __all__ = [
     "CHECKPOINT",
@@ -36,6 +36,7 @@ __all__ = [
     "METRICS",
     "OUTPUT",
     "PER_CLASS_PLOT",
+    "RECIPE_REVISIONS",
     "RESUMABLE_DIFFERENCES",
     "TENSORBOARD",
     "RunLock",
@@ -43,6 +44,7 @@ __all__ = [
     "environment",
     "foreign_files",
     "is_run_dir",
+    "recipe_revisions",
     "write_json",
     "write_log",
 ]
@@ -64,17 +66,41 @@ RESUMABLE_DIFFERENCES = frozenset({
 })
 
 
+#: Revisions of the presets' recipe, ``setting: (old value, new value)``. A run started with the
+#: old value continues with it when it is resumed from the revised preset (``dbm-ltr train
+#: --config PRESET --resume``, ``reproduce``): the difference is named, not refused.
+RECIPE_REVISIONS: dict[str, tuple[Any, Any]] = {
+    "optim.schedule": ("cosine", "cosine_reference"),
+    "data.autoaugment": ("torchvision", "reference"),
+}
+
+
+def _flat_pair(saved: dict, now: dict) -> tuple[dict, dict]:
+    return flatten_config(_with_defaults(saved_config(saved))), flatten_config(_with_defaults(now))
+
+
 def config_differences(saved: dict, now: dict) -> list[tuple[str, Any, Any]]:
     """``(key, saved value, current value)`` for every setting (dotted key) that differs
-    between two resolved configs and that a resumed run may not change."""
-    old, new = flatten_config(_with_defaults(saved)), flatten_config(_with_defaults(now))
+    between a run's saved config and a resolved config, and that a resumed run may not change
+    (neither a resumable setting nor a recipe revision, :data:`RECIPE_REVISIONS`)."""
+    old, new = _flat_pair(saved, now)
     return [(k, old.get(k), new.get(k)) for k in sorted(set(old) | set(new))
-            if k not in RESUMABLE_DIFFERENCES and old.get(k) != new.get(k)]
+            if k not in RESUMABLE_DIFFERENCES and old.get(k) != new.get(k)
+            and RECIPE_REVISIONS.get(k) != (old.get(k), new.get(k))]
+
+
+def recipe_revisions(saved: dict, now: dict) -> list[tuple[str, Any, Any]]:
+    """``(key, saved value, current value)`` for each recipe revision between a run's saved
+    config and a resolved config: the run keeps its saved value."""
+    old, new = _flat_pair(saved, now)
+    return [(k, old.get(k), new.get(k)) for k in RECIPE_REVISIONS
+            if old.get(k) != new.get(k) and RECIPE_REVISIONS[k] == (old.get(k), new.get(k))]
 
 
 def _with_defaults(values: dict) -> dict:
     """``values`` with every setting it lacks at its default (a run written before a setting
-    existed trained with its default)."""
+    existed trained with its default, or with its value in
+    :data:`~dbm_ltr.engine.config.LEGACY_VALUES`, which :func:`saved_config` fills in first)."""
     try:
         return config_from_dict(values, check_values=False).to_dict()
     except (ConfigError, TypeError):

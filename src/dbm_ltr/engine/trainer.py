@@ -21,7 +21,7 @@ import threading
 import time
 from contextlib import nullcontext
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Mapping
 
 import numpy as np
 import torch
@@ -54,7 +54,8 @@ from .checkpoint import (
     restore_rng,
     save_checkpoint,
 )
-from .config import Config, ConfigError, DataConfig, TrainConfig, apply_overrides, config_from_dict, save_config
+from .config import (Config, ConfigError, DataConfig, TrainConfig, apply_overrides, config_from_dict,
+                     save_config, saved_config)
 from .distributed import DistInfo, available_cores, init_distributed, loader_workers, pick_device
 from .pipeline import DeviceBatches, EvalBatches, SeededSamples, resolve_pipeline, to_device, transform_names
 from .rundir import (
@@ -69,6 +70,7 @@ from .rundir import (
     environment,
     foreign_files,
     is_run_dir,
+    recipe_revisions,
     write_json,
     write_log,
 )
@@ -127,11 +129,10 @@ def transform(config: Config, name: str, defer_normalize: bool = False):
     ``defer_normalize``: recipes that can leave their normalisation to the batch
     (:func:`~dbm_ltr.data.batch_normalizer`) do."""
     size = config.data.image_size
-    try:
-        accepted = inspect.signature(TRANSFORMS.lookup(name)).parameters
-    except (TypeError, ValueError):  # a registered factory without an inspectable signature
-        accepted = {}
+    accepted = factory_parameters(TRANSFORMS.lookup(name))
     options = {"defer_normalize": True} if defer_normalize and "defer_normalize" in accepted else {}
+    if "autoaugment" in accepted:
+        options["autoaugment"] = config.data.autoaugment
     if not size:
         return build_transform(name, **options)
     sizes = {k: v for k, v in (("size", size), ("crop", size), ("resize", round(size * 256 / 224)))
@@ -142,9 +143,23 @@ def transform(config: Config, name: str, defer_normalize: bool = False):
     return build_transform(name, **options, **sizes)
 
 
+def factory_parameters(factory) -> Mapping[str, inspect.Parameter]:
+    """The keyword parameters a registered transform or batch-recipe factory accepts."""
+    try:
+        return inspect.signature(factory).parameters
+    except (TypeError, ValueError):  # a registered factory without an inspectable signature
+        return {}
+
+
 def view_transform(config: Config, views: tuple[str, ...], defer_normalize: bool = False):
     """The training transform for a method's views: one transform, or ``MultiView``."""
-    transforms = [transform(config, n, defer_normalize) for n in transform_names(config, views)]
+    names = transform_names(config, views)
+    if config.data.autoaugment != DataConfig.autoaugment and not any(
+            "autoaugment" in factory_parameters(TRANSFORMS.lookup(n)) for n in names):
+        raise ConfigError(f"data.autoaugment: the training transform(s) {', '.join(names)} of "
+                          f"{config.data.name} have no AutoAugment; leave data.autoaugment at "
+                          f"{DataConfig.autoaugment}")
+    transforms = [transform(config, n, defer_normalize) for n in names]
     return transforms[0] if len(transforms) == 1 else MultiView(transforms)
 
 
@@ -227,7 +242,7 @@ def restore_method(
     missing = [k for k in ("config", "method", "cls_num_list", "epoch") if k not in state]
     if missing:
         raise CheckpointError(f"{source} lacks {', '.join(missing)}; it was not written by dbm-ltr train")
-    config = config_from_dict(apply_overrides(state["config"], list(overrides)))
+    config = config_from_dict(apply_overrides(saved_config(state["config"]), list(overrides)))
     root = Path(config.data.root)
     if run_dir is not None and not root.is_absolute() and not root.exists() and (Path(run_dir) / root).exists():
         config.data.root = str(Path(run_dir) / root)
@@ -405,7 +420,7 @@ class Trainer:
         if self.pipeline == "device":
             self.device_batches = DeviceBatches(
                 self.train_set, transform_names(config, views), o.batch_size // self.dist.world_size, self.device,
-                with_indices=self.method.uses_indices,
+                with_indices=self.method.uses_indices, autoaugment=d.autoaugment,
             )
         self.eval_batches = EvalBatches(
             self.test_set, DATASET_INFO[d.name]["test_transform"], d.eval_batch_size, self.device,
@@ -465,13 +480,22 @@ class Trainer:
         state, warning = load_latest(path)
         if warning:
             self.log(f"warning: {warning}")
-        diff = config_differences(state.get("config", {}), self.config.to_dict())
+        saved = state.get("config", {})
+        diff = config_differences(saved, self.config.to_dict())
         if diff:
             shown = "; ".join(f"{k}: checkpoint {a!r}, now {b!r}" for k, a, b in diff[:4])
             raise CheckpointError(
                 f"the checkpoint in {self.run_dir} was trained with a different config ({shown}); "
                 f"resume with the run's own config ({self.run_dir / CONFIG}) or start a new --out"
             )
+        revised = recipe_revisions(saved, self.config.to_dict())
+        for key, old, _ in revised:  # the run goes on with the recipe it started with
+            section, leaf = key.split(".")
+            setattr(getattr(self.config, section), leaf, old)
+        if revised:
+            shown = ", ".join(f"{k} {a!r} (now {b!r})" for k, a, b in revised)
+            self.log(f"note: {self.run_dir} was started before its preset's recipe was revised; it "
+                     f"continues with its own: {shown}")
         return state
 
     def _restore(self, state: dict) -> None:

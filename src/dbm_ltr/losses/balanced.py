@@ -68,13 +68,14 @@ def class_balanced_weights(
     else:
         w = -(1.0 - beta) / torch.expm1(counts * math.log(beta))
     w = w * (counts.numel() / w.sum())
-    return w.float()
+    return w.to(torch.get_default_dtype())
 
 
 def log_prior(cls_num_list: Sequence[int] | torch.Tensor) -> torch.Tensor:
-    """Per-class log prior ``log(n_c / N)`` as float32 (the balanced-softmax offset)."""
+    """Per-class log prior ``log(n_c / N)`` (the balanced-softmax offset), computed in float64
+    and returned in the default dtype (float32 unless set otherwise)."""
     counts = class_counts(cls_num_list)
-    return (counts / counts.sum()).log().float()
+    return (counts / counts.sum()).log().to(torch.get_default_dtype())
 
 
 def drw_phase(epoch: int, drw_epoch: int) -> int:
@@ -201,7 +202,9 @@ class BalancedLoss(nn.Module):
     ) -> torch.Tensor:
         check_logits_and_target(logits, target, self.num_classes)
         if self.logit_offset is not None:
-            logits = logits.float() + self.logit_offset
+            if logits.dtype not in (torch.float32, torch.float64):  # float16/bfloat16 under autocast
+                logits = logits.float()
+            logits = logits + self.logit_offset
         return self.cross_entropy(logits, target, epoch)
 
     def extra_repr(self) -> str:

@@ -21,10 +21,11 @@ __all__ = ["LDAMLoss", "ldam_margins"]
 
 
 def ldam_margins(cls_num_list: Sequence[int] | torch.Tensor, max_margin: float = 0.5) -> torch.Tensor:
-    """Per-class LDAM margins ``M (n_min / n_c)^(1/4)`` (rarest class gets ``M``), float32."""
+    """Per-class LDAM margins ``M (n_min / n_c)^(1/4)`` (rarest class gets ``M``), computed in
+    float64 and returned in the default dtype (float32 unless set otherwise)."""
     _check_margin_args(max_margin, 0.25)
     counts = class_counts(cls_num_list)
-    return (max_margin * (counts.min() / counts) ** 0.25).float()
+    return (max_margin * (counts.min() / counts) ** 0.25).to(torch.get_default_dtype())
 
 
 class LDAMLoss(MarginLoss):

@@ -53,7 +53,8 @@ def class_margins(
     tau: float = 1.0,
     reference: str = "min",
 ) -> torch.Tensor:
-    r"""Class-wise margins ``m_C(c) = K (n_c / n_ref)^{-tau}`` as a float32 tensor.
+    r"""Class-wise margins ``m_C(c) = K (n_c / n_ref)^{-tau}``, computed in float64 and returned
+    in the default dtype (float32 unless set otherwise: a float64 model gets float64 margins).
 
     Args:
         cls_num_list: training images per class, in label order (any order of frequencies).
@@ -81,7 +82,7 @@ def class_margins(
             )
     else:
         raise ValueError(f"unknown margin reference {reference!r}; choose 'min' or 'last'")
-    return (max_margin * (counts / ref) ** (-tau)).float()
+    return (max_margin * (counts / ref) ** (-tau)).to(torch.get_default_dtype())
 
 
 def _check_margin_args(max_margin: float, tau: float) -> None:

@@ -1,0 +1,574 @@
+"""Parity of this library with the DBM authors' CIFAR code, checked by running both.
+
+    python scripts/parity_official.py --official DIR                      # the Table 2 rows
+    python scripts/parity_official.py --official DIR --rows ce,dbm_ce --steps 6
+    python scripts/parity_official.py --official DIR --augment --data ../shared/data
+
+``DIR`` is the ``cifar/`` folder of a checkout of the authors' repository
+(github.com/quotation2520/dbm_ltr, commit 3b56b97). This project ships none of it: the script
+imports its modules (``models``, ``losses``, ``utils``, ``aug``) from ``DIR`` and runs them on
+the CPU, with shims for their ``.cuda()`` calls (tensors and modules stay on the CPU, in the
+working precision); their logic is not edited.
+
+**Training steps** (per row). Our preset as shipped (``cifar10_lt/<row>`` by default) and
+their code with the row's command-line flags (their README's) are built in float64; our
+initial weights are copied into their model; then both take the same steps on the same fixed
+batches (random images, labels drawn with the long-tailed class frequencies), each step at an
+epoch chosen to cover the warm-up, the start and middle of the cosine phase, both sides of the
+DRW switch and the last epochs: the learning rate, the loss (and its DRW weights) are those of
+that epoch. Printed per row: the largest learning-rate difference, the largest loss difference,
+the step-0 gradient difference and the parameter (and BatchNorm statistics) difference after
+the last step, beside a rounding yardstick: their code against a channels-last copy of itself,
+which computes the same in another order. A row is ``equal`` when each of ours is at most
+``--tolerance`` times the yardstick (and the learning rates agree to 1e-12), else ``DIFFERS``:
+a finding, not something the script hides.
+
+**Augmentation** (``--augment``): their per-image AutoAugment policy (``aug/autoaug.py``)
+against ours, (1) op by op: every sub-policy with both stages applied and each sign, on the
+same images, through their code, our per-image policy and our batched twin (largest pixel
+difference); (2) statistics of ``--images`` augmented training images (crop, flip and policy):
+the fraction of fill-grey pixels and the channel means and standard deviations, two draws of
+theirs beside each of our pipelines (and torchvision's policy, for comparison).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import copy
+import importlib
+import io
+import math
+import random
+import sys
+import time
+import types
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from dbm_ltr.data.autoaugment import CIFAR10_SUB_POLICIES, reference_magnitudes, reference_op
+from dbm_ltr.data.longtail import long_tail_counts
+from dbm_ltr.engine.config import Config, load_config, preset_dir
+from dbm_ltr.engine.schedules import learning_rate
+from dbm_ltr.engine.trainer import build_method, parameter_groups, to_layout
+
+#: Their command line per row (their README's flags; the LDAM rows: see the presets). Every
+#: row also gets ``--cos --cutout --aug_type autoaug_cifar``, as their README's commands.
+OFFICIAL_FLAGS = {
+    "ce": ["--loss_fn", "ce"],
+    "dbm_ce": ["--loss_fn", "ce", "--use_norm", "--use_dbm", "--max_margin", "0.1"],
+    "ce_drw": ["--loss_fn", "ce_drw"],
+    "dbm_drw": ["--loss_fn", "ce_drw", "--use_norm", "--use_dbm", "--max_margin", "0.1"],
+    "bs": ["--loss_fn", "bs"],
+    "dbm_bs": ["--loss_fn", "bs", "--use_norm", "--use_dbm", "--max_margin", "0.1"],
+    "ldam": ["--loss_fn", "ldam", "--use_norm", "--max_margin", "0.5"],
+    "ldam_drw": ["--loss_fn", "ldam_drw", "--use_norm", "--max_margin", "0.5"],
+    "ldam_code": ["--loss_fn", "ldam", "--use_norm"],
+    "ldam_drw_code": ["--loss_fn", "ldam_drw", "--use_norm"],
+}
+COMMON_FLAGS = ["--cos", "--cutout", "--aug_type", "autoaug_cifar"]
+DEFAULT_ROWS = ("ce", "ldam", "dbm_ce", "ce_drw", "ldam_drw", "dbm_drw", "bs", "dbm_bs", "ldam_code",
+                "ldam_drw_code")
+NOT_COVERED = {
+    "bcl": "their BCL model and loss are separate classes with three views; not covered by this script",
+    "ncl": "their NCL model is a separate multi-expert class; not covered by this script",
+    "gml": "GML is not in their cifar/ folder; it has a code base of its own",
+}
+#: The modules of theirs this script needs, relative to DIR, and what each must define.
+NEEDED = {
+    "models/net.py": ("models.net", ("get_model",)),
+    "models/resnet.py": ("models.resnet", ("resnet32",)),
+    "losses/loss.py": ("losses.loss", ("get_loss", "get_optimizer")),
+    "utils/common.py": ("utils.common", ("adjust_learning_rate",)),
+    "utils/config.py": ("utils.config", ("parse_args", "dataset_argument")),
+}
+AUGMENT_NEEDED = {"aug/autoaug.py": ("aug.autoaug", ("CIFAR10Policy",)),
+                  "aug/transforms.py": ("aug.transforms", ("get_transform",))}
+_THEIR_PACKAGES = ("models", "losses", "utils", "aug", "datasets", "train", "progress")
+
+
+class ParityError(Exception):
+    """Bad input or code that does not fit: printed as one line."""
+
+
+# ------------------------------------------------------------------------------------------
+# their code, imported from DIR with CPU shims
+
+
+@contextlib.contextmanager
+def cpu_shims() -> Iterator[None]:
+    """Their ``.cuda()`` calls on the CPU: tensors stay put (floating ones in the default dtype,
+    the working precision), modules stay put, ``torch.(cuda.)FloatTensor`` build tensors of
+    the default dtype, ``Module.to('cuda')`` does nothing."""
+    tensor_type = torch.DoubleTensor if torch.get_default_dtype() == torch.float64 else torch.FloatTensor
+    saved = (torch.Tensor.cuda, nn.Module.cuda, nn.Module.to, torch.FloatTensor, torch.cuda.FloatTensor)
+    module_to = nn.Module.to
+
+    def tensor_cuda(self, *args, **kwargs):
+        return self.to(torch.get_default_dtype()) if self.is_floating_point() else self
+
+    def to_unless_cuda(self, *args, **kwargs):
+        where = args[0] if args else kwargs.get("device")
+        if isinstance(where, (str, torch.device)) and str(where).startswith("cuda"):
+            return self
+        return module_to(self, *args, **kwargs)
+
+    torch.Tensor.cuda = tensor_cuda
+    nn.Module.cuda = lambda self, *args, **kwargs: self
+    nn.Module.to = to_unless_cuda
+    torch.FloatTensor = tensor_type
+    torch.cuda.FloatTensor = tensor_type
+    try:
+        yield
+    finally:
+        (torch.Tensor.cuda, nn.Module.cuda, nn.Module.to, torch.FloatTensor, torch.cuda.FloatTensor) = saved
+
+
+class Official:
+    """The modules of their ``cifar/`` folder."""
+
+    def __init__(self, folder: str | Path, augment: bool = False) -> None:
+        self.folder = Path(folder).expanduser()
+        needed = {**NEEDED, **(AUGMENT_NEEDED if augment else {})}
+        if not self.folder.is_dir():
+            raise ParityError(f"--official {self.folder}: no such folder; give the cifar/ folder of a "
+                              "checkout of github.com/quotation2520/dbm_ltr")
+        missing = [p for p in needed if not (self.folder / p).is_file()]
+        if missing:
+            raise ParityError(f"--official {self.folder}: no {', '.join(missing)}; give the cifar/ folder of "
+                              "a checkout of github.com/quotation2520/dbm_ltr (commit 3b56b97)")
+        for name in list(sys.modules):  # a previous --official folder's modules
+            if name.split(".")[0] in _THEIR_PACKAGES:
+                del sys.modules[name]
+        try:
+            importlib.import_module("progress.bar")
+        except ImportError:  # their progress bars only (the 'progress' package), unused here
+            bar = types.ModuleType("progress.bar")
+            bar.Bar = object
+            sys.modules["progress"] = types.ModuleType("progress")
+            sys.modules["progress.bar"] = bar
+        sys.path.insert(0, str(self.folder))
+        try:
+            with cpu_shims():
+                for path, (module, names) in needed.items():
+                    try:
+                        mod = importlib.import_module(module)
+                    except Exception as err:  # noqa: BLE001 - any failure of their import is one line
+                        raise ParityError(f"--official {self.folder}: importing {path} failed "
+                                          f"({type(err).__name__}: {err})") from None
+                    absent = [n for n in names if not hasattr(mod, n)]
+                    if absent:
+                        raise ParityError(f"--official {self.folder}: {path} has no {', '.join(absent)} "
+                                          "(another version of the authors' code?)")
+                    setattr(self, module.split(".")[-1], mod)
+        finally:
+            sys.path.remove(str(self.folder))
+
+    def args(self, row: str, data: str, imbalance_factor: float) -> argparse.Namespace:
+        """Their parsed command line for ``row``."""
+        argv = ["main.py", "--dataset", data.replace("_lt", ""), "--imb_ratio", f"{imbalance_factor:g}",
+                *OFFICIAL_FLAGS[row], *COMMON_FLAGS]
+        saved = sys.argv
+        sys.argv = argv
+        try:
+            args = self.config.parse_args()
+        finally:
+            sys.argv = saved
+        return self.config.dataset_argument(args)
+
+
+# ------------------------------------------------------------------------------------------
+# one row: the same steps through both
+
+
+def step_epochs(config: Config, steps: int) -> list[int]:
+    """The epoch of each step: the warm-up's first and last, the cosine phase's first two and
+    middle, both sides of the DRW switch, the last two; more or fewer as ``steps`` asks."""
+    o = config.optim
+    drw = int(config.loss.params.get("drw_epoch", 160))
+    w, e = o.warmup_epochs, o.epochs
+    key = [0, drw - 1, drw, w - 1, w, e - 1, (w + e) // 2, w + 1, drw + 1, e - 2]
+    key = list(dict.fromkeys(min(max(k, 0), e - 1) for k in key))
+    if steps <= len(key):
+        return sorted(key[:steps])
+    extra = [round(x) for x in np.linspace(0, e - 1, steps - len(key) + 2)[1:-1]]
+    return sorted(key + extra)
+
+
+def map_weights(ours: dict[str, torch.Tensor], theirs: dict[str, torch.Tensor]) -> dict[str, str]:
+    """Our state-dict key -> theirs for a ResNet-32 with a linear or cosine head."""
+    blocks = sum(1 for k in ours if k.startswith("model.trunk.layers.") and k.endswith(".conv1.weight")) // 3
+    mapping = {}
+    for key in ours:
+        rest = key.removeprefix("model.")
+        if rest.startswith("trunk.layers."):
+            i, tail = rest.removeprefix("trunk.layers.").split(".", 1)
+            name = f"layer{int(i) // blocks + 1}.{int(i) % blocks}.{tail}"
+        elif rest.startswith("trunk."):
+            name = rest.removeprefix("trunk.")
+        elif rest.startswith("head."):
+            name = "linear." + rest.removeprefix("head.")
+        else:
+            raise ParityError(f"our model has a parameter {key} that their resnet32 has no place for")
+        mapping[key] = name
+    missing = sorted(set(theirs) - set(mapping.values()))
+    unknown = sorted(n for n in mapping.values() if n not in theirs)
+    if missing or unknown:
+        raise ParityError(f"their resnet32 does not match ours (theirs only: {missing[:3]}, ours only: {unknown[:3]})")
+    bad = [k for k, n in mapping.items() if ours[k].shape != theirs[n].shape]
+    if bad:
+        raise ParityError(f"their resnet32 does not match ours: {bad[0]} is {tuple(ours[bad[0]].shape)}, "
+                          f"theirs {tuple(theirs[mapping[bad[0]]].shape)}")
+    return mapping
+
+
+@dataclass
+class Trace:
+    """What one side did: per step the learning rate and the loss; the step-0 gradients and the
+    final state by our parameter names."""
+
+    lrs: list[float]
+    losses: list[float]
+    grads: dict[str, torch.Tensor]
+    state: dict[str, torch.Tensor]
+
+
+def run_ours(method, config: Config, batches, epochs: Sequence[int]) -> Trace:
+    o = config.optim
+    optimizer = torch.optim.SGD(parameter_groups(method, o.weight_decay), lr=o.lr, momentum=o.momentum,
+                                weight_decay=o.weight_decay, nesterov=o.nesterov)
+    method.train()
+    lrs, losses, grads = [], [], {}
+    for k, (epoch, (images, targets)) in enumerate(zip(epochs, batches)):
+        lr = learning_rate(epoch, o.lr, o.epochs, o.schedule, o.warmup_epochs, o.milestones, o.lr_decay)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        out = method(images, targets, epoch)
+        optimizer.zero_grad(set_to_none=True)
+        out.loss.backward()
+        if k == 0:
+            grads = {n: p.grad.detach().clone() for n, p in method.named_parameters() if p.grad is not None}
+        optimizer.step()
+        lrs.append(lr)
+        losses.append(float(out.loss.detach()))
+    return Trace(lrs, losses, grads, {k: v.detach().clone() for k, v in method.state_dict().items()})
+
+
+def run_theirs(official: Official, args, model, criterion, batches, epochs: Sequence[int],
+               names: dict[str, str], channels_last: bool = False) -> Trace:
+    layout = torch.channels_last if channels_last else torch.contiguous_format
+    to_ours = {v: k for k, v in names.items()}
+    with cpu_shims(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # their deprecation warnings (uint8 masks)
+        optimizer = official.loss.get_optimizer(args, model, criterion)
+        model.train()
+        lrs, losses, grads = [], [], {}
+        for k, (epoch, (images, targets)) in enumerate(zip(epochs, batches)):
+            lr = official.common.adjust_learning_rate(optimizer, epoch, None, args)
+            outputs = model(images.contiguous(memory_format=layout), None)
+            loss = criterion(outputs, targets, epoch)
+            optimizer.zero_grad()
+            loss.backward()
+            if k == 0:
+                grads = {to_ours[n]: p.grad.detach().clone() for n, p in model.named_parameters()
+                         if p.grad is not None}
+            optimizer.step()
+            lrs.append(float(lr))
+            losses.append(float(loss.detach()))
+    state = {to_ours[k]: v.detach().clone() for k, v in model.state_dict().items() if k in to_ours}
+    return Trace(lrs, losses, grads, state)
+
+
+def _max_diff(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> float:
+    keys = set(a) | set(b)
+    if set(a) != set(b):
+        return math.inf
+    return max((a[k].double() - b[k].double()).abs().max().item() for k in keys if a[k].numel())
+
+
+def differences(x: Trace, y: Trace) -> dict[str, float]:
+    return {
+        "lr": max(abs(p - q) for p, q in zip(x.lrs, y.lrs)),
+        "loss": max(abs(p - q) for p, q in zip(x.losses, y.losses)),
+        "grad": _max_diff(x.grads, y.grads),
+        "param": _max_diff(x.state, y.state),
+    }
+
+
+@dataclass
+class RowResult:
+    row: str
+    epochs: list[int]
+    ours: dict[str, float]
+    yardstick: dict[str, float]
+    tolerance: float
+    seconds: float
+
+    @property
+    def equal(self) -> bool:
+        if not self.ours["lr"] <= 1e-12:
+            return False
+        return all(self.ours[k] <= self.tolerance * max(self.yardstick[k], 1e-300) for k in ("loss", "grad", "param"))
+
+
+def compare_row(official: Official, data: str, row: str, steps: int, batch_size: int | None,
+                seed: int, tolerance: float, imbalance_factor: float = 100.0,
+                overrides: Sequence[str] = ()) -> RowResult:
+    """Our preset ``data/row`` (as shipped, unless ``overrides``) against their code with the
+    row's flags."""
+    begin = time.perf_counter()
+    config = load_config(f"{data}/{row}", [f"data.imbalance_factor={imbalance_factor:g}", *overrides])
+    num_classes = 10 if data == "cifar10_lt" else 100
+    counts = long_tail_counts(50000 // num_classes, num_classes, imbalance_factor)
+    epochs = step_epochs(config, steps)
+    size = batch_size or config.optim.batch_size
+    generator = torch.Generator().manual_seed(seed)
+    weights = torch.tensor(counts, dtype=torch.float64)
+    batches = [(torch.randn(size, 3, 32, 32, generator=generator),
+                torch.multinomial(weights, size, replacement=True, generator=generator)) for _ in epochs]
+    torch.manual_seed(seed)
+    method = to_layout(build_method(config, counts, num_classes), config.train)
+    args = official.args(row, data, imbalance_factor)
+    try:
+        with cpu_shims(), contextlib.redirect_stdout(io.StringIO()):  # their parameter count
+            model = official.net.get_model(args, counts)
+            criterion = official.loss.get_loss(args, counts)
+    except Exception as err:  # noqa: BLE001 - their code failing is one line
+        raise ParityError(f"{row}: building their model and loss failed ({type(err).__name__}: {err})") from None
+    names = map_weights(method.state_dict(), model.state_dict())
+    initial = method.state_dict()
+    model.load_state_dict({names[k]: v.clone() for k, v in initial.items()})
+    twin, twin_criterion = copy.deepcopy(model).to(memory_format=torch.channels_last), copy.deepcopy(criterion)
+    ours = run_ours(method, config, batches, epochs)
+    try:
+        theirs = run_theirs(official, args, model, criterion, batches, epochs, names)
+        yard = run_theirs(official, args, twin, twin_criterion, batches, epochs, names, channels_last=True)
+    except Exception as err:  # noqa: BLE001
+        raise ParityError(f"{row}: a step of their code failed ({type(err).__name__}: {err})") from None
+    return RowResult(row, epochs, differences(ours, theirs), differences(theirs, yard), tolerance,
+                     time.perf_counter() - begin)
+
+
+def format_rows(results: Sequence[RowResult]) -> str:
+    lines = ["| row | steps | max lr diff | max loss diff | step-0 grad diff | param diff after | "
+             "yardstick loss / grad / param | verdict |", "|---|---|---|---|---|---|---|---|"]
+    for r in results:
+        o, y = r.ours, r.yardstick
+        lines.append(f"| {r.row} | {len(r.epochs)} | {o['lr']:.1e} | {o['loss']:.1e} | {o['grad']:.1e} | "
+                     f"{o['param']:.1e} | {y['loss']:.1e} / {y['grad']:.1e} / {y['param']:.1e} | "
+                     f"{'equal' if r.equal else 'DIFFERS'} |")
+    return "\n".join(lines)
+
+
+# ------------------------------------------------------------------------------------------
+# augmentation
+
+
+@contextlib.contextmanager
+def forced_python_random(sign: int) -> Iterator[None]:
+    """Their policy draws with Python's ``random``: every stage applied (``random() = 0``, so
+    ``0 < p`` decides), every sign ``sign``."""
+    saved = (random.random, random.choice)
+    random.random = lambda: 0.0
+    random.choice = lambda seq: sign
+    try:
+        yield
+    finally:
+        random.random, random.choice = saved
+
+
+def op_by_op(official: Official, images: np.ndarray) -> dict[str, float]:
+    """Largest pixel difference of our per-image and batched policies from theirs, over every
+    sub-policy with both stages applied and both signs."""
+    from PIL import Image
+
+    from dbm_ltr.data import batch_augment as ba
+
+    policy = official.autoaug.CIFAR10Policy()
+    table = reference_magnitudes(32, 32)
+    batch = torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).contiguous()
+    recipe = ba.BatchCifarTrain(autoaugment="reference")
+    n = len(images)
+    worst = {"per-image": 0.0, "batched": 0.0}
+    for k, (theirs_sub, ours_sub) in enumerate(zip(policy.policies, CIFAR10_SUB_POLICIES)):
+        for sign in (-1, 1):
+            with forced_python_random(sign):
+                ref = np.stack([np.asarray(theirs_sub(Image.fromarray(a))) for a in images]).astype(np.int64)
+            mine = []
+            for a in images:
+                img = Image.fromarray(a)
+                for op, p, level in ours_sub:
+                    if 0.0 < p:
+                        values, signed = table[op]
+                        value = float(values[level or 0])
+                        img = reference_op(img, op, sign * value if signed else value)
+                mine.append(np.asarray(img))
+            worst["per-image"] = max(worst["per-image"], float(np.abs(np.stack(mine) - ref).max()))
+            params = ba.CifarTrainParams(
+                crop=np.full((n, 2), 4), flip=np.zeros(n, bool), sub_policy=np.full(n, k),
+                probs=np.zeros((n, 2)), signs=np.full((n, 2), int(sign > 0)), cutout=np.zeros((n, 2), np.int64),
+                height=32, width=32, policy="reference")
+            out = recipe.pixels(batch, params).permute(0, 2, 3, 1).numpy().astype(np.int64)
+            worst["batched"] = max(worst["batched"], float(np.abs(out - ref).max()))
+    return worst
+
+
+def image_statistics(images: np.ndarray) -> dict[str, Any]:
+    """Per-image fill-grey fraction and channel means / stds of ``(N, H, W, 3)`` uint8 images,
+    summarised as means with standard errors over the images."""
+    x = images.astype(np.float64) / 255.0
+    grey = (images == 128).all(-1).reshape(len(images), -1).mean(1)
+    means = x.reshape(len(images), -1, 3).mean(1)
+    out = {"fill_grey": (grey.mean(), grey.std(ddof=1) / math.sqrt(len(grey)))}
+    out["mean"] = x.reshape(-1, 3).mean(0)
+    out["std"] = x.reshape(-1, 3).std(0)
+    out["mean_se"] = means.std(0, ddof=1) / math.sqrt(len(images))
+    return out
+
+
+def augmented(kind: str, images: np.ndarray, seed: int, official: Official | None = None) -> np.ndarray:
+    """Crop + flip + AutoAugment of ``images`` (uint8, no Cutout or normalisation): ``theirs``
+    (their transforms and policy), ``loader-<policy>`` (our per-image recipe), ``device-<policy>``
+    (our batched recipe)."""
+    from PIL import Image
+
+    from dbm_ltr.data import batch_augment as ba
+    from dbm_ltr.data.transforms import cifar_train_transform
+
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    if kind.startswith("device-"):
+        recipe = ba.BatchCifarTrain(autoaugment=kind.removeprefix("device-"))
+        batch = torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).contiguous()
+        params = recipe.sample(len(images), 32, 32, torch.Generator().manual_seed(seed))
+        return recipe.pixels(batch, params).permute(0, 2, 3, 1).numpy().astype(np.uint8)
+    if kind == "theirs":
+        before = official.transforms.get_transform("ce")[0][0]
+        policy = official.autoaug.CIFAR10Policy()
+        steps = [before, policy]
+    else:
+        steps = cifar_train_transform(autoaugment=kind.removeprefix("loader-")).transforms[:3]
+    out = []
+    for a in images:
+        img = Image.fromarray(a)
+        for step in steps:
+            img = step(img)
+        out.append(np.asarray(img))
+    return np.stack(out)
+
+
+def augment_report(official: Official, root: str, count: int, seed: int) -> str:
+    from dbm_ltr.data import create_dataset
+
+    try:
+        train = create_dataset("cifar10_lt", root, train=True, imbalance_factor=100)
+    except Exception as err:  # noqa: BLE001 - a missing data set is one line
+        raise ParityError(f"--augment needs CIFAR-10 at --data {root} ({err})") from None
+    rng = np.random.default_rng(seed)
+    images = train.data[rng.permutation(len(train.data))[:count]]
+    worst = op_by_op(official, images[:64])
+    lines = [f"op by op, 25 sub-policies x 2 signs, both stages applied, 64 images: largest pixel "
+             f"difference from theirs: our per-image policy {worst['per-image']:g}, batched twin "
+             f"{worst['batched']:g}", "",
+             f"statistics of {len(images)} augmented CIFAR-10-LT training images (crop, flip, AutoAugment):", "",
+             "| source | fill-grey fraction | channel mean (R, G, B) | channel std (R, G, B) |", "|---|---|---|---|"]
+    stats = {}
+    for kind, s in (("theirs", seed), ("theirs", seed + 1), ("loader-reference", seed), ("device-reference", seed),
+                    ("loader-torchvision", seed), ("device-torchvision", seed)):
+        label = f"{kind} (draw {s - seed + 1})" if kind == "theirs" else kind
+        st = image_statistics(augmented(kind, images, s, official))
+        stats[label] = st
+        grey, se = st["fill_grey"]
+        lines.append(f"| {label} | {grey:.4f} +- {se:.4f} | {', '.join(f'{v:.4f}' for v in st['mean'])} | "
+                     f"{', '.join(f'{v:.4f}' for v in st['std'])} |")
+    t1, t2 = stats["theirs (draw 1)"], stats["theirs (draw 2)"]
+    lines.append("")
+    for kind in ("loader-reference", "device-reference"):
+        st = stats[kind]
+        ok = []
+        for t in (lambda s: np.array([s["fill_grey"][0]]), lambda s: s["mean"], lambda s: s["std"]):
+            lo, hi = np.minimum(t(t1), t(t2)), np.maximum(t(t1), t(t2))
+            slack = 3 * np.maximum(st["mean_se"].max(), st["fill_grey"][1])
+            ok.append(bool(np.all((t(st) >= lo - slack) & (t(st) <= hi + slack))))
+        lines.append(f"{kind}: {'within' if all(ok) else 'OUTSIDE'} the spread of the two draws of theirs "
+                     "(plus three standard errors)")
+    return "\n".join(lines)
+
+
+# ------------------------------------------------------------------------------------------
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--official", required=True, help="the cifar/ folder of a checkout of the authors' code")
+    p.add_argument("--data-set", default="cifar10_lt", choices=("cifar10_lt", "cifar100_lt"),
+                   help="whose presets and class counts (default cifar10_lt)")
+    p.add_argument("--rows", default=",".join(DEFAULT_ROWS), help="comma-separated rows (preset names)")
+    p.add_argument("--steps", type=int, default=10, help="training steps per row (default 10)")
+    p.add_argument("--batch-size", type=int, default=0, help="images per step (default: the preset's)")
+    p.add_argument("--tolerance", type=float, default=10.0,
+                   help="a row is equal when every difference is at most this times the yardstick's (default 10)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE",
+                   help="overrides of our presets (to see what a changed setting does to parity)")
+    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    p.add_argument("--augment", action="store_true", help="also compare the AutoAugment policy (needs --data)")
+    p.add_argument("--no-steps", action="store_true", help="skip the training-step comparison")
+    p.add_argument("--data", default="data", help="CIFAR-10 root for --augment (npz archives or torchvision's folder)")
+    p.add_argument("--images", type=int, default=4000, help="augmented images for the statistics (default 4000)")
+    return p.parse_args(argv)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    if args.steps < 1:
+        print("parity_official: --steps must be >= 1", file=sys.stderr)
+        return 2
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    try:
+        official = Official(args.official, augment=args.augment)
+        if not args.no_steps:
+            results = []
+            rows = [r.strip() for r in args.rows.split(",") if r.strip()]
+            presets = sorted(p.stem for p in (preset_dir() / args.data_set).glob("*.yaml"))
+            unknown = [r for r in rows if r not in presets]
+            if unknown:
+                raise ParityError(f"--rows: no preset {args.data_set}/{unknown[0]}; rows: {', '.join(presets)}")
+            for row in rows:
+                family = next((f for f in NOT_COVERED if row.replace("dbm_", "").startswith(f)), None)
+                if row not in OFFICIAL_FLAGS:
+                    why = NOT_COVERED[family] if family else "no equivalent in their code"
+                    print(f"{row}: skipped ({why})", flush=True)
+                    continue
+                result = compare_row(official, args.data_set, row, args.steps, args.batch_size or None,
+                                     args.seed, args.tolerance, overrides=args.set)
+                print(f"{row}: {'equal' if result.equal else 'DIFFERS'} ({result.seconds:.0f} s; epochs "
+                      f"{', '.join(map(str, result.epochs))})", flush=True)
+                results.append(result)
+            if results:
+                print()
+                print(format_rows(results))
+        if args.augment:
+            torch.set_default_dtype(previous)
+            print()
+            print(augment_report(official, args.data, args.images, args.seed))
+    except ParityError as err:
+        print(f"parity_official: {err}", file=sys.stderr)
+        return 2
+    finally:
+        torch.set_default_dtype(previous)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
