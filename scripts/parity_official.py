@@ -450,7 +450,8 @@ def augmented(kind: str, images: np.ndarray, seed: int, official: Official | Non
         params = recipe.sample(len(images), 32, 32, torch.Generator().manual_seed(seed))
         return recipe.pixels(batch, params).permute(0, 2, 3, 1).numpy().astype(np.uint8)
     if kind == "theirs":
-        before = official.transforms.get_transform("ce")[0][0]
+        transform_train, _ = official.transforms.get_transform("ce")  # [[before policy, after it]], test
+        before = transform_train[0][0]
         policy = official.autoaug.CIFAR10Policy()
         steps = [before, policy]
     else:
@@ -468,7 +469,7 @@ def augment_report(official: Official, root: str, count: int, seed: int) -> str:
     from dbm_ltr.data import create_dataset
 
     try:
-        train = create_dataset("cifar10_lt", root, train=True, imbalance_factor=100)
+        train = create_dataset("cifar10_lt", root, train=True, imbalance_factor=1)  # all 50,000
     except Exception as err:  # noqa: BLE001 - a missing data set is one line
         raise ParityError(f"--augment needs CIFAR-10 at --data {root} ({err})") from None
     rng = np.random.default_rng(seed)
@@ -477,7 +478,7 @@ def augment_report(official: Official, root: str, count: int, seed: int) -> str:
     lines = [f"op by op, 25 sub-policies x 2 signs, both stages applied, 64 images: largest pixel "
              f"difference from theirs: our per-image policy {worst['per-image']:g}, batched twin "
              f"{worst['batched']:g}", "",
-             f"statistics of {len(images)} augmented CIFAR-10-LT training images (crop, flip, AutoAugment):", "",
+             f"statistics of {len(images)} augmented CIFAR-10 training images (crop, flip, AutoAugment):", "",
              "| source | fill-grey fraction | channel mean (R, G, B) | channel std (R, G, B) |", "|---|---|---|---|"]
     stats = {}
     for kind, s in (("theirs", seed), ("theirs", seed + 1), ("loader-reference", seed), ("device-reference", seed),

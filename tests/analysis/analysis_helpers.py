@@ -16,13 +16,14 @@ def tiny_overrides(root, epochs=1) -> list[str]:
 
 def write_run(path: Path, preset: str, seed: int, top1, many=None, medium=None, few=None,
               imbalance_factor=100, paper=None, loss=None, metrics=True, epoch=200,
-              best=None) -> Path:
+              best=None, eval_every=None) -> Path:
     """A run directory written by hand: config.yaml (+ metrics.json; ``best``: the best test
     epoch's metrics, as a run with ``train.eval_every`` records them)."""
     from dbm_ltr.engine import load_config
 
     config = load_config(preset, [f"train.seed={seed}", f"data.imbalance_factor={imbalance_factor}"]
-                         + [f"loss.{k}={v}" for k, v in (loss or {}).items()])
+                         + [f"loss.{k}={v}" for k, v in (loss or {}).items()]
+                         + ([f"train.eval_every={eval_every}"] if eval_every else []))
     path.mkdir(parents=True, exist_ok=True)
     (path / "config.yaml").write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
     if metrics:

@@ -126,11 +126,26 @@ def test_best_test_epoch_is_shown_beside_the_final_one_and_marked(tmp_path):
     assert "| cifar100_lt/dbm_bs | 100 | 2 | 200 | 50.50 +- 0.71 | 52.50 +- 0.71 | 51.30 | -0.80 | +1.20 |" in text
     assert "| cifar100_lt/bs | 100 | 1 | 200 | 48.00 | - | 49.35 | -1.35 | - |" in text
     assert "test-set model selection" in text
+    assert "(every `train.eval_every` epochs: here 10)" in text  # the presets' frequency
+    assert "keeps the presets' every 10 epochs on a CPU" in text
     out = tmp_path / "report.md"
     cli.main(["report", *map(str, runs), "--out", str(out)])
     first = next(csv.DictReader(open(out.with_suffix(".csv"))))
     assert float(first["top1_best_mean"]) == pytest.approx(52.5)
     assert float(first["top1_best_diff"]) == pytest.approx(1.2) and first["recipe_epochs"] == "200"
+
+
+def test_runs_evaluated_every_epoch_group_with_the_others_and_say_so(tmp_path):
+    """The evaluation frequency does not split a group (it does not change training); the note
+    names the frequencies, and says nothing about the CPU's every 10 where all were 1."""
+    best = {"top1": 52.0, "many": 67.0, "medium": 51.0, "few": 33.0}
+    gpu = write_run(tmp_path / "g", "cifar100_lt/dbm_bs", 0, 50.0, paper=DBM_BS_PAPER, best=best, eval_every=1)
+    cpu = write_run(tmp_path / "c", "cifar100_lt/dbm_bs", 1, 51.0, paper=DBM_BS_PAPER, best=best)
+    (row,) = summarize_runs([gpu, cpu])
+    assert row.n == 2 and row.eval_every == [1, 10]
+    assert "(every `train.eval_every` epochs: here 1 or 10)" in report_markdown([row])
+    only_gpu = report_markdown(summarize_runs([gpu]))
+    assert "here 1)" in only_gpu and "on a CPU" not in only_gpu
 
 
 def test_short_runs_are_marked(tmp_path):

@@ -114,6 +114,40 @@ def test_existing_run_with_other_settings_is_refused(fake_cifar10_root, tmp_path
         plan_reproduction("cifar10_lt", ["ce"], [0], out, tiny_overrides(fake_cifar10_root), 10)
 
 
+def test_a_run_from_before_the_recipe_revision_is_resumed_with_its_own(fake_cifar10_root, tmp_path):
+    """A run directory saved with our earlier cosine and without data.autoaugment (torchvision's
+    policy then) is planned as a resumption that keeps them, and the plan says so."""
+    from dbm_ltr.analysis.reproduce import describe
+    from dbm_ltr.engine import load_config
+    from dbm_ltr.engine.config import save_config
+
+    out = tmp_path / "t2"
+    run = out / "ce_seed0"
+    run.mkdir(parents=True)
+    save_config(load_config("cifar10_lt/ce", tiny_overrides(fake_cifar10_root) + ["optim.schedule=cosine"]),
+                run / "config.yaml")
+    text = (run / "config.yaml").read_text()
+    (run / "config.yaml").write_text(text.replace("  autoaugment: reference\n", ""))
+    runs = plan_reproduction("cifar10_lt", ["ce"], [0], out, tiny_overrides(fake_cifar10_root), 10)
+    assert runs[0].kept == "optim.schedule 'cosine', data.autoaugment 'torchvision'"
+    assert "started before its preset's revision, keeps optim.schedule 'cosine'" in describe(runs, 1)
+
+
+@pytest.mark.parametrize("device,extra,every", [("cpu", [], None), ("cuda", [], "1"),
+                                                ("cuda", ["train.eval_every=5"], None)])
+def test_on_a_gpu_every_run_is_evaluated_every_epoch(fake_cifar10_root, tmp_path, monkeypatch, device, extra, every):
+    import torch
+
+    from dbm_ltr.analysis import reproduce
+
+    monkeypatch.setattr(reproduce, "pick_device", lambda name: torch.device(device))
+    runs = plan_reproduction("cifar10_lt", ["ce", "dbm_ce"], [0], tmp_path / "o",
+                             tiny_overrides(fake_cifar10_root) + extra, 10)
+    for run in runs:
+        added = [o for o in run.overrides if o == "train.eval_every=1"]
+        assert added == ([f"train.eval_every={every}"] if every else []), run.overrides
+
+
 def test_gml_rows_bring_their_teacher_first(fake_cifar10_root, tmp_path, capsys):
     """``all`` lists GML and DBM-GML; each seed's teacher is trained first and named by its
     students; a dry run shows the order and the dependency."""

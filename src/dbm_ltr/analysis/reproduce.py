@@ -135,6 +135,10 @@ def plan_reproduction(
     """One validated :class:`ReproRun` per (row, seed): each config is built (keys, values,
     method and loss), its device exists and its data set loads, before anything trains.
 
+    On a GPU every run is evaluated after every epoch (``train.eval_every=1`` unless the
+    overrides set it), so its best test epoch is found as the authors' code finds it, at about
+    a tenth of a second an epoch; on a CPU the presets' every 10 epochs stay.
+
     Raises:
         ConfigError: a bad row, setting or device, or an existing run directory trained with
             other settings.
@@ -162,9 +166,12 @@ def plan_reproduction(
             if teacher is None or teacher.finished:  # a student is built once its teacher exists
                 check_buildable(config, preset)
             try:
-                pick_device(config.train.device)
+                device = pick_device(config.train.device)
             except ValueError as err:
                 raise ConfigError(f"{preset}: {err}") from None
+            if device.type == "cuda" and not _sets(overrides, "train.eval_every") and config.train.eval_every > 1:
+                run_overrides.append("train.eval_every=1")  # the best epoch as the authors' code finds it
+                config.train.eval_every = 1
             d = config.data
             if (d.name, d.root, d.imbalance_factor) not in checked:  # the archives exist and load
                 create_dataset(d.name, d.root, train=True, imbalance_factor=d.imbalance_factor,
@@ -185,6 +192,12 @@ def plan_reproduction(
                     run.status = "resume"
             runs.append(run)
     return runs
+
+
+def _sets(overrides: Sequence[str], key: str) -> bool:
+    """Whether ``overrides`` set ``key`` (``section.name=...`` or the bare ``name=...``)."""
+    names = {item.split("=", 1)[0].strip() for item in overrides}
+    return key in names or key.split(".")[-1] in names
 
 
 def describe(runs: Sequence[ReproRun], jobs: int) -> str:

@@ -58,11 +58,12 @@ LOCK = ".lock"
 OUTPUT = "train.log"  # the training process's output, where a tool that starts it keeps it (reproduce)
 
 #: Settings a resumed run may change: where the data lives, loader workers, device, logging,
-#: compilation. The run stays the same experiment; it is bit-identical when workers and device
-#: are unchanged.
+#: compilation, how often it is evaluated. The run stays the same experiment; it is
+#: bit-identical when workers and device are unchanged.
 RESUMABLE_DIFFERENCES = frozenset({
     "name", "paper", "data.root", "data.split_dir", "data.workers", "data.download", "data.eval_batch_size",
     "train.progress", "train.device", "train.compile", "train.compile_mode", "train.auto_resume",
+    "train.eval_every",
 })
 
 

@@ -1,0 +1,259 @@
+"""scripts/parity_official.py against a stand-in of the authors' cifar/ folder, written here in
+their module layout (models/, losses/, utils/, aug/): equal code passes, a perturbed margin or
+learning rate is flagged, bad folders get one line."""
+
+import importlib.util
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+SCRIPT = Path(__file__).resolve().parent.parent / "scripts" / "parity_official.py"
+
+# The DBM code's CIFAR recipe as their modules expose it, built from this library's pieces
+# (the mechanics under test are the script's, not a second implementation). MARGIN and LR scale
+# the margin and the learning rate: 1.0 is the recipe, anything else a deliberate mismatch.
+STAND_IN = {
+    "models/__init__.py": "",
+    "models/resnet.py": '''
+        import torch.nn.functional as F
+        from torch import nn
+        from dbm_ltr.models.resnet_cifar import resnet32 as trunk32
+        from dbm_ltr.nn import CosineClassifier
+
+        class ResNet32(nn.Module):
+            def __init__(self, num_class, use_norm):
+                super().__init__()
+                trunk = trunk32()
+                self.conv1, self.bn1 = trunk.conv1, trunk.bn1
+                blocks = list(trunk.layers)
+                self.layer1, self.layer2, self.layer3 = (nn.Sequential(*blocks[i:i + 5]) for i in (0, 5, 10))
+                self.linear = CosineClassifier(64, num_class) if use_norm else nn.Linear(64, num_class)
+
+            def forward(self, x, output_type="feat"):
+                out = F.relu(self.bn1(self.conv1(x)))
+                out = self.layer3(self.layer2(self.layer1(out)))
+                return self.linear(F.adaptive_avg_pool2d(out, 1).flatten(1))
+
+        def resnet32(num_class, use_norm):
+            return ResNet32(num_class, use_norm)
+    ''',
+    "models/net.py": '''
+        from models.resnet import resnet32
+
+        def get_model(args, num_class_list):
+            print("    Total params: (printed by their code)")
+            return resnet32(args.num_class, args.use_norm).cuda()
+    ''',
+    "losses/__init__.py": "",
+    "losses/loss.py": '''
+        import torch
+        from dbm_ltr.losses import BalancedLoss, DBMLoss
+        MARGIN = {margin}
+
+        def get_loss(args, counts):
+            base = {{"ce": "ce", "ce_drw": "drw", "bs": "bs"}}[args.loss_fn]
+            if args.use_dbm:
+                return DBMLoss(counts, base=base, max_margin=args.max_margin * MARGIN).cuda()
+            return BalancedLoss(counts, base=base)
+
+        def get_optimizer(args, model, criterion):
+            return torch.optim.SGD(model.parameters(), lr=args.lr, momentum=args.momentum, weight_decay=args.wd)
+    ''',
+    "utils/__init__.py": "",
+    "utils/common.py": '''
+        import math
+        from progress.bar import Bar
+        LR = {lr}
+
+        def adjust_learning_rate(optimizer, epoch, scheduler, args):
+            t = epoch + 1
+            if t <= args.warmup:
+                lr = args.lr * t / args.warmup
+            else:
+                lr = args.lr * 0.5 * (1 + math.cos(math.pi * (t - args.warmup + 1) / (args.epochs - args.warmup)))
+            for group in optimizer.param_groups:
+                group["lr"] = lr * LR
+            return lr * LR
+    ''',
+    "utils/config.py": '''
+        import argparse
+
+        def parse_args():
+            p = argparse.ArgumentParser()
+            for flag in ("--dataset", "--loss_fn", "--aug_type"):
+                p.add_argument(flag, default="")
+            p.add_argument("--imb_ratio", type=float, default=100)
+            for flag in ("--use_norm", "--use_dbm", "--cos", "--cutout"):
+                p.add_argument(flag, action="store_true")
+            p.add_argument("--max_margin", type=float, default=0.1)
+            p.add_argument("--lr", type=float, default=0.1)
+            p.add_argument("--wd", type=float, default=2e-4)
+            p.add_argument("--momentum", type=float, default=0.9)
+            p.add_argument("--epochs", type=int, default=200)
+            p.add_argument("--warmup", type=int, default=5)
+            return p.parse_args()
+
+        def dataset_argument(args):
+            args.num_class = 100 if args.dataset == "cifar100" else 10
+            return args
+    ''',
+}
+
+
+def load():
+    spec = importlib.util.spec_from_file_location("parity_official", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # its dataclasses look their module up
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(autouse=True)
+def _forget_their_modules():
+    yield
+    for name in list(sys.modules):
+        if name.split(".")[0] in ("models", "losses", "utils", "aug", "progress"):
+            del sys.modules[name]
+
+
+def write_stand_in(folder: Path, margin: float = 1.0, lr: float = 1.0, drop: str = "", files=STAND_IN) -> Path:
+    for rel, text in files.items():
+        if rel == drop:
+            continue
+        path = folder / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(textwrap.dedent(text).format(margin=margin, lr=lr) if "{" in text else textwrap.dedent(text))
+    return folder
+
+
+def run(capsys, folder, *extra):
+    code = load().main(["--official", str(folder), "--steps", "3", "--batch-size", "4", *extra])
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+def verdicts(out: str) -> dict[str, str]:
+    rows = [line.split("|") for line in out.splitlines() if line.startswith("| ") and "verdict" not in line]
+    return {r[1].strip(): r[-2].strip() for r in rows}
+
+
+def test_equal_code_is_equal_and_a_row_without_an_equivalent_is_skipped(tmp_path, capsys):
+    default = torch.get_default_dtype()
+    code, out, err = run(capsys, write_stand_in(tmp_path), "--rows", "ce,dbm_ce,bcl,gml_teacher")
+    assert code == 0, err
+    assert verdicts(out) == {"ce": "equal", "dbm_ce": "equal"}
+    assert "bcl: skipped (their BCL model" in out and "gml_teacher: skipped (GML is not in their cifar/" in out
+    assert "Total params" not in out  # their prints stay out of the report
+    assert torch.get_default_dtype() == default
+
+
+def test_a_perturbed_margin_is_flagged_in_the_dbm_row_only(tmp_path, capsys):
+    code, out, _ = run(capsys, write_stand_in(tmp_path, margin=1.5), "--rows", "ce,dbm_ce")
+    assert code == 0 and verdicts(out) == {"ce": "equal", "dbm_ce": "DIFFERS"}
+    loss = next(line for line in out.splitlines() if line.startswith("| dbm_ce")).split("|")[4]
+    assert float(loss) > 1e-6
+
+
+def test_a_perturbed_learning_rate_is_flagged(tmp_path, capsys):
+    code, out, _ = run(capsys, write_stand_in(tmp_path, lr=1.01), "--rows", "ce")
+    assert verdicts(out) == {"ce": "DIFFERS"}
+    lr = next(line for line in out.splitlines() if line.startswith("| ce")).split("|")[3]
+    assert float(lr) > 1e-4
+
+
+def test_an_override_of_our_preset_is_a_difference_too(tmp_path, capsys):
+    code, out, _ = run(capsys, write_stand_in(tmp_path), "--rows", "ce", "--set", "optim.schedule=cosine",
+                       "--steps", "4")
+    assert verdicts(out) == {"ce": "DIFFERS"}
+
+
+def test_step_epochs_cover_warm_up_cosine_and_the_drw_switch():
+    from dbm_ltr.engine import load_config
+
+    epochs = load().step_epochs(load_config("cifar10_lt/dbm_drw"), 10)
+    assert epochs == [0, 4, 5, 6, 102, 159, 160, 161, 198, 199]
+    assert load().step_epochs(load_config("cifar10_lt/ce"), 3) == [0, 159, 160]
+    assert len(load().step_epochs(load_config("cifar10_lt/ce"), 14)) == 14
+
+
+@pytest.mark.parametrize("case,message", [
+    ("missing", "no such folder"),
+    ("empty", "no models/net.py, models/resnet.py, losses/loss.py, utils/common.py, utils/config.py"),
+    ("no_get_loss", "losses/loss.py has no get_loss (another version of the authors' code?)"),
+    ("broken", "importing models/net.py failed (ModuleNotFoundError"),
+    ("unknown_row", "--rows: no preset cifar10_lt/foo"),
+])
+def test_bad_input_is_one_line(tmp_path, capsys, case, message):
+    folder = tmp_path / "cifar"
+    rows = "ce"
+    if case == "empty":
+        folder.mkdir()
+    elif case == "no_get_loss":
+        files = dict(STAND_IN, **{"losses/loss.py": "def get_optimizer(args, model, criterion):\n    pass\n"})
+        write_stand_in(folder, files=files)
+    elif case == "broken":
+        write_stand_in(folder, files=dict(STAND_IN, **{"models/net.py": "import their_missing_module\n"}))
+    elif case == "unknown_row":
+        write_stand_in(folder)
+        rows = "foo"
+    code, out, err = run(capsys, folder, "--rows", rows)
+    assert code == 2 and message in err and err.count("\n") == 1, err
+
+
+def test_augmentation_statistics_of_a_stand_in_policy(tmp_path, capsys, fake_cifar10):
+    """--augment: a stand-in of their policy that is our reference policy matches op by op
+    (0 levels) and in its statistics."""
+    files = dict(STAND_IN)
+    files["aug/__init__.py"] = ""
+    files["aug/autoaug.py"] = '''
+        import random
+        from dbm_ltr.data.autoaugment import CIFAR10_SUB_POLICIES, reference_magnitudes, reference_op
+
+        class SubPolicy:
+            def __init__(self, stages):
+                self.stages = stages
+
+            def __call__(self, img):
+                table = reference_magnitudes(32, 32)
+                for op, p, level in self.stages:
+                    if random.random() < p:
+                        values, signed = table[op]
+                        value = float(values[level or 0])
+                        img = reference_op(img, op, value * random.choice([-1, 1]) if signed else value)
+                return img
+
+        class CIFAR10Policy:
+            def __init__(self, fillcolor=(128, 128, 128)):
+                self.policies = [SubPolicy(s) for s in CIFAR10_SUB_POLICIES]
+
+            def __call__(self, img):
+                return self.policies[random.randint(0, 24)](img)
+    '''
+    files["aug/transforms.py"] = '''
+        from torchvision import transforms
+
+        def get_transform(loss_fn, cutout=False):
+            before = transforms.Compose([transforms.RandomCrop(32, padding=4), transforms.RandomHorizontalFlip()])
+            return [[before, transforms.ToTensor()]], transforms.ToTensor()
+    '''
+    folder = write_stand_in(tmp_path / "cifar", files=files)
+    code, out, err = run(capsys, folder, "--no-steps", "--augment", "--data", str(fake_cifar10), "--images", "120")
+    assert code == 0, err
+    assert "our per-image policy 0, batched twin 0" in out
+    lines = {line.split("|")[1].strip(): line for line in out.splitlines() if line.startswith("| ")}
+    assert {"theirs (draw 1)", "theirs (draw 2)", "loader-reference", "device-reference",
+            "loader-torchvision", "device-torchvision"} <= set(lines)
+    assert "loader-reference: within" in out and "device-reference: within" in out
+
+
+def test_image_statistics_count_the_fill():
+    images = np.zeros((2, 4, 4, 3), np.uint8)
+    images[0, :2] = 128                    # 8 grey pixels of 16
+    images[1, 0, 0] = (128, 128, 0)        # not grey: one channel differs
+    stats = load().image_statistics(images)
+    assert stats["fill_grey"][0] == pytest.approx(0.25)
+    assert np.allclose(stats["mean"], np.array([9, 9, 8]) * 128 / 32 / 255)
