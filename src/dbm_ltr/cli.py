@@ -26,6 +26,14 @@ def _add_set(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _add_trust(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--trust-checkpoint", action="store_true",
+        help="also load checkpoints the safe loader refuses (those of earlier dbm-ltr versions); a "
+        "pickle can run code: only for files you made yourself (docs/runs.md, Security)",
+    )
+
+
 def _overrides(args) -> list[str]:
     return [item for group in args.overrides for item in group]
 
@@ -73,7 +81,7 @@ def cmd_train(args) -> int:
 
 def cmd_eval(args) -> int:
     from .data import DATASET_INFO
-    from .engine.checkpoint import load_checkpoint
+    from .engine.checkpoint import load_checkpoint, load_weights
     from .engine.distributed import loader_workers
     from .engine.pipeline import EvalBatches, resolve_pipeline
     from .engine.rundir import CHECKPOINT
@@ -87,7 +95,10 @@ def cmd_eval(args) -> int:
     path = Path(args.checkpoint)
     if path.is_dir():  # a run directory
         path = path / CHECKPOINT
-    state = load_checkpoint(path)
+    if path.suffix == ".safetensors":  # exported weights: no pickle at all
+        state = load_weights(path)
+    else:
+        state = load_checkpoint(path)
     config, method = restore_method(state, _overrides(args), source=str(path), run_dir=path.parent)
     _, test_set = load_datasets(config, ("regular",), train=False, defer_normalize=True)
     counts = [int(n) for n in state["cls_num_list"]]
@@ -99,11 +110,28 @@ def cmd_eval(args) -> int:
     )
     result = evaluate_method(method, batches, counts, len(counts), device, config.train.amp, progress=True)
     result["epoch"] = state["epoch"]
-    result["reported"] = f"checkpoint after epoch {state['epoch']}"
+    kind = "exported weights" if path.suffix == ".safetensors" else "checkpoint"
+    result["reported"] = f"{kind} after epoch {state['epoch']}"
     out = Path(args.out) if args.out else path.with_name("eval.json")
     out.write_text(json.dumps(result, indent=2))
     print(format_groups(result))
     print(f"written: {out}")
+    return 0
+
+
+def cmd_export(args) -> int:
+    from .engine.checkpoint import export_weights, load_checkpoint
+    from .engine.rundir import CHECKPOINT
+
+    source = Path(args.run)
+    path = source / CHECKPOINT if source.is_dir() else source
+    out = Path(args.out)
+    if out.suffix != ".safetensors":
+        raise _UsageError(f"--out {out}: name the file *.safetensors")
+    state = load_checkpoint(path)
+    export_weights(state, out)
+    print(f"written: {out} ({len(state['method'])} tensors, epoch {state['epoch']}, {state['config'].get('name')}); "
+          f"evaluate it with: dbm-ltr eval --checkpoint {out}")
     return 0
 
 
@@ -327,6 +355,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="run directory (new, empty, or a run to --resume)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint")
     _add_set(p)
+    _add_trust(p)
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser(
@@ -346,10 +375,25 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("eval", help="evaluate a checkpoint on its test set")
     p.add_argument("--checkpoint", required=True,
-                   help="a run directory or a checkpoint file written by dbm-ltr train")
+                   help="a run directory, a checkpoint file written by dbm-ltr train, or weights "
+                   "written by dbm-ltr export (FILE.safetensors)")
     p.add_argument("--out", help="where to write the JSON result (default: eval.json beside it)")
     _add_set(p)
+    _add_trust(p)
     p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser(
+        "export", help="a run's weights as safetensors (no pickle), to share or evaluate",
+        description="Write a run's trained weights to FILE.safetensors, with what it takes to "
+        "rebuild the model (its config and class counts) in the file's metadata. Loading it "
+        "runs no code: dbm-ltr eval --checkpoint FILE.safetensors. Needs the safetensors "
+        "package (pip install 'dbm-ltr[safetensors]').",
+        epilog="example: dbm-ltr export runs/c10_dbm_bs --out c10_dbm_bs.safetensors",
+    )
+    p.add_argument("run", metavar="RUN", help="a run directory (or its checkpoint file)")
+    p.add_argument("--out", required=True, metavar="FILE.safetensors", help="the file to write")
+    _add_trust(p)
+    p.set_defaults(func=cmd_export)
 
     p = sub.add_parser(
         "reproduce",
@@ -376,6 +420,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--progress-every", type=float, default=600.0, metavar="SECONDS",
                    help="print each running run's epoch, pace and time left this often (default 600; 0: never)")
     _add_set(p)
+    _add_trust(p)
     p.set_defaults(func=cmd_reproduce)
 
     p = sub.add_parser(
@@ -415,6 +460,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "enough samples, as for CIFAR test sets; else the top principal components, e.g. "
                    "34 for 1,000 classes of 2,048-d features), full, or N principal components")
     _add_set(p)
+    _add_trust(p)
     p.set_defaults(func=cmd_analyze)
 
     p = sub.add_parser(
@@ -447,6 +493,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="folder of the run directories")
     p.add_argument("--dry-run", action="store_true", help="print the planned runs and stop")
     _add_set(p)
+    _add_trust(p)
     p.set_defaults(func=cmd_sweep)
     return parser
 
@@ -454,6 +501,9 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)  # before any heavy import: --help and usage errors are instant
     from .engine.trainer import Interrupted
+    from .serialization import trust_checkpoints
+
+    trust_checkpoints(getattr(args, "trust_checkpoint", False))
 
     try:
         return args.func(args)

@@ -6,11 +6,13 @@ exception it refines, so ``except ValueError`` and the like keep working."""
 from __future__ import annotations
 
 __all__ = [
+    "CheckpointError",
     "ConfigError",
     "DataError",
     "DatasetNotFoundError",
     "DbmLtrError",
     "MissingDependencyError",
+    "UnsafeCheckpointError",
 ]
 
 
@@ -38,3 +40,13 @@ class DatasetNotFoundError(DbmLtrError, FileNotFoundError):
 
 class MissingDependencyError(DbmLtrError, ImportError):
     """An optional package is needed (scikit-learn for the demo, timm for ``timm:`` trunks)."""
+
+
+class CheckpointError(DbmLtrError, RuntimeError):
+    """A checkpoint that cannot be used or written, or a run directory that cannot be trained
+    into; the message says why and what to do."""
+
+
+class UnsafeCheckpointError(CheckpointError):
+    """A file that the restricted unpickler refuses: loading it could run code, so nothing of
+    it was loaded (:mod:`dbm_ltr.serialization`)."""

@@ -29,6 +29,7 @@ from ..engine.config import ConfigError, load_config, preset_dir
 from ..engine.distributed import pick_device
 from ..engine.rundir import CHECKPOINT, LOG, METRICS, OUTPUT, recipe_revisions
 from ..engine.trainer import _StopSignals
+from ..serialization import trusted
 from .plots import plot_reproduction
 from .report import report_markdown, summarize_runs, write_report
 from .runs import read_metrics, read_run_config
@@ -214,6 +215,7 @@ def describe(runs: Sequence[ReproRun], jobs: int) -> str:
 def _command(run: ReproRun) -> list[str]:
     cmd = [sys.executable, "-m", "dbm_ltr.cli", "train", "--config", run.preset, "--out", str(run.run_dir),
            "--set", *run.overrides, "train.progress=false"]
+    cmd += ["--trust-checkpoint"] if trusted() else []  # the parent's explicit opt-in
     return cmd + (["--resume"] if (run.run_dir / CHECKPOINT).is_file() else [])
 
 

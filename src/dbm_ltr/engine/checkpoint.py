@@ -8,6 +8,15 @@ temporary file into place. A process killed at any moment therefore leaves a che
 digest is recorded: the latest, or the previous one. A full disk or an unwritable folder fails
 before anything is replaced. :func:`load_latest` verifies the digest before use and falls back
 to the previous checkpoint, with a warning, when the latest is missing, truncated or damaged.
+
+Reading a checkpoint never runs code from it: every read goes through PyTorch's restricted
+unpickler (``torch.load(..., weights_only=True)``), which builds tensors, numbers, strings,
+lists, tuples and dicts and nothing else; a checkpoint holds only those (the NumPy random
+state is kept as a tensor and numbers). A file that needs anything more is refused in one
+line (:class:`UnsafeCheckpointError`) and none of it is executed. Checkpoints of earlier
+versions (format 1-2) kept NumPy's random state as an array, which the restricted unpickler
+does not build: they load only after an explicit :func:`trust_checkpoints` (the command
+line's ``--trust-checkpoint``), meant for files one has made oneself.
 """
 
 from __future__ import annotations
@@ -27,29 +36,30 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..errors import DbmLtrError
+from ..errors import CheckpointError, MissingDependencyError, UnsafeCheckpointError
+from ..serialization import safe_load, trust_checkpoints
 
 __all__ = [
     "CHECKPOINT",
     "CheckpointError",
     "FORMAT_VERSION",
+    "UnsafeCheckpointError",
     "capture_rng",
+    "export_weights",
     "load_checkpoint",
     "load_latest",
+    "load_weights",
     "previous_path",
     "restore_rng",
+    "safe_load",
     "save_checkpoint",
+    "trust_checkpoints",
 ]
 
-FORMAT_VERSION = 2
-READABLE_VERSIONS = (1, 2)
+FORMAT_VERSION = 3  # 3: RNG states in plain types (the restricted unpickler reads every part)
+READABLE_VERSIONS = (1, 2, 3)
 CHECKPOINT = "checkpoint.pt"
 DIGESTS = "checkpoint.sha256"
-
-
-class CheckpointError(DbmLtrError, RuntimeError):
-    """A checkpoint that cannot be used or written, or a run directory that cannot be trained
-    into; the message says why and what to do."""
 
 
 def previous_path(path: Path) -> Path:
@@ -164,8 +174,10 @@ def load_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> dic
     path = Path(path)
     data = _verified_bytes(path)
     try:
-        state = torch.load(io.BytesIO(data), map_location=map_location, weights_only=False)
+        state = safe_load(data, str(path), map_location)
     except (RuntimeError, EOFError, pickle.UnpicklingError, zipfile.BadZipFile, ValueError) as err:
+        if isinstance(err, UnsafeCheckpointError):
+            raise
         raise CheckpointError(
             f"{path} is not a readable checkpoint ({type(err).__name__}: {str(err).splitlines()[0][:300]}); "
             "it may be truncated or corrupted: delete it and rerun without --resume, or resume "
@@ -199,9 +211,13 @@ def load_latest(path: Path, map_location: str | torch.device = "cpu") -> tuple[d
 
 
 def capture_rng() -> dict[str, Any]:
+    """The Python, NumPy, torch (and CUDA) random states in types the restricted unpickler
+    reads: tuples, numbers, strings and tensors."""
+    name, keys, pos, has_gauss, cached = np.random.get_state()
     state = {
         "python": random.getstate(),
-        "numpy": np.random.get_state(),
+        "numpy": {"name": str(name), "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
+                  "has_gauss": int(has_gauss), "cached_gaussian": float(cached)},
         "torch": torch.get_rng_state(),
     }
     if torch.cuda.is_available():
@@ -210,8 +226,87 @@ def capture_rng() -> dict[str, Any]:
 
 
 def restore_rng(state: dict[str, Any]) -> None:
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
+    """Restore :func:`capture_rng`'s states (or those of a format 1-2 checkpoint)."""
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    numpy = state["numpy"]
+    if isinstance(numpy, dict):
+        numpy = (numpy["name"], numpy["keys"].numpy().astype(np.uint32), numpy["pos"], numpy["has_gauss"],
+                 numpy["cached_gaussian"])
+    np.random.set_state(numpy)
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
+
+
+#: The metadata key of an exported weights file (a JSON object: format, config, class counts).
+WEIGHTS_METADATA = "dbm_ltr"
+
+
+def _safetensors():
+    try:
+        import safetensors.torch
+    except ImportError:
+        raise MissingDependencyError(
+            "exported weights are safetensors files: install the package with pip install 'dbm-ltr[safetensors]'"
+        ) from None
+    return safetensors.torch
+
+
+def export_weights(state: dict[str, Any], path: str | Path) -> Path:
+    """Write a checkpoint's method weights to a safetensors file (no pickle), with what is
+    needed to rebuild the model in its metadata: the config (YAML), the class counts and the
+    epoch. :func:`load_weights` reads it back as a state for ``restore_method``."""
+    import yaml
+
+    st = _safetensors()
+    missing = [k for k in ("config", "method", "cls_num_list", "epoch") if k not in state]
+    if missing:
+        raise CheckpointError(f"the checkpoint lacks {', '.join(missing)}; it was not written by dbm-ltr train")
+    tensors = {k: v.detach().to("cpu").contiguous().clone() for k, v in state["method"].items()}
+    meta = {"format": "dbm-ltr weights", "version": 1, "epoch": int(state["epoch"]),
+            "cls_num_list": [int(n) for n in state["cls_num_list"]],
+            "config": yaml.safe_dump(state["config"], sort_keys=False)}
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = temporary_file(path)
+    try:
+        mode = os.stat(tmp).st_mode  # safetensors writes its files private; keep the usual mode
+        st.save_file(tensors, tmp, metadata={WEIGHTS_METADATA: json.dumps(meta)})
+        os.chmod(tmp, mode)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return path
+
+
+def load_weights(path: str | Path) -> dict[str, Any]:
+    """An exported weights file (:func:`export_weights`) as a checkpoint-like state: ``config``,
+    ``method`` (the tensors), ``cls_num_list``, ``epoch``, ``final``. Reading it runs no code."""
+    import yaml
+
+    st = _safetensors()
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"no weights file at {path}")
+    try:
+        from safetensors import safe_open
+
+        with safe_open(str(path), framework="pt") as f:
+            metadata = f.metadata() or {}
+        tensors = st.load_file(str(path))
+    except Exception as err:  # noqa: BLE001 - any unreadable file is one message
+        raise CheckpointError(f"{path} is not a readable safetensors file ({type(err).__name__}: "
+                              f"{str(err).splitlines()[0][:200] if str(err) else ''})") from None
+    try:
+        meta = json.loads(metadata[WEIGHTS_METADATA])
+        config = yaml.safe_load(meta["config"])
+        state = {"config": config, "method": tensors, "cls_num_list": [int(n) for n in meta["cls_num_list"]],
+                 "epoch": int(meta["epoch"]), "final": True}
+    except (KeyError, TypeError, ValueError, yaml.YAMLError):
+        raise CheckpointError(f"{path} holds no dbm-ltr metadata; write one with dbm-ltr export RUN --out "
+                              f"{path.name}") from None
+    if not isinstance(config, dict):
+        raise CheckpointError(f"{path}: its dbm-ltr metadata holds no config")
+    return state

@@ -131,7 +131,8 @@ def environment() -> dict[str, Any]:
 
     from .. import __version__
 
-    return {"dbm_ltr": __version__, "torch": torch.__version__, "torchvision": torchvision.__version__,
+    # plain strings (torch.__version__ is a str subclass the checkpoints' safe loader would refuse)
+    return {"dbm_ltr": str(__version__), "torch": str(torch.__version__), "torchvision": str(torchvision.__version__),
             "python": platform.python_version(), "git_commit": _git_commit()}
 
 

@@ -412,7 +412,7 @@ class Trainer:
         self.pipeline = resolve_pipeline(config, views, self.device)
         self.train_set, self.test_set = load_datasets(config, views, defer_normalize=True)
         self.normalize = batch_normalizer(self.train_set.transform) if self.pipeline == "loader" else None
-        self.cls_num_list = list(self.train_set.cls_num_list)
+        self.cls_num_list = [int(n) for n in self.train_set.cls_num_list]
         self.num_classes = len(self.cls_num_list)  # from the training split (a split file may define it)
         # pretrained weights for a new run only (a resumed one restores its own)
         with pretrained_trunks(config.model.pretrained if state is None else "", config.model.name):

@@ -37,9 +37,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..errors import UnsafeCheckpointError
 from ..losses import class_counts
 from ..losses.gml import distillation_kl, gml_contrastive_losses, queue_segments
 from ..models import TrunkClassifier, create_model, projection_mlp
+from ..serialization import safe_load
 from .base import SingleModelMethod, StepOutput, check_head_matches_loss, constructor_params, gather_from_all
 
 CHECKPOINT = "checkpoint.pt"  # a run directory's latest checkpoint (dbm_ltr.engine.rundir)
@@ -65,7 +67,9 @@ def load_teacher(
         raise ValueError(f"method.teacher: no teacher checkpoint at {file} (give a run directory of "
                          "dbm-ltr train or its checkpoint.pt)")
     try:
-        state = torch.load(file, map_location="cpu", weights_only=False)
+        state = safe_load(file.read_bytes(), f"method.teacher: {file}")  # nothing of it runs
+    except UnsafeCheckpointError:
+        raise
     except Exception as err:  # noqa: BLE001 - any unreadable file is the same user error
         raise ValueError(f"method.teacher: {file} is not a readable checkpoint ({type(err).__name__})") from None
     config = state.get("config") if isinstance(state, dict) else None

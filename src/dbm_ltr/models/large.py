@@ -17,7 +17,8 @@ from typing import Iterator, Optional
 import torch
 from torch import nn
 
-from ..errors import DbmLtrError, MissingDependencyError
+from ..errors import DbmLtrError, MissingDependencyError, UnsafeCheckpointError
+from ..serialization import safe_load
 
 __all__ = [
     "HEAD_PREFIXES", "TIMM_PREFIX", "PretrainedNotFoundError", "TimmNotInstalledError", "load_pretrained", "pretrained_trunks", "timm_trunk",
@@ -65,7 +66,10 @@ def _read_state(path: str) -> dict[str, torch.Tensor]:
             "save a state dict there first (torch.save(model.state_dict(), PATH))"
         )
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        with open(path, "rb") as f:
+            state = safe_load(f.read(), f"pretrained weights {path} (model.pretrained)")
+    except UnsafeCheckpointError:
+        raise
     except Exception as err:  # noqa: BLE001 - any unreadable file gets the same message
         raise ValueError(f"pretrained weights {path}: not a readable torch state dict ({type(err).__name__}: "
                          f"{str(err).splitlines()[0][:160] if str(err) else ''})") from None
