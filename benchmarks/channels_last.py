@@ -26,8 +26,11 @@ from dbm_ltr.engine import Trainer, load_config
 def engine_rates(preset: str, flag: bool, steps: int, overrides: list[str]) -> tuple[float, float]:
     """(training images/s, evaluation seconds) of ``preset`` with ``train.channels_last=flag``."""
     with tempfile.TemporaryDirectory() as tmp:
-        trainer = Trainer(load_config(preset, [*overrides, f"train.channels_last={str(flag).lower()}"]),
-                          f"{tmp}/run", log=lambda m: None)
+        trainer = Trainer(
+            load_config(preset, [*overrides, f"train.channels_last={str(flag).lower()}"]),
+            f"{tmp}/run",
+            log=lambda m: None,
+        )
         trainer.train_one_epoch(0, max_steps=3)
         rate = trainer.train_one_epoch(0, max_steps=steps)["images_per_s"]
         start = time.perf_counter()
@@ -56,7 +59,9 @@ def main() -> None:
     parser.add_argument("--set", nargs="*", default=[], dest="overrides", help="more config overrides")
     args = parser.parse_args()
     base = [f"data.root={args.root}", "train.progress=false", "optim.epochs=1", "optim.warmup_epochs=0"]
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, overrides: {' '.join(args.overrides) or 'none'}")
+    print(
+        f"torch {torch.__version__}, {torch.get_num_threads()} threads, overrides: {' '.join(args.overrides) or 'none'}"
+    )
     for preset in args.presets:
         overrides = base + args.overrides if preset.startswith("cifar") else ["train.progress=false", *args.overrides]
         runs = {True: [], False: []}
@@ -64,11 +69,16 @@ def main() -> None:
             for flag in (False, True):
                 runs[flag].append(engine_rates(preset, flag, args.steps, overrides))
         best = {flag: (max(r for r, _ in v), min(s for _, s in v)) for flag, v in runs.items()}
-        print(f"{preset}: train {best[False][0]:.0f} -> {best[True][0]:.0f} img/s ({best[True][0] / best[False][0]:.2f}x), "
-              f"evaluation {best[False][1]:.2f} -> {best[True][1]:.2f} s ({best[False][1] / best[True][1]:.2f}x)")
+        print(
+            f"{preset}: train {best[False][0]:.0f} -> {best[True][0]:.0f} img/s "
+            f"({best[True][0] / best[False][0]:.2f}x), "
+            f"evaluation {best[False][1]:.2f} -> {best[True][1]:.2f} s ({best[False][1] / best[True][1]:.2f}x)"
+        )
     for offset in (0.0, 3.0):
-        print(f"BatchNorm2d output error vs float64, input {'N(3, 0.1)' if offset else 'N(0, 1)'}: "
-              f"contiguous {batchnorm_error(offset, False):.1e}, channels-last {batchnorm_error(offset, True):.1e}")
+        print(
+            f"BatchNorm2d output error vs float64, input {'N(3, 0.1)' if offset else 'N(0, 1)'}: "
+            f"contiguous {batchnorm_error(offset, False):.1e}, channels-last {batchnorm_error(offset, True):.1e}"
+        )
 
 
 if __name__ == "__main__":

@@ -45,12 +45,23 @@ def measure(classes: int, dim: int, per_class: int) -> dict:
         start = time.perf_counter()
         fisher_pairwise(feats[keep], labels[keep], few)
         exact_s = (time.perf_counter() - start) * pairs / (few * (few - 1) // 2)
-    return {"auto_dims": auto["dims"], "auto_s": auto_s, "exact_s": exact_s, "pairs": pairs,
-            "exact_gb": classes * dim * dim * 8 / 1e9}
+    return {
+        "auto_dims": auto["dims"],
+        "auto_s": auto_s,
+        "exact_s": exact_s,
+        "pairs": pairs,
+        "exact_gb": classes * dim * dim * 8 / 1e9,
+    }
 
 
 def _duration(seconds: float) -> str:
-    return f"{seconds:.1f} s" if seconds < 120 else f"{seconds / 60:.0f} min" if seconds < 7200 else f"{seconds / 3600:.0f} h"
+    return (
+        f"{seconds:.1f} s"
+        if seconds < 120
+        else f"{seconds / 60:.0f} min"
+        if seconds < 7200
+        else f"{seconds / 3600:.0f} h"
+    )
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -64,12 +75,17 @@ def main(argv: list[str] | None = None) -> None:
         parser.error("--classes, --dim and --per-class take one value per case each")
     torch.set_num_threads(args.threads)
     print(f"Fisher separability, {args.threads} thread(s), torch {torch.__version__}")
-    print("| classes | dim | images a class | pairs | auto: dims | auto: time | every dim: time (scaled) | every dim: covariances |")
+    print(
+        "| classes | dim | images a class | pairs | auto: dims | auto: time | every dim: time (scaled) "
+        "| every dim: covariances |"
+    )
     print("|---|---|---|---|---|---|---|---|")
     for c, d, n in zip(args.classes, args.dim, args.per_class):
         r = measure(c, d, n)
-        print(f"| {c} | {d} | {n} | {r['pairs']:,} | {r['auto_dims']} | {_duration(r['auto_s'])} | "
-              f"{_duration(r['exact_s'])} | {r['exact_gb']:.2f} GB |")
+        print(
+            f"| {c} | {d} | {n} | {r['pairs']:,} | {r['auto_dims']} | {_duration(r['auto_s'])} | "
+            f"{_duration(r['exact_s'])} | {r['exact_gb']:.2f} GB |"
+        )
 
 
 if __name__ == "__main__":

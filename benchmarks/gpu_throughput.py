@@ -47,15 +47,21 @@ def _sync(device: torch.device) -> None:
 
 def trainer(args, tmp: str, name: str, *extra: str) -> Trainer:
     overrides = [
-        f"data.root={args.root}", f"data.workers={args.workers}", "train.progress=false",
-        f"optim.batch_size={args.batch_size}", "optim.epochs=1", "optim.warmup_epochs=0", *extra,
+        f"data.root={args.root}",
+        f"data.workers={args.workers}",
+        "train.progress=false",
+        f"optim.batch_size={args.batch_size}",
+        "optim.epochs=1",
+        "optim.warmup_epochs=0",
+        *extra,
     ]
     return Trainer(load_config("cifar10_lt/ce", overrides), f"{tmp}/{name}", log=lambda m: None)
 
 
 def loader_alone(t: Trainer, args) -> float:
-    loader = DataLoader(t.train_set, batch_size=args.batch_size, shuffle=True, num_workers=args.workers,
-                        persistent_workers=False)
+    loader = DataLoader(
+        t.train_set, batch_size=args.batch_size, shuffle=True, num_workers=args.workers, persistent_workers=False
+    )
     it = iter(loader)
     next(it)  # worker start-up
     start, seen = time.perf_counter(), 0
@@ -116,16 +122,38 @@ def worker(args) -> None:
 
 def packed(args, jobs: int, tmp: str) -> float:
     """Aggregate images/s of ``jobs`` engine processes training at once."""
-    flags = ["--root", args.root, "--steps", str(args.steps), "--warmup", str(args.warmup),
-             "--batch-size", str(args.batch_size), "--workers", str(args.workers), "--pipeline", args.pipeline]
+    flags = [
+        "--root",
+        args.root,
+        "--steps",
+        str(args.steps),
+        "--warmup",
+        str(args.warmup),
+        "--batch-size",
+        str(args.batch_size),
+        "--workers",
+        str(args.workers),
+        "--pipeline",
+        args.pipeline,
+    ]
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     env = {**os.environ, "OMP_NUM_THREADS": str(max(1, cores // jobs))}
     go = Path(tmp) / f"go{jobs}"
     procs, ready = [], []
     for k in range(jobs):
         ready.append(Path(tmp) / f"ready{jobs}_{k}")
-        cmd = [sys.executable, __file__, "--worker", "--ready", str(ready[-1]), "--go", str(go), *flags,
-               "--extra", *args.extra]
+        cmd = [
+            sys.executable,
+            __file__,
+            "--worker",
+            "--ready",
+            str(ready[-1]),
+            "--go",
+            str(go),
+            *flags,
+            "--extra",
+            *args.extra,
+        ]
         procs.append(subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True, env=env))
     while not all(r.exists() for r in ready):
         if any(p.poll() not in (None, 0) for p in procs):
@@ -146,9 +174,12 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=min(8, os.cpu_count() or 1))
     parser.add_argument("--jobs", default="1,2,4,8", help="packed-run counts (comma-separated)")
     parser.add_argument("--pipeline", default="auto", help="pipeline of the packed runs")
-    parser.add_argument("--only", default="pipelines,eager,packed,compiled",
-                        help="row groups to measure, in this order: pipelines (each alone), eager "
-                             "(train step, fp32 and amp), packed, compiled")
+    parser.add_argument(
+        "--only",
+        default="pipelines,eager,packed,compiled",
+        help="row groups to measure, in this order: pipelines (each alone), eager "
+        "(train step, fp32 and amp), packed, compiled",
+    )
     parser.add_argument("--extra", nargs="*", default=[], help="more overrides for every run")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--ready", help=argparse.SUPPRESS)
@@ -159,8 +190,11 @@ def main() -> None:
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU ({os.cpu_count()} cores)"
-    print(f"device: {name}; torch {torch.__version__}; batch {args.batch_size}; {args.steps} steps a row; "
-          f"{args.workers} loader workers; {torch.get_num_threads()} threads", flush=True)
+    print(
+        f"device: {name}; torch {torch.__version__}; batch {args.batch_size}; {args.steps} steps a row; "
+        f"{args.workers} loader workers; {torch.get_num_threads()} threads",
+        flush=True,
+    )
     rows = []
 
     def add(label: str, value: float) -> None:
@@ -170,7 +204,9 @@ def main() -> None:
     groups = {g.strip() for g in args.only.split(",") if g.strip()}
     unknown = groups - {"pipelines", "eager", "packed", "compiled"}
     if unknown:
-        parser.error(f"--only: unknown row group(s) {', '.join(sorted(unknown))}; use pipelines, eager, packed, compiled")
+        parser.error(
+            f"--only: unknown row group(s) {', '.join(sorted(unknown))}; use pipelines, eager, packed, compiled"
+        )
     end_to_end = {}
     try:
         with tempfile.TemporaryDirectory() as tmp:
@@ -190,12 +226,17 @@ def main() -> None:
                 add(f"packed runs x{jobs} ({args.pipeline} pipeline{extra}), aggregate", packed(args, jobs, tmp))
             # last: compiling takes the longest, and a time-boxed run loses these rows first
             if "compiled" in groups:
-                for label, extra in [("compiled, fp32", ["train.compile=true"]),
-                                     ("compiled, amp", ["train.compile=true", "train.amp=true"]),
-                                     ("compiled with CUDA graphs, fp32",
-                                      ["train.compile=true", "train.compile_mode=reduce-overhead"])]:
-                    add(f"train step, device pipeline, {label}",
-                        step_rate(args, tmp, label.replace(", ", "_").replace(" ", "_"), "data.pipeline=device", *extra))
+                for label, extra in [
+                    ("compiled, fp32", ["train.compile=true"]),
+                    ("compiled, amp", ["train.compile=true", "train.amp=true"]),
+                    ("compiled with CUDA graphs, fp32", ["train.compile=true", "train.compile_mode=reduce-overhead"]),
+                ]:
+                    add(
+                        f"train step, device pipeline, {label}",
+                        step_rate(
+                            args, tmp, label.replace(", ", "_").replace(" ", "_"), "data.pipeline=device", *extra
+                        ),
+                    )
     except KeyboardInterrupt:
         print("stopped before the end (interrupted or out of time); the rows measured so far:")
     print(f"\n| measurement ({name}) | images/s |\n|---|---|")
@@ -203,8 +244,10 @@ def main() -> None:
         print(f"| {label} | {value:.0f} |")
     if "device" in end_to_end and "loader" in end_to_end:
         ratio = end_to_end["device"] / end_to_end["loader"]
-        print(f"\nend to end, device pipeline / loader pipeline: {ratio:.3f}"
-              + (" (target on the CPU: >= 0.95)" if device.type == "cpu" else ""))
+        print(
+            f"\nend to end, device pipeline / loader pipeline: {ratio:.3f}"
+            + (" (target on the CPU: >= 0.95)" if device.type == "cpu" else "")
+        )
     if "amp" in end_to_end:
         print(f"end to end, device pipeline, bfloat16 AMP / fp32: {end_to_end['amp'] / end_to_end['device']:.3f}")
 

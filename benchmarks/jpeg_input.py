@@ -99,8 +99,9 @@ def generate(out: Path, count: int, source: str, lo: int, hi: int, quality: int,
 
 
 def write_split_files(root: Path, files: list[Path]) -> None:
-    lines = "".join(f"{p.relative_to(root)} {int(p.parent.name[1:]) if p.parent.name[1:].isdigit() else 0}\n"
-                    for p in files)
+    lines = "".join(
+        f"{p.relative_to(root)} {int(p.parent.name[1:]) if p.parent.name[1:].isdigit() else 0}\n" for p in files
+    )
     for split in ("train", "test"):
         (root / f"ImageNet_LT_{split}.txt").write_text(lines)
 
@@ -174,8 +175,9 @@ def device_decode_pass(dataset, workers: int, batch: int = 32) -> float:
 def device_decode_line(root: Path, name: str, workers: int, repeats: int) -> str:
     """The ``decode=device`` measurement of one transform, or the error it raised."""
     try:
-        dataset = create_dataset("imagenet_lt", str(root), train=True,
-                                 transform=build_transform(name, defer_normalize=True), decode="device")
+        dataset = create_dataset(
+            "imagenet_lt", str(root), train=True, transform=build_transform(name, defer_normalize=True), decode="device"
+        )
         rates = [device_decode_pass(dataset, workers) for _ in range(repeats + 1)]
         return f"{max(rates[1:]):.0f} images/s end to end (nvJPEG + GPU transform + normalisation)"
     except Exception as err:  # noqa: BLE001 - the benchmark reports whatever broke
@@ -218,18 +220,26 @@ def main(argv=None) -> int:
             what = f"{len(files)} JPEGs from {args.images}"
         else:
             root, files = work, generate(work, args.count, args.source, args.min_size, args.max_size, args.quality)
-            what = (f"{len(files)} JPEGs from {args.source}, {args.min_size}-{args.max_size} px a side, "
-                    f"quality {args.quality}")
+            what = (
+                f"{len(files)} JPEGs from {args.source}, {args.min_size}-{args.max_size} px a side, "
+                f"quality {args.quality}"
+            )
         write_split_files(root, files)
         sizes = np.array([Image.open(f).size for f in files])
         cores = max(args.workers, 1)
-        print(f"{what}; mean size {sizes[:, 0].mean():.0f} x {sizes[:, 1].mean():.0f}, "
-              f"{sum(os.path.getsize(f) for f in files) / len(files) / 1024:.0f} KiB a file")
-        print(f"{'workers: ' + str(args.workers) if args.workers else 'single process, 1 thread'}; "
-              f"images/s per core (best of {args.repeats} interleaved passes)\n")
-        print(f"{'transform':10s} {'ImageFolder+PIL':>16s} {'ours':>6s} {'ours, loader alone':>19s} "
-              f"{'ours, normalised per image':>27s} {'ours decode=pil':>16s} {'speed-up (ours)':>16s} "
-              f"{'(loader alone)':>15s}")
+        print(
+            f"{what}; mean size {sizes[:, 0].mean():.0f} x {sizes[:, 1].mean():.0f}, "
+            f"{sum(os.path.getsize(f) for f in files) / len(files) / 1024:.0f} KiB a file"
+        )
+        print(
+            f"{'workers: ' + str(args.workers) if args.workers else 'single process, 1 thread'}; "
+            f"images/s per core (best of {args.repeats} interleaved passes)\n"
+        )
+        print(
+            f"{'transform':10s} {'ImageFolder+PIL':>16s} {'ours':>6s} {'ours, loader alone':>19s} "
+            f"{'ours, normalised per image':>27s} {'ours decode=pil':>16s} {'speed-up (ours)':>16s} "
+            f"{'(loader alone)':>15s}"
+        )
         for kind, name in (("train", "imagenet_train"), ("test", "imagenet_test")):
             base = ImageFolder(str(root / "train"), transform=baseline_transform(kind))
             ours, per_image, plain = (
@@ -239,14 +249,20 @@ def main(argv=None) -> int:
             plain.decode = "pil"
             columns = [(base, True), (ours, True), (ours, False), (per_image, True), (plain, True)]
             rates = [r / cores for r in measure(columns, args.workers, args.repeats)]
-            print(f"{kind:10s} {rates[0]:16.0f} {rates[1]:6.0f} {rates[2]:19.0f} {rates[3]:27.0f} "
-                  f"{rates[4]:16.0f} {rates[1] / rates[0]:15.2f}x {rates[2] / rates[0]:14.2f}x")
+            print(
+                f"{kind:10s} {rates[0]:16.0f} {rates[1]:6.0f} {rates[2]:19.0f} {rates[3]:27.0f} "
+                f"{rates[4]:16.0f} {rates[1] / rates[0]:15.2f}x {rates[2] / rates[0]:14.2f}x"
+            )
             if torch.cuda.is_available():
-                print(f"{kind:10s} decode=device on {torch.cuda.get_device_name()}: "
-                      f"{device_decode_line(root, name, args.workers, args.repeats)}")
+                print(
+                    f"{kind:10s} decode=device on {torch.cuda.get_device_name()}: "
+                    f"{device_decode_line(root, name, args.workers, args.repeats)}"
+                )
         rate = decode_alone(files, args.repeats)
-        print(f"\nread + full-size decode alone (this process, 1 thread): {rate:.0f} images/s, "
-              f"{1000 / rate:.2f} ms an image")
+        print(
+            f"\nread + full-size decode alone (this process, 1 thread): {rate:.0f} images/s, "
+            f"{1000 / rate:.2f} ms an image"
+        )
     return 0
 
 

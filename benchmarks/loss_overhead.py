@@ -90,6 +90,7 @@ def run(device: torch.device, rounds: int, calls: int) -> None:
             def step():
                 cos.grad = None
                 loss_fn().backward()
+
             return step
 
         plain_ce = timed(lambda: F.cross_entropy(cos * scale, target))

@@ -24,17 +24,23 @@ PRESETS = ["ce", "dbm_ce", "bcl", "dbm_bcl", "gml", "dbm_gml", "ncl", "dbm_ncl"]
 
 def common_overrides(args) -> list[str]:
     return [
-        f"data.root={args.root}", f"data.workers={args.workers}", "train.progress=false",
-        f"optim.batch_size={args.batch_size}", "optim.epochs=1", "optim.warmup_epochs=0",
-        "train.drop_last=false", f"data.pipeline={args.pipeline}",
+        f"data.root={args.root}",
+        f"data.workers={args.workers}",
+        "train.progress=false",
+        f"optim.batch_size={args.batch_size}",
+        "optim.epochs=1",
+        "optim.warmup_epochs=0",
+        "train.drop_last=false",
+        f"data.pipeline={args.pipeline}",
     ]
 
 
 def make_teacher(args, tmp: str) -> str:
     """A GML teacher run that counts as finished: one step of a 1-epoch gml_teacher run (its
     weights do not matter for speed)."""
-    trainer = Trainer(load_config("cifar10_lt/gml_teacher", common_overrides(args)), f"{tmp}/teacher",
-                      log=lambda m: None)
+    trainer = Trainer(
+        load_config("cifar10_lt/gml_teacher", common_overrides(args)), f"{tmp}/teacher", log=lambda m: None
+    )
     trainer.train_one_epoch(0, max_steps=1)
     trainer._save(1)
     return f"{tmp}/teacher"
@@ -57,8 +63,10 @@ def main() -> None:
     parser.add_argument("--presets", nargs="+", default=PRESETS)
     parser.add_argument("--pipeline", default="auto", help="data.pipeline of every run (auto, loader, device)")
     args = parser.parse_args()
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {args.workers} workers, "
-          f"batch {args.batch_size}, {args.images} images a pass")
+    print(
+        f"torch {torch.__version__}, {torch.get_num_threads()} threads, {args.workers} workers, "
+        f"batch {args.batch_size}, {args.images} images a pass"
+    )
     rates: dict[str, list[float]] = {p: [] for p in args.presets}
     with tempfile.TemporaryDirectory() as tmp:
         teacher = make_teacher(args, tmp) if any(p.endswith("gml") for p in args.presets) else ""

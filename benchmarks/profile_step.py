@@ -30,8 +30,14 @@ from torch.profiler import ProfilerActivity, profile
 
 from dbm_ltr.engine import Trainer, load_config
 
-SYNC_CALLS = ("cudaStreamSynchronize", "cudaDeviceSynchronize", "cudaEventSynchronize", "cudaMemcpy",
-              "cuStreamSynchronize", "cuCtxSynchronize")
+SYNC_CALLS = (
+    "cudaStreamSynchronize",
+    "cudaDeviceSynchronize",
+    "cudaEventSynchronize",
+    "cudaMemcpy",
+    "cuStreamSynchronize",
+    "cuCtxSynchronize",
+)
 
 
 def _device_time(event) -> float:
@@ -53,7 +59,8 @@ def bare_rate(device: torch.device, batch: int, steps: int, graph: bool = False)
     """Steps/s of the plainest loop for the same network: ResNet-32 + linear head, CE, SGD
     with momentum, inputs fixed on the device (no augmentation, no bookkeeping), the model in
     channels-last memory as the engine's default; with ``graph`` the whole step (forward,
-    backward, SGD) is captured once as a CUDA graph and replayed, which removes the host's launch cost: the floor of the step on the GPU."""
+    backward, SGD) is captured once as a CUDA graph and replayed, which removes the host's launch cost: the floor
+    of the step on the GPU."""
     from dbm_ltr.models import create_model
 
     torch.manual_seed(0)
@@ -85,9 +92,11 @@ def bare_rate(device: torch.device, batch: int, steps: int, graph: bool = False)
             step()
         run = g.replay
     else:
+
         def run() -> None:
             opt.zero_grad(set_to_none=True)
             step()
+
     for _ in range(10):
         run()
     sync()
@@ -102,14 +111,21 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--root", default="../shared/data", help="folder with CIFAR-10")
     parser.add_argument("--config", default="cifar10_lt/dbm_ce", help="preset to train")
-    parser.add_argument("--steps", type=int, default=64, help="profiled steps (the device pipeline augments 32 batches of 64 at a time)")
+    parser.add_argument(
+        "--steps", type=int, default=64, help="profiled steps (the device pipeline augments 32 batches of 64 at a time)"
+    )
     parser.add_argument("--warmup", type=int, default=20, help="steps before (allocations, autotuning, compilation)")
     parser.add_argument("--top", type=int, default=12, help="rows of each table")
     parser.add_argument("--set", nargs="*", default=[], dest="overrides", help="more config overrides")
     args = parser.parse_args(argv)
 
-    overrides = [f"data.root={args.root}", "train.progress=false", "optim.epochs=1", "optim.warmup_epochs=0",
-                 *args.overrides]
+    overrides = [
+        f"data.root={args.root}",
+        "train.progress=false",
+        "optim.epochs=1",
+        "optim.warmup_epochs=0",
+        *args.overrides,
+    ]
     with tempfile.TemporaryDirectory() as tmp:
         trainer = Trainer(load_config(args.config, overrides), f"{tmp}/run", log=lambda m: None)
         device = trainer.device
@@ -127,10 +143,14 @@ def main(argv: list[str] | None = None) -> None:
 
     rows = prof.key_averages()
     per_step = 1.0 / args.steps
-    print(f"{args.config} on {name} (torch {torch.__version__}), batch {trainer.config.optim.batch_size}, "
-          f"{trainer.pipeline} pipeline, overrides: {' '.join(args.overrides) or 'none'}")
-    print(f"  wall time per step:            {wall_ms:8.2f} ms ({1e3 / wall_ms:.0f} steps/s; "
-          f"{profiled_ms:.2f} ms under the profiler)")
+    print(
+        f"{args.config} on {name} (torch {torch.__version__}), batch {trainer.config.optim.batch_size}, "
+        f"{trainer.pipeline.name} pipeline, overrides: {' '.join(args.overrides) or 'none'}"
+    )
+    print(
+        f"  wall time per step:            {wall_ms:8.2f} ms ({1e3 / wall_ms:.0f} steps/s; "
+        f"{profiled_ms:.2f} ms under the profiler)"
+    )
     host = [r for r in rows if not _is_kernel(r)]
     if cuda:
         kernels = [r for r in rows if _is_kernel(r)]
@@ -138,14 +158,24 @@ def main(argv: list[str] | None = None) -> None:
         launches = sum(r.count for r in host if "LaunchKernel" in r.key) * per_step
         copies = sum(r.count for r in host if "Memcpy" in r.key) * per_step
         syncs = sum(r.count for r in host if r.key in SYNC_CALLS) * per_step
-        print(f"  kernel time on the GPU:        {kernel_ms:8.2f} ms per step, "
-              f"{100 * kernel_ms / profiled_ms:.0f}% of the profiled wall time")
+        print(
+            f"  kernel time on the GPU:        {kernel_ms:8.2f} ms per step, "
+            f"{100 * kernel_ms / profiled_ms:.0f}% of the profiled wall time"
+        )
         print(f"  kernel launches per step:      {launches:8.1f}")
         print(f"  memcpy calls per step:         {copies:8.1f}")
         print(f"  synchronising calls per step:  {syncs:8.1f}  ({', '.join(SYNC_CALLS)})")
-        print(f"  verdict: {'the GPU (kernels run back to back)' if kernel_ms > 0.8 * profiled_ms else 'the host (the GPU waits between kernels)'} bounds the step")
-        print(f"\n  top kernels by GPU time (per step):")
-        for r in sorted(kernels, key=_device_time, reverse=True)[:args.top]:
+        print(
+            "  verdict: "
+            + (
+                "the GPU (kernels run back to back)"
+                if kernel_ms > 0.8 * profiled_ms
+                else "the host (the GPU waits between kernels)"
+            )
+            + " bounds the step"
+        )
+        print("\n  top kernels by GPU time (per step):")
+        for r in sorted(kernels, key=_device_time, reverse=True)[: args.top]:
             print(f"    {_device_time(r) / 1e3 * per_step:7.3f} ms  x{r.count * per_step:5.1f}  {r.key[:90]}")
     batch = trainer.config.optim.batch_size
     bare = {"bare loop, eager": bare_rate(device, batch, args.steps)}
@@ -156,8 +186,8 @@ def main(argv: list[str] | None = None) -> None:
             print(f"  (CUDA graph capture failed: {type(err).__name__}: {err})")
     for label, rate in bare.items():
         print(f"  {label + ' (ResNet-32, CE, SGD):':31s}{1e3 / rate:8.2f} ms per step ({rate:.0f} steps/s)")
-    print(f"\n  top host operations by self CPU time (per step):")
-    for r in sorted(host, key=lambda r: r.self_cpu_time_total, reverse=True)[:args.top]:
+    print("\n  top host operations by self CPU time (per step):")
+    for r in sorted(host, key=lambda r: r.self_cpu_time_total, reverse=True)[: args.top]:
         print(f"    {r.self_cpu_time_total / 1e3 * per_step:7.3f} ms  x{r.count * per_step:6.1f}  {r.key[:90]}")
 
 

@@ -23,8 +23,8 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
 from dbm_ltr.engine import Trainer, load_config
+from dbm_ltr.engine.build import to_layout
 from dbm_ltr.engine.config import TrainConfig
-from dbm_ltr.engine.trainer import to_layout
 from dbm_ltr.models import create_model
 
 
@@ -90,13 +90,19 @@ def main() -> None:
     args = parser.parse_args()
 
     overrides = [
-        f"data.root={args.root}", f"data.workers={args.workers}", "train.progress=false",
-        f"optim.batch_size={args.batch_size}", "optim.epochs=1", "optim.warmup_epochs=0",
+        f"data.root={args.root}",
+        f"data.workers={args.workers}",
+        "train.progress=false",
+        f"optim.batch_size={args.batch_size}",
+        "optim.epochs=1",
+        "optim.warmup_epochs=0",
         "data.pipeline=loader",  # the bare loop's pipeline (device pipeline: gpu_throughput.py)
     ]
     config = load_config("cifar10_lt/ce", overrides)
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {args.workers} workers, "
-          f"batch {args.batch_size}, {'channels-last' if config.train.channels_last else 'contiguous'} model")
+    print(
+        f"torch {torch.__version__}, {torch.get_num_threads()} threads, {args.workers} workers, "
+        f"batch {args.batch_size}, {'channels-last' if config.train.channels_last else 'contiguous'} model"
+    )
     engine_rates, bare_rates, dataset = [], [], None
     with tempfile.TemporaryDirectory() as tmp:
         for epoch in range(args.epochs):
@@ -107,15 +113,19 @@ def main() -> None:
             print(f"epoch {epoch + 1}: engine {engine_rates[-1]:7.1f} img/s   bare {bare_rates[-1]:7.1f} img/s")
     engine, bare = statistics.median(engine_rates), statistics.median(bare_rates)
     print(f"\n{len(dataset)} images/epoch (CIFAR-10-LT IF 100, full augmentation)")
-    print(f"engine: {engine:.1f} img/s   bare loop: {bare:.1f} img/s   ratio {engine / bare:.3f} "
-          f"(target >= 0.95: {'ok' if engine / bare >= 0.95 else 'MISSED'})")
+    print(
+        f"engine: {engine:.1f} img/s   bare loop: {bare:.1f} img/s   ratio {engine / bare:.3f} "
+        f"(target >= 0.95: {'ok' if engine / bare >= 0.95 else 'MISSED'})"
+    )
     loading = data_only(dataset, args.batch_size, args.workers, batches=60)
     loading_main = data_only(dataset, args.batch_size, 0, batches=20)
     compute = compute_only(args.batch_size, steps=20, train=config.train)
-    print(f"where the time goes: data pipeline alone {loading:.0f} img/s with {args.workers} "
-          f"workers ({loading_main:.0f} img/s in the main process, i.e. "
-          f"{1e3 * args.batch_size / loading_main:.0f} ms of augmentation per batch); "
-          f"model alone {compute:.0f} img/s ({1e3 * args.batch_size / compute:.0f} ms per step)")
+    print(
+        f"where the time goes: data pipeline alone {loading:.0f} img/s with {args.workers} "
+        f"workers ({loading_main:.0f} img/s in the main process, i.e. "
+        f"{1e3 * args.batch_size / loading_main:.0f} ms of augmentation per batch); "
+        f"model alone {compute:.0f} img/s ({1e3 * args.batch_size / compute:.0f} ms per step)"
+    )
 
 
 if __name__ == "__main__":

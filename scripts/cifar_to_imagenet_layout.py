@@ -69,9 +69,11 @@ def main(argv=None) -> int:
     test_lines = write_split(test, out, "val", "test_{k}", args.size, args.quality)
     (out / "ImageNet_LT_train.txt").write_text("\n".join(train_lines) + "\n")
     (out / "ImageNet_LT_test.txt").write_text("\n".join(test_lines) + "\n")
-    print(f"{args.dataset} IF {args.imbalance_factor:g}: {len(train_lines)} training images "
-          f"(per class {train.cls_num_list}) and {len(test_lines)} test images, {args.size}x{args.size} JPEG "
-          f"(quality {args.quality}), in {out}")
+    print(
+        f"{args.dataset} IF {args.imbalance_factor:g}: {len(train_lines)} training images "
+        f"(per class {train.cls_num_list}) and {len(test_lines)} test images, {args.size}x{args.size} JPEG "
+        f"(quality {args.quality}), in {out}"
+    )
     return 0
 
 

@@ -40,8 +40,9 @@ from pathlib import Path
 import numpy as np
 
 
-def match_jpeg_copies(clean: np.ndarray, clean_labels: np.ndarray, full: np.ndarray,
-                      full_labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def match_jpeg_copies(
+    clean: np.ndarray, clean_labels: np.ndarray, full: np.ndarray, full_labels: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
     """For each clean image, the index in ``full`` of the same-class image with the least mean
     absolute difference, and that difference."""
     match = np.empty(len(clean), dtype=np.int64)
@@ -77,23 +78,22 @@ def predictions(run: str, data_root: Path) -> tuple[np.ndarray, np.ndarray]:
     split of ``data_root``, in the split's order."""
     import torch
 
-    from dbm_ltr.data import DATASET_INFO
+    from dbm_ltr.engine.build import load_datasets, restore_method
     from dbm_ltr.engine.checkpoint import load_checkpoint
-    from dbm_ltr.engine.pipeline import EvalBatches, resolve_pipeline, to_device
+    from dbm_ltr.engine.pipeline import build_pipeline
     from dbm_ltr.engine.rundir import CHECKPOINT
-    from dbm_ltr.engine.trainer import load_datasets, restore_method
 
     path = Path(run) / CHECKPOINT if Path(run).is_dir() else Path(run)
-    config, method = restore_method(load_checkpoint(path), [f"data.root={data_root}"], source=str(path),
-                                    run_dir=path.parent)
+    config, method = restore_method(
+        load_checkpoint(path), [f"data.root={data_root}"], source=str(path), run_dir=path.parent
+    )
     _, test_set = load_datasets(config, ("regular",), train=False, defer_normalize=True)
     device = next(method.parameters()).device
-    batches = EvalBatches(test_set, DATASET_INFO[config.data.name]["test_transform"], config.data.eval_batch_size,
-                          device, resolve_pipeline(config, ("regular",), device))
+    pipeline = build_pipeline(config, ("regular",), None, test_set, device)
     predicted, labels = [], []
     with torch.no_grad():
-        for images, targets in batches:
-            predicted.append(method.predict(to_device(images, device)).argmax(dim=1).cpu())
+        for images, targets in pipeline.eval_batches():
+            predicted.append(method.predict(images).argmax(dim=1).cpu())
             labels.append(targets.cpu())
     return torch.cat(predicted).numpy(), torch.cat(labels).numpy()
 
@@ -106,18 +106,27 @@ def paired_difference(clean_right: np.ndarray, jpeg_right: np.ndarray) -> dict:
     only_jpeg = int((jpeg_right & ~clean_right).sum())
     diff = (only_clean - only_jpeg) / n
     var = max(only_clean + only_jpeg - n * diff**2, 0.0) / (n * (n - 1)) if n > 1 else 0.0
-    return {"images": n, "clean": 100 * clean_right.mean(), "jpeg": 100 * jpeg_right.mean(),
-            "only_clean": only_clean, "only_jpeg": only_jpeg, "difference": 100 * diff,
-            "std_error": 100 * var**0.5}
+    return {
+        "images": n,
+        "clean": 100 * clean_right.mean(),
+        "jpeg": 100 * jpeg_right.mean(),
+        "only_clean": only_clean,
+        "only_jpeg": only_jpeg,
+        "difference": 100 * diff,
+        "std_error": 100 * var**0.5,
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--root", default="../shared/data", help="folder with the CIFAR-10 archives")
     p.add_argument("--out", required=True, help="folder for the two data roots")
-    p.add_argument("--train-subset", action="store_true",
-                   help="also give the two roots a balanced training split, pixel-exact in clean/ and its "
-                        "JPEG copy in jpeg/ (from the 4,000 lossless training images), to train on each")
+    p.add_argument(
+        "--train-subset",
+        action="store_true",
+        help="also give the two roots a balanced training split, pixel-exact in clean/ and its "
+        "JPEG copy in jpeg/ (from the 4,000 lossless training images), to train on each",
+    )
     p.add_argument("--runs", nargs="*", default=[], help="trained runs (folders or checkpoints) to compare on both")
     args = p.parse_args(argv)
     root, out = Path(args.root).resolve(), Path(args.out)
@@ -125,8 +134,10 @@ def main(argv: list[str] | None = None) -> int:
     full = np.load(root / "cifar10_test.npz")
     labels = lossless["labels"].astype(np.int64)
     match, error = match_jpeg_copies(lossless["images"], labels, full["images"], full["labels"])
-    print(f"{len(set(match.tolist()))} distinct JPEG copies of {len(match)} images; mean absolute "
-          f"difference {error.mean():.2f} grey levels (largest {error.max():.2f})")
+    print(
+        f"{len(set(match.tolist()))} distinct JPEG copies of {len(match)} images; mean absolute "
+        f"difference {error.mean():.2f} grey levels (largest {error.max():.2f})"
+    )
     train = balanced_train_subset(root) if args.train_subset else None
     for name, images in (("clean", lossless["images"]), ("jpeg", full["images"][match])):
         folder = out / name
@@ -139,9 +150,11 @@ def main(argv: list[str] | None = None) -> int:
         elif not link.exists():
             os.symlink(root / "cifar10_train.npz", link)
     if train is not None:
-        print(f"training split: {len(train['labels'])} images ({np.bincount(train['labels']).min()} a class), the same "
-              f"in both roots, pixel-exact in clean/, JPEG-compressed in jpeg/ (mean absolute difference "
-              f"{np.abs(train['clean'].astype(np.int16) - train['jpeg']).mean():.2f} grey levels)")
+        print(
+            f"training split: {len(train['labels'])} images ({np.bincount(train['labels']).min()} a class), the same "
+            f"in both roots, pixel-exact in clean/, JPEG-compressed in jpeg/ (mean absolute difference "
+            f"{np.abs(train['clean'].astype(np.int16) - train['jpeg']).mean():.2f} grey levels)"
+        )
     if args.runs:
         print("\n| run | top-1 clean | top-1 JPEG | right on clean only | right on JPEG only | clean - JPEG |")
         print("|---|---|---|---|---|---|")
@@ -149,8 +162,10 @@ def main(argv: list[str] | None = None) -> int:
         (clean, truth), (jpeg, truth_jpeg) = (predictions(run, out.resolve() / k) for k in ("clean", "jpeg"))
         assert np.array_equal(truth, truth_jpeg) and np.array_equal(truth, labels)
         r = paired_difference(clean == truth, jpeg == truth)
-        print(f"| {run} | {r['clean']:.2f} | {r['jpeg']:.2f} | {r['only_clean']} | {r['only_jpeg']} | "
-              f"{r['difference']:+.2f} +- {r['std_error']:.2f} |")
+        print(
+            f"| {run} | {r['clean']:.2f} | {r['jpeg']:.2f} | {r['only_clean']} | {r['only_jpeg']} | "
+            f"{r['difference']:+.2f} +- {r['std_error']:.2f} |"
+        )
     return 0
 
 

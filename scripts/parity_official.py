@@ -44,9 +44,10 @@ import sys
 import time
 import types
 import warnings
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -54,9 +55,9 @@ from torch import nn
 
 from dbm_ltr.data.autoaugment import CIFAR10_SUB_POLICIES, reference_magnitudes, reference_op
 from dbm_ltr.data.longtail import long_tail_counts
+from dbm_ltr.engine.build import build_method, parameter_groups, to_layout
 from dbm_ltr.engine.config import Config, load_config, preset_dir
 from dbm_ltr.engine.schedules import learning_rate
-from dbm_ltr.engine.trainer import build_method, parameter_groups, to_layout
 
 #: Their command line per row (their README's flags; the LDAM rows: see the presets). Every
 #: row also gets ``--cos --cutout --aug_type autoaug_cifar``, as their README's commands.
@@ -73,8 +74,7 @@ OFFICIAL_FLAGS = {
     "ldam_drw_code": ["--loss_fn", "ldam_drw", "--use_norm"],
 }
 COMMON_FLAGS = ["--cos", "--cutout", "--aug_type", "autoaug_cifar"]
-DEFAULT_ROWS = ("ce", "ldam", "dbm_ce", "ce_drw", "ldam_drw", "dbm_drw", "bs", "dbm_bs", "ldam_code",
-                "ldam_drw_code")
+DEFAULT_ROWS = ("ce", "ldam", "dbm_ce", "ce_drw", "ldam_drw", "dbm_drw", "bs", "dbm_bs", "ldam_code", "ldam_drw_code")
 NOT_COVERED = {
     "bcl": "their BCL model and loss are separate classes with three views; not covered by this script",
     "ncl": "their NCL model is a separate multi-expert class; not covered by this script",
@@ -88,8 +88,10 @@ NEEDED = {
     "utils/common.py": ("utils.common", ("adjust_learning_rate",)),
     "utils/config.py": ("utils.config", ("parse_args", "dataset_argument")),
 }
-AUGMENT_NEEDED = {"aug/autoaug.py": ("aug.autoaug", ("CIFAR10Policy",)),
-                  "aug/transforms.py": ("aug.transforms", ("get_transform",))}
+AUGMENT_NEEDED = {
+    "aug/autoaug.py": ("aug.autoaug", ("CIFAR10Policy",)),
+    "aug/transforms.py": ("aug.transforms", ("get_transform",)),
+}
 _THEIR_PACKAGES = ("models", "losses", "utils", "aug", "datasets", "train", "progress")
 
 
@@ -137,12 +139,16 @@ class Official:
         self.folder = Path(folder).expanduser()
         needed = {**NEEDED, **(AUGMENT_NEEDED if augment else {})}
         if not self.folder.is_dir():
-            raise ParityError(f"--official {self.folder}: no such folder; give the cifar/ folder of a "
-                              "checkout of github.com/quotation2520/dbm_ltr")
+            raise ParityError(
+                f"--official {self.folder}: no such folder; give the cifar/ folder of a "
+                "checkout of github.com/quotation2520/dbm_ltr"
+            )
         missing = [p for p in needed if not (self.folder / p).is_file()]
         if missing:
-            raise ParityError(f"--official {self.folder}: no {', '.join(missing)}; give the cifar/ folder of "
-                              "a checkout of github.com/quotation2520/dbm_ltr (commit 3b56b97)")
+            raise ParityError(
+                f"--official {self.folder}: no {', '.join(missing)}; give the cifar/ folder of "
+                "a checkout of github.com/quotation2520/dbm_ltr (commit 3b56b97)"
+            )
         for name in list(sys.modules):  # a previous --official folder's modules
             if name.split(".")[0] in _THEIR_PACKAGES:
                 del sys.modules[name]
@@ -160,20 +166,30 @@ class Official:
                     try:
                         mod = importlib.import_module(module)
                     except Exception as err:  # noqa: BLE001 - any failure of their import is one line
-                        raise ParityError(f"--official {self.folder}: importing {path} failed "
-                                          f"({type(err).__name__}: {err})") from None
+                        raise ParityError(
+                            f"--official {self.folder}: importing {path} failed ({type(err).__name__}: {err})"
+                        ) from None
                     absent = [n for n in names if not hasattr(mod, n)]
                     if absent:
-                        raise ParityError(f"--official {self.folder}: {path} has no {', '.join(absent)} "
-                                          "(another version of the authors' code?)")
+                        raise ParityError(
+                            f"--official {self.folder}: {path} has no {', '.join(absent)} "
+                            "(another version of the authors' code?)"
+                        )
                     setattr(self, module.split(".")[-1], mod)
         finally:
             sys.path.remove(str(self.folder))
 
     def args(self, row: str, data: str, imbalance_factor: float) -> argparse.Namespace:
         """Their parsed command line for ``row``."""
-        argv = ["main.py", "--dataset", data.replace("_lt", ""), "--imb_ratio", f"{imbalance_factor:g}",
-                *OFFICIAL_FLAGS[row], *COMMON_FLAGS]
+        argv = [
+            "main.py",
+            "--dataset",
+            data.replace("_lt", ""),
+            "--imb_ratio",
+            f"{imbalance_factor:g}",
+            *OFFICIAL_FLAGS[row],
+            *COMMON_FLAGS,
+        ]
         saved = sys.argv
         sys.argv = argv
         try:
@@ -223,8 +239,10 @@ def map_weights(ours: dict[str, torch.Tensor], theirs: dict[str, torch.Tensor]) 
         raise ParityError(f"their resnet32 does not match ours (theirs only: {missing[:3]}, ours only: {unknown[:3]})")
     bad = [k for k, n in mapping.items() if ours[k].shape != theirs[n].shape]
     if bad:
-        raise ParityError(f"their resnet32 does not match ours: {bad[0]} is {tuple(ours[bad[0]].shape)}, "
-                          f"theirs {tuple(theirs[mapping[bad[0]]].shape)}")
+        raise ParityError(
+            f"their resnet32 does not match ours: {bad[0]} is {tuple(ours[bad[0]].shape)}, "
+            f"theirs {tuple(theirs[mapping[bad[0]]].shape)}"
+        )
     return mapping
 
 
@@ -241,8 +259,13 @@ class Trace:
 
 def run_ours(method, config: Config, batches, epochs: Sequence[int]) -> Trace:
     o = config.optim
-    optimizer = torch.optim.SGD(parameter_groups(method, o.weight_decay), lr=o.lr, momentum=o.momentum,
-                                weight_decay=o.weight_decay, nesterov=o.nesterov)
+    optimizer = torch.optim.SGD(
+        parameter_groups(method, o.weight_decay),
+        lr=o.lr,
+        momentum=o.momentum,
+        weight_decay=o.weight_decay,
+        nesterov=o.nesterov,
+    )
     method.train()
     lrs, losses, grads = [], [], {}
     for k, (epoch, (images, targets)) in enumerate(zip(epochs, batches)):
@@ -260,8 +283,16 @@ def run_ours(method, config: Config, batches, epochs: Sequence[int]) -> Trace:
     return Trace(lrs, losses, grads, {k: v.detach().clone() for k, v in method.state_dict().items()})
 
 
-def run_theirs(official: Official, args, model, criterion, batches, epochs: Sequence[int],
-               names: dict[str, str], channels_last: bool = False) -> Trace:
+def run_theirs(
+    official: Official,
+    args,
+    model,
+    criterion,
+    batches,
+    epochs: Sequence[int],
+    names: dict[str, str],
+    channels_last: bool = False,
+) -> Trace:
     layout = torch.channels_last if channels_last else torch.contiguous_format
     to_ours = {v: k for k, v in names.items()}
     with cpu_shims(), warnings.catch_warnings():
@@ -276,8 +307,7 @@ def run_theirs(official: Official, args, model, criterion, batches, epochs: Sequ
             optimizer.zero_grad()
             loss.backward()
             if k == 0:
-                grads = {to_ours[n]: p.grad.detach().clone() for n, p in model.named_parameters()
-                         if p.grad is not None}
+                grads = {to_ours[n]: p.grad.detach().clone() for n, p in model.named_parameters() if p.grad is not None}
             optimizer.step()
             lrs.append(float(lr))
             losses.append(float(loss.detach()))
@@ -317,9 +347,17 @@ class RowResult:
         return all(self.ours[k] <= self.tolerance * max(self.yardstick[k], 1e-300) for k in ("loss", "grad", "param"))
 
 
-def compare_row(official: Official, data: str, row: str, steps: int, batch_size: int | None,
-                seed: int, tolerance: float, imbalance_factor: float = 100.0,
-                overrides: Sequence[str] = ()) -> RowResult:
+def compare_row(
+    official: Official,
+    data: str,
+    row: str,
+    steps: int,
+    batch_size: int | None,
+    seed: int,
+    tolerance: float,
+    imbalance_factor: float = 100.0,
+    overrides: Sequence[str] = (),
+) -> RowResult:
     """Our preset ``data/row`` (as shipped, unless ``overrides``) against their code with the
     row's flags."""
     begin = time.perf_counter()
@@ -330,8 +368,13 @@ def compare_row(official: Official, data: str, row: str, steps: int, batch_size:
     size = batch_size or config.optim.batch_size
     generator = torch.Generator().manual_seed(seed)
     weights = torch.tensor(counts, dtype=torch.float64)
-    batches = [(torch.randn(size, 3, 32, 32, generator=generator),
-                torch.multinomial(weights, size, replacement=True, generator=generator)) for _ in epochs]
+    batches = [
+        (
+            torch.randn(size, 3, 32, 32, generator=generator),
+            torch.multinomial(weights, size, replacement=True, generator=generator),
+        )
+        for _ in epochs
+    ]
     torch.manual_seed(seed)
     method = to_layout(build_method(config, counts, num_classes), config.train)
     args = official.args(row, data, imbalance_factor)
@@ -351,18 +394,24 @@ def compare_row(official: Official, data: str, row: str, steps: int, batch_size:
         yard = run_theirs(official, args, twin, twin_criterion, batches, epochs, names, channels_last=True)
     except Exception as err:  # noqa: BLE001
         raise ParityError(f"{row}: a step of their code failed ({type(err).__name__}: {err})") from None
-    return RowResult(row, epochs, differences(ours, theirs), differences(theirs, yard), tolerance,
-                     time.perf_counter() - begin)
+    return RowResult(
+        row, epochs, differences(ours, theirs), differences(theirs, yard), tolerance, time.perf_counter() - begin
+    )
 
 
 def format_rows(results: Sequence[RowResult]) -> str:
-    lines = ["| row | steps | max lr diff | max loss diff | step-0 grad diff | param diff after | "
-             "yardstick loss / grad / param | verdict |", "|---|---|---|---|---|---|---|---|"]
+    lines = [
+        "| row | steps | max lr diff | max loss diff | step-0 grad diff | param diff after | "
+        "yardstick loss / grad / param | verdict |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
     for r in results:
         o, y = r.ours, r.yardstick
-        lines.append(f"| {r.row} | {len(r.epochs)} | {o['lr']:.1e} | {o['loss']:.1e} | {o['grad']:.1e} | "
-                     f"{o['param']:.1e} | {y['loss']:.1e} / {y['grad']:.1e} / {y['param']:.1e} | "
-                     f"{'equal' if r.equal else 'DIFFERS'} |")
+        lines.append(
+            f"| {r.row} | {len(r.epochs)} | {o['lr']:.1e} | {o['loss']:.1e} | {o['grad']:.1e} | "
+            f"{o['param']:.1e} | {y['loss']:.1e} / {y['grad']:.1e} / {y['param']:.1e} | "
+            f"{'equal' if r.equal else 'DIFFERS'} |"
+        )
     return "\n".join(lines)
 
 
@@ -411,9 +460,16 @@ def op_by_op(official: Official, images: np.ndarray) -> dict[str, float]:
                 mine.append(np.asarray(img))
             worst["per-image"] = max(worst["per-image"], float(np.abs(np.stack(mine) - ref).max()))
             params = ba.CifarTrainParams(
-                crop=np.full((n, 2), 4), flip=np.zeros(n, bool), sub_policy=np.full(n, k),
-                probs=np.zeros((n, 2)), signs=np.full((n, 2), int(sign > 0)), cutout=np.zeros((n, 2), np.int64),
-                height=32, width=32, policy="reference")
+                crop=np.full((n, 2), 4),
+                flip=np.zeros(n, bool),
+                sub_policy=np.full(n, k),
+                probs=np.zeros((n, 2)),
+                signs=np.full((n, 2), int(sign > 0)),
+                cutout=np.zeros((n, 2), np.int64),
+                height=32,
+                width=32,
+                policy="reference",
+            )
             out = recipe.pixels(batch, params).permute(0, 2, 3, 1).numpy().astype(np.int64)
             worst["batched"] = max(worst["batched"], float(np.abs(out - ref).max()))
     return worst
@@ -475,20 +531,33 @@ def augment_report(official: Official, root: str, count: int, seed: int) -> str:
     rng = np.random.default_rng(seed)
     images = train.data[rng.permutation(len(train.data))[:count]]
     worst = op_by_op(official, images[:64])
-    lines = [f"op by op, 25 sub-policies x 2 signs, both stages applied, 64 images: largest pixel "
-             f"difference from theirs: our per-image policy {worst['per-image']:g}, batched twin "
-             f"{worst['batched']:g}", "",
-             f"statistics of {len(images)} augmented CIFAR-10 training images (crop, flip, AutoAugment):", "",
-             "| source | fill-grey fraction | channel mean (R, G, B) | channel std (R, G, B) |", "|---|---|---|---|"]
+    lines = [
+        f"op by op, 25 sub-policies x 2 signs, both stages applied, 64 images: largest pixel "
+        f"difference from theirs: our per-image policy {worst['per-image']:g}, batched twin "
+        f"{worst['batched']:g}",
+        "",
+        f"statistics of {len(images)} augmented CIFAR-10 training images (crop, flip, AutoAugment):",
+        "",
+        "| source | fill-grey fraction | channel mean (R, G, B) | channel std (R, G, B) |",
+        "|---|---|---|---|",
+    ]
     stats = {}
-    for kind, s in (("theirs", seed), ("theirs", seed + 1), ("loader-reference", seed), ("device-reference", seed),
-                    ("loader-torchvision", seed), ("device-torchvision", seed)):
+    for kind, s in (
+        ("theirs", seed),
+        ("theirs", seed + 1),
+        ("loader-reference", seed),
+        ("device-reference", seed),
+        ("loader-torchvision", seed),
+        ("device-torchvision", seed),
+    ):
         label = f"{kind} (draw {s - seed + 1})" if kind == "theirs" else kind
         st = image_statistics(augmented(kind, images, s, official))
         stats[label] = st
         grey, se = st["fill_grey"]
-        lines.append(f"| {label} | {grey:.4f} +- {se:.4f} | {', '.join(f'{v:.4f}' for v in st['mean'])} | "
-                     f"{', '.join(f'{v:.4f}' for v in st['std'])} |")
+        lines.append(
+            f"| {label} | {grey:.4f} +- {se:.4f} | {', '.join(f'{v:.4f}' for v in st['mean'])} | "
+            f"{', '.join(f'{v:.4f}' for v in st['std'])} |"
+        )
     t1, t2 = stats["theirs (draw 1)"], stats["theirs (draw 2)"]
     lines.append("")
     for kind in ("loader-reference", "device-reference"):
@@ -498,8 +567,10 @@ def augment_report(official: Official, root: str, count: int, seed: int) -> str:
             lo, hi = np.minimum(t(t1), t(t2)), np.maximum(t(t1), t(t2))
             slack = 3 * np.maximum(st["mean_se"].max(), st["fill_grey"][1])
             ok.append(bool(np.all((t(st) >= lo - slack) & (t(st) <= hi + slack))))
-        lines.append(f"{kind}: {'within' if all(ok) else 'OUTSIDE'} the spread of the two draws of theirs "
-                     "(plus three standard errors)")
+        lines.append(
+            f"{kind}: {'within' if all(ok) else 'OUTSIDE'} the spread of the two draws of theirs "
+            "(plus three standard errors)"
+        )
     return "\n".join(lines)
 
 
@@ -507,18 +578,33 @@ def augment_report(official: Official, root: str, count: int, seed: int) -> str:
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--official", required=True, help="the cifar/ folder of a checkout of the authors' code")
-    p.add_argument("--data-set", default="cifar10_lt", choices=("cifar10_lt", "cifar100_lt"),
-                   help="whose presets and class counts (default cifar10_lt)")
+    p.add_argument(
+        "--data-set",
+        default="cifar10_lt",
+        choices=("cifar10_lt", "cifar100_lt"),
+        help="whose presets and class counts (default cifar10_lt)",
+    )
     p.add_argument("--rows", default=",".join(DEFAULT_ROWS), help="comma-separated rows (preset names)")
     p.add_argument("--steps", type=int, default=10, help="training steps per row (default 10)")
     p.add_argument("--batch-size", type=int, default=0, help="images per step (default: the preset's)")
-    p.add_argument("--tolerance", type=float, default=10.0,
-                   help="a row is equal when every difference is at most this times the yardstick's (default 10)")
+    p.add_argument(
+        "--tolerance",
+        type=float,
+        default=10.0,
+        help="a row is equal when every difference is at most this times the yardstick's (default 10)",
+    )
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE",
-                   help="overrides of our presets (to see what a changed setting does to parity)")
+    p.add_argument(
+        "--set",
+        nargs="+",
+        default=[],
+        metavar="KEY=VALUE",
+        help="overrides of our presets (to see what a changed setting does to parity)",
+    )
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     p.add_argument("--augment", action="store_true", help="also compare the AutoAugment policy (needs --data)")
     p.add_argument("--no-steps", action="store_true", help="skip the training-step comparison")
@@ -551,10 +637,21 @@ def main(argv: Sequence[str] | None = None) -> int:
                     why = NOT_COVERED[family] if family else "no equivalent in their code"
                     print(f"{row}: skipped ({why})", flush=True)
                     continue
-                result = compare_row(official, args.data_set, row, args.steps, args.batch_size or None,
-                                     args.seed, args.tolerance, overrides=args.set)
-                print(f"{row}: {'equal' if result.equal else 'DIFFERS'} ({result.seconds:.0f} s; epochs "
-                      f"{', '.join(map(str, result.epochs))})", flush=True)
+                result = compare_row(
+                    official,
+                    args.data_set,
+                    row,
+                    args.steps,
+                    args.batch_size or None,
+                    args.seed,
+                    args.tolerance,
+                    overrides=args.set,
+                )
+                print(
+                    f"{row}: {'equal' if result.equal else 'DIFFERS'} ({result.seconds:.0f} s; epochs "
+                    f"{', '.join(map(str, result.epochs))})",
+                    flush=True,
+                )
                 results.append(result)
             if results:
                 print()

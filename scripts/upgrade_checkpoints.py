@@ -31,8 +31,16 @@ def plain_rng(rng: dict) -> dict:
     numpy = rng.get("numpy")
     if isinstance(numpy, tuple):
         name, keys, pos, has_gauss, cached = numpy
-        rng = {**rng, "numpy": {"name": str(name), "keys": torch.from_numpy(np.asarray(keys).astype(np.int64)),
-                                "pos": int(pos), "has_gauss": int(has_gauss), "cached_gaussian": float(cached)}}
+        rng = {
+            **rng,
+            "numpy": {
+                "name": str(name),
+                "keys": torch.from_numpy(np.asarray(keys).astype(np.int64)),
+                "pos": int(pos),
+                "has_gauss": int(has_gauss),
+                "cached_gaussian": float(cached),
+            },
+        }
     return rng
 
 

@@ -24,3 +24,9 @@ def fake_cifar10(tmp_path_factory):
     from fakes import write_fake_cifar_npz
 
     return write_fake_cifar_npz(tmp_path_factory.mktemp("cifar10"), 10, 40, 10)
+
+
+@pytest.fixture(scope="session")
+def fake_cifar10_root(fake_cifar10):
+    """The same tiny CIFAR-10 (the analysis and experiment tests' name for it)."""
+    return fake_cifar10

@@ -8,7 +8,10 @@ import numpy as np
 
 
 def write_fake_cifar_npz(
-    root: Path, num_classes: int = 10, train_per_class: int = 40, test_per_class: int = 10,
+    root: Path,
+    num_classes: int = 10,
+    train_per_class: int = 40,
+    test_per_class: int = 10,
     seed: int = 0,
 ) -> Path:
     """``root/cifar10_train.npz`` + ``cifar10_test.npz`` (or ``cifar100_*``) in the format of
@@ -24,15 +27,24 @@ def write_fake_cifar_npz(
         rng.shuffle(labels)
         noise = rng.randint(-40, 41, size=(len(labels), 32, 32, 3))
         images = np.clip(colours[labels][:, None, None, :] + noise, 0, 255).astype(np.uint8)
-        np.savez(root / f"{prefix}_{split}.npz", images=images, labels=labels.astype(np.int64),
-                 classes=np.array([f"class{c}" for c in range(num_classes)]))
+        np.savez(
+            root / f"{prefix}_{split}.npz",
+            images=images,
+            labels=labels.astype(np.int64),
+            classes=np.array([f"class{c}" for c in range(num_classes)]),
+        )
     return root
 
 
 def tiny_overrides(root, epochs=2) -> list[str]:
     """A seconds-long CIFAR-10-LT run on the fake set: IF 10 (159 images), ``epochs`` epochs."""
     return [
-        f"data.root={root}", f"optim.epochs={epochs}", "optim.warmup_epochs=1",
-        "data.imbalance_factor=10", "data.workers=0", "optim.batch_size=32", "train.progress=false",
+        f"data.root={root}",
+        f"optim.epochs={epochs}",
+        "optim.warmup_epochs=1",
+        "data.imbalance_factor=10",
+        "data.workers=0",
+        "optim.batch_size=32",
+        "train.progress=false",
         "data.eval_batch_size=100",
     ]

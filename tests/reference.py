@@ -33,8 +33,7 @@ def dbm_target_cos(cy, mc, hard, lam=1.0, overflow="arcface"):
     return math.cos(theta + m)
 
 
-def dbm_logits(cos, target, counts, K=0.1, tau=1.0, s=32.0, lam=1.0, mode="hard",
-               overflow="arcface"):
+def dbm_logits(cos, target, counts, K=0.1, tau=1.0, s=32.0, lam=1.0, mode="hard", overflow="arcface"):
     """Rows of scaled DBM logits (no base-loss offset)."""
     out = []
     for row, y in zip(cos, target):
@@ -61,7 +60,7 @@ def cross_entropy(logits, target, weights=None):
 
 
 def cb_weights(counts, beta=0.9999):
-    w = [(1 - beta) / (1 - beta ** n) for n in counts]
+    w = [(1 - beta) / (1 - beta**n) for n in counts]
     total = sum(w)
     return [v * len(counts) / total for v in w]
 

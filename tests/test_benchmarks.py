@@ -11,7 +11,6 @@ import tarfile
 from pathlib import Path
 
 import pytest
-
 from fakes import write_fake_cifar_npz
 
 BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
@@ -37,8 +36,14 @@ def test_gpu_throughput_pieces_run(tmp_path):
 def test_channels_last_pieces_run(tmp_path):
     bench = load("channels_last")
     root = write_fake_cifar_npz(tmp_path / "c", 10, 20, 2)
-    overrides = [f"data.root={root}", "train.progress=false", "optim.epochs=1", "optim.warmup_epochs=0",
-                 "data.imbalance_factor=10", "optim.batch_size=16"]
+    overrides = [
+        f"data.root={root}",
+        "train.progress=false",
+        "optim.epochs=1",
+        "optim.warmup_epochs=0",
+        "data.imbalance_factor=10",
+        "optim.batch_size=16",
+    ]
     for flag in (True, False):
         rate, seconds = bench.engine_rates("cifar10_lt/ce", flag, 2, overrides)
         assert rate > 0 and seconds > 0
@@ -49,8 +54,23 @@ def test_jpeg_input_compares_the_pipelines(tmp_path, capsys):
     bench = load("jpeg_input")
     if not bench.photo_sources():
         pytest.skip("no sample photographs (matplotlib / scikit-learn) installed")
-    assert bench.main(["--count", "6", "--repeats", "1", "--min-size", "40", "--max-size", "60",
-                       "--keep", str(tmp_path / "jpegs")]) == 0
+    assert (
+        bench.main(
+            [
+                "--count",
+                "6",
+                "--repeats",
+                "1",
+                "--min-size",
+                "40",
+                "--max-size",
+                "60",
+                "--keep",
+                str(tmp_path / "jpegs"),
+            ]
+        )
+        == 0
+    )
     out = capsys.readouterr().out
     rows = {line.split()[0]: line.split() for line in out.splitlines() if line.startswith(("train ", "test "))}
     assert set(rows) == {"train", "test"} and all(len(r) == 8 for r in rows.values())
@@ -61,8 +81,21 @@ def test_jpeg_input_compares_the_pipelines(tmp_path, capsys):
 
 def test_profile_step_prints_where_the_time_goes(tmp_path, capsys):
     root = write_fake_cifar_npz(tmp_path / "c", 10, 20, 2)
-    load("profile_step").main(["--root", str(root), "--steps", "2", "--warmup", "1", "--top", "3",
-                               "--set", "data.imbalance_factor=10", "optim.batch_size=16"])
+    load("profile_step").main(
+        [
+            "--root",
+            str(root),
+            "--steps",
+            "2",
+            "--warmup",
+            "1",
+            "--top",
+            "3",
+            "--set",
+            "data.imbalance_factor=10",
+            "optim.batch_size=16",
+        ]
+    )
     out = capsys.readouterr().out
     assert "wall time per step" in out and "top host operations" in out
     assert len([line for line in out.splitlines() if " ms  x" in line]) == 3
@@ -81,16 +114,31 @@ def stand_in_bundle(tmp_path):
 
 def run_gpu_reproduce(bundle, out, **knobs):
     """benchmarks/gpu_reproduce.sh with one 1-epoch CE row on the CPU; asserts it succeeded."""
-    env = {**os.environ, "ROWS": "ce", "JOBS": "1", "PROFILE": "0", "BENCH": "0", "MPS": "0",
-           "PYTHON": sys.executable, "EXTRA": "optim.epochs=1 optim.warmup_epochs=0", **knobs}
-    result = subprocess.run(["bash", str(BENCHMARKS / "gpu_reproduce.sh"), str(bundle), str(out)], env=env,
-                            capture_output=True, text=True, timeout=600)
+    env = {
+        **os.environ,
+        "ROWS": "ce",
+        "JOBS": "1",
+        "PROFILE": "0",
+        "BENCH": "0",
+        "MPS": "0",
+        "PYTHON": sys.executable,
+        "EXTRA": "optim.epochs=1 optim.warmup_epochs=0",
+        **knobs,
+    }
+    result = subprocess.run(
+        ["bash", str(BENCHMARKS / "gpu_reproduce.sh"), str(bundle), str(out)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
     return result
 
 
-needs_bash = pytest.mark.skipif(shutil.which("bash") is None or shutil.which("timeout") is None,
-                                reason="needs bash and coreutils' timeout")
+needs_bash = pytest.mark.skipif(
+    shutil.which("bash") is None or shutil.which("timeout") is None, reason="needs bash and coreutils' timeout"
+)
 
 
 @needs_bash
@@ -103,7 +151,11 @@ def test_gpu_reproduce_script_runs_end_to_end_and_resumes_with_work(tmp_path):
     out = tmp_path / "first"
     run_gpu_reproduce(bundle, out, WORK=str(work))
     assert sorted(p.name for p in out.iterdir()) == [
-        "device.txt", "reproduce.txt", "table2_checkpoints.tar.gz.0", "table2_runs.tar.gz"]
+        "device.txt",
+        "reproduce.txt",
+        "table2_checkpoints.tar.gz.0",
+        "table2_runs.tar.gz",
+    ]
     assert "MPS: off" in (out / "device.txt").read_text()
     text = (out / "reproduce.txt").read_text()
     assert "reproduce exit status 0" in text

@@ -5,11 +5,10 @@ import io
 from pathlib import Path
 
 import numpy as np
+from fakes import write_fake_cifar_npz
 from PIL import Image
 
 from dbm_ltr.data import create_dataset
-
-from fakes import write_fake_cifar_npz
 
 SCRIPT = Path(__file__).resolve().parent.parent / "scripts" / "cifar_to_imagenet_layout.py"
 

@@ -7,8 +7,15 @@ from fakes import write_fake_cifar_npz
 
 from dbm_ltr.cli import main
 
-TINY = ["optim.epochs=1", "optim.warmup_epochs=1", "data.imbalance_factor=10", "data.workers=0",
-        "optim.batch_size=32", "train.progress=false", "data.eval_batch_size=100"]
+TINY = [
+    "optim.epochs=1",
+    "optim.warmup_epochs=1",
+    "data.imbalance_factor=10",
+    "data.workers=0",
+    "optim.batch_size=32",
+    "train.progress=false",
+    "data.eval_batch_size=100",
+]
 
 
 @pytest.fixture(scope="module")
@@ -36,7 +43,9 @@ def test_demo_prints_the_table(tmp_path, capsys):
 
 def test_train_then_eval(tmp_path, fake_root, capsys):
     run = tmp_path / "run"
-    assert main(["train", "--config", "cifar10_lt/ce", "--out", str(run), "--set", f"data.root={fake_root}", *TINY]) == 0
+    assert (
+        main(["train", "--config", "cifar10_lt/ce", "--out", str(run), "--set", f"data.root={fake_root}", *TINY]) == 0
+    )
     assert "run directory" in capsys.readouterr().out
     assert main(["eval", "--checkpoint", str(run / "checkpoint.pt")]) == 0
     result = json.loads((run / "eval.json").read_text())
@@ -46,10 +55,16 @@ def test_train_then_eval(tmp_path, fake_root, capsys):
 
 
 def test_errors_are_one_line(tmp_path, fake_root, capsys):
-    one_line_error(capsys, ["train", "--config", "cifar10_lt/ce", "--out", str(tmp_path / "a"),
-                            "--set", "optim.lrr=0.1"], "unknown config key optim.lrr (did you mean 'lr'?)")
-    err = one_line_error(capsys, ["train", "--config", "cifar100_lt/ce", "--out", str(tmp_path / "b"),
-                                  "--set", f"data.root={tmp_path}"], str(tmp_path))
+    one_line_error(
+        capsys,
+        ["train", "--config", "cifar10_lt/ce", "--out", str(tmp_path / "a"), "--set", "optim.lrr=0.1"],
+        "unknown config key optim.lrr (did you mean 'lr'?)",
+    )
+    err = one_line_error(
+        capsys,
+        ["train", "--config", "cifar100_lt/ce", "--out", str(tmp_path / "b"), "--set", f"data.root={tmp_path}"],
+        str(tmp_path),
+    )
     assert "download" in err and "cifar-100-python" in err
     one_line_error(capsys, ["train", "--config", "nope", "--out", str(tmp_path / "c")], "neither a file nor a preset")
     one_line_error(capsys, ["train", "--out", str(tmp_path / "d"), "--resume"], "config.yaml")
@@ -57,9 +72,21 @@ def test_errors_are_one_line(tmp_path, fake_root, capsys):
     bad.write_bytes(b"not a checkpoint")
     one_line_error(capsys, ["eval", "--checkpoint", str(bad)], "not a readable checkpoint")
     one_line_error(capsys, ["eval", "--checkpoint", str(tmp_path / "missing.pt")], "no checkpoint at")
-    one_line_error(capsys, ["train", "--config", "cifar10_lt/dbm_ce", "--out", str(tmp_path / "e"),
-                            "--set", f"data.root={fake_root}", "model.classifier=linear", *TINY],
-                   "set model.classifier=cosine")
+    one_line_error(
+        capsys,
+        [
+            "train",
+            "--config",
+            "cifar10_lt/dbm_ce",
+            "--out",
+            str(tmp_path / "e"),
+            "--set",
+            f"data.root={fake_root}",
+            "model.classifier=linear",
+            *TINY,
+        ],
+        "set model.classifier=cosine",
+    )
 
 
 def test_help_is_instant_and_version_is_printed(capsys):
@@ -67,8 +94,10 @@ def test_help_is_instant_and_version_is_printed(capsys):
     import subprocess
     import sys
 
-    code = ("import sys\nfrom dbm_ltr import cli\ntry:\n    cli.main(['--help'])\nexcept SystemExit:\n    pass\n"
-            "print('torch' in sys.modules)")
+    code = (
+        "import sys\nfrom dbm_ltr import cli\ntry:\n    cli.main(['--help'])\nexcept SystemExit:\n    pass\n"
+        "print('torch' in sys.modules)"
+    )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert result.stdout.strip().endswith("False")
     with pytest.raises(SystemExit):
@@ -87,9 +116,20 @@ def test_the_smallest_real_run_needs_no_extra_settings(tmp_path, fake_root, caps
     """optim.epochs=1 with the preset's 5-epoch warm-up: the warm-up fits the run (a note,
     not an error); data.limit keeps the class proportions and is marked everywhere."""
     run = tmp_path / "run"
-    argv = ["train", "--config", "cifar10_lt/dbm_ce", "--out", str(run), "--set", f"data.root={fake_root}",
-            "optim.epochs=1", "data.limit=40", "data.workers=0", "train.progress=false",
-            "data.imbalance_factor=10"]
+    argv = [
+        "train",
+        "--config",
+        "cifar10_lt/dbm_ce",
+        "--out",
+        str(run),
+        "--set",
+        f"data.root={fake_root}",
+        "optim.epochs=1",
+        "data.limit=40",
+        "data.workers=0",
+        "train.progress=false",
+        "data.imbalance_factor=10",
+    ]
     assert main(argv) == 0
     out = capsys.readouterr().out
     assert "warmup_epochs=5 is longer than the run (1 epochs)" in out and "data.limit=40" in out
@@ -136,8 +176,21 @@ def test_interrupt_before_the_first_checkpoint_says_to_start_again(tmp_path, fak
         raise KeyboardInterrupt
 
     monkeypatch.setattr(trainer, "load_datasets", interrupted)
-    assert main(["train", "--config", "cifar10_lt/ce", "--out", str(tmp_path / "r"), "--set",
-                 f"data.root={fake_root}", *TINY]) == 130
+    assert (
+        main(
+            [
+                "train",
+                "--config",
+                "cifar10_lt/ce",
+                "--out",
+                str(tmp_path / "r"),
+                "--set",
+                f"data.root={fake_root}",
+                *TINY,
+            ]
+        )
+        == 130
+    )
     err = capsys.readouterr().err
     assert "nothing was saved yet, start again with: dbm-ltr train --config cifar10_lt/ce" in err
     assert "--resume" not in err
@@ -171,8 +224,11 @@ def test_missing_optional_dependency_is_one_line(tmp_path, capsys, monkeypatch):
     import sys
 
     monkeypatch.setitem(sys.modules, "sklearn.datasets", None)  # as if scikit-learn were not installed
-    one_line_error(capsys, ["demo", "--out", str(tmp_path), "--epochs", "1", "--seeds", "1"],
-                   "the digits demo data set needs scikit-learn: pip install scikit-learn")
+    one_line_error(
+        capsys,
+        ["demo", "--out", str(tmp_path), "--epochs", "1", "--seeds", "1"],
+        "the digits demo data set needs scikit-learn: pip install scikit-learn",
+    )
 
 
 def test_threads_and_loader_workers_follow_the_available_cores(tmp_path, fake_root):
@@ -189,7 +245,9 @@ def test_threads_and_loader_workers_follow_the_available_cores(tmp_path, fake_ro
         trainer = Trainer(load_config("cifar10_lt/ce", [f"data.root={fake_root}", *TINY]), tmp_path / "a")
         assert torch.get_num_threads() == available_cores()
         trainer.close()
-        Trainer(load_config("cifar10_lt/ce", [f"data.root={fake_root}", "train.threads=1", *TINY]), tmp_path / "b").close()
+        Trainer(
+            load_config("cifar10_lt/ce", [f"data.root={fake_root}", "train.threads=1", *TINY]), tmp_path / "b"
+        ).close()
         assert torch.get_num_threads() == 1
     finally:
         torch.set_num_threads(before)

@@ -13,7 +13,7 @@ DOCS = ROOT / "docs"
 
 
 def test_settings_page_is_generated_from_the_code():
-    from dbm_ltr.engine.config import settings_reference
+    from dbm_ltr.engine.settings_reference import settings_reference
 
     assert (DOCS / "settings.md").read_text() == settings_reference(), (
         "docs/settings.md is out of date: regenerate it with dbm-ltr settings > docs/settings.md"
@@ -50,9 +50,15 @@ def test_every_page_is_in_the_navigation():
         assert f": {page.name}" in nav, f"{page.name} is not in mkdocs.yml's nav"
 
 
-@pytest.mark.skipif(subprocess.run([sys.executable, "-c", "import mkdocs"], capture_output=True).returncode != 0,
-                    reason="mkdocs not installed for this Python (the test runs it as python -m mkdocs)")
+@pytest.mark.skipif(
+    subprocess.run([sys.executable, "-c", "import mkdocs"], capture_output=True).returncode != 0,
+    reason="mkdocs not installed for this Python (the test runs it as python -m mkdocs)",
+)
 def test_the_site_builds_in_strict_mode(tmp_path):
-    result = subprocess.run([sys.executable, "-m", "mkdocs", "build", "--strict", "--site-dir", str(tmp_path / "site")],
-                            cwd=ROOT, capture_output=True, text=True)
+    result = subprocess.run(
+        [sys.executable, "-m", "mkdocs", "build", "--strict", "--site-dir", str(tmp_path / "site")],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+    )
     assert result.returncode == 0, result.stderr[-3000:]

@@ -21,8 +21,16 @@ def test_resnet50_preset_trains_one_epoch_on_jpegs_and_analyzes(tmp_path, capsys
     root = tmp_path / "jpeg"
     assert script.main(["--root", str(cifar), "--out", str(root), "--imbalance-factor", "4"]) == 0
     run = tmp_path / "run"
-    overrides = [f"data.root={root}", "data.image_size=32", "optim.epochs=1", "optim.warmup_epochs=0",
-                 "optim.batch_size=16", "data.workers=0", "train.progress=false", "data.eval_batch_size=20"]
+    overrides = [
+        f"data.root={root}",
+        "data.image_size=32",
+        "optim.epochs=1",
+        "optim.warmup_epochs=0",
+        "optim.batch_size=16",
+        "data.workers=0",
+        "train.progress=false",
+        "data.eval_batch_size=20",
+    ]
     assert cli.main(["train", "--config", "imagenet_lt/dbm_bs", "--out", str(run), "--set", *overrides]) == 0
     metrics = json.loads((run / "metrics.json").read_text())
     assert metrics["data"] == "imagenet_lt" and metrics["epoch"] == 1 and len(metrics["per_class"]) == 10

@@ -51,7 +51,7 @@ def test_paired_difference_against_a_naive_reference():
     r = load().paired_difference(clean, jpeg)
     d = clean.astype(float) - jpeg.astype(float)  # per image: +1, 0 or -1
     assert r["images"] == 200 and r["clean"] == 100 * clean.mean() and r["jpeg"] == 100 * jpeg.mean()
-    assert r["only_clean"] == int(((d == 1)).sum()) and r["only_jpeg"] == int((d == -1).sum())
+    assert r["only_clean"] == int((d == 1).sum()) and r["only_jpeg"] == int((d == -1).sum())
     assert np.isclose(r["difference"], 100 * d.mean())
     assert np.isclose(r["std_error"], 100 * d.std(ddof=1) / np.sqrt(len(d)))
     same = load().paired_difference(clean, clean)  # identical copies: no difference, no spread
@@ -70,8 +70,12 @@ def test_compares_trained_runs_on_both_copies(tmp_path, fake_cifar10, capsys):
     rng = np.random.default_rng(3)
     root = tmp_path / "root"
     root.mkdir()
-    np.savez(root / "cifar10_test_subset_lossless.npz", images=test["images"][:30], labels=test["labels"][:30],
-             classes=test["classes"])
+    np.savez(
+        root / "cifar10_test_subset_lossless.npz",
+        images=test["images"][:30],
+        labels=test["labels"][:30],
+        classes=test["classes"],
+    )
     noisy = np.clip(test["images"].astype(int) + rng.integers(-20, 21, test["images"].shape), 0, 255)
     np.savez(root / "cifar10_test.npz", images=noisy.astype(np.uint8), labels=test["labels"], classes=test["classes"])
     (root / "cifar10_train.npz").symlink_to(fake_cifar10 / "cifar10_train.npz")
@@ -95,10 +99,20 @@ def test_train_subset_is_balanced_and_the_same_images_in_both_roots(tmp_path):
     copies = np.clip(originals.astype(int) + rng.integers(-4, 5, originals.shape), 0, 255).astype(np.uint8)
     classes = np.array(["a", "b", "c"])
     all_labels = np.concatenate([labels, np.zeros(5, dtype=np.int64)])
-    np.savez(tmp_path / "cifar10_train_subset_lossless.npz", images=originals, labels=labels, indices=np.arange(20),
-             classes=classes, all_train_labels=all_labels)
-    np.savez(tmp_path / "cifar10_train.npz", images=np.concatenate([copies, np.zeros((5, 32, 32, 3), np.uint8)]),
-             labels=all_labels, classes=classes)
+    np.savez(
+        tmp_path / "cifar10_train_subset_lossless.npz",
+        images=originals,
+        labels=labels,
+        indices=np.arange(20),
+        classes=classes,
+        all_train_labels=all_labels,
+    )
+    np.savez(
+        tmp_path / "cifar10_train.npz",
+        images=np.concatenate([copies, np.zeros((5, 32, 32, 3), np.uint8)]),
+        labels=all_labels,
+        classes=classes,
+    )
     subset = load().balanced_train_subset(tmp_path)
     assert np.bincount(subset["labels"]).tolist() == [6, 6, 6]
     keep = np.sort(np.concatenate([np.flatnonzero(labels == c)[:6] for c in range(3)]))  # first 6 of each class
@@ -106,7 +120,11 @@ def test_train_subset_is_balanced_and_the_same_images_in_both_roots(tmp_path):
     np.testing.assert_array_equal(subset["jpeg"], copies[keep])
     np.testing.assert_array_equal(subset["labels"], labels[keep])
     all_labels[3] = 1  # the two archives disagree
-    np.savez(tmp_path / "cifar10_train.npz", images=np.concatenate([copies, np.zeros((5, 32, 32, 3), np.uint8)]),
-             labels=all_labels, classes=classes)
+    np.savez(
+        tmp_path / "cifar10_train.npz",
+        images=np.concatenate([copies, np.zeros((5, 32, 32, 3), np.uint8)]),
+        labels=all_labels,
+        classes=classes,
+    )
     with pytest.raises(SystemExit, match="disagree on the labels"):
         load().balanced_train_subset(tmp_path)

@@ -18,7 +18,7 @@ SCRIPT = Path(__file__).resolve().parent.parent / "scripts" / "parity_official.p
 # the margin and the learning rate: 1.0 is the recipe, anything else a deliberate mismatch.
 STAND_IN = {
     "models/__init__.py": "",
-    "models/resnet.py": '''
+    "models/resnet.py": """
         import torch.nn.functional as F
         from torch import nn
         from dbm_ltr.models.resnet_cifar import resnet32 as trunk32
@@ -40,16 +40,16 @@ STAND_IN = {
 
         def resnet32(num_class, use_norm):
             return ResNet32(num_class, use_norm)
-    ''',
-    "models/net.py": '''
+    """,
+    "models/net.py": """
         from models.resnet import resnet32
 
         def get_model(args, num_class_list):
             print("    Total params: (printed by their code)")
             return resnet32(args.num_class, args.use_norm).cuda()
-    ''',
+    """,
     "losses/__init__.py": "",
-    "losses/loss.py": '''
+    "losses/loss.py": """
         import torch
         from dbm_ltr.losses import BalancedLoss, DBMLoss
         MARGIN = {margin}
@@ -62,9 +62,9 @@ STAND_IN = {
 
         def get_optimizer(args, model, criterion):
             return torch.optim.SGD(model.parameters(), lr=args.lr, momentum=args.momentum, weight_decay=args.wd)
-    ''',
+    """,
     "utils/__init__.py": "",
-    "utils/common.py": '''
+    "utils/common.py": """
         import math
         from progress.bar import Bar
         LR = {lr}
@@ -78,8 +78,8 @@ STAND_IN = {
             for group in optimizer.param_groups:
                 group["lr"] = lr * LR
             return lr * LR
-    ''',
-    "utils/config.py": '''
+    """,
+    "utils/config.py": """
         import argparse
 
         def parse_args():
@@ -100,7 +100,7 @@ STAND_IN = {
         def dataset_argument(args):
             args.num_class = 100 if args.dataset == "cifar100" else 10
             return args
-    ''',
+    """,
 }
 
 
@@ -166,8 +166,9 @@ def test_a_perturbed_learning_rate_is_flagged(tmp_path, capsys):
 
 
 def test_an_override_of_our_preset_is_a_difference_too(tmp_path, capsys):
-    code, out, _ = run(capsys, write_stand_in(tmp_path), "--rows", "ce", "--set", "optim.schedule=cosine",
-                       "--steps", "4")
+    code, out, _ = run(
+        capsys, write_stand_in(tmp_path), "--rows", "ce", "--set", "optim.schedule=cosine", "--steps", "4"
+    )
     assert verdicts(out) == {"ce": "DIFFERS"}
 
 
@@ -180,13 +181,16 @@ def test_step_epochs_cover_warm_up_cosine_and_the_drw_switch():
     assert len(load().step_epochs(load_config("cifar10_lt/ce"), 14)) == 14
 
 
-@pytest.mark.parametrize("case,message", [
-    ("missing", "no such folder"),
-    ("empty", "no models/net.py, models/resnet.py, losses/loss.py, utils/common.py, utils/config.py"),
-    ("no_get_loss", "losses/loss.py has no get_loss (another version of the authors' code?)"),
-    ("broken", "importing models/net.py failed (ModuleNotFoundError"),
-    ("unknown_row", "--rows: no preset cifar10_lt/foo"),
-])
+@pytest.mark.parametrize(
+    "case,message",
+    [
+        ("missing", "no such folder"),
+        ("empty", "no models/net.py, models/resnet.py, losses/loss.py, utils/common.py, utils/config.py"),
+        ("no_get_loss", "losses/loss.py has no get_loss (another version of the authors' code?)"),
+        ("broken", "importing models/net.py failed (ModuleNotFoundError"),
+        ("unknown_row", "--rows: no preset cifar10_lt/foo"),
+    ],
+)
 def test_bad_input_is_one_line(tmp_path, capsys, case, message):
     folder = tmp_path / "cifar"
     rows = "ce"
@@ -209,7 +213,7 @@ def test_augmentation_statistics_of_a_stand_in_policy(tmp_path, capsys, fake_cif
     (0 levels) and in its statistics."""
     files = dict(STAND_IN)
     files["aug/__init__.py"] = ""
-    files["aug/autoaug.py"] = '''
+    files["aug/autoaug.py"] = """
         import random
         from dbm_ltr.data.autoaugment import CIFAR10_SUB_POLICIES, reference_magnitudes, reference_op
 
@@ -232,28 +236,34 @@ def test_augmentation_statistics_of_a_stand_in_policy(tmp_path, capsys, fake_cif
 
             def __call__(self, img):
                 return self.policies[random.randint(0, 24)](img)
-    '''
-    files["aug/transforms.py"] = '''
+    """
+    files["aug/transforms.py"] = """
         from torchvision import transforms
 
         def get_transform(loss_fn, cutout=False):
             before = transforms.Compose([transforms.RandomCrop(32, padding=4), transforms.RandomHorizontalFlip()])
             return [[before, transforms.ToTensor()]], transforms.ToTensor()
-    '''
+    """
     folder = write_stand_in(tmp_path / "cifar", files=files)
     code, out, err = run(capsys, folder, "--no-steps", "--augment", "--data", str(fake_cifar10), "--images", "120")
     assert code == 0, err
     assert "our per-image policy 0, batched twin 0" in out
     lines = {line.split("|")[1].strip(): line for line in out.splitlines() if line.startswith("| ")}
-    assert {"theirs (draw 1)", "theirs (draw 2)", "loader-reference", "device-reference",
-            "loader-torchvision", "device-torchvision"} <= set(lines)
+    assert {
+        "theirs (draw 1)",
+        "theirs (draw 2)",
+        "loader-reference",
+        "device-reference",
+        "loader-torchvision",
+        "device-torchvision",
+    } <= set(lines)
     assert "loader-reference: within" in out and "device-reference: within" in out
 
 
 def test_image_statistics_count_the_fill():
     images = np.zeros((2, 4, 4, 3), np.uint8)
-    images[0, :2] = 128                    # 8 grey pixels of 16
-    images[1, 0, 0] = (128, 128, 0)        # not grey: one channel differs
+    images[0, :2] = 128  # 8 grey pixels of 16
+    images[1, 0, 0] = (128, 128, 0)  # not grey: one channel differs
     stats = load().image_statistics(images)
     assert stats["fill_grey"][0] == pytest.approx(0.25)
     assert np.allclose(stats["mean"], np.array([9, 9, 8]) * 128 / 32 / 255)

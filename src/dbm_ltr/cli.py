@@ -20,7 +20,12 @@ __all__ = ["main"]
 
 def _add_set(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
-        "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", nargs="+",
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        nargs="+",
         help="override config values, e.g. --set optim.epochs=30 data.root=../data "
         "(a bare key such as max_margin=0.2 works when it names one setting)",
     )
@@ -28,7 +33,8 @@ def _add_set(parser: argparse.ArgumentParser) -> None:
 
 def _add_trust(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
-        "--trust-checkpoint", action="store_true",
+        "--trust-checkpoint",
+        action="store_true",
         help="also load checkpoints the safe loader refuses (those of earlier dbm-ltr versions); a "
         "pickle can run code: only for files you made yourself (docs/runs.md, Security)",
     )
@@ -80,38 +86,17 @@ def cmd_train(args) -> int:
 
 
 def cmd_eval(args) -> int:
-    from .data import DATASET_INFO
     from .engine.checkpoint import load_checkpoint, load_weights
-    from .engine.distributed import loader_workers
-    from .engine.pipeline import EvalBatches, resolve_pipeline
+    from .engine.evaluation import evaluate_checkpoint, format_groups
     from .engine.rundir import CHECKPOINT
-    from .engine.trainer import (
-        evaluate_method,
-        format_groups,
-        load_datasets,
-        restore_method,
-    )
 
     path = Path(args.checkpoint)
     if path.is_dir():  # a run directory
         path = path / CHECKPOINT
-    if path.suffix == ".safetensors":  # exported weights: no pickle at all
-        state = load_weights(path)
-    else:
-        state = load_checkpoint(path)
-    config, method = restore_method(state, _overrides(args), source=str(path), run_dir=path.parent)
-    _, test_set = load_datasets(config, ("regular",), train=False, defer_normalize=True)
-    counts = [int(n) for n in state["cls_num_list"]]
-    device = next(method.parameters()).device
-    d = config.data
-    batches = EvalBatches(
-        test_set, DATASET_INFO[d.name]["test_transform"], d.eval_batch_size, device,
-        resolve_pipeline(config, ("regular",), device), loader_workers(d.workers),
-    )
-    result = evaluate_method(method, batches, counts, len(counts), device, config.train.amp, progress=True)
-    result["epoch"] = state["epoch"]
-    kind = "exported weights" if path.suffix == ".safetensors" else "checkpoint"
-    result["reported"] = f"{kind} after epoch {state['epoch']}"
+    exported = path.suffix == ".safetensors"  # exported weights: no pickle at all
+    state = load_weights(path) if exported else load_checkpoint(path)
+    result, _ = evaluate_checkpoint(state, _overrides(args), source=str(path), run_dir=path.parent, progress=True)
+    result["reported"] = f"{'exported weights' if exported else 'checkpoint'} after epoch {state['epoch']}"
     out = Path(args.out) if args.out else path.with_name("eval.json")
     out.write_text(json.dumps(result, indent=2))
     print(format_groups(result))
@@ -130,8 +115,10 @@ def cmd_export(args) -> int:
         raise _UsageError(f"--out {out}: name the file *.safetensors")
     state = load_checkpoint(path)
     export_weights(state, out)
-    print(f"written: {out} ({len(state['method'])} tensors, epoch {state['epoch']}, {state['config'].get('name')}); "
-          f"evaluate it with: dbm-ltr eval --checkpoint {out}")
+    print(
+        f"written: {out} ({len(state['method'])} tensors, epoch {state['epoch']}, {state['config'].get('name')}); "
+        f"evaluate it with: dbm-ltr eval --checkpoint {out}"
+    )
     return 0
 
 
@@ -146,13 +133,22 @@ def cmd_analyze(args) -> int:
 
     out = Path(args.out) if args.out else Path(args.runs[0]) / "analysis"
     results = analyze_runs(
-        args.runs, _overrides(args), split=args.split, device=args.device,
-        fisher_ridge=args.fisher_ridge, fisher_normalization=args.fisher_features,
-        fisher_dims=args.fisher_dims, log=lambda m: print(m, file=sys.stderr),
+        args.runs,
+        _overrides(args),
+        split=args.split,
+        device=args.device,
+        fisher_ridge=args.fisher_ridge,
+        fisher_normalization=args.fisher_features,
+        fisher_dims=args.fisher_dims,
+        log=lambda m: print(m, file=sys.stderr),
     )
-    options = {"split": args.split, "fisher_ridge": args.fisher_ridge,
-               "fisher_normalization": args.fisher_features, "fisher_dims": args.fisher_dims,
-               "overrides": _overrides(args)}
+    options = {
+        "split": args.split,
+        "fisher_ridge": args.fisher_ridge,
+        "fisher_normalization": args.fisher_features,
+        "fisher_dims": args.fisher_dims,
+        "overrides": _overrides(args),
+    }
     files = write_analysis(results, out, options)
     print(runs_table(results), angle_table(results), fisher_table(results), sep="\n\n")
     print()
@@ -183,7 +179,7 @@ def cmd_report(args) -> int:
 
 
 def cmd_sweep(args) -> int:
-    from .analysis.sweep import describe_plan, plan_sweep, run_sweep, summarize_sweep
+    from .experiments.sweep import describe_plan, plan_sweep, run_sweep, summarize_sweep
 
     grid = [item for group in args.grid for item in group]
     axes, points = plan_sweep(args.config, grid, _overrides(args), args.out)
@@ -194,14 +190,15 @@ def cmd_sweep(args) -> int:
     try:
         run_sweep(points)
     except KeyboardInterrupt:
-        print("\nsweep interrupted; rerun the same command to resume (finished points are skipped)",
-              file=sys.stderr)
+        print("\nsweep interrupted; rerun the same command to resume (finished points are skipped)", file=sys.stderr)
         raise
     _print_summary(summarize_sweep(axes, points, args.out))
     failed = [p for p in points if not p.finished]
     if failed:
-        print(f"{len(failed)} grid point(s) did not finish: " + "; ".join(f"{p.name} ({p.error})" for p in failed),
-              file=sys.stderr)
+        print(
+            f"{len(failed)} grid point(s) did not finish: " + "; ".join(f"{p.name} ({p.error})" for p in failed),
+            file=sys.stderr,
+        )
         return 1
     return 0
 
@@ -216,7 +213,7 @@ def _print_summary(summary: dict) -> None:
 
 
 def cmd_reproduce(args) -> int:
-    from .analysis.reproduce import (
+    from .experiments.reproduce import (
         default_jobs,
         describe,
         parse_rows,
@@ -241,15 +238,17 @@ def cmd_reproduce(args) -> int:
     try:
         run_reproduction(runs, jobs, log=lambda line: print(line, flush=True), progress_every=args.progress_every)
     except KeyboardInterrupt:
-        print("\nreproduce interrupted; rerun the same command to resume (finished runs are skipped)",
-              file=sys.stderr)
+        print("\nreproduce interrupted; rerun the same command to resume (finished runs are skipped)", file=sys.stderr)
         raise
     title = f"Table 2 rows on {args.data}" + (f", IF {args.imbalance_factor:g}" if args.imbalance_factor else "")
     _print_summary(summarize_reproduction(runs, args.out, title))
     failed = [r for r in runs if not r.finished]
     if failed:
-        print(f"{len(failed)} run(s) did not finish: {', '.join(r.name for r in failed)}; fix the cause "
-              "and rerun the same command (finished runs are skipped)", file=sys.stderr)
+        print(
+            f"{len(failed)} run(s) did not finish: {', '.join(r.name for r in failed)}; fix the cause "
+            "and rerun the same command (finished runs are skipped)",
+            file=sys.stderr,
+        )
         return 1
     return 0
 
@@ -282,7 +281,7 @@ def cmd_presets(args) -> int:
 
 
 def cmd_settings(args) -> int:
-    from .engine.config import settings_reference
+    from .engine.settings_reference import settings_reference
 
     print(settings_reference(), end="")
     return 0
@@ -303,22 +302,30 @@ def cmd_demo(args) -> int:
     if earlier:
         print(f"replacing {len(earlier)} earlier demo run(s) in {out}")
     epochs = args.epochs or load_config(f"demo/{DEMO_PRESETS[0]}").optim.epochs
-    print(f"training {', '.join(_label(p) for p in DEMO_PRESETS)} on long-tailed digits, {args.seeds} "
-          f"seed(s) each: {len(plan)} runs of {epochs} epochs into {out}", flush=True)
+    print(
+        f"training {', '.join(_label(p) for p in DEMO_PRESETS)} on long-tailed digits, {args.seeds} "
+        f"seed(s) each: {len(plan)} runs of {epochs} epochs into {out}",
+        flush=True,
+    )
     for k, (preset, seed) in enumerate(plan, 1):
         overrides = [f"train.seed={seed}"] + ([f"optim.epochs={args.epochs}"] if args.epochs else [])
         run = out / f"{preset}_seed{seed}"
         if run.exists():
             shutil.rmtree(run)
         metrics = Trainer(load_config(f"demo/{preset}", overrides), run, log=lambda m: None).fit()
-        print(f"  [{k}/{len(plan)}] {_label(preset):7s} seed {seed}: top-1 {metrics['top1']:.2f}% "
-              f"({metrics['train_seconds']:.1f}s)", flush=True)
+        print(
+            f"  [{k}/{len(plan)}] {_label(preset):7s} seed {seed}: top-1 {metrics['top1']:.2f}% "
+            f"({metrics['train_seconds']:.1f}s)",
+            flush=True,
+        )
 
     rows = summarize_runs([out / f"{p}_seed{s}" for p, s in plan])
     first = json.loads((out / f"{plan[0][0]}_seed{plan[0][1]}" / "metrics.json").read_text())
-    print(f"\nLong-tailed digits (scikit-learn 8x8, IF {first['imbalance_factor']:g}, train counts "
-          f"{first['cls_num_list']}),\nbalanced test set (50 a class). Final-epoch accuracy (%), "
-          f"mean +- std over {args.seeds} seed(s):")
+    print(
+        f"\nLong-tailed digits (scikit-learn 8x8, IF {first['imbalance_factor']:g}, train counts "
+        f"{first['cls_num_list']}),\nbalanced test set (50 a class). Final-epoch accuracy (%), "
+        f"mean +- std over {args.seeds} seed(s):"
+    )
     print(compact_table(rows, label=lambda row: _label(row.preset)))
     print(f"\nrun directories: {out}/<preset>_seed<k>/ (metrics.json, per_class_accuracy.png)")
     return 0
@@ -337,13 +344,15 @@ def build_parser() -> argparse.ArgumentParser:
     from . import __version__
 
     parser = argparse.ArgumentParser(
-        prog="dbm-ltr", description="Difficulty-aware Balancing Margin loss for long-tailed recognition",
+        prog="dbm-ltr",
+        description="Difficulty-aware Balancing Margin loss for long-tailed recognition",
     )
     parser.add_argument("--version", action="version", version=f"dbm-ltr {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser(
-        "train", help="train a config or preset into a run directory",
+        "train",
+        help="train a config or preset into a run directory",
         description="Train a config file or preset into a run directory (config.yaml, checkpoints, "
         "log.jsonl, metrics.json). Presets: dbm-ltr presets (e.g. cifar10_lt/dbm_bs); every "
         "setting is a key of the config's sections data, model, method, loss, optim, train, "
@@ -359,7 +368,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser(
-        "presets", help="list the presets with the paper's numbers",
+        "presets",
+        help="list the presets with the paper's numbers",
         description="The shipped presets (usable as --config NAME), one line each: what they train "
         "and the paper's top-1 they are compared with.",
     )
@@ -367,23 +377,28 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_presets)
 
     p = sub.add_parser(
-        "settings", help="every config setting with its default and meaning (markdown)",
+        "settings",
+        help="every config setting with its default and meaning (markdown)",
         description="Print the reference of every setting: the sections' keys, and the parameters "
         "of each loss and method (the text of docs/settings.md).",
     )
     p.set_defaults(func=cmd_settings)
 
     p = sub.add_parser("eval", help="evaluate a checkpoint on its test set")
-    p.add_argument("--checkpoint", required=True,
-                   help="a run directory, a checkpoint file written by dbm-ltr train, or weights "
-                   "written by dbm-ltr export (FILE.safetensors)")
+    p.add_argument(
+        "--checkpoint",
+        required=True,
+        help="a run directory, a checkpoint file written by dbm-ltr train, or weights "
+        "written by dbm-ltr export (FILE.safetensors)",
+    )
     p.add_argument("--out", help="where to write the JSON result (default: eval.json beside it)")
     _add_set(p)
     _add_trust(p)
     p.set_defaults(func=cmd_eval)
 
     p = sub.add_parser(
-        "export", help="a run's weights as safetensors (no pickle), to share or evaluate",
+        "export",
+        help="a run's weights as safetensors (no pickle), to share or evaluate",
         description="Write a run's trained weights to FILE.safetensors, with what it takes to "
         "rebuild the model (its config and class counts) in the file's metadata. Loading it "
         "runs no code: dbm-ltr eval --checkpoint FILE.safetensors. Needs the safetensors "
@@ -409,26 +424,37 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--data", required=True, help="cifar10_lt or cifar100_lt")
     p.add_argument("--imbalance-factor", type=float, help="10, 50 or 100 (default: the presets' 100)")
-    p.add_argument("--rows", default="table2",
-                   help="table2 (the eight single-model rows), all (adds BCL, DBM-BCL, NCL, DBM-NCL) "
-                   "or a comma-separated list of preset names, e.g. ce,dbm_ce")
+    p.add_argument(
+        "--rows",
+        default="table2",
+        help="table2 (the eight single-model rows), all (adds BCL, DBM-BCL, NCL, DBM-NCL) "
+        "or a comma-separated list of preset names, e.g. ce,dbm_ce",
+    )
     p.add_argument("--seeds", default="0", help="comma-separated seeds (default 0)")
-    p.add_argument("--jobs", type=int, help="runs at a time (default: 1 on the CPU; on a GPU as many as "
-                   "its free memory allows, at most 8)")
+    p.add_argument(
+        "--jobs",
+        type=int,
+        help="runs at a time (default: 1 on the CPU; on a GPU as many as its free memory allows, at most 8)",
+    )
     p.add_argument("--out", required=True, help="folder of the run directories and the report")
     p.add_argument("--dry-run", action="store_true", help="validate and print the planned runs, then stop")
-    p.add_argument("--progress-every", type=float, default=600.0, metavar="SECONDS",
-                   help="print each running run's epoch, pace and time left this often (default 600; 0: never)")
+    p.add_argument(
+        "--progress-every",
+        type=float,
+        default=600.0,
+        metavar="SECONDS",
+        help="print each running run's epoch, pace and time left this often (default 600; 0: never)",
+    )
     _add_set(p)
     _add_trust(p)
     p.set_defaults(func=cmd_reproduce)
 
-    p = sub.add_parser(
-        "demo", help="offline demo: CE, DBM-CE, BS, DBM-BS on long-tailed digits (under a minute)"
+    p = sub.add_parser("demo", help="offline demo: CE, DBM-CE, BS, DBM-BS on long-tailed digits (under a minute)")
+    p.add_argument(
+        "--out",
+        default="runs/demo",
+        help="folder of the demo's run directories (default runs/demo; earlier demo runs there are replaced)",
     )
-    p.add_argument("--out", default="runs/demo",
-                   help="folder of the demo's run directories (default runs/demo; earlier demo runs there "
-                   "are replaced)")
     p.add_argument("--epochs", type=int, default=0, help="override the presets' 30 epochs")
     p.add_argument("--seeds", type=int, default=3, help="seeds per method (default 3)")
     p.set_defaults(func=cmd_demo)
@@ -442,23 +468,40 @@ def build_parser() -> argparse.ArgumentParser:
         "the paper), Fisher separability per class and group (Table 6), per-class "
         "accuracy against training count (log x) and a confusion matrix per run. Writes "
         "analysis.md, CSV and JSON tables and PNG plots to --out.",
-        epilog="example: dbm-ltr analyze runs/ce runs/dbm_ce --out runs/compare "
-        "--set data.root=../shared/data",
+        epilog="example: dbm-ltr analyze runs/ce runs/dbm_ce --out runs/compare --set data.root=../shared/data",
     )
     p.add_argument("runs", nargs="+", metavar="RUN_DIR", help="run directories (dbm-ltr train --out)")
     p.add_argument("--out", help="output folder (default: RUN_DIR/analysis of the first run)")
-    p.add_argument("--split", choices=("test", "train"), default="test",
-                   help="samples to analyse (train: the long-tailed training set, no augmentation)")
+    p.add_argument(
+        "--split",
+        choices=("test", "train"),
+        default="test",
+        help="samples to analyse (train: the long-tailed training set, no augmentation)",
+    )
     p.add_argument("--device", help="cpu, cuda, cuda:N (default: the run's train.device)")
-    p.add_argument("--fisher-ridge", type=float, default=1e-6, metavar="R",
-                   help="Fisher regulariser eps = R * trace(S_i + S_j) / D (default 1e-6)")
-    p.add_argument("--fisher-features", choices=("raw", "l2"), default="raw",
-                   help="features for the Fisher criterion: raw (default) or L2-normalised")
-    p.add_argument("--fisher-dims", type=_fisher_dims, default="auto", metavar="auto|full|N",
-                   help="feature dimensions for the Fisher criterion: auto (default: all of them "
-                   "where the pairwise solves are affordable and the two smallest classes have "
-                   "enough samples, as for CIFAR test sets; else the top principal components, e.g. "
-                   "34 for 1,000 classes of 2,048-d features), full, or N principal components")
+    p.add_argument(
+        "--fisher-ridge",
+        type=float,
+        default=1e-6,
+        metavar="R",
+        help="Fisher regulariser eps = R * trace(S_i + S_j) / D (default 1e-6)",
+    )
+    p.add_argument(
+        "--fisher-features",
+        choices=("raw", "l2"),
+        default="raw",
+        help="features for the Fisher criterion: raw (default) or L2-normalised",
+    )
+    p.add_argument(
+        "--fisher-dims",
+        type=_fisher_dims,
+        default="auto",
+        metavar="auto|full|N",
+        help="feature dimensions for the Fisher criterion: auto (default: all of them "
+        "where the pairwise solves are affordable and the two smallest classes have "
+        "enough samples, as for CIFAR test sets; else the top principal components, e.g. "
+        "34 for 1,000 classes of 2,048-d features), full, or N principal components",
+    )
     _add_set(p)
     _add_trust(p)
     p.set_defaults(func=cmd_analyze)
@@ -488,8 +531,14 @@ def build_parser() -> argparse.ArgumentParser:
         "tau=0.5,1,1.5 --out runs/sweep --dry-run",
     )
     p.add_argument("--config", required=True, help="YAML file or preset name")
-    p.add_argument("--grid", action="append", nargs="+", required=True, metavar="KEY=V1,V2",
-                   help="grid axes; keys as for --set (section.key or a bare key naming one setting)")
+    p.add_argument(
+        "--grid",
+        action="append",
+        nargs="+",
+        required=True,
+        metavar="KEY=V1,V2",
+        help="grid axes; keys as for --set (section.key or a bare key naming one setting)",
+    )
     p.add_argument("--out", required=True, help="folder of the run directories")
     p.add_argument("--dry-run", action="store_true", help="print the planned runs and stop")
     _add_set(p)
@@ -500,7 +549,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)  # before any heavy import: --help and usage errors are instant
-    from .engine.trainer import Interrupted
+    from .engine.signals import Interrupted
     from .serialization import trust_checkpoints
 
     trust_checkpoints(getattr(args, "trust_checkpoint", False))

@@ -3,8 +3,8 @@ only, so the engine can use it without importing the analysis package)."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 from .metrics import FEW_BELOW, MANY_ABOVE, group_of
 
@@ -63,10 +63,17 @@ def plot_per_class_accuracy(
     twin.set_ylabel("training images (log)")
     handles = [plt.Rectangle((0, 0), 1, 1, color=GROUP_COLOURS[g]) for g in GROUP_COLOURS if g in groups]
     labels = [g for g in GROUP_COLOURS if g in groups]
-    line, = twin.get_lines()
+    (line,) = twin.get_lines()
     # above the axes, so the legend never covers a bar
-    ax.legend(handles + [line], labels + ["training images"], loc="lower left", bbox_to_anchor=(0, 1.01),
-              ncol=4, fontsize=8, frameon=False)
+    ax.legend(
+        handles + [line],
+        labels + ["training images"],
+        loc="lower left",
+        bbox_to_anchor=(0, 1.01),
+        ncol=4,
+        fontsize=8,
+        frameon=False,
+    )
     if title:
         fig.suptitle(title, fontsize=10)
     fig.tight_layout()

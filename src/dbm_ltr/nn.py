@@ -38,8 +38,7 @@ class CosineClassifier(nn.Module):
         super().__init__()
         if in_features <= 0 or num_classes <= 0:
             raise ValueError(
-                f"CosineClassifier needs positive sizes, got in_features={in_features}, "
-                f"num_classes={num_classes}"
+                f"CosineClassifier needs positive sizes, got in_features={in_features}, num_classes={num_classes}"
             )
         self.in_features = in_features
         self.num_classes = num_classes

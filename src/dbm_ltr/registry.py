@@ -4,7 +4,8 @@ transform, and a user can add their own (``register`` works as a decorator)."""
 from __future__ import annotations
 
 import inspect
-from typing import Any, Callable, Iterable
+from collections.abc import Callable, Iterable
+from typing import Any
 
 __all__ = ["Registry", "keyword_defaults"]
 
@@ -16,8 +17,7 @@ def keyword_defaults(factory: Callable[..., Any], exclude: Iterable[str] = ()) -
     return {
         p.name: p.default
         for p in inspect.signature(factory).parameters.values()
-        if p.default is not p.empty and p.name not in skip
-        and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)
+        if p.default is not p.empty and p.name not in skip and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)
     }
 
 

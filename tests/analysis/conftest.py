@@ -1,12 +1,5 @@
 import pytest
 import torch
-from fakes import write_fake_cifar_npz
-
-
-@pytest.fixture(scope="session")
-def fake_cifar10_root(tmp_path_factory):
-    """Tiny CIFAR-10 in the .npz format of ../shared/data: 40 train / 10 test images a class."""
-    return write_fake_cifar_npz(tmp_path_factory.mktemp("cifar10"), 10, 40, 10)
 
 
 @pytest.fixture(scope="session")

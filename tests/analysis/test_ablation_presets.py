@@ -6,7 +6,7 @@ import yaml
 from dbm_ltr.data import long_tail_counts
 from dbm_ltr.engine import build_method, load_config
 from dbm_ltr.engine.config import preset_dir
-from dbm_ltr.engine.trainer import paper_reference
+from dbm_ltr.engine.evaluation import paper_reference
 
 # Table 5 of the paper (CIFAR-100-LT IF 100, top-1 %): row -> (CE, BS)
 TABLE5 = {

@@ -21,9 +21,18 @@ def test_analyze_two_runs_writes_every_table_and_plot(tiny_runs, tmp_path, capsy
     out = tmp_path / "compare"
     assert cli.main(["analyze", str(tiny_runs["ce"]), str(tiny_runs["dbm_ce"]), "--out", str(out)]) == 0
     printed = capsys.readouterr().out
-    for name in ("analysis.md", "angles.csv", "fisher.csv", "fisher_per_class.csv",
-                 "per_class_accuracy.csv", "analysis.json", "angles.png", "accuracy_vs_count.png",
-                 "confusion_ce.png", "confusion_dbm_ce.png"):
+    for name in (
+        "analysis.md",
+        "angles.csv",
+        "fisher.csv",
+        "fisher_per_class.csv",
+        "per_class_accuracy.csv",
+        "analysis.json",
+        "angles.png",
+        "accuracy_vs_count.png",
+        "confusion_ce.png",
+        "confusion_dbm_ce.png",
+    ):
         assert (out / name).is_file() and (out / name).stat().st_size > 0, name
         if name.endswith(".png"):
             assert f"plot: {out / name}" in printed
@@ -61,7 +70,7 @@ def test_cosine_run_angles_match_its_predicted_cosines(tiny_runs):
     """For the cosine head the prediction is the raw cosine, so cos(angle) = score of the label."""
     feats = run_features(tiny_runs["dbm_ce"])
     config, method, _ = load_run_method(tiny_runs["dbm_ce"])
-    from dbm_ltr.engine.trainer import load_datasets
+    from dbm_ltr.engine.build import load_datasets
 
     _, test_set = load_datasets(config, ("regular",), train=False)
     images = torch.stack([test_set[i][0] for i in range(len(test_set))])
@@ -79,7 +88,7 @@ def test_cosine_run_angles_match_its_predicted_cosines(tiny_runs):
 
 def test_two_call_path_equals_the_shared_trunk_path(tiny_runs):
     """A method whose predict is not head(features) is run twice per batch; same results."""
-    from dbm_ltr.engine.trainer import load_datasets
+    from dbm_ltr.engine.build import load_datasets
 
     config, method, _ = load_run_method(tiny_runs["ce"])
     _, test_set = load_datasets(config, ("regular",), train=False)
@@ -167,7 +176,9 @@ def test_fisher_dims_projects_the_features_and_says_so(tiny_runs, tmp_path, caps
     data = json.loads((out / "analysis.json").read_text())
     assert data["options"]["fisher_dims"] == 5 and data["runs"][0]["fisher"]["dims"] == 5
 
-    assert cli.main(["analyze", str(tiny_runs["dbm_ce"]), "--out", str(tmp_path / "full"), "--fisher-dims", "full"]) == 0
+    assert (
+        cli.main(["analyze", str(tiny_runs["dbm_ce"]), "--out", str(tmp_path / "full"), "--fisher-dims", "full"]) == 0
+    )
     printed = capsys.readouterr()
     assert "| dimensions | 64 |" in printed.out and "principal components" not in printed.err
     assert "fewer than the 64 feature dimensions" in printed.err  # the ridge sets J: said so
@@ -200,15 +211,26 @@ def test_runs_with_different_class_sets_get_per_run_class_tables(tmp_path):
         labels = torch.arange(c).repeat_interleave(n_per_class)
         weights = torch.randn(c, 8, generator=g)
         feats = weights[labels] + 0.5 * torch.randn(len(labels), 8, generator=g)
-        return RunFeatures(run_dir=tmp_path / f"r{c}", config=SimpleNamespace(name=f"fake{c}"), epoch=3,
-                           cls_num_list=counts, classes=[str(i) for i in range(c)], split="test",
-                           features=feats, labels=labels, predictions=(feats @ weights.T).argmax(1),
-                           weights=weights)
+        return RunFeatures(
+            run_dir=tmp_path / f"r{c}",
+            config=SimpleNamespace(name=f"fake{c}"),
+            epoch=3,
+            cls_num_list=counts,
+            classes=[str(i) for i in range(c)],
+            split="test",
+            features=feats,
+            labels=labels,
+            predictions=(feats @ weights.T).argmax(1),
+            weights=weights,
+        )
 
-    results = [analyze_features("three", fake(3, 20, [500, 50, 5])),
-               analyze_features("four", fake(4, 20, [300, 120, 30, 8]))]
-    files = write_analysis(results, tmp_path / "out", {"split": "test", "fisher_ridge": 1e-6,
-                                                        "fisher_normalization": "raw"})
+    results = [
+        analyze_features("three", fake(3, 20, [500, 50, 5])),
+        analyze_features("four", fake(4, 20, [300, 120, 30, 8])),
+    ]
+    files = write_analysis(
+        results, tmp_path / "out", {"split": "test", "fisher_ridge": 1e-6, "fisher_normalization": "raw"}
+    )
     for label in ("three", "four"):
         assert files[f"fisher_per_class_csv:{label}"].is_file()
         assert files[f"per_class_accuracy_csv:{label}"].is_file()

@@ -18,8 +18,7 @@ def _capture(monkeypatch, module):
 def test_per_class_plot_names_classes_and_keeps_the_legend_above_the_bars(monkeypatch, tmp_path):
     seen = _capture(monkeypatch, figures)
     names = ["airplane", "automobile", "bird", "cat"]
-    figures.plot_per_class_accuracy([90.0, 80.0, None, 10.0], [500, 120, 40, 8], tmp_path / "p.png",
-                                    class_names=names)
+    figures.plot_per_class_accuracy([90.0, 80.0, None, 10.0], [500, 120, 40, 8], tmp_path / "p.png", class_names=names)
     ax = seen[0].axes[0]
     assert [t.get_text() for t in ax.get_xticklabels()] == names
     legend = ax.get_legend()

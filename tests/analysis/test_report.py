@@ -25,12 +25,14 @@ def runs(tmp_path):
 def test_seeds_are_averaged_beside_the_paper(runs):
     rows = summarize_runs(runs)
     assert [(r.preset, r.imbalance_factor, r.n) for r in rows] == [
-        ("cifar100_lt/dbm_bs", 100.0, 2), ("cifar100_lt/bs", 100.0, 1)]
+        ("cifar100_lt/dbm_bs", 100.0, 2),
+        ("cifar100_lt/bs", 100.0, 1),
+    ]
     dbm, bs = rows
     assert dbm.seeds == [0, 1] and dbm.settings == ""
     assert dbm.mean("top1") == pytest.approx(51.0)
     assert dbm.std("top1") == pytest.approx(statistics.stdev([50.0, 52.0]))  # sample std, 1.414
-    assert dbm.mean("few") == pytest.approx(32.0) and dbm.std("few") == pytest.approx(2 ** 1.5)
+    assert dbm.mean("few") == pytest.approx(32.0) and dbm.std("few") == pytest.approx(2**1.5)
     assert dbm.paper["top1"] == 51.3 and dbm.diff("top1") == pytest.approx(-0.3)
     assert dbm.diff("many") == pytest.approx(67.0 - 67.29)
     assert bs.std("top1") is None and bs.diff("top1") == pytest.approx(48.0 - 49.35)
@@ -52,7 +54,7 @@ def test_cli_writes_markdown_and_csv(runs, tmp_path, capsys):
     first = rows[0]
     assert first["n"] == "2" and first["seeds"] == "0;1"
     assert float(first["top1_mean"]) == pytest.approx(51.0)
-    assert float(first["top1_std"]) == pytest.approx(2 ** 0.5)
+    assert float(first["top1_std"]) == pytest.approx(2**0.5)
     assert float(first["top1_paper"]) == 51.3 and float(first["top1_diff"]) == pytest.approx(-0.3)
     assert rows[1]["top1_std"] == ""
 
@@ -60,8 +62,14 @@ def test_cli_writes_markdown_and_csv(runs, tmp_path, capsys):
 def test_other_settings_and_imbalance_factors_stay_apart(runs, tmp_path):
     other = [
         write_run(tmp_path / "k02", "cifar100_lt/dbm_bs", 0, 49.0, loss={"max_margin": 0.2}, paper=DBM_BS_PAPER),
-        write_run(tmp_path / "if10", "cifar100_lt/dbm_bs", 0, 65.0, imbalance_factor=10,
-                  paper={"top1": 65.22, "source": "Table 2"}),
+        write_run(
+            tmp_path / "if10",
+            "cifar100_lt/dbm_bs",
+            0,
+            65.0,
+            imbalance_factor=10,
+            paper={"top1": 65.22, "source": "Table 2"},
+        ),
     ]
     rows = summarize_runs(runs + other)
     assert [(r.preset, r.imbalance_factor, r.settings, r.n) for r in rows] == [
@@ -111,8 +119,17 @@ def test_best_test_epoch_is_shown_beside_the_final_one_and_marked(tmp_path):
     best = {"top1": 52.0, "many": 67.0, "medium": 51.0, "few": 33.0}
     runs = [
         write_run(tmp_path / "s0", "cifar100_lt/dbm_bs", 0, 50.0, 66.0, 50.0, 30.0, paper=DBM_BS_PAPER, best=best),
-        write_run(tmp_path / "s1", "cifar100_lt/dbm_bs", 1, 51.0, 66.0, 50.0, 31.0, paper=DBM_BS_PAPER,
-                  best={**best, "top1": 53.0}),
+        write_run(
+            tmp_path / "s1",
+            "cifar100_lt/dbm_bs",
+            1,
+            51.0,
+            66.0,
+            50.0,
+            31.0,
+            paper=DBM_BS_PAPER,
+            best={**best, "top1": 53.0},
+        ),
         write_run(tmp_path / "bs", "cifar100_lt/bs", 0, 48.0, 65.0, 49.0, 27.5, paper=BS_PAPER),
     ]
     rows = summarize_runs(runs)
@@ -149,8 +166,10 @@ def test_runs_evaluated_every_epoch_group_with_the_others_and_say_so(tmp_path):
 
 
 def test_short_runs_are_marked(tmp_path):
-    runs = [write_run(tmp_path / "short", "cifar100_lt/dbm_bs", 0, 20.0, paper=DBM_BS_PAPER, epoch=1),
-            write_run(tmp_path / "full", "cifar100_lt/bs", 0, 48.0, paper=BS_PAPER)]
+    runs = [
+        write_run(tmp_path / "short", "cifar100_lt/dbm_bs", 0, 20.0, paper=DBM_BS_PAPER, epoch=1),
+        write_run(tmp_path / "full", "cifar100_lt/bs", 0, 48.0, paper=BS_PAPER),
+    ]
     short, full = summarize_runs(runs)
     assert short.short and not full.short
     text = report_markdown([short, full])
@@ -163,19 +182,27 @@ def test_columns_without_a_value_in_any_row_are_left_out_and_named(tmp_path):
     CIFAR-100-LT IF 100 only: those columns would be '-' in every row. The markdown leaves them
     out and names them; the CSV keeps them."""
     paper = {"top1": 84.6, "source": "Table 2"}
-    runs = [write_run(tmp_path / "a", "cifar10_lt/dbm_bs", 0, 79.58, 81.18, 73.2, None, paper=paper),
-            write_run(tmp_path / "b", "cifar10_lt/bs", 0, 78.96, 80.57, 72.5, None, paper={"top1": 83.57})]
+    runs = [
+        write_run(tmp_path / "a", "cifar10_lt/dbm_bs", 0, 79.58, 81.18, 73.2, None, paper=paper),
+        write_run(tmp_path / "b", "cifar10_lt/bs", 0, 78.96, 80.57, 72.5, None, paper={"top1": 83.57}),
+    ]
     text = report_markdown(summarize_runs(runs))
     header = next(line for line in text.splitlines() if line.startswith("| preset"))
-    assert header == ("| preset | IF | n | epochs | top-1 ours (final epoch) | top-1 paper | top-1 diff "
-                      "| many ours (final epoch) | medium ours (final epoch) |")
+    assert header == (
+        "| preset | IF | n | epochs | top-1 ours (final epoch) | top-1 paper | top-1 diff "
+        "| many ours (final epoch) | medium ours (final epoch) |"
+    )
     assert "| cifar10_lt/dbm_bs | 100 | 1 | 200 | 79.58 | 84.60 | -5.02 | 81.18 | 73.20 |" in text
-    assert ("Left out, without a value in any row: many paper, many diff, medium paper, medium diff, "
-            "few (every column).") in text
+    assert (
+        "Left out, without a value in any row: many paper, many diff, medium paper, medium diff, few (every column)."
+    ) in text
     # one row with a value keeps the column for every row
     runs.append(write_run(tmp_path / "c", "cifar10_lt/ce", 0, 72.87, 78.05, 52.15, 10.0))
     text = report_markdown(summarize_runs(runs))
-    assert "| few ours (final epoch) |" in text and "| cifar10_lt/bs | 100 | 1 | 200 | 78.96 | 83.57 | -4.61 | 80.57 | 72.50 | - |" in text
+    assert (
+        "| few ours (final epoch) |" in text
+        and "| cifar10_lt/bs | 100 | 1 | 200 | 78.96 | 83.57 | -4.61 | 80.57 | 72.50 | - |" in text
+    )
     out = tmp_path / "report.md"
     cli.main(["report", *map(str, runs[:2]), "--out", str(out)])
     assert "few_mean" in open(out.with_suffix(".csv")).readline()

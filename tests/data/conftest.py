@@ -65,46 +65,61 @@ def write_torchvision_cifar(root, num_classes, train_labels, test_labels, class_
         train_list = []
         for b, part in enumerate(np.array_split(np.arange(len(train_labels)), 5), start=1):
             name = f"data_batch_{b}"
-            _pickle(os.path.join(folder, name), {
-                "batch_label": f"training batch {b} of 5",
-                "labels": train_labels[part].tolist(),
-                "data": _to_rows(tr_img[part]),
-                "filenames": [f"img_{i}.png" for i in part],
-            })
+            _pickle(
+                os.path.join(folder, name),
+                {
+                    "batch_label": f"training batch {b} of 5",
+                    "labels": train_labels[part].tolist(),
+                    "data": _to_rows(tr_img[part]),
+                    "filenames": [f"img_{i}.png" for i in part],
+                },
+            )
             train_list.append([name, _md5(os.path.join(folder, name))])
-        _pickle(os.path.join(folder, "test_batch"), {
-            "batch_label": "testing batch 1 of 1",
-            "labels": test_labels.tolist(),
-            "data": _to_rows(te_img),
-            "filenames": [f"test_{i}.png" for i in range(len(test_labels))],
-        })
-        _pickle(os.path.join(folder, "batches.meta"), {
-            "label_names": list(class_names), "num_cases_per_batch": 10000, "num_vis": 3072,
-        })
+        _pickle(
+            os.path.join(folder, "test_batch"),
+            {
+                "batch_label": "testing batch 1 of 1",
+                "labels": test_labels.tolist(),
+                "data": _to_rows(te_img),
+                "filenames": [f"test_{i}.png" for i in range(len(test_labels))],
+            },
+        )
+        _pickle(
+            os.path.join(folder, "batches.meta"),
+            {
+                "label_names": list(class_names),
+                "num_cases_per_batch": 10000,
+                "num_vis": 3072,
+            },
+        )
         cls = CIFAR10
         test_list = [["test_batch", _md5(os.path.join(folder, "test_batch"))]]
-        meta = {"filename": "batches.meta", "key": "label_names",
-                "md5": _md5(os.path.join(folder, "batches.meta"))}
+        meta = {"filename": "batches.meta", "key": "label_names", "md5": _md5(os.path.join(folder, "batches.meta"))}
     else:
         folder = os.path.join(root, "cifar-100-python")
         os.makedirs(folder, exist_ok=True)
         for name, lab, img in (("train", train_labels, tr_img), ("test", test_labels, te_img)):
-            _pickle(os.path.join(folder, name), {
-                "filenames": [f"{name}_{i}.png" for i in range(len(lab))],
-                "batch_label": f"{name} batch",
-                "fine_labels": lab.tolist(),
-                "coarse_labels": (lab // 5).tolist(),
-                "data": _to_rows(img),
-            })
-        _pickle(os.path.join(folder, "meta"), {
-            "fine_label_names": list(class_names),
-            "coarse_label_names": [f"super{i}" for i in range(20)],
-        })
+            _pickle(
+                os.path.join(folder, name),
+                {
+                    "filenames": [f"{name}_{i}.png" for i in range(len(lab))],
+                    "batch_label": f"{name} batch",
+                    "fine_labels": lab.tolist(),
+                    "coarse_labels": (lab // 5).tolist(),
+                    "data": _to_rows(img),
+                },
+            )
+        _pickle(
+            os.path.join(folder, "meta"),
+            {
+                "fine_label_names": list(class_names),
+                "coarse_label_names": [f"super{i}" for i in range(20)],
+            },
+        )
         cls = CIFAR100
         train_list = [["train", _md5(os.path.join(folder, "train"))]]
         test_list = [["test", _md5(os.path.join(folder, "test"))]]
-        meta = {"filename": "meta", "key": "fine_label_names",
-                "md5": _md5(os.path.join(folder, "meta"))}
+        meta = {"filename": "meta", "key": "fine_label_names", "md5": _md5(os.path.join(folder, "meta"))}
     monkeypatch.setattr(cls, "train_list", train_list)
     monkeypatch.setattr(cls, "test_list", test_list)
     monkeypatch.setattr(cls, "meta", meta)
@@ -125,8 +140,7 @@ def fake_cifar(tmp_path, monkeypatch):
     and returns a namespace with ``root``, ``train_labels``, ``test_labels``, ``classes``.
     """
 
-    def make(fmt="npz", num_classes=10, train_per_class=20, test_per_class=5, seed=1,
-             classes=True, root=None):
+    def make(fmt="npz", num_classes=10, train_per_class=20, test_per_class=5, seed=1, classes=True, root=None):
         root = str(root or tmp_path)
         train_labels = _fake_labels(num_classes, train_per_class, seed)
         test_labels = _fake_labels(num_classes, test_per_class, seed + 1)
@@ -135,14 +149,21 @@ def fake_cifar(tmp_path, monkeypatch):
             write_torchvision_cifar(root, num_classes, train_labels, test_labels, names, monkeypatch)
         elif fmt == "npz":
             prefix = "cifar10" if num_classes == 10 else "cifar100"
-            write_npz(os.path.join(root, f"{prefix}_train.npz"), _fake_images(train_labels),
-                      train_labels, names if classes else None)
-            write_npz(os.path.join(root, f"{prefix}_test.npz"), _fake_images(test_labels),
-                      test_labels, names if classes else None)
+            write_npz(
+                os.path.join(root, f"{prefix}_train.npz"),
+                _fake_images(train_labels),
+                train_labels,
+                names if classes else None,
+            )
+            write_npz(
+                os.path.join(root, f"{prefix}_test.npz"),
+                _fake_images(test_labels),
+                test_labels,
+                names if classes else None,
+            )
         else:
             raise ValueError(fmt)
-        return types.SimpleNamespace(root=root, train_labels=train_labels,
-                                     test_labels=test_labels, classes=names)
+        return types.SimpleNamespace(root=root, train_labels=train_labels, test_labels=test_labels, classes=names)
 
     return make
 

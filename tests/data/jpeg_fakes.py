@@ -50,8 +50,9 @@ def write_imagenet_lt(root, counts=(6, 4, 2), test_per_class=2, val_per_class=1,
         order = rng.permutation(len(items))
         text = "".join(f"{items[j][0]} {items[j][1]}\n" for j in order)
         (where / f"ImageNet_LT_{split}.txt").write_text(text + "\n")  # a trailing blank line
-    return types.SimpleNamespace(root=str(root), lists=lists, wnids=[_wnid(c) for c in range(len(counts))],
-                                 split_dir=str(where))
+    return types.SimpleNamespace(
+        root=str(root), lists=lists, wnids=[_wnid(c) for c in range(len(counts))], split_dir=str(where)
+    )
 
 
 def write_inat(root, counts=(5, 3, 1, 1), val_per_class=2, seed=0, fmt="txt"):
@@ -79,8 +80,9 @@ def write_inat(root, counts=(5, 3, 1, 1), val_per_class=2, seed=0, fmt="txt"):
                 anns.append({"id": next_id, "image_id": next_id, "category_id": y})
                 next_id += 1
             cats = [{"id": c, "name": f"species_{c}", "supercategory": supers[c % 4]} for c in range(len(counts))]
-            (root / f"{split}2018.json").write_text(json.dumps({"images": images, "annotations": anns,
-                                                                 "categories": cats}))
+            (root / f"{split}2018.json").write_text(
+                json.dumps({"images": images, "annotations": anns, "categories": cats})
+            )
     return types.SimpleNamespace(root=str(root), lists=lists)
 
 

@@ -18,17 +18,26 @@ from torchvision.transforms import functional as F
 from torchvision.transforms.autoaugment import _apply_op
 
 from dbm_ltr.data import batch_augment as ba
-from dbm_ltr.data.autoaugment import (CIFAR10_SUB_POLICIES, ReferenceAutoAugment, reference_magnitudes,
-                                      reference_op)
+from dbm_ltr.data import pixel_ops as po
+from dbm_ltr.data.autoaugment import CIFAR10_SUB_POLICIES, ReferenceAutoAugment, reference_magnitudes, reference_op
 from dbm_ltr.data.transforms import CIFAR_MEAN, CIFAR_STD
 from dbm_ltr.registry import Registry
 
 REAL = "/work/shared/data/cifar10_test_subset_lossless.npz"
 GEOMETRIC = ("ShearX", "ShearY", "TranslateX", "TranslateY", "Rotate")
-GEO_FN = {"ShearX": ba.shear_x, "ShearY": ba.shear_y, "TranslateX": ba.translate_x,
-          "TranslateY": ba.translate_y, "Rotate": ba.rotate}
-BLEND_FN = {"Brightness": ba.adjust_brightness, "Color": ba.adjust_saturation,
-            "Contrast": ba.adjust_contrast, "Sharpness": ba.adjust_sharpness}
+GEO_FN = {
+    "ShearX": po.shear_x,
+    "ShearY": po.shear_y,
+    "TranslateX": po.translate_x,
+    "TranslateY": po.translate_y,
+    "Rotate": po.rotate,
+}
+BLEND_FN = {
+    "Brightness": po.adjust_brightness,
+    "Color": po.adjust_saturation,
+    "Contrast": po.adjust_contrast,
+    "Sharpness": po.adjust_sharpness,
+}
 
 
 # ------------------------------------------------------------------------------------------
@@ -43,19 +52,22 @@ def synthetic_images(n: int, h: int = 32, w: int = 32, seed: int = 0) -> np.ndar
     yy, xx = np.mgrid[0:h, 0:w]
     out = []
     for _ in range(max(n - 2, 0)):
-        img = (rng.uniform(40, 215, (1, 1, 3)) + rng.uniform(-4, 4, (1, 1, 3)) * xx[..., None]
-               + rng.uniform(-4, 4, (1, 1, 3)) * yy[..., None])
+        img = (
+            rng.uniform(40, 215, (1, 1, 3))
+            + rng.uniform(-4, 4, (1, 1, 3)) * xx[..., None]
+            + rng.uniform(-4, 4, (1, 1, 3)) * yy[..., None]
+        )
         tex = rng.normal(0, 30, (h // 4 + 1, w // 4 + 1, 3)).repeat(4, 0).repeat(4, 1)[:h, :w]
         img = img + tex + rng.normal(0, 6, (h, w, 3))
         y0, x0 = rng.integers(0, h - 6), rng.integers(0, w - 6)
-        img[y0:y0 + 6, x0:x0 + 6] = rng.permutation([255, 0, rng.integers(0, 256)])
+        img[y0 : y0 + 6, x0 : x0 + 6] = rng.permutation([255, 0, rng.integers(0, 256)])
         y1, x1 = rng.integers(0, h - 5), rng.integers(0, w - 5)
-        img[y1:y1 + 5, x1:x1 + 5] = rng.integers(0, 256)
+        img[y1 : y1 + 5, x1 : x1 + 5] = rng.integers(0, 256)
         out.append(np.clip(np.rint(img), 0, 255))
     if n >= 2:
         out.append(np.full((h, w, 3), 97.0))
         two = np.full((h, w, 3), 30.0)
-        two[h // 2:] = 200.0
+        two[h // 2 :] = 200.0
         out.append(two)
     return np.stack(out).astype(np.uint8)[:n]
 
@@ -132,12 +144,11 @@ def test_autoaugment_op_matches_pil(op, hwc):
         elif op in BLEND_FN:
             ours = BLEND_FN[op](x, 1.0 + mt)
         elif op == "Posterize":
-            ours = ba.posterize(x, torch.full((n,), float(int(m))))
+            ours = po.posterize(x, torch.full((n,), float(int(m))))
         elif op == "Solarize":
-            ours = ba.solarize(x, mt)
+            ours = po.solarize(x, mt)
         else:
-            ours = {"AutoContrast": ba.autocontrast, "Equalize": ba.equalize,
-                    "Invert": ba.invert}[op](x)
+            ours = {"AutoContrast": po.autocontrast, "Equalize": po.equalize, "Invert": po.invert}[op](x)
         assert_close_to_pil(ours, ref, f"{op} magnitude {m}")
 
 
@@ -150,14 +161,15 @@ def test_geometric_ops_non_square_and_per_image_magnitudes(op):
     mags = ba.autoaugment_magnitudes(24, 40)[op][0]
     per_image = np.array([mags[i % 10] * (1 if i % 3 else -1) for i in range(12)])
     ours = GEO_FN[op](x, torch.from_numpy(per_image))
-    ref = torch.stack([
-        pil_apply(a[None], lambda im, m=float(m): _apply_op(
-            im, op, m, InterpolationMode.NEAREST, [128.0] * 3))[0]
-        for a, m in zip(hwc, per_image)
-    ])
+    ref = torch.stack(
+        [
+            pil_apply(a[None], lambda im, m=float(m): _apply_op(im, op, m, InterpolationMode.NEAREST, [128.0] * 3))[0]
+            for a, m in zip(hwc, per_image)
+        ]
+    )
     assert_close_to_pil(ours, ref, op)
     # a geometric op must actually move pixels and bring in the fill
-    big = ba.rotate(x[:1], torch.tensor([30.0]))
+    big = po.rotate(x[:1], torch.tensor([30.0]))
     assert (big == 128).all(1).any() and not torch.equal(big, x[:1])
 
 
@@ -168,12 +180,12 @@ def test_equalize_lut_overflow_is_clipped_like_pil():
     a.reshape(-1, 3)[:511] = (np.arange(511) % 190)[:, None]
     ref = pil_apply(a[None], ImageOps.equalize)
     assert ref.max() == 255
-    assert torch.equal(ba.equalize(to_batch(a[None]).float()), ref)
+    assert torch.equal(po.equalize(to_batch(a[None]).float()), ref)
 
 
 def test_affine_fill_and_translation_semantics():
     x = torch.arange(2 * 3 * 4 * 5, dtype=torch.float32).view(2, 3, 4, 5)
-    out = ba.translate_x(x, torch.tensor([2.9, -1.2]), fill=7.0)  # int(): 2 and -1
+    out = po.translate_x(x, torch.tensor([2.9, -1.2]), fill=7.0)  # int(): 2 and -1
     assert torch.equal(out[0, :, :, 2:], x[0, :, :, :3]) and (out[0, :, :, :2] == 7).all()
     assert torch.equal(out[1, :, :, :4], x[1, :, :, 1:]) and (out[1, :, :, 4] == 7).all()
 
@@ -201,8 +213,13 @@ def naive_reference_op(img: Image.Image, op: str, bin_: int, sign: int) -> Image
         rot = img.convert("RGBA").rotate(lin(0, 30))
         return Image.composite(rot, Image.new("RGBA", rot.size, (128,) * 4), rot).convert("RGB")
     from PIL import ImageEnhance
-    enhance = {"Color": ImageEnhance.Color, "Contrast": ImageEnhance.Contrast,
-               "Sharpness": ImageEnhance.Sharpness, "Brightness": ImageEnhance.Brightness}
+
+    enhance = {
+        "Color": ImageEnhance.Color,
+        "Contrast": ImageEnhance.Contrast,
+        "Sharpness": ImageEnhance.Sharpness,
+        "Brightness": ImageEnhance.Brightness,
+    }
     if op in enhance:
         return enhance[op](img).enhance(1 + lin(0.0, 0.9) * sign)
     if op == "Posterize":
@@ -230,24 +247,24 @@ def test_reference_op_is_the_written_out_definition_and_the_batched_twin_matches
     values, signed = reference_magnitudes(32, 32)[op]
     bins = range(10) if values.any() else [0]
     for b in bins:
-        for sign in ((1, -1) if signed else (1,)):
+        for sign in (1, -1) if signed else (1,):
             value = float(values[b]) * sign
             naive = pil_apply(hwc, lambda im: naive_reference_op(im, op, b, sign))
             ref = pil_apply(hwc, lambda im: reference_op(im, op, value))
             assert torch.equal(ref, naive), f"{op} bin {b} sign {sign}"
             v = torch.full((n,), value, dtype=torch.float64)
             if op in ("ShearX", "ShearY"):
-                ours = ba.affine_bicubic(x, ba.reference_affine_matrix(op, v, 32, 32))
+                ours = po.affine_bicubic(x, po.reference_affine_matrix(op, v, 32, 32))
             elif op in GEOMETRIC:
-                ours = ba.affine_nearest(x, ba.reference_affine_matrix(op, v, 32, 32))
+                ours = po.affine_nearest(x, po.reference_affine_matrix(op, v, 32, 32))
             elif op in BLEND_FN:
                 ours = BLEND_FN[op](x, 1.0 + v)
             elif op == "Posterize":
-                ours = ba.posterize(x, v)
+                ours = po.posterize(x, v)
             elif op == "Solarize":
-                ours = ba.solarize(x, v)
+                ours = po.solarize(x, v)
             else:
-                ours = {"AutoContrast": ba.autocontrast, "Equalize": ba.equalize, "Invert": ba.invert}[op](x)
+                ours = {"AutoContrast": po.autocontrast, "Equalize": po.equalize, "Invert": po.invert}[op](x)
             assert_close_to_pil(ours, ref, f"{op} bin {b} sign {sign}")
             if op in GEOMETRIC:  # Pillow's geometry is reproduced exactly
                 assert torch.equal(ours, ref), f"{op} bin {b} sign {sign}"
@@ -261,11 +278,12 @@ def test_reference_translation_rounds_to_the_nearest_pixel():
     assert 14.5 < top < 14.51
     x = torch.arange(32, dtype=torch.float32).repeat(1, 3, 32, 1)
     for v, shift in ((top, 15), (-top, -15), (4.834, 5), (-4.834, -5), (0.4, 0), (-0.4, 0)):
-        out = ba.affine_nearest(x, ba.reference_affine_matrix("TranslateX", torch.tensor([v], dtype=torch.float64),
-                                                              32, 32), fill=7.0)
+        out = po.affine_nearest(
+            x, po.reference_affine_matrix("TranslateX", torch.tensor([v], dtype=torch.float64), 32, 32), fill=7.0
+        )
         expect = torch.tensor([c + shift if 0 <= c + shift < 32 else 7.0 for c in range(32)])
         assert torch.equal(out[0, 0, 0], expect), (v, out[0, 0, 0])
-    tv = ba.translate_x(x, torch.tensor([top]), fill=7.0)  # torchvision: int(14.5) = 14 to the right
+    tv = po.translate_x(x, torch.tensor([top]), fill=7.0)  # torchvision: int(14.5) = 14 to the right
     assert torch.equal(tv[0, 0, 0, 14:], torch.arange(18, dtype=torch.float32))
 
 
@@ -275,23 +293,24 @@ def test_affine_bicubic_semantics():
     g = torch.Generator().manual_seed(0)
     x = torch.randint(0, 256, (2, 3, 9, 11), generator=g).float()
     ident = torch.tensor([[1, 0, 0, 0, 1, 0]] * 2, dtype=torch.float64)
-    assert torch.equal(ba.affine_bicubic(x, ident), x)
+    assert torch.equal(po.affine_bicubic(x, ident), x)
     half = torch.tensor([[1, 0, 0.5, 0, 1, 0]] * 2, dtype=torch.float64)
-    out = ba.affine_bicubic(x, half, fill=7.0)
-    a, b, c, d = (x[..., k:k + 7] for k in range(4))  # taps x-1 .. x+2 at dx = 0.5, inner columns
+    out = po.affine_bicubic(x, half, fill=7.0)
+    a, b, c, d = (x[..., k : k + 7] for k in range(4))  # taps x-1 .. x+2 at dx = 0.5, inner columns
     cubic = b + 0.5 * ((c - a) + 0.5 * ((2 * (a - b) + c - d) + 0.5 * (b - a - c + d)))
     assert torch.equal(out[..., 1:8], torch.trunc(cubic.clamp(0, 255)))
     assert (out[..., -1] == 7.0).all()  # x + 0.5 + 0.5 = 11: outside
     for v in (255.0, 0.0):  # overshoot is clipped
         flat = torch.full((1, 3, 9, 11), v)
         flat[..., 5] = 255.0 - v
-        assert ba.affine_bicubic(flat, half[:1]).min() >= 0 and ba.affine_bicubic(flat, half[:1]).max() <= 255
+        assert po.affine_bicubic(flat, half[:1]).min() >= 0 and po.affine_bicubic(flat, half[:1]).max() <= 255
     # the image's last row, sampled half a pixel further down, interpolates against itself
     down = torch.tensor([[1, 0, 0, 0, 1, 0.5]], dtype=torch.float64)
-    ref = pil_apply(x[:1].permute(0, 2, 3, 1).to(torch.uint8).numpy(),
-                    lambda im: im.transform(im.size, Image.AFFINE, (1, 0, 0, 0, 1, 0.5), Image.BICUBIC,
-                                            fillcolor=(7, 7, 7)))
-    assert torch.equal(ba.affine_bicubic(x[:1], down, fill=7.0), ref)
+    ref = pil_apply(
+        x[:1].permute(0, 2, 3, 1).to(torch.uint8).numpy(),
+        lambda im: im.transform(im.size, Image.AFFINE, (1, 0, 0, 0, 1, 0.5), Image.BICUBIC, fillcolor=(7, 7, 7)),
+    )
+    assert torch.equal(po.affine_bicubic(x[:1], down, fill=7.0), ref)
 
 
 def test_reference_policy_per_image_and_batched_sampling_agree():
@@ -333,12 +352,13 @@ def test_reference_per_image_policy_applies_its_draws(hwc):
 def test_colour_jitter_ops_match_pil(factor, hwc):
     x = to_batch(hwc).float()
     f = torch.full((len(hwc),), factor)
-    assert_close_to_pil(ba.adjust_brightness(x, f),
-                        pil_apply(hwc, lambda im: F.adjust_brightness(im, factor)), "brightness")
-    assert_close_to_pil(ba.adjust_contrast(x, f),
-                        pil_apply(hwc, lambda im: F.adjust_contrast(im, factor)), "contrast")
-    assert_close_to_pil(ba.adjust_saturation(x, f),
-                        pil_apply(hwc, lambda im: F.adjust_saturation(im, factor)), "saturation")
+    assert_close_to_pil(
+        po.adjust_brightness(x, f), pil_apply(hwc, lambda im: F.adjust_brightness(im, factor)), "brightness"
+    )
+    assert_close_to_pil(po.adjust_contrast(x, f), pil_apply(hwc, lambda im: F.adjust_contrast(im, factor)), "contrast")
+    assert_close_to_pil(
+        po.adjust_saturation(x, f), pil_apply(hwc, lambda im: F.adjust_saturation(im, factor)), "saturation"
+    )
 
 
 @pytest.mark.parametrize("hue", [-0.1, -0.0613, -0.013, 0.0, 0.004, 0.05, 0.1])
@@ -346,12 +366,12 @@ def test_hue_matches_pil(hue, hwc):
     """torchvision's PIL hue: 8-bit HSV round trip with H += int(255 h); reproduced exactly
     (no tensor-path approximation needed)."""
     h = float(np.float32(hue))
-    ours = ba.adjust_hue(to_batch(hwc).float(), torch.full((len(hwc),), h))
+    ours = po.adjust_hue(to_batch(hwc).float(), torch.full((len(hwc),), h))
     assert_close_to_pil(ours, pil_apply(hwc, lambda im: F.adjust_hue(im, h)), f"hue {h}")
 
 
 def test_grayscale_matches_pil(hwc):
-    ours = ba.rgb_to_grayscale(to_batch(hwc).float())
+    ours = po.rgb_to_grayscale(to_batch(hwc).float())
     assert_close_to_pil(ours, pil_apply(hwc, lambda im: F.rgb_to_grayscale(im, 3)), "grayscale")
     assert torch.equal(ours[:, 0], ours[:, 1]) and torch.equal(ours[:, 0], ours[:, 2])
 
@@ -360,12 +380,15 @@ def test_resized_crop_matches_pil(hwc):
     g = torch.Generator().manual_seed(5)
     boxes = ba._sample_resized_crop(len(hwc), 32, 32, (0.2, 1.0), (3 / 4, 4 / 3), g)
     boxes[:4] = [[0, 0, 32, 32], [5, 3, 14, 20], [18, 18, 14, 14], [0, 9, 32, 23]]
-    ours = ba.resized_crop(to_batch(hwc).float(), torch.from_numpy(boxes), (32, 32))
-    ref = torch.stack([
-        pil_apply(a[None], lambda im, b=b: F.resized_crop(im, *map(int, b), [32, 32],
-                                                          InterpolationMode.BILINEAR))[0]
-        for a, b in zip(hwc, boxes)
-    ])
+    ours = po.resized_crop(to_batch(hwc).float(), torch.from_numpy(boxes), (32, 32))
+    ref = torch.stack(
+        [
+            pil_apply(a[None], lambda im, b=b: F.resized_crop(im, *map(int, b), [32, 32], InterpolationMode.BILINEAR))[
+                0
+            ]
+            for a, b in zip(hwc, boxes)
+        ]
+    )
     assert_close_to_pil(ours, ref, "resized_crop")
     assert torch.equal(ours[0], to_batch(hwc[:1]).float()[0])  # full box: identity
 
@@ -375,17 +398,16 @@ def test_blur_matches_pil_gaussian_blur(sigma, hwc):
     """Pillow's GaussianBlur: 3 extended box passes per axis, 8.24 fixed point, uint8 after
     every pass; reproduced pass by pass, so pixel-exact up to the 1-level bound."""
     s = float(np.float32(sigma))
-    ours = ba.gaussian_blur(to_batch(hwc).float(), torch.full((len(hwc),), s))
+    ours = po.gaussian_blur(to_batch(hwc).float(), torch.full((len(hwc),), s))
     ref = pil_apply(hwc, lambda im: im.filter(ImageFilter.GaussianBlur(radius=s)))
     assert_close_to_pil(ours, ref, f"blur sigma {s}")
 
 
 def _response_std(resp: np.ndarray, centre: int) -> tuple[float, float]:
     r = np.asarray(resp, dtype=np.float64)
-    ys, xs = np.mgrid[0:r.shape[0], 0:r.shape[1]]
+    ys, xs = np.mgrid[0 : r.shape[0], 0 : r.shape[1]]
     m = r.sum()
-    return (math.sqrt((r * (xs - centre) ** 2).sum() / m),
-            math.sqrt((r * (ys - centre) ** 2).sum() / m))
+    return (math.sqrt((r * (xs - centre) ** 2).sum() / m), math.sqrt((r * (ys - centre) ** 2).sum() / m))
 
 
 def test_effective_blur_width():
@@ -395,7 +417,7 @@ def test_effective_blur_width():
     a[16, 16] = 255
     x = to_batch(a[None]).float()
     for sigma in (0.5, 1.0, 1.5, 2.0):
-        ours = ba.gaussian_blur(x, torch.tensor([sigma]))[0, 0].numpy()
+        ours = po.gaussian_blur(x, torch.tensor([sigma]))[0, 0].numpy()
         pil = np.asarray(Image.fromarray(a).filter(ImageFilter.GaussianBlur(radius=sigma)))[..., 0]
         sx, sy = _response_std(ours, 16)
         px, py = _response_std(pil, 16)
@@ -410,7 +432,7 @@ def test_blur_box_radius_bound():
     """gaussian_blur sizes its taps from max_sigma: the integer box radius must be monotone
     in sigma and never exceed floor(sigma)."""
     s = torch.arange(1, 40001, dtype=torch.float64).float() * 5e-4  # up to 20
-    rf = ba._pil_box_radius(s)
+    rf = po._pil_box_radius(s)
     assert bool((rf[1:] >= rf[:-1]).all())
     assert bool((rf.long() <= s.floor().long()).all())
 
@@ -429,9 +451,9 @@ def test_blur_box_parameters_match_pillow_c_arithmetic():
         rf = f32(small_l + a / (f32(6) * (s2 - (small_l + f32(1)) * (small_l + f32(1)))))
         ww = int(f32(16777216.0) / (rf * f32(2) + f32(1)))
         want.append((int(rf), ww, ((1 << 24) - (2 * int(rf) + 1) * ww) // 2))
-    rf = ba._pil_box_radius(sig)
+    rf = po._pil_box_radius(sig)
     r = rf.long()
-    ww = ba._div(ba._num(16777216.0, rf), rf * 2 + 1).long()
+    ww = po._div(po._num(16777216.0, rf), rf * 2 + 1).long()
     fw = ((1 << 24) - (2 * r + 1) * ww) // 2
     assert np.array_equal(torch.stack([r, ww, fw], 1).numpy(), np.array(want))
 
@@ -440,7 +462,7 @@ def test_resample_coefficients_match_pillow_c_arithmetic():
     """Pillow's ``precompute_coeffs`` + ``normalize_coeffs_8bpc`` (BILINEAR) restated with
     Python doubles, for every box size 1..32 onto 32 and some downscales."""
     for out_size, sizes in ((32, range(1, 33)), (8, (9, 16, 23, 32))):
-        offs, kint = ba._bilinear_coeffs(torch.tensor(list(sizes)), out_size, 32)
+        offs, kint = po._bilinear_coeffs(torch.tensor(list(sizes)), out_size, 32)
         for row, in_size in enumerate(sizes):
             scale = in_size / out_size
             fscale = max(scale, 1.0)
@@ -449,8 +471,7 @@ def test_resample_coefficients_match_pillow_c_arithmetic():
                 center = (xx + 0.5) * scale
                 xmin = max(int(center - support + 0.5), 0)
                 xmax = min(int(center + support + 0.5), in_size) - xmin
-                w = [max(0.0, 1.0 - abs((x + xmin - center + 0.5) * (1.0 / fscale)))
-                     for x in range(xmax)]
+                w = [max(0.0, 1.0 - abs((x + xmin - center + 0.5) * (1.0 / fscale))) for x in range(xmax)]
                 total = sum(w)
                 want = [int(0.5 + wi / total * (1 << 22)) for wi in w]
                 k = kint[row, xx].tolist()
@@ -463,25 +484,31 @@ def test_crop_flip_cutout_normalise_match_torchvision(hwc):
     g = torch.Generator().manual_seed(2)
     off = torch.randint(0, 9, (n, 2), generator=g)
     flip = torch.rand(n, generator=g) < 0.5
-    ours = ba.pad_crop(to_batch(hwc).float(), off, 4, flip=flip)
-    ref = torch.stack([
-        pil_apply(a[None], lambda im, o=o, f=f: (F.hflip if f else (lambda t: t))(
-            F.crop(F.pad(im, 4, fill=0), int(o[0]), int(o[1]), 32, 32)))[0]
-        for a, o, f in zip(hwc, off, flip)
-    ])
+    ours = po.pad_crop(to_batch(hwc).float(), off, 4, flip=flip)
+    ref = torch.stack(
+        [
+            pil_apply(
+                a[None],
+                lambda im, o=o, f=f: (F.hflip if f else (lambda t: t))(
+                    F.crop(F.pad(im, 4, fill=0), int(o[0]), int(o[1]), 32, 32)
+                ),
+            )[0]
+            for a, o, f in zip(hwc, off, flip)
+        ]
+    )
     assert torch.equal(ours, ref)
-    assert torch.equal(ba.hflip(ours, flip), torch.where(flip.view(-1, 1, 1, 1), ours.flip(-1), ours))
-    unit = ba.normalize(ba.to_unit(to_batch(hwc)), CIFAR_MEAN, CIFAR_STD)
+    assert torch.equal(po.hflip(ours, flip), torch.where(flip.view(-1, 1, 1, 1), ours.flip(-1), ours))
+    unit = po.normalize(po.to_unit(to_batch(hwc)), CIFAR_MEAN, CIFAR_STD)
     tv = torch.stack([T.Normalize(CIFAR_MEAN, CIFAR_STD)(F.to_tensor(a)) for a in hwc])
     assert torch.equal(unit, tv)
 
 
 def test_cutout_hole_at_corner_and_centre():
     x = torch.full((3, 3, 32, 32), 9.0)
-    out = ba.cutout(x, torch.tensor([[1, 30], [16, 16], [31, 0]]), 16)
+    out = po.cutout(x, torch.tensor([[1, 30], [16, 16], [31, 0]]), 16)
     zero = out[:, 0] == 0
     assert (out == 0).all(1).eq(zero).all()  # all channels together
-    assert zero[0].nonzero()[:, 0].unique().tolist() == list(range(0, 9))    # rows y-8..y+7 clipped
+    assert zero[0].nonzero()[:, 0].unique().tolist() == list(range(0, 9))  # rows y-8..y+7 clipped
     assert zero[0].nonzero()[:, 1].unique().tolist() == list(range(22, 32))
     assert int(zero[0].sum()) == 9 * 10
     assert int(zero[1].sum()) == 256 and bool(zero[1, 8:24, 8:24].all())
@@ -504,13 +531,14 @@ def pil_reference_cifar(hwc: np.ndarray, p: ba.CifarTrainParams) -> torch.Tensor
             im = F.hflip(im)
         for s in range(2):
             if applied[b, s] and p.policy == "torchvision":
-                im = _apply_op(im, ba.AUTOAUGMENT_OPS[ops[b, s]], float(mags[b, s]),
-                               InterpolationMode.NEAREST, [128.0] * 3)
+                im = _apply_op(
+                    im, ba.AUTOAUGMENT_OPS[ops[b, s]], float(mags[b, s]), InterpolationMode.NEAREST, [128.0] * 3
+                )
             elif applied[b, s]:
                 im = reference_op(im, ba.AUTOAUGMENT_OPS[ops[b, s]], float(mags[b, s]))
         t = F.to_tensor(im)
         y, x = (int(v) for v in p.cutout[b])
-        t[:, max(0, y - 8):max(0, y + 8), max(0, x - 8):max(0, x + 8)] = 0
+        t[:, max(0, y - 8) : max(0, y + 8), max(0, x - 8) : max(0, x + 8)] = 0
         outs.append(norm(t))
     return torch.stack(outs)
 
@@ -520,8 +548,7 @@ def pil_reference_contrastive(hwc: np.ndarray, p: ba.CifarContrastiveParams) -> 
     jitter = (F.adjust_brightness, F.adjust_contrast, F.adjust_saturation, F.adjust_hue)
     outs = []
     for b, a in enumerate(hwc):
-        im = F.resized_crop(Image.fromarray(a), *map(int, p.boxes[b]), [32, 32],
-                            InterpolationMode.BILINEAR)
+        im = F.resized_crop(Image.fromarray(a), *map(int, p.boxes[b]), [32, 32], InterpolationMode.BILINEAR)
         if p.flip[b]:
             im = F.hflip(im)
         if p.jitter[b]:
@@ -638,8 +665,12 @@ def test_resized_crop_sampling_matches_torchvision():
     torch.manual_seed(4)
     img = torch.zeros(3, 32, 32)
     ref = np.array([T.RandomResizedCrop.get_params(img, [0.2, 1.0], [3 / 4, 4 / 3]) for _ in range(n)])
-    for ours_col, ref_col in ((h * w, ref[:, 2] * ref[:, 3]), (w - h, ref[:, 3] - ref[:, 2]),
-                              (top + h / 2, ref[:, 0] + ref[:, 2] / 2), (left, ref[:, 1])):
+    for ours_col, ref_col in (
+        (h * w, ref[:, 2] * ref[:, 3]),
+        (w - h, ref[:, 3] - ref[:, 2]),
+        (top + h / 2, ref[:, 0] + ref[:, 2] / 2),
+        (left, ref[:, 1]),
+    ):
         assert stats.ks_2samp(ours_col, ref_col).pvalue > 1e-3
     # fallback: no attempt fits -> central crop clipped to the ratio range
     wide = ba._sample_resized_crop(200, 4, 40, (0.99, 1.0), (1.0, 1.0), torch.Generator().manual_seed(0))
@@ -682,9 +713,9 @@ def test_cifar_test_values(batch):
 def test_cutout_through_the_recipe():
     recipe = ba.BatchCifarTrain(cutout=16)
     p = recipe.sample(2, 32, 32, torch.Generator().manual_seed(0))
-    p.crop[:] = 4                 # no shift
+    p.crop[:] = 4  # no shift
     p.flip[:] = False
-    p.probs[:] = 1.0              # 1.0 < p never holds in the CIFAR10 policy: no AutoAugment op
+    p.probs[:] = 1.0  # 1.0 < p never holds in the CIFAR10 policy: no AutoAugment op
     p.cutout[:] = [[0, 31], [20, 10]]
     x = torch.full((2, 3, 32, 32), 200, dtype=torch.uint8)
     out = recipe.apply(x, p)
@@ -769,12 +800,22 @@ def test_recipes_run_on_meta_device(name, batch, monkeypatch):
 @pytest.mark.parametrize("name", ["cifar", "cifar_contrastive"])
 def test_recipes_never_call_syncing_methods(name, batch, monkeypatch):
     """The same on a CPU batch with the syncing tensor methods patched to raise."""
+
     def boom(*args, **kwargs):
         raise AssertionError("host synchronisation inside a recipe")
 
     recipe = ba.create_batch_recipe(name)
-    for attr in ("item", "tolist", "nonzero", "__bool__", "__int__", "__float__", "unique",
-                 "masked_select", "argwhere"):
+    for attr in (
+        "item",
+        "tolist",
+        "nonzero",
+        "__bool__",
+        "__int__",
+        "__float__",
+        "unique",
+        "masked_select",
+        "argwhere",
+    ):
         monkeypatch.setattr(torch.Tensor, attr, boom)
     for fn in ("nonzero", "unique", "masked_select", "argwhere", "bincount"):
         monkeypatch.setattr(torch, fn, boom)

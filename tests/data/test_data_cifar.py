@@ -67,8 +67,13 @@ def test_test_split_is_full_and_balanced(fmt, cls, C, per_train, per_test, fake_
 @pytest.mark.parametrize("fmt", FORMATS)
 def test_getitem_transforms(fmt, fake_cifar):
     fake = fake_cifar(fmt)
-    ds = LongTailCIFAR10(fake.root, train=True, imbalance_factor=10,
-                         transform=cifar_test_transform(), target_transform=lambda y: y + 1000)
+    ds = LongTailCIFAR10(
+        fake.root,
+        train=True,
+        imbalance_factor=10,
+        transform=cifar_test_transform(),
+        target_transform=lambda y: y + 1000,
+    )
     x, y = ds[len(ds) - 1]
     assert y == ds.targets[-1] + 1000 == 1009
     assert isinstance(x, torch.Tensor) and x.shape == (3, 32, 32)
@@ -165,8 +170,7 @@ def test_download_path_uses_torchvision(fake_cifar, tmp_path, monkeypatch):
 @pytest.mark.parametrize("name,C", [("cifar10_lt", 10), ("cifar100_lt", 100)])
 def test_create_dataset(name, C, fake_cifar):
     fake = fake_cifar("npz", C, 10, 2)
-    ds = create_dataset(name, fake.root, train=True, imbalance_factor=5, seed=0,
-                        target_transform=str)
+    ds = create_dataset(name, fake.root, train=True, imbalance_factor=5, seed=0, target_transform=str)
     assert ds.num_classes == C and ds.cls_num_list == long_tail_counts(10, C, 5)
     assert ds[0][1] == "0"
     test = create_dataset(name, fake.root, train=False, imbalance_factor=5)

@@ -20,10 +20,13 @@ from dbm_ltr.data import (
 )
 
 
-@pytest.mark.parametrize("cls,name,folder,prefix", [
-    (LongTailCIFAR10, "CIFAR-10", "cifar-10-batches-py", "cifar10"),
-    (LongTailCIFAR100, "CIFAR-100", "cifar-100-python", "cifar100"),
-])
+@pytest.mark.parametrize(
+    "cls,name,folder,prefix",
+    [
+        (LongTailCIFAR10, "CIFAR-10", "cifar-10-batches-py", "cifar10"),
+        (LongTailCIFAR100, "CIFAR-100", "cifar-100-python", "cifar100"),
+    ],
+)
 @pytest.mark.parametrize("train", [True, False])
 def test_missing_dataset_message(cls, name, folder, prefix, train, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
@@ -53,28 +56,37 @@ GOOD_IMAGES = np.zeros((20, 32, 32, 3), np.uint8)
 GOOD_LABELS = np.arange(20) % 10
 
 
-@pytest.mark.parametrize("arrays,match", [
-    (dict(images=np.zeros((20, 32, 32), np.uint8), labels=GOOD_LABELS),
-     r"'images' must have shape \(N, 32, 32, 3\), got \(20, 32, 32\)"),
-    (dict(images=np.zeros((20, 3, 32, 32), np.uint8), labels=GOOD_LABELS),
-     r"'images' must have shape \(N, 32, 32, 3\), got \(20, 3, 32, 32\)"),
-    (dict(images=np.zeros((20, 32, 32, 3), np.float32), labels=GOOD_LABELS),
-     "'images' must be uint8 .* got dtype float32"),
-    (dict(images=GOOD_IMAGES, labels=GOOD_LABELS[:19]),
-     "label count mismatch: 20 images but 'labels' has shape \\(19,\\)"),
-    (dict(images=GOOD_IMAGES, labels=GOOD_LABELS.reshape(4, 5)),
-     "label count mismatch"),
-    (dict(images=GOOD_IMAGES, labels=GOOD_LABELS + 1),
-     r"labels out of range: found 1\.\.10, valid 0\.\.9"),
-    (dict(images=GOOD_IMAGES, labels=GOOD_LABELS - 1),
-     r"labels out of range: found -1\.\.8"),
-    (dict(images=GOOD_IMAGES, labels=GOOD_LABELS.astype(np.float64)),
-     "'labels' must be integers"),
-    (dict(images=GOOD_IMAGES, labels=GOOD_LABELS, classes=np.array(["a", "b"])),
-     r"'classes' must list 10 names, got shape \(2,\)"),
-    (dict(images=GOOD_IMAGES), r"missing array\(s\) \['labels'\]"),
-    (dict(pictures=GOOD_IMAGES, labels=GOOD_LABELS), r"missing array\(s\) \['images'\]"),
-])
+@pytest.mark.parametrize(
+    "arrays,match",
+    [
+        (
+            dict(images=np.zeros((20, 32, 32), np.uint8), labels=GOOD_LABELS),
+            r"'images' must have shape \(N, 32, 32, 3\), got \(20, 32, 32\)",
+        ),
+        (
+            dict(images=np.zeros((20, 3, 32, 32), np.uint8), labels=GOOD_LABELS),
+            r"'images' must have shape \(N, 32, 32, 3\), got \(20, 3, 32, 32\)",
+        ),
+        (
+            dict(images=np.zeros((20, 32, 32, 3), np.float32), labels=GOOD_LABELS),
+            "'images' must be uint8 .* got dtype float32",
+        ),
+        (
+            dict(images=GOOD_IMAGES, labels=GOOD_LABELS[:19]),
+            "label count mismatch: 20 images but 'labels' has shape \\(19,\\)",
+        ),
+        (dict(images=GOOD_IMAGES, labels=GOOD_LABELS.reshape(4, 5)), "label count mismatch"),
+        (dict(images=GOOD_IMAGES, labels=GOOD_LABELS + 1), r"labels out of range: found 1\.\.10, valid 0\.\.9"),
+        (dict(images=GOOD_IMAGES, labels=GOOD_LABELS - 1), r"labels out of range: found -1\.\.8"),
+        (dict(images=GOOD_IMAGES, labels=GOOD_LABELS.astype(np.float64)), "'labels' must be integers"),
+        (
+            dict(images=GOOD_IMAGES, labels=GOOD_LABELS, classes=np.array(["a", "b"])),
+            r"'classes' must list 10 names, got shape \(2,\)",
+        ),
+        (dict(images=GOOD_IMAGES), r"missing array\(s\) \['labels'\]"),
+        (dict(pictures=GOOD_IMAGES, labels=GOOD_LABELS), r"missing array\(s\) \['images'\]"),
+    ],
+)
 def test_bad_npz(arrays, match, tmp_path):
     path = tmp_path / "cifar10_train.npz"
     np.savez(path, **arrays)
@@ -91,8 +103,12 @@ def test_npz_not_an_archive(tmp_path):
 
 
 def test_npz_object_classes_rejected(tmp_path):
-    _write(tmp_path / "cifar10_test.npz", GOOD_IMAGES, GOOD_LABELS,
-           classes=np.array([str(i) for i in range(10)], dtype=object))
+    _write(
+        tmp_path / "cifar10_test.npz",
+        GOOD_IMAGES,
+        GOOD_LABELS,
+        classes=np.array([str(i) for i in range(10)], dtype=object),
+    )
     with pytest.raises(ValueError, match="cifar10_test.npz: cannot read its arrays"):
         LongTailCIFAR10(tmp_path, train=False)
 
@@ -135,14 +151,18 @@ def test_bad_test_per_class(n):
 
 
 def test_unknown_dataset_name():
-    with pytest.raises(ValueError, match="unknown data set 'cifar1000_lt'; available: "
-                                         "cifar100_lt, cifar10_lt, digits_lt"):
+    with pytest.raises(
+        ValueError, match="unknown data set 'cifar1000_lt'; available: cifar100_lt, cifar10_lt, digits_lt"
+    ):
         create_dataset("cifar1000_lt", ".", train=True)
 
 
 def test_unknown_transform_name():
-    with pytest.raises(ValueError, match="unknown transform 'autoaug'; available: cifar, "
-                                         "cifar_contrastive, cifar_test, imagenet_contrastive, .*, none"):
+    with pytest.raises(
+        ValueError,
+        match="unknown transform 'autoaug'; available: cifar, "
+        "cifar_contrastive, cifar_test, imagenet_contrastive, .*, none",
+    ):
         build_transform("autoaug")
 
 
@@ -157,8 +177,10 @@ def test_register_duplicates_and_custom():
 
     seen = {}
 
-    @register_dataset("tmp_ds", info={"num_classes": 2, "train_transform": "none",
-                                      "test_transform": "none", "contrastive_transform": None})
+    @register_dataset(
+        "tmp_ds",
+        info={"num_classes": 2, "train_transform": "none", "test_transform": "none", "contrastive_transform": None},
+    )
     def factory(**kwargs):
         seen.update(kwargs)
         return "dataset"
@@ -169,8 +191,9 @@ def test_register_duplicates_and_custom():
 
     try:
         assert create_dataset("tmp_ds", "r", False, imbalance_factor=3, seed=4) == "dataset"
-        assert seen == dict(root="r", train=False, transform=None, target_transform=None,
-                            imbalance_factor=3, download=False, seed=4)
+        assert seen == dict(
+            root="r", train=False, transform=None, target_transform=None, imbalance_factor=3, download=False, seed=4
+        )
         assert DATASET_INFO["tmp_ds"]["num_classes"] == 2
         assert build_transform("tmp_tf") == "transform"
     finally:

@@ -12,22 +12,24 @@ SHARED = "/work/shared/data"
 
 def groups(counts):
     """Many n > 100, medium 20 <= n <= 100, few n < 20 (the long-tailed protocol)."""
-    return (sum(n > 100 for n in counts), sum(20 <= n <= 100 for n in counts),
-            sum(n < 20 for n in counts))
+    return (sum(n > 100 for n in counts), sum(20 <= n <= 100 for n in counts), sum(n < 20 for n in counts))
 
 
 def test_cifar10_if100_counts():
     assert long_tail_counts(5000, 10, 100) == [5000, 2997, 1796, 1077, 645, 387, 232, 139, 83, 50]
 
 
-@pytest.mark.parametrize("n_max,C,IF,total,n_min,grp", [
-    (5000, 10, 100, 12406, 50, (8, 2, 0)),
-    (5000, 10, 50, 13996, 100, (9, 1, 0)),
-    (5000, 10, 10, 20431, 500, (10, 0, 0)),
-    (500, 100, 100, 10847, 5, (35, 35, 30)),
-    (500, 100, 50, 12608, 10, (41, 41, 18)),
-    (500, 100, 10, 19573, 50, (69, 31, 0)),
-])
+@pytest.mark.parametrize(
+    "n_max,C,IF,total,n_min,grp",
+    [
+        (5000, 10, 100, 12406, 50, (8, 2, 0)),
+        (5000, 10, 50, 13996, 100, (9, 1, 0)),
+        (5000, 10, 10, 20431, 500, (10, 0, 0)),
+        (500, 100, 100, 10847, 5, (35, 35, 30)),
+        (500, 100, 50, 12608, 10, (41, 41, 18)),
+        (500, 100, 10, 19573, 50, (69, 31, 0)),
+    ],
+)
 def test_spec_table(n_max, C, IF, total, n_min, grp):
     counts = long_tail_counts(n_max, C, IF)
     assert len(counts) == C
@@ -49,18 +51,21 @@ def test_balanced_and_types():
     assert all(type(n) is int for n in long_tail_counts(500, 100, 100))
 
 
-@pytest.mark.parametrize("args,match", [
-    ((5000, 10, 0.5), "imbalance_factor must be a finite number >= 1"),
-    ((5000, 10, 0), "imbalance_factor"),
-    ((5000, 10, -10), "imbalance_factor"),
-    ((5000, 10, float("nan")), "imbalance_factor"),
-    ((5000, 10, float("inf")), "imbalance_factor"),
-    ((5000, 10, "100"), "imbalance_factor"),
-    ((5000, 1, 100), "num_classes must be an integer >= 2"),
-    ((5000, 2.5, 100), "num_classes"),
-    ((0, 10, 100), "n_max must be a positive integer"),
-    ((50.5, 10, 100), "n_max"),
-])
+@pytest.mark.parametrize(
+    "args,match",
+    [
+        ((5000, 10, 0.5), "imbalance_factor must be a finite number >= 1"),
+        ((5000, 10, 0), "imbalance_factor"),
+        ((5000, 10, -10), "imbalance_factor"),
+        ((5000, 10, float("nan")), "imbalance_factor"),
+        ((5000, 10, float("inf")), "imbalance_factor"),
+        ((5000, 10, "100"), "imbalance_factor"),
+        ((5000, 1, 100), "num_classes must be an integer >= 2"),
+        ((5000, 2.5, 100), "num_classes"),
+        ((0, 10, 100), "n_max must be a positive integer"),
+        ((50.5, 10, 100), "n_max"),
+    ],
+)
 def test_counts_bad_input(args, match):
     with pytest.raises(ValueError, match=match):
         long_tail_counts(*args)
@@ -90,16 +95,19 @@ def test_selection_accepts_lists_and_zero_counts(naive_lt_indices):
     assert sorted(got[:3].tolist()) == [0, 3, 6]
 
 
-@pytest.mark.parametrize("targets,counts,match", [
-    ([0, 0, 1, 1, 2], [2, 2, 2], r"class 2 has only 1 images but 2 are needed"),
-    ([0, 1, 3], [1, 1, 1], r"labels 0\.\.3 .* 3 classes"),
-    ([-1, 0, 1], [1, 1], r"labels -1\.\.1"),
-    ([[0, 1]], [1, 1], "1-D"),
-    ([0, 1], [], "non-empty"),
-    ([0, 1], [1, -1], r"class 1: -1"),
-    ([0, 1], [1, 0.5], r"class 1: 0\.5"),
-    ([0.5, 1.0], [1, 1], "integer labels"),
-])
+@pytest.mark.parametrize(
+    "targets,counts,match",
+    [
+        ([0, 0, 1, 1, 2], [2, 2, 2], r"class 2 has only 1 images but 2 are needed"),
+        ([0, 1, 3], [1, 1, 1], r"labels 0\.\.3 .* 3 classes"),
+        ([-1, 0, 1], [1, 1], r"labels -1\.\.1"),
+        ([[0, 1]], [1, 1], "1-D"),
+        ([0, 1], [], "non-empty"),
+        ([0, 1], [1, -1], r"class 1: -1"),
+        ([0, 1], [1, 0.5], r"class 1: 0\.5"),
+        ([0.5, 1.0], [1, 1], "integer labels"),
+    ],
+)
 def test_selection_bad_input(targets, counts, match):
     with pytest.raises(ValueError, match=match):
         select_long_tail_indices(targets, counts)
@@ -118,12 +126,12 @@ def test_selection_on_real_cifar10_labels(naive_lt_indices):
     assert len(got) == 12406
     starts = np.cumsum([0] + counts[:-1])
     for c, s in enumerate(starts):
-        assert np.array_equal(got[s:s + 5], want[s:s + 5]), f"class {c}"
-        assert (labels[got[s:s + counts[c]]] == c).all()
+        assert np.array_equal(got[s : s + 5], want[s : s + 5]), f"class {c}"
+        assert (labels[got[s : s + counts[c]]] == c).all()
     assert np.array_equal(got, want)
     # pinned: first indices of classes 0 and 9 of the standard CIFAR-10-LT IF100 split
     assert got[:5].tolist() == [4030, 38518, 48266, 45556, 6312]
-    assert got[starts[9]:starts[9] + 5].tolist() == [22220, 38393, 22240, 25393, 19625]
+    assert got[starts[9] : starts[9] + 5].tolist() == [22220, 38393, 22240, 25393, 19625]
 
 
 def test_limit_indices_keeps_proportions_and_every_class():

@@ -12,8 +12,8 @@ from dbm_ltr.data import (
     TRANSFORMS,
     Cutout,
     MultiView,
-    build_transform,
     RandomGaussianBlur,
+    build_transform,
     cifar_contrastive_transform,
     cifar_test_transform,
     cifar_train_transform,
@@ -26,7 +26,7 @@ def hole(y, x, h, w, size):
     """Expected zero mask: rows y - size//2 .. y - size//2 + size - 1, clipped (same for x)."""
     m = torch.zeros(h, w, dtype=torch.bool)
     y1, x1 = y - size // 2, x - size // 2
-    m[max(0, y1):max(0, y1 + size), max(0, x1):max(0, x1 + size)] = True
+    m[max(0, y1) : max(0, y1 + size), max(0, x1) : max(0, x1 + size)] = True
     return m
 
 
@@ -49,7 +49,7 @@ def test_cutout_matches_torch_draws(h, w, size):
         y, x = centre_for_seed(seed, h, w)
         torch.manual_seed(seed)
         out = Cutout(size)(img)
-        zero = (out == 0)
+        zero = out == 0
         want = hole(y, x, h, w, size)
         assert torch.equal(zero, want.expand(3, h, w)), (seed, y, x)
         assert torch.equal(out[~zero], img[~zero])
@@ -77,7 +77,7 @@ def test_cutout_middle_centre_is_full_square():
     out = Cutout(16)(img)
     assert out is not img
     assert int((out == 0).sum()) == 3 * 16 * 16
-    assert (out[:, y - 8:y + 8, x - 8:x + 8] == 0).all()
+    assert (out[:, y - 8 : y + 8, x - 8 : x + 8] == 0).all()
     assert (img == 1).all()
 
 
@@ -100,8 +100,7 @@ def test_train_recipe_structure_and_output(policy):
     t = cifar_train_transform(autoaugment=policy)
     kinds = [type(s) for s in t.transforms]
     augment = ReferenceAutoAugment if policy == "reference" else T.AutoAugment
-    assert kinds == [T.RandomCrop, T.RandomHorizontalFlip, augment, T.ToTensor, Cutout,
-                     T.Normalize]
+    assert kinds == [T.RandomCrop, T.RandomHorizontalFlip, augment, T.ToTensor, Cutout, T.Normalize]
     crop, _, aa, _, cut, norm = t.transforms
     assert crop.padding == 4 and crop.size == (32, 32) and crop.fill == 0
     if policy == "torchvision":
@@ -121,8 +120,15 @@ def test_train_recipe_structure_and_output(policy):
 def test_contrastive_recipe_structure_and_output():
     t = cifar_contrastive_transform()
     kinds = [type(s) for s in t.transforms]
-    assert kinds == [T.RandomResizedCrop, T.RandomHorizontalFlip, T.RandomApply, T.RandomGrayscale,
-                     T.RandomApply, T.ToTensor, T.Normalize]
+    assert kinds == [
+        T.RandomResizedCrop,
+        T.RandomHorizontalFlip,
+        T.RandomApply,
+        T.RandomGrayscale,
+        T.RandomApply,
+        T.ToTensor,
+        T.Normalize,
+    ]
     rrc, _, jitter, gray, blur, _, _ = t.transforms
     assert rrc.size == (32, 32) and rrc.scale == (0.2, 1.0)
     assert jitter.p == 0.8 and isinstance(jitter.transforms[0], T.ColorJitter)
@@ -179,7 +185,7 @@ def effective_blur(blur, size=33):
     out = np.asarray(blur(Image.fromarray(img)), dtype=np.float64)[..., 0]
     offsets = np.arange(size) - size // 2
     weight = out.sum(axis=1)  # mass per row
-    return float(np.sqrt((weight * offsets ** 2).sum() / weight.sum()))
+    return float(np.sqrt((weight * offsets**2).sum() / weight.sum()))
 
 
 @pytest.mark.parametrize("sigma", [0.5, 1.0, 1.5, 2.0])

@@ -325,7 +325,9 @@ def test_randaugment_equals_timm_when_installed():
     timm_aa = pytest.importorskip("timm.data.auto_augment")
     img = photo(40, 30)
     ours = rand_augment(use_timm=False)
-    theirs = timm_aa.rand_augment_transform("rand-n2-m10-mstd0.5", {"translate_const": 100, "img_mean": (124, 116, 104)})
+    theirs = timm_aa.rand_augment_transform(
+        "rand-n2-m10-mstd0.5", {"translate_const": 100, "img_mean": (124, 116, 104)}
+    )
     for seed in range(50):
         random.seed(seed)
         np.random.seed(seed)
@@ -363,12 +365,14 @@ def test_batched_decode_logic_on_cpu(tmp_path):
     with pytest.raises(ValueError, match="CUDA device"):
         decode_batch(batch, views, "cpu")
     # a file neither the decoder nor PIL reads: an error naming it, or replaced and reported
-    broken = EncodedSample(torch.frombuffer(bytearray(b"\xff\xd8\xff" + b"x" * 50), dtype=torch.uint8),
-                           "/data/broken.jpg", 7)
+    broken = EncodedSample(
+        torch.frombuffer(bytearray(b"\xff\xd8\xff" + b"x" * 50), dtype=torch.uint8), "/data/broken.jpg", 7
+    )
     bad = EncodedBatch([broken] + samples[:2])
     with pytest.raises(CorruptImageError, match="/data/broken.jpg"):
         decode_batch(bad, None, "cpu", jpeg_decoder=cpu_decoder)
     seen = []
-    images, source = decode_batch(bad, None, "cpu", skip_corrupt=True, on_corrupt=seen.append,
-                                  jpeg_decoder=cpu_decoder, with_source=True)
+    images, source = decode_batch(
+        bad, None, "cpu", skip_corrupt=True, on_corrupt=seen.append, jpeg_decoder=cpu_decoder, with_source=True
+    )
     assert seen == ["/data/broken.jpg"] and torch.equal(images[0], images[1]) and source == [1, 1, 2]

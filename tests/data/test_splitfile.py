@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from jpeg_fakes import listed_path, rewrite_listing, write_imagenet_lt, write_inat, write_jpeg
 from PIL import Image
 from torch.utils.data import DataLoader
 
@@ -22,8 +23,6 @@ from dbm_ltr.data import (
     build_transform,
     create_dataset,
 )
-
-from jpeg_fakes import listed_path, rewrite_listing, write_imagenet_lt, write_inat, write_jpeg
 
 
 def make(name, root, train=True, **options):
@@ -71,7 +70,10 @@ def test_dataset_info_and_transforms(imagenet):
         info = DATASET_INFO[name]
         assert info["num_classes"] is None
         assert (info["train_transform"], info["test_transform"], info["contrastive_transform"]) == (
-            f"{prefix}_train", f"{prefix}_test", f"{prefix}_contrastive")
+            f"{prefix}_train",
+            f"{prefix}_test",
+            f"{prefix}_contrastive",
+        )
     assert DATASET_INFO["inat2018"]["expected_num_classes"] == 8142
     ds = create_dataset("imagenet_lt", imagenet.root, train=True, transform=build_transform("imagenet_train"))
     img, _ = ds[1]
@@ -116,7 +118,9 @@ def test_places_lt_and_split_dir(tmp_path):
 
 
 def test_missing_root_and_split_files(imagenet, tmp_path):
-    with pytest.raises(DatasetNotFoundError, match=f"ImageNet-LT: the root folder {tmp_path / 'nowhere'} does not exist"):
+    with pytest.raises(
+        DatasetNotFoundError, match=f"ImageNet-LT: the root folder {tmp_path / 'nowhere'} does not exist"
+    ):
         make("imagenet_lt", str(tmp_path / "nowhere"), train=True)
     with pytest.raises(DatasetNotFoundError, match=r"split-file folder .*nope \(data.split_dir\) does not exist"):
         make("imagenet_lt", imagenet.root, train=True, split_dir=str(tmp_path / "nope"))
@@ -139,17 +143,32 @@ def test_missing_root_and_split_files(imagenet, tmp_path):
         make("imagenet_lt", imagenet.root, train=False, split_dir=str(other))
 
 
-@pytest.mark.parametrize("edit,split,match", [
-    (lambda i, ln: ln.replace(" 1", " one") if i == 2 and ln.endswith(" 1") else ln, "train",
-     None),  # filled in below
-    (lambda i, ln: ln.rsplit(" ", 1)[0] + " -1" if i == 3 else ln, "train", r"line 4: negative label -1"),
-    (lambda i, ln: ln.rsplit(" ", 1)[0] + " 7" if i == 0 else ln, "test",
-     r"ImageNet_LT_test.txt line 1: label 7 but the train split \(.*ImageNet_LT_train.txt\) has only 3 classes"),
-    (lambda i, ln: ln.rsplit(" ", 1)[0] + " x2" if i == 1 else ln, "test",
-     r"ImageNet_LT_test.txt line 2: the label 'x2' is not an integer"),
-    (lambda i, ln: "justonefield" if i == 0 else ln, "train",
-     r"ImageNet_LT_train.txt line 1: expected 'relative/path label', got 'justonefield'"),
-])
+@pytest.mark.parametrize(
+    "edit,split,match",
+    [
+        (
+            lambda i, ln: ln.replace(" 1", " one") if i == 2 and ln.endswith(" 1") else ln,
+            "train",
+            None,
+        ),  # filled in below
+        (lambda i, ln: ln.rsplit(" ", 1)[0] + " -1" if i == 3 else ln, "train", r"line 4: negative label -1"),
+        (
+            lambda i, ln: ln.rsplit(" ", 1)[0] + " 7" if i == 0 else ln,
+            "test",
+            r"ImageNet_LT_test.txt line 1: label 7 but the train split \(.*ImageNet_LT_train.txt\) has only 3 classes",
+        ),
+        (
+            lambda i, ln: ln.rsplit(" ", 1)[0] + " x2" if i == 1 else ln,
+            "test",
+            r"ImageNet_LT_test.txt line 2: the label 'x2' is not an integer",
+        ),
+        (
+            lambda i, ln: "justonefield" if i == 0 else ln,
+            "train",
+            r"ImageNet_LT_train.txt line 1: expected 'relative/path label', got 'justonefield'",
+        ),
+    ],
+)
 def test_bad_labels_name_file_and_line(imagenet, edit, split, match):
     path = os.path.join(imagenet.root, f"ImageNet_LT_{split}.txt")
     if match is None:  # a non-integer label on line 3 of the train split
@@ -163,8 +182,11 @@ def test_bad_labels_name_file_and_line(imagenet, edit, split, match):
 def test_class_without_training_images(imagenet):
     path = os.path.join(imagenet.root, "ImageNet_LT_train.txt")
     rewrite_listing(path, lambda i, ln: ln.rsplit(" ", 1)[0] + " 4" if ln.endswith(" 2") else ln)
-    with pytest.raises(SplitFileError, match=r"ImageNet_LT_train.txt: 2 class\(es\) have no training image: 2, 3 "
-                                              r"\(.*C = max label \+ 1 = 5\)"):
+    with pytest.raises(
+        SplitFileError,
+        match=r"ImageNet_LT_train.txt: 2 class\(es\) have no training image: 2, 3 "
+        r"\(.*C = max label \+ 1 = 5\)",
+    ):
         make("imagenet_lt", imagenet.root, train=True)
 
 
@@ -172,12 +194,17 @@ def test_missing_images(imagenet):
     train_txt = os.path.join(imagenet.root, "ImageNet_LT_train.txt")
     second = listed_path(imagenet.root, train_txt, 1)
     os.remove(second)
-    with pytest.raises(MissingImageError, match=rf"{second}: no such file \(.*ImageNet_LT_train.txt line 2; 1 of the first"):
+    with pytest.raises(
+        MissingImageError, match=rf"{second}: no such file \(.*ImageNet_LT_train.txt line 2; 1 of the first"
+    ):
         make("imagenet_lt", imagenet.root, train=True)
     ds = make("imagenet_lt", imagenet.root, train=True, check_first=0)  # found lazily
     index = [p for p, _ in ds.samples].index(second)
-    with pytest.raises(MissingImageError, match=rf"{second}: no such file \(.*ImageNet_LT_train.txt line 2; "
-                                                r"data.skip_corrupt=true"):
+    with pytest.raises(
+        MissingImageError,
+        match=rf"{second}: no such file \(.*ImageNet_LT_train.txt line 2; "
+        r"data.skip_corrupt=true",
+    ):
         ds[index]
     shutil.rmtree(os.path.join(imagenet.root, "train"))
     with pytest.raises(DatasetNotFoundError, match="none of the first 12 images of .*ImageNet_LT_train.txt exists"):
@@ -212,8 +239,7 @@ def test_skip_count_is_shared_by_loader_workers(imagenet):
     train_txt = os.path.join(imagenet.root, "ImageNet_LT_train.txt")
     for k in (2, 7):
         open(listed_path(imagenet.root, train_txt, k), "wb").write(b"garbage")
-    ds = make("imagenet_lt", imagenet.root, train=True, skip_corrupt=True,
-                        transform=build_transform("imagenet_test"))
+    ds = make("imagenet_lt", imagenet.root, train=True, skip_corrupt=True, transform=build_transform("imagenet_test"))
     batches = list(DataLoader(ds, batch_size=4, num_workers=2))
     assert sum(len(b[1]) for b in batches) == 12
     assert ds.skipped == 2
@@ -283,18 +309,27 @@ def test_engine_normalises_loader_batches_on_the_device(imagenet, tmp_path):
     and the evaluation and training batches are normalised after the move to the device,
     to exactly the values of the recipes that normalise each image."""
     from dbm_ltr.engine import Trainer, load_config
-    from dbm_ltr.engine.trainer import transform
+    from dbm_ltr.engine.build import transform
 
-    cfg = load_config("imagenet_lt/dbm_bs", [
-        f"data.root={imagenet.root}", "data.image_size=32", "optim.epochs=1", "optim.warmup_epochs=0",
-        "optim.batch_size=4", "data.workers=0", "train.progress=false", "data.eval_batch_size=4",
-        "model.name=resnet32",
-    ])
+    cfg = load_config(
+        "imagenet_lt/dbm_bs",
+        [
+            f"data.root={imagenet.root}",
+            "data.image_size=32",
+            "optim.epochs=1",
+            "optim.warmup_epochs=0",
+            "optim.batch_size=4",
+            "data.workers=0",
+            "train.progress=false",
+            "data.eval_batch_size=4",
+            "model.name=resnet32",
+        ],
+    )
     trainer = Trainer(cfg, tmp_path / "run", log=lambda m: None)
-    assert trainer.pipeline == "loader" and trainer.normalize is not None
+    assert trainer.pipeline.name == "loader" and trainer.pipeline.normalize is not None
     assert trainer.train_set[0][0].dtype == torch.uint8 and trainer.test_set[0][0].dtype == torch.uint8
     plain = make("imagenet_lt", imagenet.root, train=False, transform=transform(cfg, "imagenet_test"))
-    images, targets = next(iter(trainer.eval_batches))
+    images, targets = next(trainer.pipeline.eval_batches())
     assert images.dtype == torch.float32
     assert torch.equal(images, torch.stack([plain[i][0] for i in range(4)]))
     assert torch.equal(targets, torch.tensor([plain[i][1] for i in range(4)]))

@@ -35,9 +35,16 @@ def test_dbm_preset_recipe_matches_spec():
 
 
 def test_overrides_dotted_bare_and_yaml_values():
-    cfg = load_config("cifar10_lt/dbm_ce", ["data.imbalance_factor=50", "max_margin=0.2",
-                                             "optim.milestones=[100, 150]", "train.amp=true",
-                                             "optim.weight_decay=5e-4"])
+    cfg = load_config(
+        "cifar10_lt/dbm_ce",
+        [
+            "data.imbalance_factor=50",
+            "max_margin=0.2",
+            "optim.milestones=[100, 150]",
+            "train.amp=true",
+            "optim.weight_decay=5e-4",
+        ],
+    )
     assert cfg.data.imbalance_factor == 50.0 and cfg.loss.params["max_margin"] == 0.2
     assert cfg.optim.milestones == [100, 150] and cfg.train.amp is True
     assert cfg.optim.weight_decay == 5e-4  # "5e-4" is a string to YAML 1.1; accepted as a number
@@ -45,25 +52,28 @@ def test_overrides_dotted_bare_and_yaml_values():
     assert cfg.loss.params["tau"] == 0.5
 
 
-@pytest.mark.parametrize("overrides,match", [
-    (["optim.lrr=0.1"], r"unknown config key optim.lrr \(did you mean 'lr'\?\)"),
-    (["loss.max_margn=0.1"], r"unknown config key loss.max_margn \(did you mean 'max_margin'\?\).*accepts"),
-    (["optimizer.lr=0.1"], r"unknown config section 'optimizer' \(did you mean 'optim'\?\)"),
-    (["optim.epochs=ten"], r"optim.epochs must be int, got 'ten'"),
-    (["train.amp=maybe"], r"train.amp must be bool"),
-    (["loss.name=focal"], r"loss.name: unknown loss 'focal'"),
-    (["method.name=mixup"], r"method.name: unknown method 'mixup'"),
-    (["method.queue_size=64"], r"unknown config key method.queue_size: method 'standard' accepts no parameters"),
-    (["epoch=3"], r"unknown override key 'epoch' \(did you mean 'epochs'\?\)"),
-    (["seed=3"], r"ambiguous: write one of data.seed, train.seed"),
-    (["optim.epochs"], r"must look like key=value"),
-    (["optim.warmup_epochs=-1"], r"warmup_epochs must be >= 0"),
-    (["data.imbalance_factor=0.5"], r"imbalance_factor must be >= 1"),
-    (["model.classifier=norm"], r"model.classifier must be linear or cosine"),
-    (["data.name=cifar10"], r"data.name: unknown 'cifar10' \(did you mean 'cifar10_lt'\?\)"),
-    (["model.name=resnet34"], r"model.name: unknown 'resnet34'.*valid: .*resnet32"),
-    (["data.augment=autoaugment"], r"data.augment: unknown 'autoaugment'"),
-])
+@pytest.mark.parametrize(
+    "overrides,match",
+    [
+        (["optim.lrr=0.1"], r"unknown config key optim.lrr \(did you mean 'lr'\?\)"),
+        (["loss.max_margn=0.1"], r"unknown config key loss.max_margn \(did you mean 'max_margin'\?\).*accepts"),
+        (["optimizer.lr=0.1"], r"unknown config section 'optimizer' \(did you mean 'optim'\?\)"),
+        (["optim.epochs=ten"], r"optim.epochs must be int, got 'ten'"),
+        (["train.amp=maybe"], r"train.amp must be bool"),
+        (["loss.name=focal"], r"loss.name: unknown loss 'focal'"),
+        (["method.name=mixup"], r"method.name: unknown method 'mixup'"),
+        (["method.queue_size=64"], r"unknown config key method.queue_size: method 'standard' accepts no parameters"),
+        (["epoch=3"], r"unknown override key 'epoch' \(did you mean 'epochs'\?\)"),
+        (["seed=3"], r"ambiguous: write one of data.seed, train.seed"),
+        (["optim.epochs"], r"must look like key=value"),
+        (["optim.warmup_epochs=-1"], r"warmup_epochs must be >= 0"),
+        (["data.imbalance_factor=0.5"], r"imbalance_factor must be >= 1"),
+        (["model.classifier=norm"], r"model.classifier must be linear or cosine"),
+        (["data.name=cifar10"], r"data.name: unknown 'cifar10' \(did you mean 'cifar10_lt'\?\)"),
+        (["model.name=resnet34"], r"model.name: unknown 'resnet34'.*valid: .*resnet32"),
+        (["data.augment=autoaugment"], r"data.augment: unknown 'autoaugment'"),
+    ],
+)
 def test_bad_configs_get_clear_errors(overrides, match):
     with pytest.raises(ConfigError, match=match):
         load_config("cifar10_lt/dbm_ce", overrides)
@@ -92,7 +102,7 @@ def test_ncl_presets_paper_and_code_variants(data):
     for row in ("ncl", "dbm_ncl"):
         paper, code = load_config(f"{data}/{row}"), load_config(f"{data}/{row}_code")
         for cfg in (paper, code):
-            assert cfg.method.params["moco_momentum"] == pytest.approx(0.999 ** 3, abs=1e-9)
+            assert cfg.method.params["moco_momentum"] == pytest.approx(0.999**3, abs=1e-9)
             assert cfg.method.params["num_experts"] == 3 and cfg.optim.epochs == 400
             assert cfg.train.drop_last and cfg.train.eval_every == 10
             assert cfg.paper == paper.paper
@@ -105,7 +115,8 @@ def test_ncl_presets_paper_and_code_variants(data):
         a, b = paper.to_dict(), code.to_dict()
         differ = {f"{s}.{k}" for s in ("optim", "method", "loss") for k in a[s] if a[s][k] != b[s][k]}
         assert differ == {"optim.schedule", "optim.milestones", "method.key_init", "method.key_head"} | (
-            {"loss.scale"} if row == "dbm_ncl" else set())
+            {"loss.scale"} if row == "dbm_ncl" else set()
+        )
 
 
 def test_table2_presets_track_the_best_test_epoch():
@@ -180,8 +191,11 @@ def test_a_run_saved_before_autoaugment_existed_trained_with_torchvisions_policy
     from dbm_ltr.engine.rundir import config_differences, recipe_revisions
 
     now = load_config("cifar10_lt/ce").to_dict()
-    older = {**now, "data": {k: v for k, v in now["data"].items() if k != "autoaugment"},
-             "optim": {**now["optim"], "schedule": "cosine"}}
+    older = {
+        **now,
+        "data": {k: v for k, v in now["data"].items() if k != "autoaugment"},
+        "optim": {**now["optim"], "schedule": "cosine"},
+    }
     upgraded = saved_config(older)
     assert upgraded["data"]["autoaugment"] == "torchvision" and "autoaugment" not in older["data"]
     assert saved_config(now) == now and saved_config(None) is None
@@ -189,10 +203,14 @@ def test_a_run_saved_before_autoaugment_existed_trained_with_torchvisions_policy
     assert config_differences(older, tv) == [] and recipe_revisions(older, tv) == []
     # against the revised preset: not refused, two revisions that the run keeps
     assert config_differences(older, now) == []
-    assert recipe_revisions(older, now) == [("optim.schedule", "cosine", "cosine_reference"),
-                                            ("data.autoaugment", "torchvision", "reference")]
+    assert recipe_revisions(older, now) == [
+        ("optim.schedule", "cosine", "cosine_reference"),
+        ("data.autoaugment", "torchvision", "reference"),
+    ]
     # other changes are refused as before, and a revision backwards is a change
     changed = {**now, "optim": {**now["optim"], "lr": 0.2}}
     assert config_differences(older, changed) == [("optim.lr", 0.1, 0.2)]
-    assert config_differences(now, tv) == [("data.autoaugment", "reference", "torchvision"),
-                                           ("optim.schedule", "cosine_reference", "cosine")]
+    assert config_differences(now, tv) == [
+        ("data.autoaugment", "reference", "torchvision"),
+        ("optim.schedule", "cosine_reference", "cosine"),
+    ]

@@ -11,8 +11,8 @@ import torch
 from fakes import tiny_overrides
 
 from dbm_ltr.engine import Trainer, load_config
+from dbm_ltr.engine.build import wrap_model as _wrap
 from dbm_ltr.engine.distributed import DistInfo
-from dbm_ltr.engine.trainer import _wrap
 from dbm_ltr.losses import create_loss
 from dbm_ltr.methods import create_method
 
@@ -22,8 +22,15 @@ COUNTS = [50, 20, 8, 4]
 def _method():
     torch.manual_seed(0)
     loss = create_loss("dbm", COUNTS, base="bs")
-    return create_method("standard", trunk="resnet32", classifier="cosine", num_classes=4, cls_num_list=COUNTS,
-                         loss=loss, loss_name="dbm")
+    return create_method(
+        "standard",
+        trunk="resnet32",
+        classifier="cosine",
+        num_classes=4,
+        cls_num_list=COUNTS,
+        loss=loss,
+        loss_name="dbm",
+    )
 
 
 def _batch():
@@ -66,8 +73,11 @@ def test_two_processes_match_one_process_on_the_global_batch(tmp_path):
     assert ranks[0]["loss"].item() == pytest.approx(loss.item(), rel=1e-5)
     for r in ranks:  # DDP leaves the same averaged gradients in every process
         assert r["grads"].keys() == want.keys()
-        worst = max(((r["grads"][n] - want[n]).abs().max() / want[n].abs().max().clamp_min(1e-12)).item()
-                    for n in want if want[n].abs().max() > 1e-6)
+        worst = max(
+            ((r["grads"][n] - want[n]).abs().max() / want[n].abs().max().clamp_min(1e-12)).item()
+            for n in want
+            if want[n].abs().max() > 1e-6
+        )
         assert worst < 1e-4
 
 
@@ -81,9 +91,21 @@ def test_torchrun_resumes_a_one_process_run_with_two(fake_cifar10, tmp_path):
     first._save(1)
     first.close()
     cmd = [
-        sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-        "-m", "dbm_ltr.cli", "train", "--config", "cifar10_lt/dbm_bs", "--out", str(run), "--resume",
-        "--set", *overrides,
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node=2",
+        "-m",
+        "dbm_ltr.cli",
+        "train",
+        "--config",
+        "cifar10_lt/dbm_bs",
+        "--out",
+        str(run),
+        "--resume",
+        "--set",
+        *overrides,
     ]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     result = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)

@@ -15,7 +15,7 @@ import torch
 from fakes import tiny_overrides
 
 from dbm_ltr import cli
-from dbm_ltr.engine import CheckpointError, Trainer, TrainingError, load_config
+from dbm_ltr.engine import Trainer, TrainingError, load_config
 from dbm_ltr.engine.checkpoint import load_checkpoint
 from dbm_ltr.engine.rundir import RunLock
 
@@ -82,9 +82,14 @@ def test_sigkill_anywhere_then_resume_gives_the_same_run(reference, tmp_path, mo
         time.sleep(random.Random(2).uniform(3.0, 6.0))
     process.kill()
     process.wait()
-    resume = subprocess.run(train_command(run, "--resume") if (run / "checkpoint.pt").exists() or
-                            (run / "checkpoint.prev.pt").exists() else train_command(run, *DEMO),
-                            env=ENV, capture_output=True, text=True)
+    resume = subprocess.run(
+        train_command(run, "--resume")
+        if (run / "checkpoint.pt").exists() or (run / "checkpoint.prev.pt").exists()
+        else train_command(run, *DEMO),
+        env=ENV,
+        capture_output=True,
+        text=True,
+    )
     assert resume.returncode == 0, resume.stderr[-2000:]
     weights, metrics = final_state(run)
     ref_weights, ref_metrics = reference
@@ -116,29 +121,43 @@ def _alive(pid):
 
 def signal_overrides(root):
     return tiny_overrides(root, epochs=2) + [
-        "data.pipeline=loader", "data.workers=2", "optim.batch_size=8", "train.deterministic=true"]
+        "data.pipeline=loader",
+        "data.workers=2",
+        "optim.batch_size=8",
+        "train.deterministic=true",
+    ]
 
 
 @pytest.fixture(scope="module")
 def straight_loader_run(fake_cifar10, tmp_path_factory):
     """An uninterrupted 2-epoch CIFAR run with 2 loader workers."""
     run = tmp_path_factory.mktemp("straight") / "run"
-    subprocess.run(train_command(run, "--config", "cifar10_lt/ce", "--set", *signal_overrides(fake_cifar10)),
-                   check=True, env=ENV, capture_output=True)
+    subprocess.run(
+        train_command(run, "--config", "cifar10_lt/ce", "--set", *signal_overrides(fake_cifar10)),
+        check=True,
+        env=ENV,
+        capture_output=True,
+    )
     return run
 
 
 @pytest.mark.skipif(not Path("/proc").is_dir(), reason="needs /proc to find the loader's workers")
 @pytest.mark.parametrize("signum,code", [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
 def test_a_signal_stops_within_a_step_writes_a_checkpoint_and_ends_the_workers(
-        fake_cifar10, straight_loader_run, tmp_path, signum, code):
+    fake_cifar10, straight_loader_run, tmp_path, signum, code
+):
     """Mid-epoch: the run stops after the current step, writes a checkpoint that resumes at the
     next step, exits 128 + signal with the resume command, and no loader worker outlives it.
     The resumed run equals an uninterrupted one."""
     overrides, straight = signal_overrides(fake_cifar10), straight_loader_run
     run = tmp_path / "run"
-    process = subprocess.Popen(train_command(run, "--config", "cifar10_lt/ce", "--set", *overrides), env=ENV,
-                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    process = subprocess.Popen(
+        train_command(run, "--config", "cifar10_lt/ce", "--set", *overrides),
+        env=ENV,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     wait_until(_line_count(run, 1), process)
     time.sleep(0.3)  # inside epoch 2
     workers = _children(process.pid)
@@ -161,8 +180,12 @@ def test_a_signal_stops_within_a_step_writes_a_checkpoint_and_ends_the_workers(
 
 def test_one_writer_per_run_directory_and_no_stuck_lock(tmp_path, capsys):
     run = tmp_path / "run"
-    process = subprocess.Popen(train_command(run, *DEMO[:2], "--set", "optim.epochs=400"), env=ENV,
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    process = subprocess.Popen(
+        train_command(run, *DEMO[:2], "--set", "optim.epochs=400"),
+        env=ENV,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     try:
         wait_until(_line_count(run, 1), process)
         assert cli.main(["train", "--out", str(run), "--resume"]) == 2
@@ -257,12 +280,30 @@ def test_torchrun_restarts_a_lost_worker_and_the_run_resumes_by_itself(fake_cifa
     """Two gloo processes; rank 1 is SIGKILLed in epoch 2; torchrun (--max-restarts 1) starts
     both again and train.auto_resume continues from the last checkpoint to the same result."""
     overrides = tiny_overrides(fake_cifar10, epochs=3) + [
-        "train.device=cpu", "train.auto_resume=true", "train.deterministic=true", "optim.batch_size=16"]
+        "train.device=cpu",
+        "train.auto_resume=true",
+        "train.deterministic=true",
+        "optim.batch_size=16",
+    ]
 
     def command(run, restarts):
-        return [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-                f"--max-restarts={restarts}", "-m", "dbm_ltr.cli", "train", "--config", "cifar10_lt/ce",
-                "--out", str(run), "--set", *overrides]
+        return [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc_per_node=2",
+            f"--max-restarts={restarts}",
+            "-m",
+            "dbm_ltr.cli",
+            "train",
+            "--config",
+            "cifar10_lt/ce",
+            "--out",
+            str(run),
+            "--set",
+            *overrides,
+        ]
 
     straight = subprocess.run(command(tmp_path / "straight", 0), env=ENV, capture_output=True, text=True)
     assert straight.returncode == 0, straight.stderr[-2000:]
@@ -286,26 +327,105 @@ def test_fuzzed_settings_end_in_a_one_line_error_or_a_valid_plan(tmp_path, capsy
     every one is accepted (the sweep's dry run validates it and builds the method) or ends in
     a one-line error, never a traceback."""
     rng = random.Random(seed)
-    keys = ["optim.lr", "optim.epochs", "optim.batch_size", "optim.schedule", "optim.milestones",
-            "optim.warmup_epochs", "optim.momentum", "data.imbalance_factor", "data.workers",
-            "data.pipeline", "data.name", "model.name", "model.classifier", "loss.name", "loss.max_margin",
-            "loss.tau", "loss.scale", "loss.base", "loss.instance_margin", "method.name", "method.alpha",
-            "train.seed", "train.amp", "train.nan_policy", "train.eval_every", "max_margin", "tau",
-            "optim", "loss", "name", "paper", "data.root", "bogus.key", "optim.bogus", "epochs", "seed"]
-    values = ["0", "-1", "1e9", "0.5", "nan", "inf", "true", "no", "''", "[1, 2]", "{a: 1}", "cosine", "x",
-              "resnet32", "dbm", "bs", "hard", "bcl", "cifar100_lt", "null", "[", "1e-3", "200", "'5e-4'"]
+    keys = [
+        "optim.lr",
+        "optim.epochs",
+        "optim.batch_size",
+        "optim.schedule",
+        "optim.milestones",
+        "optim.warmup_epochs",
+        "optim.momentum",
+        "data.imbalance_factor",
+        "data.workers",
+        "data.pipeline",
+        "data.name",
+        "model.name",
+        "model.classifier",
+        "loss.name",
+        "loss.max_margin",
+        "loss.tau",
+        "loss.scale",
+        "loss.base",
+        "loss.instance_margin",
+        "method.name",
+        "method.alpha",
+        "train.seed",
+        "train.amp",
+        "train.nan_policy",
+        "train.eval_every",
+        "max_margin",
+        "tau",
+        "optim",
+        "loss",
+        "name",
+        "paper",
+        "data.root",
+        "bogus.key",
+        "optim.bogus",
+        "epochs",
+        "seed",
+    ]
+    values = [
+        "0",
+        "-1",
+        "1e9",
+        "0.5",
+        "nan",
+        "inf",
+        "true",
+        "no",
+        "''",
+        "[1, 2]",
+        "{a: 1}",
+        "cosine",
+        "x",
+        "resnet32",
+        "dbm",
+        "bs",
+        "hard",
+        "bcl",
+        "cifar100_lt",
+        "null",
+        "[",
+        "1e-3",
+        "200",
+        "'5e-4'",
+    ]
     accepted = rejected = 0
     for case in range(300):
         items = [f"{rng.choice(keys)}={rng.choice(values)}" for _ in range(rng.randint(1, 3))]
         if case % 3 == 0:  # the same through a config file
             config = tmp_path / f"c{case}.yaml"
-            body = "\n".join(f"{i.split('=', 1)[0].replace('.', ': {', 1)}: {i.split('=', 1)[1]}}}" if "." in i.split("=", 1)[0]
-                             else f"{i.split('=', 1)[0]}: {i.split('=', 1)[1]}" for i in items)
+            body = "\n".join(
+                f"{i.split('=', 1)[0].replace('.', ': {', 1)}: {i.split('=', 1)[1]}}}"
+                if "." in i.split("=", 1)[0]
+                else f"{i.split('=', 1)[0]}: {i.split('=', 1)[1]}"
+                for i in items
+            )
             config.write_text("data: {name: cifar10_lt}\n" + body + "\n")
-            argv = ["sweep", "--config", str(config), "--grid", "train.seed=0", "--out", str(tmp_path / "o"), "--dry-run"]
+            argv = [
+                "sweep",
+                "--config",
+                str(config),
+                "--grid",
+                "train.seed=0",
+                "--out",
+                str(tmp_path / "o"),
+                "--dry-run",
+            ]
         else:
-            argv = ["sweep", "--config", "cifar10_lt/dbm_ce", "--grid", "train.seed=0", "--out", str(tmp_path / "o"),
-                    "--dry-run", "--set", *items]
+            argv = [
+                "sweep",
+                "--config",
+                "cifar10_lt/dbm_ce",
+                "--grid",
+                "train.seed=0",
+                "--out",
+                str(tmp_path / "o"),
+                "--dry-run",
+                "--set",
+                *items,
+            ]
         code = cli.main(argv)
         captured = capsys.readouterr()
         if code == 0:

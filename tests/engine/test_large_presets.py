@@ -30,8 +30,11 @@ def read(preset):
 
 
 def test_every_preset_exists():
-    found = {str(p.relative_to(preset_dir()).with_suffix("")) for d in ("imagenet_lt", "inat2018")
-             for p in (preset_dir() / d).glob("*.yaml")}
+    found = {
+        str(p.relative_to(preset_dir()).with_suffix(""))
+        for d in ("imagenet_lt", "inat2018")
+        for p in (preset_dir() / d).glob("*.yaml")
+    }
     assert found == set(PRESETS)
 
 
@@ -84,18 +87,37 @@ def test_gml_presets():
     for cfg in (gml, dbm_gml):
         p = cfg.method.params
         assert cfg.model.name == "resnext50" and p["teacher_trunk"] == "resnext101"
-        assert (p["queue_size"], p["base_k"], p["embed_dim"], p["temperature"], p["alpha"]) == (16384, 3, 1024, 0.07, 0.0)
+        assert (p["queue_size"], p["base_k"], p["embed_dim"], p["temperature"], p["alpha"]) == (
+            16384,
+            3,
+            1024,
+            0.07,
+            0.0,
+        )
     assert gml.loss.params["max_margin"] == 0.0 and dbm_gml.loss.params["max_margin"] == 0.1
 
 
 PAPER = {
-    "imagenet_lt/ce": 41.6, "imagenet_lt/bs": 50.9, "imagenet_lt/bcl": 56.0, "imagenet_lt/dbm_bcl": 56.3,
-    "imagenet_lt/ce_resnext50": 44.4, "imagenet_lt/bcl_resnext50": 56.7, "imagenet_lt/dbm_bcl_resnext50": 57.4,
-    "imagenet_lt/gml": 58.3, "imagenet_lt/dbm_gml": 58.6,
-    "inat2018/ce": 61.0, "inat2018/bs": 67.2, "inat2018/bcl": 71.0, "inat2018/dbm_bcl": 71.9,
+    "imagenet_lt/ce": 41.6,
+    "imagenet_lt/bs": 50.9,
+    "imagenet_lt/bcl": 56.0,
+    "imagenet_lt/dbm_bcl": 56.3,
+    "imagenet_lt/ce_resnext50": 44.4,
+    "imagenet_lt/bcl_resnext50": 56.7,
+    "imagenet_lt/dbm_bcl_resnext50": 57.4,
+    "imagenet_lt/gml": 58.3,
+    "imagenet_lt/dbm_gml": 58.6,
+    "inat2018/ce": 61.0,
+    "inat2018/bs": 67.2,
+    "inat2018/bcl": 71.0,
+    "inat2018/dbm_bcl": 71.9,
 }
-GROUPS = {"inat2018/ce": (73.9, 63.5, 55.5), "inat2018/bs": (65.5, 67.5, 67.5),
-          "inat2018/bcl": (68.2, 71.3, 71.3), "inat2018/dbm_bcl": (65.6, 71.8, 71.5)}
+GROUPS = {
+    "inat2018/ce": (73.9, 63.5, 55.5),
+    "inat2018/bs": (65.5, 67.5, 67.5),
+    "inat2018/bcl": (68.2, 71.3, 71.3),
+    "inat2018/dbm_bcl": (65.6, 71.8, 71.5),
+}
 
 
 @pytest.mark.parametrize("preset", PRESETS)

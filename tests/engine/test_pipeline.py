@@ -8,8 +8,10 @@ from fakes import tiny_overrides
 
 from dbm_ltr.data import create_dataset
 from dbm_ltr.engine import ConfigError, Trainer, load_config
-from dbm_ltr.engine.pipeline import DeviceBatches, EvalBatches, resolve_pipeline
-from dbm_ltr.engine.trainer import amp_dtype, compile_model, evaluate_method
+from dbm_ltr.engine.build import compile_model
+from dbm_ltr.engine.evaluation import evaluate_method
+from dbm_ltr.engine.pipeline import DeviceBatches, DevicePipeline, LoaderPipeline, resolve_pipeline
+from dbm_ltr.engine.precision import amp_dtype
 
 
 def quiet(_message):
@@ -25,7 +27,9 @@ def test_auto_is_the_device_pipeline_where_batched_recipes_exist(fake_cifar10):
     assert resolve_pipeline(loader, ("regular", "contrastive"), cpu) == "loader"
     assert resolve_pipeline(load_config("demo/ce"), ("regular",), cpu) == "loader"  # no batched recipe
     digits = load_config("demo/ce", ["data.pipeline=device"])
-    with pytest.raises(ConfigError, match=r"data.pipeline=device: the transform\(s\) none of digits_lt have no batched version"):
+    with pytest.raises(
+        ConfigError, match=r"data.pipeline=device: the transform\(s\) none of digits_lt have no batched version"
+    ):
         resolve_pipeline(digits, ("regular",), cpu)
     with pytest.raises(ConfigError, match="data.pipeline must be auto, loader or device"):
         load_config("cifar10_lt/ce", ["data.pipeline=gpu"])
@@ -47,7 +51,7 @@ def test_device_batches_follow_the_order_and_the_views(fake_cifar10):
     later = [t for _, t in batches.batches(order, 3, 3, 5)]  # from batch 3 on
     assert torch.equal(torch.cat(later), torch.as_tensor(train.targets)[order[96:]])
     indexed = DeviceBatches(train, ["cifar"], 32, torch.device("cpu"), with_indices=True)
-    (_, t, i), = list(indexed.batches(order, 3, 4, 5))
+    ((_, t, i),) = list(indexed.batches(order, 3, 4, 5))
     assert torch.equal(i, order[128:]) and torch.equal(t, torch.as_tensor(train.targets)[order[128:]])
 
 
@@ -67,9 +71,10 @@ def test_device_batches_are_augmented_a_chunk_at_a_time_and_resume_from_any_batc
     images = torch.from_numpy(train.data).permute(0, 3, 1, 2)
     recipe = create_batch_recipe("cifar")
     for chunk in range(3):  # chunks of batches 0-3, 4-7, 8-9
-        expected = recipe(images[order[chunk * 64:(chunk + 1) * 64]],
-                          torch.Generator().manual_seed(derived_seed(11, chunk)))
-        assert torch.equal(torch.cat(full[chunk * 4:(chunk + 1) * 4]), expected)
+        expected = recipe(
+            images[order[chunk * 64 : (chunk + 1) * 64]], torch.Generator().manual_seed(derived_seed(11, chunk))
+        )
+        assert torch.equal(torch.cat(full[chunk * 4 : (chunk + 1) * 4]), expected)
     for start in (1, 4, 6, 9):
         assert all(torch.equal(a, b) for a, b in zip(full[start:], [x for x, _ in pipe.batches(order, 11, start, 10)]))
     other = [x for x, _ in pipe.batches(order, 12, 0, 10)]  # another epoch's seed: other draws
@@ -82,14 +87,18 @@ def test_device_batches_are_augmented_a_chunk_at_a_time_and_resume_from_any_batc
 def test_data_autoaugment_reaches_both_pipelines(fake_cifar10, tmp_path, policy):
     """The policy named in data.autoaugment is the one the regular view uses, per image in the
     loader and batched on the device; the contrastive views have none."""
-    from dbm_ltr.data.autoaugment import ReferenceAutoAugment
     from torchvision.transforms import AutoAugment
+
+    from dbm_ltr.data.autoaugment import ReferenceAutoAugment
 
     train = create_dataset("cifar10_lt", fake_cifar10, train=True, imbalance_factor=10)
     pipe = DeviceBatches(train, ["cifar", "cifar_contrastive"], 16, torch.device("cpu"), autoaugment=policy)
     assert pipe.recipes[0].autoaugment == policy and not hasattr(pipe.recipes[1], "autoaugment")
-    cfg = load_config("cifar10_lt/bcl", tiny_overrides(fake_cifar10, epochs=1) + [
-        f"data.autoaugment={policy}", "data.pipeline=loader", "optim.batch_size=64"])
+    cfg = load_config(
+        "cifar10_lt/bcl",
+        tiny_overrides(fake_cifar10, epochs=1)
+        + [f"data.autoaugment={policy}", "data.pipeline=loader", "optim.batch_size=64"],
+    )
     trainer = Trainer(cfg, tmp_path / "run", log=quiet)
     kind = ReferenceAutoAugment if policy == "reference" else AutoAugment
     regular = trainer.train_set.transform.transforms[0]
@@ -98,20 +107,26 @@ def test_data_autoaugment_reaches_both_pipelines(fake_cifar10, tmp_path, policy)
 
 
 def test_data_autoaugment_off_cifar_is_an_error():
-    from dbm_ltr.engine.trainer import view_transform
+    from dbm_ltr.engine.build import view_transform
 
     cfg = load_config("demo/ce", ["data.autoaugment=torchvision"])
-    with pytest.raises(ConfigError, match="data.autoaugment: the training transform.s. none of digits_lt have no "
-                                          "AutoAugment; leave data.autoaugment at reference"):
+    with pytest.raises(
+        ConfigError,
+        match="data.autoaugment: the training transform.s. none of digits_lt have no "
+        "AutoAugment; leave data.autoaugment at reference",
+    ):
         view_transform(cfg, ("regular",))
 
 
 def test_device_and_loader_evaluation_agree(fake_cifar10, tmp_path):
     cfg = load_config("cifar10_lt/dbm_ce", tiny_overrides(fake_cifar10, epochs=1))
     trainer = Trainer(cfg, tmp_path / "run", log=quiet)
-    args = (trainer.test_set, "cifar_test", 64, torch.device("cpu"))
-    results = [evaluate_method(trainer.method, EvalBatches(*args, pipeline=p), trainer.cls_num_list, 10,
-                               torch.device("cpu")) for p in ("loader", "device")]
+    cpu = torch.device("cpu")
+    pipelines = (
+        LoaderPipeline(None, trainer.test_set, cpu, eval_batch_size=64),
+        DevicePipeline(None, trainer.test_set, cpu, eval_batch_size=64, test_recipe="cifar_test"),
+    )
+    results = [evaluate_method(trainer.method, p.eval_batches(), trainer.cls_num_list, 10, cpu) for p in pipelines]
     assert results[0]["per_class"] == pytest.approx(results[1]["per_class"])
     assert results[0]["top1"] == pytest.approx(results[1]["top1"])
 
@@ -125,13 +140,19 @@ def test_a_device_pipeline_run_writes_its_run_directory(fake_cifar10, tmp_path):
     assert json.loads((tmp_path / "run" / "metrics.json").read_text())["pipeline"] == "device"
 
 
-@pytest.mark.parametrize("preset,extra", [
-    ("cifar10_lt/dbm_drw", ["loss.drw_epoch=1"]),
-    ("cifar10_lt/dbm_bcl", ["optim.batch_size=64"]),
-])
+@pytest.mark.parametrize(
+    "preset,extra",
+    [
+        ("cifar10_lt/dbm_drw", ["loss.drw_epoch=1"]),
+        ("cifar10_lt/dbm_bcl", ["optim.batch_size=64"]),
+    ],
+)
 def test_resume_is_exact_with_the_device_pipeline(fake_cifar10, tmp_path, preset, extra):
-    overrides = tiny_overrides(fake_cifar10, epochs=2) + ["train.deterministic=true", "data.pipeline=device",
-                                                          "data.limit=80"] + extra
+    overrides = (
+        tiny_overrides(fake_cifar10, epochs=2)
+        + ["train.deterministic=true", "data.pipeline=device", "data.limit=80"]
+        + extra
+    )
     cfg = load_config(preset, overrides)
     straight = Trainer(cfg, tmp_path / "a", log=quiet)
     straight.fit()
@@ -152,8 +173,10 @@ def test_resume_is_exact_with_the_device_pipeline(fake_cifar10, tmp_path, preset
     a, b = straight.method.state_dict(), resumed.method.state_dict()
     for key in a:
         assert torch.equal(a[key], b[key]), key
-    log = lambda run: [{k: v for k, v in json.loads(r).items() if k not in ("seconds", "images_per_s")}
-                       for r in (tmp_path / run / "log.jsonl").read_text().splitlines()]
+    log = lambda run: [
+        {k: v for k, v in json.loads(r).items() if k not in ("seconds", "images_per_s")}
+        for r in (tmp_path / run / "log.jsonl").read_text().splitlines()
+    ]
     assert log("a") == log("b")
 
 
@@ -171,18 +194,25 @@ def test_max_steps_amp_dtype_and_compile_fallback(fake_cifar10, tmp_path, monkey
     said = []
     model = torch.nn.Linear(2, 2)
     assert compile_model(model, torch.device("cpu"), said.append) is model
-    assert said == ["train.compile: the compiler is unavailable here (RuntimeError: no C compiler); training in eager mode"]
+    assert said == [
+        "train.compile: the compiler is unavailable here (RuntimeError: no C compiler); training in eager mode"
+    ]
 
 
 def test_compile_mode_reaches_torch_compile_and_is_checked(fake_cifar10, tmp_path, monkeypatch):
     modes = []
     monkeypatch.setattr(torch.nn.Module, "compile", lambda self, **kw: modes.append(kw.get("mode")))
-    cfg = load_config("cifar10_lt/ce", tiny_overrides(fake_cifar10, epochs=1)
-                      + ["train.compile=true", "train.compile_mode=reduce-overhead"])
+    cfg = load_config(
+        "cifar10_lt/ce",
+        tiny_overrides(fake_cifar10, epochs=1) + ["train.compile=true", "train.compile_mode=reduce-overhead"],
+    )
     Trainer(cfg, tmp_path / "run", log=quiet).close()
     assert modes == ["reduce-overhead"]
-    with pytest.raises(ConfigError, match="train.compile_mode must be one of default, reduce-overhead, "
-                                          "max-autotune, max-autotune-no-cudagraphs, got 'fast'"):
+    with pytest.raises(
+        ConfigError,
+        match="train.compile_mode must be one of default, reduce-overhead, "
+        "max-autotune, max-autotune-no-cudagraphs, got 'fast'",
+    ):
         load_config("cifar10_lt/ce", ["train.compile_mode=fast"])
 
 
@@ -191,8 +221,11 @@ def test_the_loader_gives_the_same_run_with_any_number_of_workers(fake_cifar10, 
     train to the same weights."""
     weights = []
     for workers in (0, 2):
-        cfg = load_config("cifar10_lt/bcl", tiny_overrides(fake_cifar10, epochs=1) + [
-            "data.pipeline=loader", f"data.workers={workers}", "train.deterministic=true", "optim.batch_size=64"])
+        cfg = load_config(
+            "cifar10_lt/bcl",
+            tiny_overrides(fake_cifar10, epochs=1)
+            + ["data.pipeline=loader", f"data.workers={workers}", "train.deterministic=true", "optim.batch_size=64"],
+        )
         trainer = Trainer(cfg, tmp_path / f"w{workers}", log=quiet)
         trainer.train_one_epoch(0)
         weights.append(trainer.method.state_dict())
@@ -203,16 +236,19 @@ def test_the_loader_gives_the_same_run_with_any_number_of_workers(fake_cifar10, 
 
 def _conv_layouts(method):
     """``channels_last`` / ``contiguous`` for each convolution weight of ``method``."""
-    return {"channels_last" if m.weight.is_contiguous(memory_format=torch.channels_last) else "contiguous"
-            for m in method.modules() if isinstance(m, torch.nn.Conv2d)}
+    return {
+        "channels_last" if m.weight.is_contiguous(memory_format=torch.channels_last) else "contiguous"
+        for m in method.modules()
+        if isinstance(m, torch.nn.Conv2d)
+    }
 
 
 def test_channels_last_is_the_default_layout_and_changes_only_rounding(fake_cifar10, tmp_path):
     """train.channels_last (default true) puts the model in channels-last memory, also when a
     checkpoint is restored for evaluation; the layout changes the arithmetic only at rounding
     level: from the same seed, the same loss and gradients on a batch to float32 tolerance."""
+    from dbm_ltr.engine.build import restore_method
     from dbm_ltr.engine.checkpoint import load_checkpoint
-    from dbm_ltr.engine.trainer import restore_method
 
     assert load_config("cifar10_lt/ce").train.channels_last is True
     images, targets = torch.randn(32, 3, 32, 32), torch.arange(32) % 10

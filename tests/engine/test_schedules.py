@@ -49,6 +49,8 @@ def test_cifar_step_default_and_constant():
     assert lr(161, schedule="step") == pytest.approx(1e-3)
     assert lr(181, schedule="step") == pytest.approx(1e-5)
     assert lr(150, schedule="constant") == 0.1
-    assert learning_rate(0, 0.1, 10, warmup_epochs=0) == pytest.approx(0.1 * 0.5 * (1 + __import__("math").cos(__import__("math").pi / 11)))
+    assert learning_rate(0, 0.1, 10, warmup_epochs=0) == pytest.approx(
+        0.1 * 0.5 * (1 + __import__("math").cos(__import__("math").pi / 11))
+    )
     with pytest.raises(ValueError, match="unknown schedule"):
         lr(10, schedule="poly")

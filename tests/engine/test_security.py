@@ -38,8 +38,9 @@ def write_state(path, state) -> None:
     torch.save(state, buffer)
     data = buffer.getvalue()
     path.write_bytes(data)
-    (path.parent / "checkpoint.sha256").write_text(json.dumps({"latest": hashlib.sha256(data).hexdigest(),
-                                                               "previous": None}))
+    (path.parent / "checkpoint.sha256").write_text(
+        json.dumps({"latest": hashlib.sha256(data).hexdigest(), "previous": None})
+    )
 
 
 @pytest.fixture(scope="module")
@@ -68,8 +69,7 @@ def one_line_refusal(capsys, code):
 
 
 @pytest.mark.parametrize("command", ["eval", "analyze", "resume", "export"])
-def test_a_run_directory_with_code_in_its_checkpoint_is_refused(finished_run, fake_cifar10, tmp_path, capsys,
-                                                                 command):
+def test_a_run_directory_with_code_in_its_checkpoint_is_refused(finished_run, fake_cifar10, tmp_path, capsys, command):
     marker = tmp_path / "PWNED"
     run = poisoned_copy(finished_run, tmp_path / "downloaded", marker)
     argv = {
@@ -78,7 +78,9 @@ def test_a_run_directory_with_code_in_its_checkpoint_is_refused(finished_run, fa
         "resume": ["train", "--out", str(run), "--resume"],
         "export": ["export", str(run), "--out", str(tmp_path / "w.safetensors")],
     }[command]
-    err = one_line_refusal(capsys, cli.main(argv + (["--set", f"data.root={fake_cifar10}"] if command != "export" else [])))
+    err = one_line_refusal(
+        capsys, cli.main(argv + (["--set", f"data.root={fake_cifar10}"] if command != "export" else []))
+    )
     assert "may contain code and was not loaded" in err and "system" in err
     assert not marker.exists()  # the payload never ran
     torch.load(run / "checkpoint.pt", weights_only=False)  # the premise: the full unpickler runs it
@@ -88,8 +90,18 @@ def test_a_run_directory_with_code_in_its_checkpoint_is_refused(finished_run, fa
 def test_a_teacher_with_code_is_refused(finished_run, fake_cifar10, tmp_path, capsys):
     marker = tmp_path / "PWNED"
     teacher = poisoned_copy(finished_run, tmp_path / "teacher", marker)
-    code = cli.main(["train", "--config", "cifar10_lt/gml", "--out", str(tmp_path / "student"), "--set",
-                     *tiny_overrides(fake_cifar10, epochs=1), f"method.teacher={teacher}"])
+    code = cli.main(
+        [
+            "train",
+            "--config",
+            "cifar10_lt/gml",
+            "--out",
+            str(tmp_path / "student"),
+            "--set",
+            *tiny_overrides(fake_cifar10, epochs=1),
+            f"method.teacher={teacher}",
+        ]
+    )
     err = one_line_refusal(capsys, code)
     assert err.startswith("dbm-ltr train: error: method.teacher: ") and "may contain code" in err
     assert not marker.exists()
@@ -99,8 +111,18 @@ def test_pretrained_weights_with_code_are_refused(fake_cifar10, tmp_path, capsys
     marker = tmp_path / "PWNED"
     weights = tmp_path / "r32.pth"
     torch.save({"conv1.weight": torch.zeros(16, 3, 3, 3), "extra": Payload(marker)}, weights)
-    code = cli.main(["train", "--config", "cifar10_lt/ce", "--out", str(tmp_path / "run"), "--set",
-                     *tiny_overrides(fake_cifar10, epochs=1), f"model.pretrained={weights}"])
+    code = cli.main(
+        [
+            "train",
+            "--config",
+            "cifar10_lt/ce",
+            "--out",
+            str(tmp_path / "run"),
+            "--set",
+            *tiny_overrides(fake_cifar10, epochs=1),
+            f"model.pretrained={weights}",
+        ]
+    )
     err = one_line_refusal(capsys, code)
     assert "pretrained weights" in err and "may contain code and was not loaded" in err
     assert not marker.exists()
@@ -111,8 +133,13 @@ def as_earlier_version(path) -> None:
     tuple np.random.get_state() returns (an array: NumPy globals in the pickle)."""
     state = load_checkpoint(path)
     rng = state["rng"]["numpy"]
-    state["rng"]["numpy"] = (rng["name"], rng["keys"].numpy().astype(np.uint32), rng["pos"], rng["has_gauss"],
-                             rng["cached_gaussian"])
+    state["rng"]["numpy"] = (
+        rng["name"],
+        rng["keys"].numpy().astype(np.uint32),
+        rng["pos"],
+        rng["has_gauss"],
+        rng["cached_gaussian"],
+    )
     state["format_version"] = 2
     write_state(path, state)
     path.with_name("checkpoint.prev.pt").unlink(missing_ok=True)  # its digest is no longer on record
@@ -161,8 +188,10 @@ def test_exported_weights_evaluate_as_the_checkpoint_and_carry_no_pickle(finishe
     outs = {}
     for name, source in (("pt", finished_run), ("st", weights)):
         out = tmp_path / f"{name}.json"
-        assert cli.main(["eval", "--checkpoint", str(source), "--out", str(out), "--set",
-                         f"data.root={fake_cifar10}"]) == 0
+        assert (
+            cli.main(["eval", "--checkpoint", str(source), "--out", str(out), "--set", f"data.root={fake_cifar10}"])
+            == 0
+        )
         outs[name] = json.loads(out.read_text())
     capsys.readouterr()
     assert outs["pt"]["top1"] == outs["st"]["top1"] and outs["pt"]["per_class"] == outs["st"]["per_class"]
@@ -185,7 +214,7 @@ def test_export_and_weights_errors_are_one_line(finished_run, tmp_path, capsys):
 def test_reproduce_passes_the_opt_in_to_its_runs(tmp_path):
     from pathlib import Path
 
-    from dbm_ltr.analysis.reproduce import ReproRun, _command
+    from dbm_ltr.experiments.reproduce import ReproRun, _command
     from dbm_ltr.serialization import trust_checkpoints
 
     run = ReproRun("ce", 0, "cifar10_lt/ce", Path(tmp_path / "ce_seed0"), [])

@@ -52,17 +52,23 @@ def _interrupt_after(trainer, epochs_done):
     trainer.train_one_epoch = patched
 
 
-@pytest.mark.parametrize("preset,extra", [
-    ("cifar10_lt/dbm_drw", ["loss.drw_epoch=1"]),
-    ("cifar10_lt/dbm_bcl", ["optim.batch_size=64"]),
-    ("cifar10_lt/dbm_ncl", ["method.queue_size=64", "method.num_experts=2"]),
-])
+@pytest.mark.parametrize(
+    "preset,extra",
+    [
+        ("cifar10_lt/dbm_drw", ["loss.drw_epoch=1"]),
+        ("cifar10_lt/dbm_bcl", ["optim.batch_size=64"]),
+        ("cifar10_lt/dbm_ncl", ["method.queue_size=64", "method.num_experts=2"]),
+    ],
+)
 def test_resume_is_exact(fake_cifar10, tmp_path, preset, extra):
     """Interrupted after epoch 1 and resumed == uninterrupted, to the last bit (model,
     optimizer, BN statistics, NCL's queues and momentum encoders, the log); the PIL loader
     pipeline (the device pipeline: test_pipeline.py)."""
-    overrides = tiny_overrides(fake_cifar10, epochs=2) + ["train.deterministic=true", "data.pipeline=loader",
-                                                          "data.limit=80"]
+    overrides = tiny_overrides(fake_cifar10, epochs=2) + [
+        "train.deterministic=true",
+        "data.pipeline=loader",
+        "data.limit=80",
+    ]
     cfg = load_config(preset, overrides + extra)
     straight = Trainer(cfg, tmp_path / "a", log=quiet)
     straight.fit()
@@ -85,7 +91,9 @@ def test_resume_is_exact(fake_cifar10, tmp_path, preset, extra):
         assert torch.equal(a[key], b[key]), key
     log_a = (tmp_path / "a" / "log.jsonl").read_text().splitlines()
     log_b = (tmp_path / "b" / "log.jsonl").read_text().splitlines()
-    strip = lambda rows: [{k: v for k, v in json.loads(r).items() if k not in ("seconds", "images_per_s")} for r in rows]
+    strip = lambda rows: [
+        {k: v for k, v in json.loads(r).items() if k not in ("seconds", "images_per_s")} for r in rows
+    ]
     assert strip(log_a) == strip(log_b)
 
 
@@ -104,23 +112,31 @@ def test_existing_run_needs_resume_and_resume_needs_same_config(fake_cifar10, tm
 def test_a_run_started_before_a_recipe_revision_resumes_with_its_own_recipe(fake_cifar10, tmp_path):
     """Resumed from the revised preset, a run started with the old cosine and torchvision's
     policy keeps both, says so, and ends as the uninterrupted old-recipe run."""
-    old = tiny_overrides(fake_cifar10, epochs=2) + ["optim.schedule=cosine", "data.autoaugment=torchvision",
-                                                    "train.deterministic=true",
-                                                    "data.limit=60"]
+    old = tiny_overrides(fake_cifar10, epochs=2) + [
+        "optim.schedule=cosine",
+        "data.autoaugment=torchvision",
+        "train.deterministic=true",
+        "data.limit=60",
+    ]
     straight = Trainer(load_config("cifar10_lt/ce", old), tmp_path / "a", log=quiet)
     straight.fit()
     interrupted = Trainer(load_config("cifar10_lt/ce", old), tmp_path / "b", log=quiet)
     _interrupt_after(interrupted, 1)
     with pytest.raises(KeyboardInterrupt):
         interrupted.fit()
-    revised = load_config("cifar10_lt/ce", tiny_overrides(fake_cifar10, epochs=2) + ["data.limit=60",
-                                                                       "train.deterministic=true"])
+    revised = load_config(
+        "cifar10_lt/ce", tiny_overrides(fake_cifar10, epochs=2) + ["data.limit=60", "train.deterministic=true"]
+    )
     assert (revised.optim.schedule, revised.data.autoaugment) == ("cosine_reference", "reference")
     messages = []
     resumed = Trainer(revised, tmp_path / "b", resume=True, log=messages.append)
     assert (resumed.config.optim.schedule, resumed.config.data.autoaugment) == ("cosine", "torchvision")
-    assert any("was started before its preset's recipe was revised" in m and "optim.schedule 'cosine' (now "
-               "'cosine_reference')" in m and "data.autoaugment 'torchvision'" in m for m in messages), messages
+    assert any(
+        "was started before its preset's recipe was revised" in m
+        and "optim.schedule 'cosine' (now 'cosine_reference')" in m
+        and "data.autoaugment 'torchvision'" in m
+        for m in messages
+    ), messages
     resumed.fit()
     a, b = straight.method.state_dict(), resumed.method.state_dict()
     assert all(torch.equal(a[k], b[k]) for k in a)
@@ -167,7 +183,9 @@ def load_checkpoint_bytes(data, tmp_path):
     return load_checkpoint(path)
 
 
-@pytest.mark.parametrize("code,reason", [(errno.ENOSPC, "the disk is full"), (errno.EACCES, "the folder is not writable")])
+@pytest.mark.parametrize(
+    "code,reason", [(errno.ENOSPC, "the disk is full"), (errno.EACCES, "the folder is not writable")]
+)
 def test_a_failing_write_keeps_the_checkpoints_and_says_what_failed(tmp_path, monkeypatch, code, reason):
     from dbm_ltr.engine import checkpoint
 
@@ -181,8 +199,11 @@ def test_a_failing_write_keeps_the_checkpoints_and_says_what_failed(tmp_path, mo
         raise OSError(code, os.strerror(code))
 
     monkeypatch.setattr(checkpoint, "_write_file", fail)
-    with pytest.raises(CheckpointError, match=f"could not write the checkpoint of epoch 3 to {tmp_path}: {reason}.*"
-                                              "the previous checkpoint .* is intact.*--resume"):
+    with pytest.raises(
+        CheckpointError,
+        match=f"could not write the checkpoint of epoch 3 to {tmp_path}: {reason}.*"
+        "the previous checkpoint .* is intact.*--resume",
+    ):
         save_checkpoint({"epoch": 3}, path)
     monkeypatch.undo()
     assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before  # nothing replaced, no temp file
@@ -191,7 +212,9 @@ def test_a_failing_write_keeps_the_checkpoints_and_says_what_failed(tmp_path, mo
 
 def test_nan_loss_stops_with_a_clear_error(fake_cifar10, tmp_path):
     cfg = load_config("cifar10_lt/ce", tiny_overrides(fake_cifar10, epochs=1) + ["optim.lr=1e30"])
-    with pytest.raises(TrainingError, match=r"loss became non-finite \(nan or inf\) in epoch 1 at step 2 of 5; lower optim.lr"):
+    with pytest.raises(
+        TrainingError, match=r"loss became non-finite \(nan or inf\) in epoch 1 at step 2 of 5; lower optim.lr"
+    ):
         Trainer(cfg, tmp_path / "run", log=quiet).fit()
 
 
@@ -243,8 +266,9 @@ def test_a_trained_classifier_is_not_reported(fake_cifar10, tmp_path):
 def test_progress_bar_written_to_a_file_is_redrawn_rarely(fake_cifar10, tmp_path, capsys):
     # stderr captured by pytest is not a terminal, as with nohup or a cluster's job log: one
     # draw at the start of each bar, not one or two for every step (159 images in batches of 8)
-    cfg = load_config("cifar10_lt/ce", tiny_overrides(fake_cifar10, epochs=1)
-                      + ["train.progress=true", "optim.batch_size=8"])
+    cfg = load_config(
+        "cifar10_lt/ce", tiny_overrides(fake_cifar10, epochs=1) + ["train.progress=true", "optim.batch_size=8"]
+    )
     Trainer(cfg, tmp_path / "run", log=quiet).fit()
     err = capsys.readouterr().err
     draws = [d for d in err.split("\r") if "epoch 1/1" in d]

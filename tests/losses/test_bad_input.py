@@ -8,16 +8,25 @@ from dbm_ltr.losses import BalancedLoss, DBMLoss, LDAMLoss, class_margins, creat
 COUNTS = [500, 50, 5]
 
 
-@pytest.mark.parametrize("make", [
-    lambda c: DBMLoss(c), lambda c: LDAMLoss(c), lambda c: BalancedLoss(c), lambda c: class_margins(c),
-])
-@pytest.mark.parametrize("counts,match", [
-    ([500, 0, 5], "class 1: 0"),
-    ([500, -3, 5], "class 1: -3"),
-    ([], "non-empty"),
-    ([[1, 2], [3, 4]], "1-D"),
-    ([10, float("nan")], "class 1: nan"),
-])
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda c: DBMLoss(c),
+        lambda c: LDAMLoss(c),
+        lambda c: BalancedLoss(c),
+        lambda c: class_margins(c),
+    ],
+)
+@pytest.mark.parametrize(
+    "counts,match",
+    [
+        ([500, 0, 5], "class 1: 0"),
+        ([500, -3, 5], "class 1: -3"),
+        ([], "non-empty"),
+        ([[1, 2], [3, 4]], "1-D"),
+        ([10, float("nan")], "class 1: nan"),
+    ],
+)
 def test_bad_class_counts(make, counts, match):
     with pytest.raises(ValueError, match=match):
         make(counts)
@@ -46,18 +55,21 @@ def test_target_shape_and_dtype():
         crit(torch.zeros(3), torch.tensor([0, 1, 2]))
 
 
-@pytest.mark.parametrize("kwargs,match", [
-    ({"max_margin": -0.1}, "max_margin must be"),
-    ({"scale": -1.0}, "scale must be"),
-    ({"scale": 0.0}, "scale must be"),
-    ({"base": "focal"}, "unknown base 'focal'; choose one of ce, cb, drw, bs"),
-    ({"instance_margin": "easy"}, "unknown instance_margin 'easy'; choose one of hard, all, none"),
-    ({"overflow_mode": "clip"}, "unknown overflow_mode"),
-    ({"margin_reference": "max"}, "unknown margin reference"),
-    ({"lambda_inst": -1.0}, "lambda_inst must be"),
-    ({"max_margin": 1.0}, "above pi/2"),
-    ({"tau": float("inf")}, "tau must be finite"),
-])
+@pytest.mark.parametrize(
+    "kwargs,match",
+    [
+        ({"max_margin": -0.1}, "max_margin must be"),
+        ({"scale": -1.0}, "scale must be"),
+        ({"scale": 0.0}, "scale must be"),
+        ({"base": "focal"}, "unknown base 'focal'; choose one of ce, cb, drw, bs"),
+        ({"instance_margin": "easy"}, "unknown instance_margin 'easy'; choose one of hard, all, none"),
+        ({"overflow_mode": "clip"}, "unknown overflow_mode"),
+        ({"margin_reference": "max"}, "unknown margin reference"),
+        ({"lambda_inst": -1.0}, "lambda_inst must be"),
+        ({"max_margin": 1.0}, "above pi/2"),
+        ({"tau": float("inf")}, "tau must be finite"),
+    ],
+)
 def test_bad_dbm_hyperparameters(kwargs, match):
     with pytest.raises(ValueError, match=match):
         DBMLoss(COUNTS, **kwargs)

@@ -1,4 +1,3 @@
-
 import pytest
 import reference as ref
 import torch

@@ -12,9 +12,8 @@ C100 = ref.cifar_lt_counts(500, 100, 100)  # CIFAR-100-LT IF 100
 C10 = ref.cifar_lt_counts(5000, 10, 100)
 
 
-
 def random_cosines(batch, classes, generator=None, dtype=torch.float64):
-    return (torch.rand(batch, classes, generator=generator, dtype=dtype) * 2 - 1)
+    return torch.rand(batch, classes, generator=generator, dtype=dtype) * 2 - 1
 
 
 def cos_with_target_angles(angles_deg, target, classes, others=0.0):
@@ -187,13 +186,16 @@ def test_instance_margin_only_on_hard_positives():
 def test_ablation_modes_order_the_target_logit():
     cos = torch.tensor([[0.9, 0.1, 0.3]], dtype=torch.float64)  # class 2 target, hard
     t = torch.tensor([2])
-    z = {m: DBMLoss([100, 50, 10], instance_margin=m).margin_logits(cos, t)[0, 2].item()
-         for m in ("none", "hard", "all")}
+    z = {
+        m: DBMLoss([100, 50, 10], instance_margin=m).margin_logits(cos, t)[0, 2].item() for m in ("none", "hard", "all")
+    }
     plain = DBMLoss([100, 50, 10], max_margin=0).margin_logits(cos, t)[0, 2].item()
     assert plain > z["none"] > z["hard"] == pytest.approx(z["all"])
     easy = torch.tensor([[0.1, 0.1, 0.3]], dtype=torch.float64)
-    z_easy = {m: DBMLoss([100, 50, 10], instance_margin=m).margin_logits(easy, t)[0, 2].item()
-              for m in ("none", "hard", "all")}
+    z_easy = {
+        m: DBMLoss([100, 50, 10], instance_margin=m).margin_logits(easy, t)[0, 2].item()
+        for m in ("none", "hard", "all")
+    }
     assert z_easy["none"] == pytest.approx(z_easy["hard"]) and z_easy["all"] < z_easy["hard"]
 
 
@@ -236,7 +238,7 @@ def test_fast_hard_mask_equals_argmax_including_ties():
 def test_fast_hard_mask_random_matches_reference():
     gen = torch.Generator().manual_seed(3)
     crit = DBMLoss(C100)
-    cos = (torch.randint(-4, 5, (512, 100), generator=gen) / 4.0)  # many exact ties
+    cos = torch.randint(-4, 5, (512, 100), generator=gen) / 4.0  # many exact ties
     target = torch.randint(0, 100, (512,), generator=gen)
     want = ref.dbm_logits(cos.double().tolist(), target.tolist(), C100)
     torch.testing.assert_close(

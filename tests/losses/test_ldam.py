@@ -9,7 +9,6 @@ from dbm_ltr.losses import LDAMLoss, ldam_margins
 C100 = ref.cifar_lt_counts(500, 100, 100)
 
 
-
 def test_ldam_margins_spec_values():
     d = ldam_margins(C100, 0.5)
     assert d[0].item() == pytest.approx(0.158, abs=1e-3)

@@ -33,9 +33,11 @@ def softmax(row):
 
 
 def test_nbod_against_hand_computation():
-    a = [torch.tensor([[1.0, 2.0, 0.5], [0.0, -1.0, 3.0]], dtype=torch.float64),
-         torch.tensor([[0.3, 0.1, 0.2], [2.0, 1.0, 0.0]], dtype=torch.float64),
-         torch.tensor([[-1.0, 0.0, 1.0], [0.5, 0.5, 0.5]], dtype=torch.float64)]
+    a = [
+        torch.tensor([[1.0, 2.0, 0.5], [0.0, -1.0, 3.0]], dtype=torch.float64),
+        torch.tensor([[0.3, 0.1, 0.2], [2.0, 1.0, 0.0]], dtype=torch.float64),
+        torch.tensor([[-1.0, 0.0, 1.0], [0.5, 0.5, 0.5]], dtype=torch.float64),
+    ]
     probs = [[softmax(r) for r in x.tolist()] for x in a]
     total = 0.0
     for i in range(3):
@@ -48,7 +50,10 @@ def test_nbod_against_hand_computation():
 
 
 def test_nbod_gradient_finite_when_probabilities_underflow():
-    a = [torch.tensor([[500.0, 0.0, -500.0]], requires_grad=True), torch.tensor([[0.0, 300.0, 0.0]], requires_grad=True)]
+    a = [
+        torch.tensor([[500.0, 0.0, -500.0]], requires_grad=True),
+        torch.tensor([[0.0, 300.0, 0.0]], requires_grad=True),
+    ]
     loss = nested_balanced_online_distillation(a)
     loss.backward()
     assert torch.isfinite(loss) and all(torch.isfinite(x.grad).all() for x in a)

@@ -10,8 +10,7 @@ from fakes import tiny_overrides
 
 from dbm_ltr.data import long_tail_counts
 from dbm_ltr.engine import Trainer, load_config
-from dbm_ltr.engine.trainer import parameter_groups
-from dbm_ltr.losses import create_loss
+from dbm_ltr.engine.build import build_method, parameter_groups
 from dbm_ltr.losses.gml import (
     EMPTY_CLASS_LOGIT,
     class_log_mean_exp,
@@ -19,7 +18,6 @@ from dbm_ltr.losses.gml import (
     gml_contrastive_losses,
     queue_segments,
 )
-from dbm_ltr.methods import create_method
 from dbm_ltr.models import create_model
 
 
@@ -66,8 +64,9 @@ def naive_log_mean_exp(logits, labels, C, keep=None):
     out = torch.empty(B, C, dtype=torch.float64)
     for b in range(B):
         for c in range(C):
-            values = [math.exp(float(logits[b, j])) for j in range(K)
-                      if labels[j] == c and (keep is None or keep[b, j])]
+            values = [
+                math.exp(float(logits[b, j])) for j in range(K) if labels[j] == c and (keep is None or keep[b, j])
+            ]
             out[b, c] = math.log(sum(values) / len(values)) if values else EMPTY_CLASS_LOGIT
     return out
 
@@ -140,13 +139,16 @@ def test_distillation_kl_by_hand():
     assert distillation_kl(teacher, teacher, T).item() == pytest.approx(0.0, abs=1e-7)
 
 
-def build(teacher_run, loss_name="gml", **params):
+def build(teacher_run, loss_name="gml", data="cifar10_lt", imbalance_factor=10.0, **params):
+    """The engine's build of a GML student (the teacher loaded and checked by the engine)."""
     counts = [40, 30, 23, 18, 14, 11, 8, 6, 5, 4]  # the fake set at IF 10
-    margin = {"max_margin": 0.0, "scale": 30.0} if loss_name == "gml" else {"max_margin": 0.1, "scale": 32.0}
-    loss = create_loss("dbm", counts, base="bs", **margin)
-    return create_method("gml", trunk="resnet32", classifier="cosine", num_classes=10, cls_num_list=counts,
-                         loss=loss, loss_name="dbm", data_name="cifar10_lt", imbalance_factor=10.0, data_seed=0,
-                         teacher=str(teacher_run), **{"queue_size": 64, **params})
+    preset = f"{data}/{'gml' if loss_name == 'gml' else 'dbm_gml'}"
+    config = load_config(
+        preset,
+        [f"method.teacher={teacher_run}", f"data.imbalance_factor={imbalance_factor}"]
+        + [f"method.{k}={v}" for k, v in {"queue_size": 64, **params}.items()],
+    )
+    return build_method(config, counts, len(counts))
 
 
 def test_enqueue_fills_class_segments_and_wraps_around(teacher):
@@ -159,14 +161,14 @@ def test_enqueue_fills_class_segments_and_wraps_around(teacher):
     feats = torch.arange(n + 2, dtype=torch.float).unsqueeze(1).repeat(1, 64)
     labels = torch.full((n + 2,), c)
     method.enqueue(feats[:2], labels[:2], torch.tensor([500, 501]))
-    assert method.queue_ptr[c] == 2 and method.queue_index[start[c]:start[c] + 2].tolist() == [500, 501]
+    assert method.queue_ptr[c] == 2 and method.queue_index[start[c] : start[c] + 2].tolist() == [500, 501]
     method.enqueue(feats, labels, torch.arange(600, 600 + n + 2))  # more than the segment holds
-    kept = method.queue_index[start[c]:start[c] + n].tolist()
+    kept = method.queue_index[start[c] : start[c] + n].tolist()
     # the first n of the batch are written from slot 2 on, wrapping to the segment's start
     assert sorted(kept) == list(range(600, 600 + n)) and kept[2] == 600 and kept[0] == 600 + n - 2
     assert method.queue_ptr[c] == (2 + n) % n == 2
     assert torch.equal(method.queue_labels, torch.repeat_interleave(torch.arange(10), length))  # untouched elsewhere
-    assert (method.queue_index[:start[c]] < 0).all()
+    assert (method.queue_index[: start[c]] < 0).all()
 
 
 def test_one_step_weight_decay_teacher_frozen_and_kd_on_plain_cosines(teacher):
@@ -179,7 +181,8 @@ def test_one_step_weight_decay_teacher_frozen_and_kd_on_plain_cosines(teacher):
     assert all(p is not method.log_temperature for p in groups[0]["params"])
     assert not any(p.requires_grad for p in method.teacher.parameters())
     assert sum(p.numel() for p in groups[0]["params"]) == sum(
-        p.numel() for n, p in method.named_parameters() if p.requires_grad and n != "log_temperature")
+        p.numel() for n, p in method.named_parameters() if p.requires_grad and n != "log_temperature"
+    )
     method.train()
     assert not method.teacher.training and method.model.training
     opt = torch.optim.SGD(groups, lr=0.05, momentum=0.9)
@@ -205,7 +208,12 @@ def test_loss_is_the_sum_of_its_terms(teacher):
     method.eval()  # deterministic BatchNorm for the recomputation
     x = [torch.randn(6, 3, 32, 32) for _ in range(3)]
     y, idx = torch.tensor([0, 1, 2, 3, 4, 9]), torch.arange(6)
-    queue_before = (method.queue.clone(), method.queue_labels.clone(), method.queue_index.clone(), method.queue_ptr.clone())
+    queue_before = (
+        method.queue.clone(),
+        method.queue_labels.clone(),
+        method.queue_index.clone(),
+        method.queue_ptr.clone(),
+    )
     total = method(x, y, epoch=0, indices=idx).loss
     feats = method.model.trunk(torch.cat(x[:2]))
     cos = method.model.head(feats[:6])
@@ -214,8 +222,16 @@ def test_loss_is_the_sum_of_its_terms(teacher):
     sup = method.loss(cos, y, epoch=0)
     kd = distillation_kl(30 * cos, 30 * method.teacher.head(tf[:6]), 4.0)
     keys = F.normalize(method.embed_k(method.queue), dim=1)  # the queue after this step's enqueue
-    con, con_t = gml_contrastive_losses(F.normalize(method.embed_q(feats[6:]), dim=1), keys, method.queue_labels,
-                                        method.queue_index, y, idx, method.log_temperature, method.log_prior)
+    con, con_t = gml_contrastive_losses(
+        F.normalize(method.embed_q(feats[6:]), dim=1),
+        keys,
+        method.queue_labels,
+        method.queue_index,
+        y,
+        idx,
+        method.log_temperature,
+        method.log_prior,
+    )
     assert total.item() == pytest.approx((1.5 * sup + 2.0 * (con + con_t) + 0.5 * kd).item(), rel=1e-5)
     assert not torch.equal(queue_before[2], method.queue_index)
 
@@ -225,17 +241,13 @@ def test_teacher_mismatches_are_one_line_errors(teacher, fake_cifar10, tmp_path)
         build("")
     with pytest.raises(ValueError, match="no teacher checkpoint at"):
         build(tmp_path / "nowhere")
-    counts = [40, 30, 23, 18, 14, 11, 8, 6, 5, 4]
-    loss = create_loss("dbm", counts, base="bs", max_margin=0.0, scale=30.0)
-    common = dict(trunk="resnet32", classifier="cosine", num_classes=10, cls_num_list=counts, loss=loss,
-                  loss_name="dbm", teacher=str(teacher), queue_size=64)
     for wrong, match in [
-        (dict(data_name="cifar100_lt", imbalance_factor=10.0, data_seed=0), "data set 'cifar10_lt', this student needs 'cifar100_lt'"),
-        (dict(data_name="cifar10_lt", imbalance_factor=100.0, data_seed=0), "imbalance factor 10.0, this student needs 100.0"),
-        (dict(data_name="cifar10_lt", imbalance_factor=10.0, data_seed=0, teacher_trunk="resnet32"), "trunk 'resnet56'"),
+        (dict(data="cifar100_lt"), "data set 'cifar10_lt', this student needs 'cifar100_lt'"),
+        (dict(imbalance_factor=100.0), "imbalance factor 10.0, this student needs 100.0"),
+        (dict(teacher_trunk="resnet32"), "trunk 'resnet56'"),
     ]:
         with pytest.raises(ValueError, match=match):
-            create_method("gml", **common, **wrong)
+            build(teacher, **wrong)
     unfinished = tmp_path / "unfinished"
     cfg = load_config("cifar10_lt/gml_teacher", tiny_overrides(fake_cifar10, epochs=2))
     t = Trainer(cfg, unfinished, log=quiet)
@@ -247,14 +259,20 @@ def test_teacher_mismatches_are_one_line_errors(teacher, fake_cifar10, tmp_path)
 
 def test_student_trains_and_resumes_exactly(teacher, fake_cifar10, tmp_path):
     """Queue, pointers, indices, temperature and embeddings all come back on resume."""
-    overrides = tiny_overrides(fake_cifar10, epochs=2) + ["train.deterministic=true", f"method.teacher={teacher}",
-                                                "method.queue_size=64", "optim.batch_size=16"]
+    overrides = tiny_overrides(fake_cifar10, epochs=2) + [
+        "train.deterministic=true",
+        f"method.teacher={teacher}",
+        "method.queue_size=64",
+        "optim.batch_size=16",
+    ]
     cfg = load_config("cifar10_lt/dbm_gml", overrides)
     straight = Trainer(cfg, tmp_path / "a", log=quiet)
     straight.fit()
     interrupted = Trainer(cfg, tmp_path / "b", log=quiet)
     original = interrupted.train_one_epoch
-    interrupted.train_one_epoch = lambda e, max_steps=None: (_ for _ in ()).throw(KeyboardInterrupt) if e >= 1 else original(e)
+    interrupted.train_one_epoch = lambda e, max_steps=None: (
+        (_ for _ in ()).throw(KeyboardInterrupt) if e >= 1 else original(e)
+    )
     with pytest.raises(KeyboardInterrupt):
         interrupted.fit()
     resumed = Trainer(cfg, tmp_path / "b", resume=True, log=quiet)

@@ -10,8 +10,16 @@ COUNTS = [50, 20, 8, 4]
 
 def build(name, loss_name="bs", classifier="linear", **params):
     loss = create_loss(loss_name, COUNTS, **({"base": "bs"} if loss_name == "dbm" else {}))
-    return create_method(name, trunk="resnet32", classifier=classifier, num_classes=4,
-                         cls_num_list=COUNTS, loss=loss, loss_name=loss_name, **params)
+    return create_method(
+        name,
+        trunk="resnet32",
+        classifier=classifier,
+        num_classes=4,
+        cls_num_list=COUNTS,
+        loss=loss,
+        loss_name=loss_name,
+        **params,
+    )
 
 
 def views(n, k=8):
@@ -110,7 +118,7 @@ def _hand_projection(head, x):
 
 @pytest.mark.parametrize("projection_views", ["all", "contrastive"])
 def test_bcl_projection_batch_matches_a_hand_built_step(projection_views):
-    """"all" (the BCL code): the projection head runs on the 3B features of all views and
+    """ "all" (the BCL code): the projection head runs on the 3B features of all views and
     view 1's projections are dropped, so its BatchNorm statistics, and through them the
     contrastive gradient, include view 1. "contrastive": the head sees views 2 and 3 only.
     One step's loss and gradients equal a hand-built version of each."""
@@ -126,7 +134,7 @@ def test_bcl_projection_batch_matches_a_hand_built_step(projection_views):
     f = method.model.trunk(torch.cat(x))  # the trunk in train mode, as in the step
     b = y.shape[0]
     projected = _hand_projection(method.projection, f if projection_views == "all" else f[b:])
-    anchors = torch.nn.functional.normalize(projected[-2 * b:], dim=1)
+    anchors = torch.nn.functional.normalize(projected[-2 * b :], dim=1)
     cls = method.loss(method.model.head(f[:b]), y, epoch=0)
     bsc = balanced_contrastive_loss(anchors, y.repeat(2), method.prototypes(), 0.1)
     want_loss = 2.0 * cls + 0.6 * bsc
@@ -201,12 +209,12 @@ def test_ncl_shuffle_bn_across_two_processes(tmp_path, shuffle_bn):
     perm = torch.randperm(8) if shuffle_bn else torch.arange(8)
     with torch.no_grad():
         for i in range(2):
-            encoded = torch.cat([method._key(i, x[perm][h * 4:(h + 1) * 4]) for h in range(2)])
+            encoded = torch.cat([method._key(i, x[perm][h * 4 : (h + 1) * 4]) for h in range(2)])
             want = torch.empty_like(encoded)
             want[perm] = encoded
             for r, result in enumerate(results):
                 torch.testing.assert_close(result["every"][i], want)
-                torch.testing.assert_close(result["own"][i], want[r * 4:(r + 1) * 4])
+                torch.testing.assert_close(result["own"][i], want[r * 4 : (r + 1) * 4])
             if shuffle_bn:  # the shuffle changes the keys: BatchNorm saw other images
-                local = torch.cat([method._key(i, x[h * 4:(h + 1) * 4]) for h in range(2)])
+                local = torch.cat([method._key(i, x[h * 4 : (h + 1) * 4]) for h in range(2)])
                 assert (local - want).abs().max() > 1e-3

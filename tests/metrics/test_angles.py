@@ -55,8 +55,9 @@ def test_statistics_per_group_match_numpy():
     weights = torch.randn(6, 8, dtype=torch.float64)
     labels = torch.arange(60) % 6
     degrees = torch.linspace(5, 150, 60)
-    stats = angle_statistics(feature_angles(features_at_angles(weights, labels, degrees), weights, labels),
-                             labels, counts)
+    stats = angle_statistics(
+        feature_angles(features_at_angles(weights, labels, degrees), weights, labels), labels, counts
+    )
     assert set(stats) == {"many", "medium", "few", "all"}
     groups = {"many": (0, 1), "medium": (2, 3), "few": (4, 5)}
     for g, classes in groups.items():
@@ -98,7 +99,9 @@ def test_linear_head_uses_weight_rows_and_ignores_bias():
     labels = torch.arange(5)
     cos = torch.nn.functional.cosine_similarity(f, w[labels].detach(), dim=1).double()
     assert torch.allclose(feature_angles(f, w, labels), torch.rad2deg(torch.arccos(cos)), atol=1e-4)
-    assert math.isclose(feature_angles(f, w * 2, labels)[0].item(), feature_angles(f, w, labels)[0].item(), abs_tol=1e-4)
+    assert math.isclose(
+        feature_angles(f, w * 2, labels)[0].item(), feature_angles(f, w, labels)[0].item(), abs_tol=1e-4
+    )
 
 
 def _naive_class_cosines(w):

@@ -161,7 +161,7 @@ def test_auto_dims_keeps_affordable_cases_exact_and_bounds_the_rest():
     assert auto_dims(100, 64, pooled_rank=8) == 8  # CIFAR-100-LT training set: 5 + 5 images
     k = auto_dims(1000, 2048)  # ImageNet-LT with ResNet-50 features
     pairs = 1000 * 999 // 2
-    assert pairs * k ** 3 <= AUTO_WORK < pairs * (k + 1) ** 3 and k == 34
+    assert pairs * k**3 <= AUTO_WORK < pairs * (k + 1) ** 3 and k == 34
     assert auto_dims(1000, 2048, pooled_rank=20) == 20  # never a singular S_i + S_j
     assert auto_dims(8142, 2048, pooled_rank=4) == 4 and auto_dims(1000, 2048, pooled_rank=0) == 1
     x, y = gaussians(dim=6)

@@ -45,18 +45,26 @@ def test_pretrained_state_dict_loads_and_ignores_the_head(tmp_path):
 
 
 def test_pretrained_errors(tmp_path):
-    with pytest.raises(FileNotFoundError, match=r"pretrained weights .*missing.pth not found \(model.pretrained\); "
-                                                "nothing is downloaded") as err:
+    with pytest.raises(
+        FileNotFoundError,
+        match=r"pretrained weights .*missing.pth not found \(model.pretrained\); "
+        "nothing is downloaded",
+    ) as err:
         create_trunk("resnet32", pretrained=str(tmp_path / "missing.pth"))
     assert isinstance(err.value, ValueError)  # the CLI reports it as a configuration error
     other = tmp_path / "r18.pth"
     torch.save(torchvision.models.resnet18(weights=None).state_dict(), other)
-    with pytest.raises(ValueError, match=r"r18.pth do not match trunk 'resnet50': .*missing \(e.g. layer1.0.conv3.weight"):
+    with pytest.raises(
+        ValueError, match=r"r18.pth do not match trunk 'resnet50': .*missing \(e.g. layer1.0.conv3.weight"
+    ):
         create_trunk("resnet50", pretrained=str(other))
     resnext = tmp_path / "rx50.pth"
     torch.save(torchvision.models.resnext50_32x4d(weights=None).state_dict(), resnext)
-    with pytest.raises(ValueError, match=r"of another shape \(e.g. layer1.0.conv1.weight: file \(128, 64, 1, 1\) "
-                                         r"vs model \(64, 64, 1, 1\)\)"):
+    with pytest.raises(
+        ValueError,
+        match=r"of another shape \(e.g. layer1.0.conv1.weight: file \(128, 64, 1, 1\) "
+        r"vs model \(64, 64, 1, 1\)\)",
+    ):
         create_trunk("resnet50", pretrained=str(resnext))
     junk = tmp_path / "junk.pth"
     junk.write_bytes(b"not a checkpoint")
@@ -84,8 +92,11 @@ def test_timm_names_and_missing_timm(monkeypatch):
     assert is_trunk_name("resnet50") and is_trunk_name("timm:convnext_tiny")
     assert not is_trunk_name("timm:") and not is_trunk_name("resnet33")
     monkeypatch.setitem(sys.modules, "timm", None)
-    with pytest.raises(ImportError, match=r"model.name=timm:resnet18 needs timm, which is not installed: "
-                                          r"pip install 'dbm-ltr\[timm\]'") as err:
+    with pytest.raises(
+        ImportError,
+        match=r"model.name=timm:resnet18 needs timm, which is not installed: "
+        r"pip install 'dbm-ltr\[timm\]'",
+    ) as err:
         create_trunk("timm:resnet18")
     assert isinstance(err.value, ValueError)  # the CLI reports it as a configuration error
 

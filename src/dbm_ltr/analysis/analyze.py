@@ -20,9 +20,9 @@ from __future__ import annotations
 import csv
 import json
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
 
 import torch
 
@@ -106,14 +106,21 @@ def analyze_features(
             f"--fisher-dims {fisher_dims}: the features of {label} have {f.features.shape[1]} "
             "dimensions; give at most that many, or auto / full"
         )
-    fisher = fisher_separability(f.features, f.labels, counts, ridge=fisher_ridge,
-                                 normalization=fisher_normalization, dims=fisher_dims)
+    fisher = fisher_separability(
+        f.features, f.labels, counts, ridge=fisher_ridge, normalization=fisher_normalization, dims=fisher_dims
+    )
     sizes = sorted(n for n in totals.long().tolist() if n >= 2)
     width, dim = f.features.shape[1], fisher["dims"]
     if dim < width:
         pairs = len(sizes) * (len(sizes) - 1) // 2
-        smallest = (f"; the two smallest classes have {sizes[0]} and {sizes[1]} samples, so S_i + S_j "
-                    f"has rank {sizes[0] + sizes[1] - 2} at most") if len(sizes) >= 2 else ""
+        smallest = (
+            (
+                f"; the two smallest classes have {sizes[0]} and {sizes[1]} samples, so S_i + S_j "
+                f"has rank {sizes[0] + sizes[1] - 2} at most"
+            )
+            if len(sizes) >= 2
+            else ""
+        )
         notes.append(
             f"Fisher: on the top {dim} principal components of the {width}-d features (all {width} "
             f"would take {pairs} solves of {width} x {width} systems{smallest}); analyze --fisher-dims "
@@ -171,8 +178,13 @@ def analyze_runs(
         log(f"extracting {split} features of {run} ...")
         feats = run_features(run, overrides, split=split, device=device)
         results.append(
-            analyze_features(label, feats, fisher_ridge=fisher_ridge, fisher_normalization=fisher_normalization,
-                             fisher_dims=fisher_dims)
+            analyze_features(
+                label,
+                feats,
+                fisher_ridge=fisher_ridge,
+                fisher_normalization=fisher_normalization,
+                fisher_dims=fisher_dims,
+            )
         )
         for note in results[-1].notes:
             log(f"  note: {note}")
@@ -206,12 +218,12 @@ def angle_table(results: Sequence[RunAnalysis]) -> str:
         cells = []
         for r in results:
             s = r.angle_stats[g]
-            cells.append("-" if s["mean"] is None else
-                         f"{s['mean']:.2f} ({s['q25']:.2f} / {s['median']:.2f} / {s['q75']:.2f})")
+            cells.append(
+                "-" if s["mean"] is None else f"{s['mean']:.2f} ({s['q25']:.2f} / {s['median']:.2f} / {s['q75']:.2f})"
+            )
         rows.append([g, samples] + cells)
-    return (
-        "Angle between feature and true-class weight (degrees): mean (Q1 / median / Q3)\n\n"
-        + _md_table(header, rows)
+    return "Angle between feature and true-class weight (degrees): mean (Q1 / median / Q3)\n\n" + _md_table(
+        header, rows
     )
 
 
@@ -225,8 +237,18 @@ def fisher_table(results: Sequence[RunAnalysis]) -> str:
 
 def runs_table(results: Sequence[RunAnalysis]) -> str:
     header = ["run", "preset", "epoch", "split", "top-1 (%)", "class-vector cosine mean / max", "directory"]
-    rows = [[r.label, r.preset or "-", r.epoch, r.split, _num(r.top1),
-             f"{_num(r.class_vectors['mean'], 3)} / {_num(r.class_vectors['max'], 3)}", r.run_dir] for r in results]
+    rows = [
+        [
+            r.label,
+            r.preset or "-",
+            r.epoch,
+            r.split,
+            _num(r.top1),
+            f"{_num(r.class_vectors['mean'], 3)} / {_num(r.class_vectors['max'], 3)}",
+            r.run_dir,
+        ]
+        for r in results
+    ]
     return _md_table(header, rows)
 
 
@@ -294,60 +316,94 @@ def write_analysis(
 
     files["angles_csv"] = out / "angles.csv"
     _write_csv(
-        files["angles_csv"], ["run", "group", "count", "mean", "q25", "median", "q75", "min", "max"],
-        [[r.label, g] + ["" if r.angle_stats[g][k] is None else r.angle_stats[g][k]
-                         for k in ("count", "mean", "q25", "median", "q75", "min", "max")]
-         for r in results for g in ROWS],
+        files["angles_csv"],
+        ["run", "group", "count", "mean", "q25", "median", "q75", "min", "max"],
+        [
+            [r.label, g]
+            + [
+                "" if r.angle_stats[g][k] is None else r.angle_stats[g][k]
+                for k in ("count", "mean", "q25", "median", "q75", "min", "max")
+            ]
+            for r in results
+            for g in ROWS
+        ],
     )
     files["fisher_csv"] = out / "fisher.csv"
     _write_csv(
-        files["fisher_csv"], ["run", *ROWS, "classes_used", "dims"],
-        [[r.label] + ["" if r.fisher[g] is None else r.fisher[g] for g in ROWS]
-         + [r.fisher["classes_used"], r.fisher["dims"]]
-         for r in results],
+        files["fisher_csv"],
+        ["run", *ROWS, "classes_used", "dims"],
+        [
+            [r.label]
+            + ["" if r.fisher[g] is None else r.fisher[g] for g in ROWS]
+            + [r.fisher["classes_used"], r.fisher["dims"]]
+            for r in results
+        ],
     )
     same_classes = len({tuple(r.cls_num_list) for r in results}) == 1
     if same_classes:
         head = ["class", "name", "train_count", "group"]
         files["fisher_per_class_csv"] = out / "fisher_per_class.csv"
-        _write_csv(files["fisher_per_class_csv"], head + [r.label for r in results],
-                   _class_rows(results, lambda r: r.fisher["per_class"]))
+        _write_csv(
+            files["fisher_per_class_csv"],
+            head + [r.label for r in results],
+            _class_rows(results, lambda r: r.fisher["per_class"]),
+        )
         files["per_class_accuracy_csv"] = out / "per_class_accuracy.csv"
-        _write_csv(files["per_class_accuracy_csv"], head + [r.label for r in results],
-                   _class_rows(results, lambda r: r.per_class_accuracy))
+        _write_csv(
+            files["per_class_accuracy_csv"],
+            head + [r.label for r in results],
+            _class_rows(results, lambda r: r.per_class_accuracy),
+        )
     else:  # different data sets: one file per run
         for r in results:
             key = _safe(r.label)
             head = ["class", "name", "train_count", "group", r.label]
-            for kind, values in (("fisher_per_class", lambda x: x.fisher["per_class"]),
-                                 ("per_class_accuracy", lambda x: x.per_class_accuracy)):
+            for kind, values in (
+                ("fisher_per_class", lambda x: x.fisher["per_class"]),
+                ("per_class_accuracy", lambda x: x.per_class_accuracy),
+            ):
                 files[f"{kind}_csv:{r.label}"] = out / f"{kind}_{key}.csv"
                 _write_csv(files[f"{kind}_csv:{r.label}"], head, _class_rows([r], values))
 
     files["json"] = out / "analysis.json"
-    files["json"].write_text(json.dumps({
-        "options": options,
-        "runs": [
+    files["json"].write_text(
+        json.dumps(
             {
-                "label": r.label, "run_dir": r.run_dir, "preset": r.preset, "epoch": r.epoch,
-                "split": r.split, "top1": r.top1, "cls_num_list": r.cls_num_list,
-                "classes": r.classes, "per_class_accuracy": r.per_class_accuracy,
-                "angles": r.angle_stats, "fisher": r.fisher, "class_vectors": r.class_vectors,
-                "notes": r.notes,
-                "confusion": r.confusion.tolist(),
-            }
-            for r in results
-        ],
-    }, indent=2))
+                "options": options,
+                "runs": [
+                    {
+                        "label": r.label,
+                        "run_dir": r.run_dir,
+                        "preset": r.preset,
+                        "epoch": r.epoch,
+                        "split": r.split,
+                        "top1": r.top1,
+                        "cls_num_list": r.cls_num_list,
+                        "classes": r.classes,
+                        "per_class_accuracy": r.per_class_accuracy,
+                        "angles": r.angle_stats,
+                        "fisher": r.fisher,
+                        "class_vectors": r.class_vectors,
+                        "notes": r.notes,
+                        "confusion": r.confusion.tolist(),
+                    }
+                    for r in results
+                ],
+            },
+            indent=2,
+        )
+    )
 
     if plots:
         files["angles_png"] = P.plot_angle_distributions(
-            [(r.label, r.angles, r.labels, r.cls_num_list) for r in results], out / "angles.png",
+            [(r.label, r.angles, r.labels, r.cls_num_list) for r in results],
+            out / "angles.png",
             title=f"Angle between feature and true-class weight ({results[0].split} split)",
         )
         files["accuracy_png"] = P.plot_accuracy_vs_count(
             [(r.label, r.per_class_accuracy, r.cls_num_list) for r in results],
-            out / "accuracy_vs_count.png", title=f"Per-class accuracy ({results[0].split} split)",
+            out / "accuracy_vs_count.png",
+            title=f"Per-class accuracy ({results[0].split} split)",
         )
         used = set()
         for r in results:
@@ -356,7 +412,9 @@ def write_analysis(
                 key += "_"
             used.add(key)
             files[f"confusion_png:{r.label}"] = P.plot_confusion_matrix(
-                r.confusion, out / f"confusion_{key}.png", classes=r.classes,
+                r.confusion,
+                out / f"confusion_{key}.png",
+                classes=r.classes,
                 title=f"{r.label}: confusion ({r.split} split, rows normalised)",
             )
     return files

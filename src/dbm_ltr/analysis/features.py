@@ -7,9 +7,9 @@ the split's activations are held once (``N x D`` floats; 10,000 x 64 on CIFAR).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
 
 import torch
 from torch.utils.data import DataLoader, Dataset
@@ -54,7 +54,7 @@ def load_run_state(run_dir: str | Path) -> dict:
 def load_run_method(run_dir: str | Path, overrides: Sequence[str] = (), device: str | None = None):
     """``(config, method on device in eval mode, checkpoint state)`` of a run directory,
     rebuilt from the checkpoint's own config plus ``overrides`` (e.g. ``data.root=...``)."""
-    from ..engine.trainer import restore_method
+    from ..engine.build import restore_method
 
     state = load_run_state(run_dir)
     config, method = restore_method(state, overrides, device, source=str(Path(run_dir) / CHECKPOINT), run_dir=run_dir)
@@ -77,8 +77,9 @@ def extract_features(
     was_training = method.training
     method.eval()
     n = len(dataset)
-    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=workers,
-                        pin_memory=device.type == "cuda")
+    loader = DataLoader(
+        dataset, batch_size=batch_size, shuffle=False, num_workers=workers, pin_memory=device.type == "cuda"
+    )
     features = labels = predictions = None
     start = 0
     try:
@@ -90,9 +91,9 @@ def extract_features(
                 features = torch.empty(n, feats.shape[1], dtype=torch.float32)
                 labels = torch.empty(n, dtype=torch.int64)
                 predictions = torch.empty(n, dtype=torch.int64)
-            features[start:start + b] = feats.float().cpu()
-            labels[start:start + b] = torch.as_tensor(targets).long()
-            predictions[start:start + b] = scores.argmax(dim=1).cpu()
+            features[start : start + b] = feats.float().cpu()
+            labels[start : start + b] = torch.as_tensor(targets).long()
+            predictions[start : start + b] = scores.argmax(dim=1).cpu()
             start += b
     finally:
         method.train(was_training)
@@ -112,21 +113,17 @@ def run_features(
 ) -> RunFeatures:
     """Rebuild a run's method and extract features, labels, predictions and class weights on
     ``split`` (``test`` or ``train``; the training split without augmentation)."""
-    from ..data import DATASET_INFO, create_dataset
+    from ..data import DATASET_INFO
+    from ..engine.build import build_dataset, transform
     from ..engine.distributed import loader_workers
-    from ..engine.trainer import dataset_options, transform
 
     if split not in SPLITS:
         raise ValueError(f"unknown split {split!r}; choose one of {', '.join(SPLITS)}")
     config, method, state = load_run_method(run_dir, overrides, device)
     d = config.data
-    info = DATASET_INFO[d.name]
-    options = dataset_options(config)
-    if "decode" in options:
-        options["decode"] = "cpu"
-    dataset = create_dataset(
-        d.name, d.root, train=split == "train", transform=transform(config, info["test_transform"]),
-        imbalance_factor=d.imbalance_factor, download=d.download, seed=d.seed, **options,
+    decode = {"decode": "cpu"} if d.decode != "cpu" else {}  # features: no GPU decoding
+    dataset = build_dataset(
+        config, split == "train", transform(config, DATASET_INFO[d.name]["test_transform"]), **decode
     )
     counts = [int(n) for n in state["cls_num_list"]]
     notes = []
@@ -134,7 +131,10 @@ def run_features(
     if epoch < planned:
         notes.append(f"unfinished run: checkpoint after epoch {epoch}/{planned}")
     features, labels, predictions = extract_features(
-        method, dataset, batch_size or d.eval_batch_size, loader_workers(d.workers),
+        method,
+        dataset,
+        batch_size or d.eval_batch_size,
+        loader_workers(d.workers),
     )
     with torch.no_grad():
         weights = method.class_weights().detach().float().cpu().clone()
@@ -145,7 +145,15 @@ def run_features(
         )
     classes = list(getattr(dataset, "classes", []) or [str(c) for c in range(len(counts))])
     return RunFeatures(
-        run_dir=Path(run_dir), config=config, epoch=epoch, cls_num_list=counts, classes=classes,
-        split=split, features=features, labels=labels, predictions=predictions, weights=weights,
+        run_dir=Path(run_dir),
+        config=config,
+        epoch=epoch,
+        cls_num_list=counts,
+        classes=classes,
+        split=split,
+        features=features,
+        labels=labels,
+        predictions=predictions,
+        weights=weights,
         notes=notes,
     )

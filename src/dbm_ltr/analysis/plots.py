@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
-from ..figures import GROUP_COLOURS, plot_per_class_accuracy, pyplot as _pyplot, save_figure
+from ..figures import plot_per_class_accuracy, save_figure
+from ..figures import pyplot as _pyplot
 from ..metrics import FEW_BELOW, GROUPS, MANY_ABOVE, group_of
 
 __all__ = [
@@ -97,16 +98,25 @@ def plot_accuracy_vs_count(
         ys = [v for v in per_class if v is not None]
         if counts:
             lowest, highest = min(lowest, min(max(int(n), 1) for n in counts)), max(highest, max(counts))
-        ax.scatter(xs, ys, s=22, alpha=0.8, label=label, marker=RUN_MARKERS[r % len(RUN_MARKERS)],
-                   color=RUN_COLOURS[r % len(RUN_COLOURS)])
+        ax.scatter(
+            xs,
+            ys,
+            s=22,
+            alpha=0.8,
+            label=label,
+            marker=RUN_MARKERS[r % len(RUN_MARKERS)],
+            color=RUN_COLOURS[r % len(RUN_COLOURS)],
+        )
     ax.set_xscale("log")
     from matplotlib.ticker import FuncFormatter
 
     plain = FuncFormatter(lambda v, _: f"{v:g}")
     ax.xaxis.set_major_formatter(plain)
     ax.xaxis.set_minor_formatter(FuncFormatter(lambda v, _: f"{v:g}" if highest / lowest < 20 else ""))
-    boundaries = [(few_threshold, f"Few | Medium ({few_threshold} images)"),
-                  (many_threshold + 0.5, f"Medium | Many (over {many_threshold} images)")]
+    boundaries = [
+        (few_threshold, f"Few | Medium ({few_threshold} images)"),
+        (many_threshold + 0.5, f"Medium | Many (over {many_threshold} images)"),
+    ]
     for (boundary, label), style in zip(boundaries, ("--", ":")):
         if lowest <= boundary <= highest:
             ax.axvline(boundary, color="grey", linestyle=style, linewidth=0.9, label=label)
@@ -121,9 +131,7 @@ def plot_accuracy_vs_count(
     return save_figure(fig, path)
 
 
-def plot_confusion_matrix(
-    matrix, path: str | Path, classes: Sequence[str] | None = None, title: str = ""
-) -> Path:
+def plot_confusion_matrix(matrix, path: str | Path, classes: Sequence[str] | None = None, title: str = "") -> Path:
     """Confusion matrix with each row (true class) normalised to 100 %; classes in label
     order (for the CIFAR-LT sets: most to least frequent)."""
     import numpy as np
@@ -146,8 +154,15 @@ def plot_confusion_matrix(
         for i in range(c):
             for j in range(c):
                 if rates[i, j] >= 1:
-                    ax.text(j, i, f"{rates[i, j]:.0f}", ha="center", va="center", fontsize=6,
-                            color="white" if rates[i, j] > 60 else "black")
+                    ax.text(
+                        j,
+                        i,
+                        f"{rates[i, j]:.0f}",
+                        ha="center",
+                        va="center",
+                        fontsize=6,
+                        color="white" if rates[i, j] > 60 else "black",
+                    )
     ax.set_xlabel("predicted class")
     ax.set_ylabel("true class")
     if title:
@@ -191,8 +206,15 @@ def plot_sweep(
         for i in range(len(rows)):
             for j in range(len(cols)):
                 text = "n/a" if np.isnan(grid[i, j]) else f"{grid[i, j]:.2f}"
-                ax.text(j, i, text, ha="center", va="center", fontsize=8,
-                        color="white" if np.isfinite(grid[i, j]) and grid[i, j] <= middle else "black")
+                ax.text(
+                    j,
+                    i,
+                    text,
+                    ha="center",
+                    va="center",
+                    fontsize=8,
+                    color="white" if np.isfinite(grid[i, j]) and grid[i, j] <= middle else "black",
+                )
     elif len(keys) == 1:
         (values,) = axes_values
         fig, ax = plt.subplots(figsize=(5.5, 3.6))
@@ -218,13 +240,17 @@ def plot_reproduction(rows: Sequence, path: str | Path, title: str = "") -> Path
     import numpy as np
 
     plt = _pyplot()
-    labels = [r.preset.split("/")[-1] + (f" IF{r.imbalance_factor:g}" if r.imbalance_factor else "")
-              for r in rows]
+    labels = [r.preset.split("/")[-1] + (f" IF{r.imbalance_factor:g}" if r.imbalance_factor else "") for r in rows]
     x = np.arange(len(rows))
     series = [
         ("ours, final epoch", [r.mean("top1") for r in rows], [r.std("top1") for r in rows], "#4477aa", ""),
-        ("ours, best test epoch*", [r.mean("top1", best=True) for r in rows],
-         [r.std("top1", best=True) for r in rows], "#66ccee", "//"),
+        (
+            "ours, best test epoch*",
+            [r.mean("top1", best=True) for r in rows],
+            [r.std("top1", best=True) for r in rows],
+            "#66ccee",
+            "//",
+        ),
         ("paper", [r.paper.get("top1") for r in rows], [None] * len(rows), "#bbbbbb", ""),
     ]
     series = [s for s in series if any(v is not None for v in s[1])]
@@ -233,8 +259,17 @@ def plot_reproduction(rows: Sequence, path: str | Path, title: str = "") -> Path
     for k, (name, values, errors, colour, hatch) in enumerate(series):
         ys = [np.nan if v is None else v for v in values]
         err = [0.0 if e is None else e for e in errors]
-        ax.bar(x + (k - (len(series) - 1) / 2) * width, ys, width, yerr=err if any(err) else None,
-               label=name, color=colour, hatch=hatch, edgecolor="white", capsize=2)
+        ax.bar(
+            x + (k - (len(series) - 1) / 2) * width,
+            ys,
+            width,
+            yerr=err if any(err) else None,
+            label=name,
+            color=colour,
+            hatch=hatch,
+            edgecolor="white",
+            capsize=2,
+        )
     finite = [v for _, values, *_ in series for v in values if v is not None]
     if finite:
         ax.set_ylim(max(0.0, min(finite) - 10), min(100.0, max(finite) + 5))

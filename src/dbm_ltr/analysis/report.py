@@ -16,13 +16,13 @@ from __future__ import annotations
 import csv
 import json
 import statistics
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 from ..engine.config import flatten_config
-from ..engine.rundir import RESUMABLE_DIFFERENCES
-from ..engine.rundir import is_run_dir
+from ..engine.rundir import RESUMABLE_DIFFERENCES, is_run_dir
 from .runs import RunError, read_metrics, read_run_config
 
 __all__ = [
@@ -92,15 +92,20 @@ class ReportRow:
     @property
     def short(self) -> bool:
         """Trained for fewer epochs than its preset's recipe, or on part of the training split."""
-        return bool(self.limit) or self.recipe_epochs is not None and any(
-            e is not None and e < self.recipe_epochs for e in self.epochs
+        return (
+            bool(self.limit)
+            or self.recipe_epochs is not None
+            and any(e is not None and e < self.recipe_epochs for e in self.epochs)
         )
 
     def epochs_text(self) -> str:
         known = sorted({e for e in self.epochs if e is not None})
         text = "/".join(str(e) for e in known) or "-"
-        marks = ([f"recipe {self.recipe_epochs}"] if self.recipe_epochs and any(
-            e is not None and e < self.recipe_epochs for e in self.epochs) else [])
+        marks = (
+            [f"recipe {self.recipe_epochs}"]
+            if self.recipe_epochs and any(e is not None and e < self.recipe_epochs for e in self.epochs)
+            else []
+        )
         marks += [f"{self.limit} training images"] if self.limit else []
         return f"{text} (short; {', '.join(marks)})" if marks else text
 
@@ -124,8 +129,9 @@ def _settings_signature(config: dict | None) -> tuple:
     if config is None:
         return ()
     flat = flatten_config(config)
-    return tuple(sorted((k, json.dumps(v, sort_keys=True, default=str)) for k, v in flat.items()
-                        if k not in IGNORED_SETTINGS))
+    return tuple(
+        sorted((k, json.dumps(v, sort_keys=True, default=str)) for k, v in flat.items() if k not in IGNORED_SETTINGS)
+    )
 
 
 def _format_value(value: str) -> str:
@@ -175,31 +181,33 @@ def summarize_runs(run_dirs: Sequence[str | Path], skipped: list[str] | None = N
         dicts = [dict(s) for s in signatures]
         varying = sorted({k for d in dicts for k in d if len({dd.get(k) for dd in dicts}) > 1})
         for signature, d in zip(signatures, dicts):
-            labels[(*head, signature)] = ", ".join(
-                f"{k}={_format_value(d[k]) if k in d else '-'}" for k in varying
-            )
+            labels[(*head, signature)] = ", ".join(f"{k}={_format_value(d[k]) if k in d else '-'}" for k in varying)
 
     rows = []
     for key, items in groups.items():
         preset, imbalance, _ = key
         paper = next((m.get("paper") for _, m, *_ in items if m.get("paper")), None) or {}
         bests = [m.get("best_epoch") for _, m, *_ in items if isinstance(m.get("best_epoch"), dict)]
-        rows.append(ReportRow(
-            preset=str(preset),
-            imbalance_factor=imbalance,
-            settings=labels[key],
-            runs=[run for run, *_ in items],
-            seeds=[seed for *_, seed, _, _ in items],
-            values={m: [float(metrics[m]) for _, metrics, *_ in items if metrics.get(m) is not None]
-                    for m in METRICS_REPORTED},
-            paper={m: float(paper[m]) for m in METRICS_REPORTED if paper.get(m) is not None},
-            paper_source=str(paper.get("source", "")),
-            epochs=[metrics.get("epoch") for _, metrics, *_ in items],
-            best={m: [float(b[m]) for b in bests if b.get(m) is not None] for m in METRICS_REPORTED},
-            recipe_epochs=_recipe_epochs(str(preset)),
-            limit=next((m.get("limit") for _, m, *_ in items if m.get("limit")), None),
-            eval_every=[every for *_, every, _ in items],
-        ))
+        rows.append(
+            ReportRow(
+                preset=str(preset),
+                imbalance_factor=imbalance,
+                settings=labels[key],
+                runs=[run for run, *_ in items],
+                seeds=[seed for *_, seed, _, _ in items],
+                values={
+                    m: [float(metrics[m]) for _, metrics, *_ in items if metrics.get(m) is not None]
+                    for m in METRICS_REPORTED
+                },
+                paper={m: float(paper[m]) for m in METRICS_REPORTED if paper.get(m) is not None},
+                paper_source=str(paper.get("source", "")),
+                epochs=[metrics.get("epoch") for _, metrics, *_ in items],
+                best={m: [float(b[m]) for b in bests if b.get(m) is not None] for m in METRICS_REPORTED},
+                recipe_epochs=_recipe_epochs(str(preset)),
+                limit=next((m.get("limit") for _, m, *_ in items if m.get("limit")), None),
+                eval_every=[every for *_, every, _ in items],
+            )
+        )
     return rows
 
 
@@ -289,13 +297,18 @@ def report_markdown(rows: Sequence[ReportRow], title: str = "") -> str:
             "flatters a method and is shown only for a like-for-like comparison with the paper.",
         ]
         if any(e > 1 for e in every):
-            lines[-1] += (" The original code evaluates after every epoch; `dbm-ltr reproduce` does so on "
-                          "a GPU and keeps the presets' every 10 epochs on a CPU, where the best of fewer "
-                          "evaluations can only be lower or equal.")
+            lines[-1] += (
+                " The original code evaluates after every epoch; `dbm-ltr reproduce` does so on "
+                "a GPU and keeps the presets' every 10 epochs on a CPU, where the best of fewer "
+                "evaluations can only be lower or equal."
+            )
     if any(r.short for r in rows):
-        lines += ["", "Short runs (fewer epochs than the preset's recipe, or part of the training "
-                  "split: data.limit) are marked in the epochs column; their numbers are not "
-                  "comparable with the paper's."]
+        lines += [
+            "",
+            "Short runs (fewer epochs than the preset's recipe, or part of the training "
+            "split: data.limit) are marked in the epochs column; their numbers are not "
+            "comparable with the paper's.",
+        ]
     lines += [
         "",
         "| " + " | ".join(header) + " |",
@@ -310,8 +323,11 @@ def report_markdown(rows: Sequence[ReportRow], title: str = "") -> str:
     for r in rows:
         known = [s for s in r.seeds if s is not None]
         if len(set(known)) < len(known):
-            lines += ["", f"Note: {r.preset} (IF {_if_text(r.imbalance_factor)}) averages runs that "
-                      f"share a seed (seeds {', '.join(str(s) for s in r.seeds)})."]
+            lines += [
+                "",
+                f"Note: {r.preset} (IF {_if_text(r.imbalance_factor)}) averages runs that "
+                f"share a seed (seeds {', '.join(str(s) for s in r.seeds)}).",
+            ]
     return "\n".join(lines) + "\n"
 
 
@@ -334,18 +350,39 @@ def report_csv(rows: Sequence[ReportRow], path: str | Path) -> Path:
     path = Path(path)
     header = ["preset", "imbalance_factor", "settings", "n", "seeds", "epochs", "recipe_epochs", "runs"]
     for m in METRICS_REPORTED:
-        header += [f"{m}_mean", f"{m}_std", f"{m}_paper", f"{m}_diff",
-                   f"{m}_best_mean", f"{m}_best_std", f"{m}_best_diff"]
+        header += [
+            f"{m}_mean",
+            f"{m}_std",
+            f"{m}_paper",
+            f"{m}_diff",
+            f"{m}_best_mean",
+            f"{m}_best_std",
+            f"{m}_best_diff",
+        ]
     with open(path, "w", newline="") as f:
         writer = csv.writer(f)
         writer.writerow(header)
         for r in rows:
-            line = [r.preset, "" if r.imbalance_factor is None else r.imbalance_factor, r.settings, r.n,
-                    ";".join(str(s) for s in r.seeds), ";".join(str(e) for e in r.epochs),
-                    "" if r.recipe_epochs is None else r.recipe_epochs, ";".join(r.runs)]
+            line = [
+                r.preset,
+                "" if r.imbalance_factor is None else r.imbalance_factor,
+                r.settings,
+                r.n,
+                ";".join(str(s) for s in r.seeds),
+                ";".join(str(e) for e in r.epochs),
+                "" if r.recipe_epochs is None else r.recipe_epochs,
+                ";".join(r.runs),
+            ]
             for m in METRICS_REPORTED:
-                values = (r.mean(m), r.std(m), r.paper.get(m), r.diff(m),
-                          r.mean(m, True), r.std(m, True), r.diff(m, True))
+                values = (
+                    r.mean(m),
+                    r.std(m),
+                    r.paper.get(m),
+                    r.diff(m),
+                    r.mean(m, True),
+                    r.std(m, True),
+                    r.diff(m, True),
+                )
                 line += ["" if v is None else v for v in values]
             writer.writerow(line)
     return path

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import yaml
 
@@ -19,7 +20,6 @@ __all__ = [
     "read_run_config",
     "run_labels",
 ]
-
 
 
 class RunError(DbmLtrError, ValueError):

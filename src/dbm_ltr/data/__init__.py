@@ -18,14 +18,16 @@ none) in the :data:`TRANSFORMS` registry.
 
 from __future__ import annotations
 
-from typing import Any, Callable, Optional
+from collections.abc import Callable
+from typing import Any
 
 from torch.utils.data import Dataset
 
+from ..errors import DatasetNotFoundError
 from ..registry import Registry
+from . import splitfile as _splitfile
 from .cifar import CIFAR10_CLASSES, CIFAR100_CLASSES, LongTailCIFAR10, LongTailCIFAR100
 from .digits import LongTailDigits
-from .errors import DatasetNotFoundError
 from .fastjpeg import CorruptImageError, EncodedBatch, EncodedImage, ImageReadError, MissingImageError
 from .longtail import (
     LimitedDataset,
@@ -34,8 +36,7 @@ from .longtail import (
     long_tail_counts,
     select_long_tail_indices,
 )
-from . import splitfile as _splitfile
-from .splitfile import INaturalist2018, ImageNetLT, PlacesLT, SplitFileDataset, SplitFileError
+from .splitfile import ImageNetLT, INaturalist2018, PlacesLT, SplitFileDataset, SplitFileError
 from .transforms import (
     CIFAR_MEAN,
     CIFAR_STD,
@@ -116,7 +117,7 @@ DATASET_INFO: dict[str, dict[str, Any]] = {}
 _INFO_KEYS = ("num_classes", "train_transform", "test_transform", "contrastive_transform")
 
 
-def register_dataset(name: str, factory: DatasetFactory | None = None, info: Optional[dict] = None):
+def register_dataset(name: str, factory: DatasetFactory | None = None, info: dict | None = None):
     """Register a data set ``factory`` under ``name`` (usable as a decorator).
 
     The factory is called with the keywords ``root, train, transform, target_transform,
@@ -142,11 +143,11 @@ def create_dataset(
     name: str,
     root: Any,
     train: bool,
-    transform: Optional[Callable] = None,
+    transform: Callable | None = None,
     imbalance_factor: float = 100.0,
     download: bool = False,
     seed: int = 0,
-    target_transform: Optional[Callable] = None,
+    target_transform: Callable | None = None,
     **options: Any,
 ) -> Dataset:
     """Build the data set registered as ``name`` (train split long-tailed, test balanced);
@@ -163,33 +164,62 @@ def create_dataset(
     )
 
 
-def _digits_factory(root=None, train=True, transform=None, target_transform=None,
-                    imbalance_factor=10.0, download=False, seed=0) -> LongTailDigits:
+def _digits_factory(
+    root=None, train=True, transform=None, target_transform=None, imbalance_factor=10.0, download=False, seed=0
+) -> LongTailDigits:
     # root and download are meaningless for the bundled digits
-    return LongTailDigits(train=train, transform=transform, imbalance_factor=imbalance_factor,
-                          seed=seed, target_transform=target_transform)
+    return LongTailDigits(
+        train=train,
+        transform=transform,
+        imbalance_factor=imbalance_factor,
+        seed=seed,
+        target_transform=target_transform,
+    )
 
 
-register_dataset("cifar10_lt", LongTailCIFAR10, info={
-    "num_classes": 10, "train_transform": "cifar", "test_transform": "cifar_test",
-    "contrastive_transform": "cifar_contrastive",
-})
-register_dataset("cifar100_lt", LongTailCIFAR100, info={
-    "num_classes": 100, "train_transform": "cifar", "test_transform": "cifar_test",
-    "contrastive_transform": "cifar_contrastive",
-})
-register_dataset("digits_lt", _digits_factory, info={
-    "num_classes": 10, "train_transform": "none", "test_transform": "none",
-    "contrastive_transform": None,
-})
+register_dataset(
+    "cifar10_lt",
+    LongTailCIFAR10,
+    info={
+        "num_classes": 10,
+        "train_transform": "cifar",
+        "test_transform": "cifar_test",
+        "contrastive_transform": "cifar_contrastive",
+    },
+)
+register_dataset(
+    "cifar100_lt",
+    LongTailCIFAR100,
+    info={
+        "num_classes": 100,
+        "train_transform": "cifar",
+        "test_transform": "cifar_test",
+        "contrastive_transform": "cifar_contrastive",
+    },
+)
+register_dataset(
+    "digits_lt",
+    _digits_factory,
+    info={
+        "num_classes": 10,
+        "train_transform": "none",
+        "test_transform": "none",
+        "contrastive_transform": None,
+    },
+)
 for _name, _factory, _prefix, _classes in (
     ("imagenet_lt", _splitfile.imagenet_lt, "imagenet", 1000),
     ("inat2018", _splitfile.inat2018, "inat", 8142),
     ("places_lt", _splitfile.places_lt, "imagenet", 365),
 ):
-    register_dataset(_name, _factory, info={
-        "num_classes": None,  # defined by the train split file (max label + 1)
-        "expected_num_classes": _classes,  # of the official split files
-        "train_transform": f"{_prefix}_train", "test_transform": f"{_prefix}_test",
-        "contrastive_transform": f"{_prefix}_contrastive",
-    })
+    register_dataset(
+        _name,
+        _factory,
+        info={
+            "num_classes": None,  # defined by the train split file (max label + 1)
+            "expected_num_classes": _classes,  # of the official split files
+            "train_transform": f"{_prefix}_train",
+            "test_transform": f"{_prefix}_test",
+            "contrastive_transform": f"{_prefix}_contrastive",
+        },
+    )

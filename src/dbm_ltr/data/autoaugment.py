@@ -22,7 +22,8 @@ The reference policy translates about one pixel further and so brings in more fi
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -50,8 +51,9 @@ CIFAR10_SUB_POLICIES: tuple = tuple(
 )
 
 #: Ops whose magnitude takes a random sign in the reference policy (rotation does not).
-_REFERENCE_SIGNED = frozenset({"ShearX", "ShearY", "TranslateX", "TranslateY",
-                               "Brightness", "Color", "Contrast", "Sharpness"})
+_REFERENCE_SIGNED = frozenset(
+    {"ShearX", "ShearY", "TranslateX", "TranslateY", "Brightness", "Color", "Contrast", "Sharpness"}
+)
 
 
 def reference_magnitudes(height: int, width: int) -> dict[str, tuple[np.ndarray, bool]]:
@@ -100,8 +102,12 @@ def reference_op(img: Image.Image, op: str, value: float, fill: tuple[int, ...] 
         return img.transform(size, Image.AFFINE, (1, 0, 0, 0, 1, value), Image.NEAREST, fillcolor=fill)
     if op == "Rotate":
         return img.rotate(value, Image.NEAREST, fillcolor=fill)
-    enhancers = {"Brightness": ImageEnhance.Brightness, "Color": ImageEnhance.Color,
-                 "Contrast": ImageEnhance.Contrast, "Sharpness": ImageEnhance.Sharpness}
+    enhancers = {
+        "Brightness": ImageEnhance.Brightness,
+        "Color": ImageEnhance.Color,
+        "Contrast": ImageEnhance.Contrast,
+        "Sharpness": ImageEnhance.Sharpness,
+    }
     if op in enhancers:
         return enhancers[op](img).enhance(1.0 + value)
     if op == "Posterize":

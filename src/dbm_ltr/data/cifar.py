@@ -24,13 +24,14 @@ from __future__ import annotations
 import os
 import warnings
 import zipfile
-from typing import Any, Callable, Optional, Union
+from collections.abc import Callable
+from typing import Any, Union
 
 import numpy as np
 from PIL import Image
 from torch.utils.data import Dataset
 
-from .errors import DataError, DatasetNotFoundError
+from ..errors import DataError, DatasetNotFoundError
 from .longtail import check_imbalance_factor, long_tail_counts, select_long_tail_indices
 
 __all__ = [
@@ -43,23 +44,120 @@ __all__ = [
 PathLike = Union[str, "os.PathLike[str]"]
 
 CIFAR10_CLASSES: tuple[str, ...] = (
-    "airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck",
+    "airplane",
+    "automobile",
+    "bird",
+    "cat",
+    "deer",
+    "dog",
+    "frog",
+    "horse",
+    "ship",
+    "truck",
 )
 
 # the 100 fine labels of CIFAR-100 in label order (alphabetical)
 CIFAR100_CLASSES: tuple[str, ...] = (
-    "apple", "aquarium_fish", "baby", "bear", "beaver", "bed", "bee", "beetle", "bicycle",
-    "bottle", "bowl", "boy", "bridge", "bus", "butterfly", "camel", "can", "castle",
-    "caterpillar", "cattle", "chair", "chimpanzee", "clock", "cloud", "cockroach", "couch",
-    "crab", "crocodile", "cup", "dinosaur", "dolphin", "elephant", "flatfish", "forest", "fox",
-    "girl", "hamster", "house", "kangaroo", "keyboard", "lamp", "lawn_mower", "leopard", "lion",
-    "lizard", "lobster", "man", "maple_tree", "motorcycle", "mountain", "mouse", "mushroom",
-    "oak_tree", "orange", "orchid", "otter", "palm_tree", "pear", "pickup_truck", "pine_tree",
-    "plain", "plate", "poppy", "porcupine", "possum", "rabbit", "raccoon", "ray", "road",
-    "rocket", "rose", "sea", "seal", "shark", "shrew", "skunk", "skyscraper", "snail", "snake",
-    "spider", "squirrel", "streetcar", "sunflower", "sweet_pepper", "table", "tank",
-    "telephone", "television", "tiger", "tractor", "train", "trout", "tulip", "turtle",
-    "wardrobe", "whale", "willow_tree", "wolf", "woman", "worm",
+    "apple",
+    "aquarium_fish",
+    "baby",
+    "bear",
+    "beaver",
+    "bed",
+    "bee",
+    "beetle",
+    "bicycle",
+    "bottle",
+    "bowl",
+    "boy",
+    "bridge",
+    "bus",
+    "butterfly",
+    "camel",
+    "can",
+    "castle",
+    "caterpillar",
+    "cattle",
+    "chair",
+    "chimpanzee",
+    "clock",
+    "cloud",
+    "cockroach",
+    "couch",
+    "crab",
+    "crocodile",
+    "cup",
+    "dinosaur",
+    "dolphin",
+    "elephant",
+    "flatfish",
+    "forest",
+    "fox",
+    "girl",
+    "hamster",
+    "house",
+    "kangaroo",
+    "keyboard",
+    "lamp",
+    "lawn_mower",
+    "leopard",
+    "lion",
+    "lizard",
+    "lobster",
+    "man",
+    "maple_tree",
+    "motorcycle",
+    "mountain",
+    "mouse",
+    "mushroom",
+    "oak_tree",
+    "orange",
+    "orchid",
+    "otter",
+    "palm_tree",
+    "pear",
+    "pickup_truck",
+    "pine_tree",
+    "plain",
+    "plate",
+    "poppy",
+    "porcupine",
+    "possum",
+    "rabbit",
+    "raccoon",
+    "ray",
+    "road",
+    "rocket",
+    "rose",
+    "sea",
+    "seal",
+    "shark",
+    "shrew",
+    "skunk",
+    "skyscraper",
+    "snail",
+    "snake",
+    "spider",
+    "squirrel",
+    "streetcar",
+    "sunflower",
+    "sweet_pepper",
+    "table",
+    "tank",
+    "telephone",
+    "television",
+    "tiger",
+    "tractor",
+    "train",
+    "trout",
+    "tulip",
+    "turtle",
+    "wardrobe",
+    "whale",
+    "willow_tree",
+    "wolf",
+    "woman",
+    "worm",
 )
 
 
@@ -73,8 +171,7 @@ def _check_labels(labels: np.ndarray, num_classes: int, where: str) -> np.ndarra
         lo, hi = int(labels.min()), int(labels.max())
         if lo < 0 or hi >= num_classes:
             raise DataError(
-                f"{where}: labels out of range: found {lo}..{hi}, valid 0..{num_classes - 1} "
-                f"({num_classes} classes)"
+                f"{where}: labels out of range: found {lo}..{hi}, valid 0..{num_classes - 1} ({num_classes} classes)"
             )
     return labels
 
@@ -92,8 +189,8 @@ class _LongTailCIFAR(Dataset):
         self,
         root: PathLike,
         train: bool = True,
-        transform: Optional[Callable] = None,
-        target_transform: Optional[Callable] = None,
+        transform: Callable | None = None,
+        target_transform: Callable | None = None,
         download: bool = False,
         imbalance_factor: float = 100.0,
         seed: int = 0,
@@ -164,10 +261,7 @@ class _LongTailCIFAR(Dataset):
             try:
                 return (*self._from_torchvision(download=False), "torchvision")
             except RuntimeError as err:  # torchvision: files missing or md5 mismatch
-                problem = (
-                    f"the folder {os.path.abspath(folder)} exists but torchvision could not read it "
-                    f"({err})"
-                )
+                problem = f"the folder {os.path.abspath(folder)} exists but torchvision could not read it ({err})"
         if os.path.isfile(npz):
             if problem is not None:
                 warnings.warn(f"{problem}; using {os.path.abspath(npz)} instead", stacklevel=3)
@@ -176,7 +270,7 @@ class _LongTailCIFAR(Dataset):
             return (*self._from_torchvision(download=True), "torchvision")
         raise DatasetNotFoundError(self._not_found_message(problem))
 
-    def _not_found_message(self, problem: Optional[str]) -> str:
+    def _not_found_message(self, problem: str | None) -> str:
         root = os.path.abspath(self.root)
         train_npz = f"{self.npz_prefix}_train.npz"
         test_npz = f"{self.npz_prefix}_test.npz"
@@ -222,8 +316,7 @@ class _LongTailCIFAR(Dataset):
             raise DataError(f"{where}: 'images' must be uint8 (0..255 RGB), got dtype {images.dtype}")
         if labels.ndim != 1 or labels.shape[0] != images.shape[0]:
             raise DataError(
-                f"{where}: label count mismatch: {images.shape[0]} images but 'labels' has shape "
-                f"{labels.shape}"
+                f"{where}: label count mismatch: {images.shape[0]} images but 'labels' has shape {labels.shape}"
             )
         labels = _check_labels(labels, self.num_classes, where)
 
@@ -231,9 +324,7 @@ class _LongTailCIFAR(Dataset):
             names = list(self.default_classes)
         else:
             if classes.ndim != 1 or classes.shape[0] != self.num_classes:
-                raise DataError(
-                    f"{where}: 'classes' must list {self.num_classes} names, got shape {classes.shape}"
-                )
+                raise DataError(f"{where}: 'classes' must list {self.num_classes} names, got shape {classes.shape}")
             names = [str(c) for c in classes.tolist()]
         return images, labels, names
 

@@ -14,14 +14,14 @@ Items are ``(1, 8, 8)`` float tensors in ``[0, 1]`` (pixel / 16).
 
 from __future__ import annotations
 
-from typing import Any, Callable, Optional
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 import torch
 from torch.utils.data import Dataset
 
 from ..errors import MissingDependencyError
-
 from .longtail import check_imbalance_factor, long_tail_counts, select_long_tail_indices
 
 __all__ = ["LongTailDigits", "digits_split"]
@@ -34,8 +34,7 @@ def _load_digits() -> tuple[np.ndarray, np.ndarray]:
         from sklearn.datasets import load_digits
     except ImportError as err:
         raise MissingDependencyError(
-            "the digits demo data set needs scikit-learn: pip install scikit-learn "
-            "(or pip install 'dbm-ltr[demo]')"
+            "the digits demo data set needs scikit-learn: pip install scikit-learn (or pip install 'dbm-ltr[demo]')"
         ) from err
     bunch = load_digits()
     images = np.asarray(bunch.images).astype(np.uint8)  # values 0..16
@@ -54,8 +53,7 @@ def digits_split(
         idx = np.where(labels == c)[0]
         if idx.size <= test_per_class:
             raise ValueError(
-                f"digits class {c} has only {idx.size} images; test_per_class={test_per_class} "
-                f"leaves none for training"
+                f"digits class {c} has only {idx.size} images; test_per_class={test_per_class} leaves none for training"
             )
         rng.shuffle(idx)
         test_parts.append(idx[:test_per_class])
@@ -89,11 +87,11 @@ class LongTailDigits(Dataset):
     def __init__(
         self,
         train: bool = True,
-        transform: Optional[Callable] = None,
+        transform: Callable | None = None,
         imbalance_factor: float = 10.0,
         test_per_class: int = 50,
         seed: int = 0,
-        target_transform: Optional[Callable] = None,
+        target_transform: Callable | None = None,
     ) -> None:
         super().__init__()
         self.imbalance_factor = check_imbalance_factor(imbalance_factor)

@@ -70,7 +70,8 @@ import math
 import os
 import random
 import warnings
-from typing import Any, Callable, Optional, Sequence, Union
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -109,7 +110,7 @@ class ImageReadError(DataError, OSError):
     ``ValueError``, so the CLI reports it as a data error; ``ImageReadError(message)`` alone
     works too, as the ``DataLoader`` re-raises a worker's exception.)"""
 
-    def __init__(self, path: str, reason: Optional[str] = None) -> None:
+    def __init__(self, path: str, reason: str | None = None) -> None:
         super().__init__(path if reason is None else f"cannot read image {path}: {reason}")
         self.path = path if reason is not None else ""
         self.reason = reason if reason is not None else path
@@ -167,7 +168,7 @@ def to_uint8_tensor(img: Any) -> torch.Tensor:
 _SOF_MARKERS = frozenset({0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF})
 
 
-def jpeg_size(data: bytes | bytearray) -> Optional[tuple[int, int]]:
+def jpeg_size(data: bytes | bytearray) -> tuple[int, int] | None:
     """``(width, height)`` from a JPEG's frame header (the SOF segment), or ``None`` if
     ``data`` does not start like a JPEG or no frame header precedes the scan."""
     if data[:3] != _JPEG_SOI:
@@ -196,7 +197,7 @@ def jpeg_size(data: bytes | bytearray) -> Optional[tuple[int, int]]:
     return None
 
 
-def _torchvision_decode(data: bytearray) -> Optional[torch.Tensor]:
+def _torchvision_decode(data: bytearray) -> torch.Tensor | None:
     """``torchvision.io.decode_jpeg`` (libjpeg-turbo, straight into a tensor) or ``None`` if it
     fails or is unavailable. torchvision >= 0.29 marks its image decoding as deprecated (in
     favour of TorchCodec) with a warning per call, silenced here; should it be removed, the
@@ -222,12 +223,12 @@ class EncodedImage:
     already made (the crop box is scaled accordingly).
     """
 
-    def __init__(self, path: str, data: Optional[bytes] = None) -> None:
+    def __init__(self, path: str, data: bytes | None = None) -> None:
         self.path = path
         self._data = bytearray(data) if data is not None else None
-        self._size: Optional[tuple[int, int]] = None
-        self._is_jpeg: Optional[bool] = None
-        self._cache: dict[int, Union[torch.Tensor, Image.Image]] = {}
+        self._size: tuple[int, int] | None = None
+        self._is_jpeg: bool | None = None
+        self._cache: dict[int, torch.Tensor | Image.Image] = {}
 
     # ------------------------------------------------------------------ raw data
     @property
@@ -283,7 +284,7 @@ class EncodedImage:
         except (OSError, SyntaxError, ValueError) as err:
             raise CorruptImageError(self.path, _reason(err)) from None
 
-    def decode(self, factor: int = 1, pil: bool = False) -> tuple[Union[torch.Tensor, Image.Image], int]:
+    def decode(self, factor: int = 1, pil: bool = False) -> tuple[torch.Tensor | Image.Image, int]:
         """``(image, f)``: decoded at ``1/f`` of its size with the largest ``f <= factor``
         available (a cached finer decode, or a new one at ``factor``; f = 1 for non-JPEG
         files), as a (3, H', W') uint8 tensor, or with ``pil=True`` and ``f > 1`` as the RGB
@@ -303,7 +304,7 @@ class EncodedImage:
             image = Image.fromarray(image.permute(1, 2, 0).contiguous().numpy(), "RGB")
         return image, f
 
-    def _decode(self, factor: int) -> tuple[Union[torch.Tensor, Image.Image], int]:
+    def _decode(self, factor: int) -> tuple[torch.Tensor | Image.Image, int]:
         width, height = self.size
         if not self.is_jpeg:
             return _pil_to_tensor(self.pil()), 1
@@ -358,7 +359,9 @@ def _log_ratio(lo: float, hi: float) -> tuple[float, float]:
 
 
 def random_resized_crop_box(
-    height: int, width: int, scale: Sequence[float] = (0.08, 1.0),
+    height: int,
+    width: int,
+    scale: Sequence[float] = (0.08, 1.0),
     ratio: Sequence[float] = (3.0 / 4.0, 4.0 / 3.0),
 ) -> tuple[int, int, int, int]:
     """``(top, left, h, w)`` of a random crop, the algorithm of torchvision's
@@ -436,8 +439,12 @@ class RandomResizedCropDecode:
     accepts_encoded = True
 
     def __init__(
-        self, size: int | Sequence[int] = 224, scale: Sequence[float] = (0.08, 1.0),
-        ratio: Sequence[float] = (3.0 / 4.0, 4.0 / 3.0), reduced: bool = True, exact: bool = False,
+        self,
+        size: int | Sequence[int] = 224,
+        scale: Sequence[float] = (0.08, 1.0),
+        ratio: Sequence[float] = (3.0 / 4.0, 4.0 / 3.0),
+        reduced: bool = True,
+        exact: bool = False,
     ) -> None:
         self.size = (int(size), int(size)) if isinstance(size, int) else (int(size[0]), int(size[1]))
         if not (0 < scale[0] <= scale[1]) or not (0 < ratio[0] <= ratio[1]):
@@ -450,7 +457,7 @@ class RandomResizedCropDecode:
         height, width = _dims(img)
         top, left, h, w = random_resized_crop_box(height, width, self.scale, self.ratio)
         if not isinstance(img, EncodedImage):
-            return _resize(to_uint8_tensor(img)[:, top:top + h, left:left + w], self.size)
+            return _resize(to_uint8_tensor(img)[:, top : top + h, left : left + w], self.size)
         image, f = img.decode(dct_factor(h, w, *self.size) if self.reduced else 1, pil=self.exact)
         if f > 1 and self.exact:  # the fractional box in the reduced image: PIL's box resize
             box = (left / f, top / f, (left + w) / f, (top + h) / f)
@@ -461,11 +468,13 @@ class RandomResizedCropDecode:
             lft, r = min(round(left / f), rw - 1), round((left + w) / f)
             b, r = min(max(b, t + 1), rh), min(max(r, lft + 1), rw)
             top, left, h, w = t, lft, b - t, r - lft
-        return _resize(image[:, top:top + h, left:left + w], self.size)
+        return _resize(image[:, top : top + h, left : left + w], self.size)
 
     def __repr__(self) -> str:
-        return (f"{type(self).__name__}(size={self.size}, scale={self.scale}, "
-                f"ratio=({self.ratio[0]:.4f}, {self.ratio[1]:.4f}), reduced={self.reduced}, exact={self.exact})")
+        return (
+            f"{type(self).__name__}(size={self.size}, scale={self.scale}, "
+            f"ratio=({self.ratio[0]:.4f}, {self.ratio[1]:.4f}), reduced={self.reduced}, exact={self.exact})"
+        )
 
 
 class ResizeCenterCropDecode:
@@ -491,8 +500,9 @@ class ResizeCenterCropDecode:
         left = int(round((new_w - self.crop) / 2.0))
         if isinstance(img, EncodedImage):
             short = min(height, width)
-            image, f = img.decode(dct_factor(short, short, self.resize, self.resize) if self.reduced else 1,
-                                  pil=self.exact)
+            image, f = img.decode(
+                dct_factor(short, short, self.resize, self.resize) if self.reduced else 1, pil=self.exact
+            )
             if f > 1 and self.exact:
                 sy, sx = height / new_h / f, width / new_w / f
                 box = (left * sx, top * sy, (left + self.crop) * sx, (top + self.crop) * sy)
@@ -500,11 +510,12 @@ class ResizeCenterCropDecode:
         else:
             image = to_uint8_tensor(img)
         image = _resize(image, (new_h, new_w))
-        return image[:, top:top + self.crop, left:left + self.crop]
+        return image[:, top : top + self.crop, left : left + self.crop]
 
     def __repr__(self) -> str:
-        return (f"{type(self).__name__}(resize={self.resize}, crop={self.crop}, reduced={self.reduced}, "
-                f"exact={self.exact})")
+        return (
+            f"{type(self).__name__}(resize={self.resize}, crop={self.crop}, reduced={self.reduced}, exact={self.exact})"
+        )
 
 
 class ToPILImage:
@@ -567,13 +578,17 @@ class NormalizeToFloat:
         (cached per size and device), so the map runs at the speed of a contiguous one."""
         channels = len(self.mean)
         if images.dim() != 4 or images.shape[-1] != channels:
-            raise ValueError(f"expected an (N, H, W, {channels}) batch of images passed on by "
-                             f"{self!r}, got shape {tuple(images.shape)}")
+            raise ValueError(
+                f"expected an (N, H, W, {channels}) batch of images passed on by "
+                f"{self!r}, got shape {tuple(images.shape)}"
+            )
         n, h, w, _ = images.shape
         key = (self._key(images), h, w, images.device)
         rows = self._rows.get(key)
         if rows is None:
-            rows = tuple(t.reshape(channels).repeat(h * w).to(images.device) for t in (self._scale[key[0]], self._shift))
+            rows = tuple(
+                t.reshape(channels).repeat(h * w).to(images.device) for t in (self._scale[key[0]], self._shift)
+            )
             self._rows = {key: rows}  # one size at a time: the training or the test crops
         flat = images.reshape(n, h * w * channels).to(torch.float32, copy=True)
         return flat.mul_(rows[0]).add_(rows[1]).view(n, h, w, channels).permute(0, 3, 1, 2)
@@ -597,7 +612,7 @@ class EncodedSample:
         self.data, self.path, self.seed, self.decoded = data, path, int(seed), bool(decoded)
 
     @classmethod
-    def read(cls, image: EncodedImage) -> "EncodedSample":
+    def read(cls, image: EncodedImage) -> EncodedSample:
         seed = int(torch.randint(0, 2**62, (1,)).item())
         data = image.data
         if data[:3] == _JPEG_SOI:
@@ -615,7 +630,7 @@ class EncodedBatch:
     def __len__(self) -> int:
         return len(self.samples)
 
-    def pin_memory(self, device: Any = None) -> "EncodedBatch":
+    def pin_memory(self, device: Any = None) -> EncodedBatch:
         return self
 
     @property
@@ -649,9 +664,13 @@ def _seeded(seed: int, fn: Callable[[], Any]) -> Any:
 
 
 def decode_batch(
-    batch: EncodedBatch, transform: Optional[Callable], device: torch.device | str,
-    skip_corrupt: bool = False, on_corrupt: Optional[Callable[[str], None]] = None,
-    jpeg_decoder: Optional[Callable] = None, with_source: bool = False,
+    batch: EncodedBatch,
+    transform: Callable | None,
+    device: torch.device | str,
+    skip_corrupt: bool = False,
+    on_corrupt: Callable[[str], None] | None = None,
+    jpeg_decoder: Callable | None = None,
+    with_source: bool = False,
 ):
     """Decode ``batch`` on the CUDA ``device`` (nvJPEG through ``torchvision.io.decode_jpeg``,
     whole batch at once) and apply ``transform`` to each image (one tensor per image, or a
@@ -680,7 +699,7 @@ def decode_batch(
                 return decode_jpeg(data, mode=ImageReadMode.RGB, device=device)
 
     samples = batch.samples
-    images: list[Optional[torch.Tensor]] = [None] * len(samples)
+    images: list[torch.Tensor | None] = [None] * len(samples)
     todo = [i for i, s in enumerate(samples) if not s.decoded]
     for i, s in enumerate(samples):
         if s.decoded:

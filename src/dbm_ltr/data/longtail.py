@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import math
 import numbers
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -39,8 +39,7 @@ def check_imbalance_factor(imbalance_factor: object) -> float:
         or imbalance_factor < 1
     ):
         raise ValueError(
-            f"imbalance_factor must be a finite number >= 1 (n_max / n_min; 1 = balanced), "
-            f"got {imbalance_factor!r}"
+            f"imbalance_factor must be a finite number >= 1 (n_max / n_min; 1 = balanced), got {imbalance_factor!r}"
         )
     return float(imbalance_factor)
 
@@ -66,9 +65,7 @@ def long_tail_counts(n_max: int, num_classes: int, imbalance_factor: float) -> l
     return [int(n_max * ratio ** (c / c_last)) for c in range(int(num_classes))]
 
 
-def select_long_tail_indices(
-    targets: Sequence[int] | np.ndarray, counts: Sequence[int], seed: int = 0
-) -> np.ndarray:
+def select_long_tail_indices(targets: Sequence[int] | np.ndarray, counts: Sequence[int], seed: int = 0) -> np.ndarray:
     """Indices of the long-tailed subset, classes concatenated in order ``0..C-1``.
 
     Equivalent to ``np.random.seed(seed)`` followed by, for every class ``c`` in order,
@@ -117,9 +114,7 @@ def select_long_tail_indices(
     for c, n_c in enumerate(count_list):
         idx = np.where(t == c)[0]
         if idx.size < n_c:
-            raise ValueError(
-                f"class {c} has only {idx.size} images but {n_c} are needed for the long-tailed subset"
-            )
+            raise ValueError(f"class {c} has only {idx.size} images but {n_c} are needed for the long-tailed subset")
         rng.shuffle(idx)
         selected.append(idx[:n_c])
     return np.concatenate(selected).astype(np.int64, copy=False)

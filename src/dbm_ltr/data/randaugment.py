@@ -34,7 +34,8 @@ from __future__ import annotations
 import math
 import random
 import re
-from typing import Any, Callable, Optional, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import numpy as np
 from PIL import Image, ImageEnhance, ImageOps
@@ -44,8 +45,21 @@ from ..errors import MissingDependencyError
 __all__ = ["RAND_AUGMENT_OPS", "RandAugmentPIL", "parse_rand_augment", "rand_augment", "timm_available"]
 
 RAND_AUGMENT_OPS = (
-    "AutoContrast", "Equalize", "Invert", "Rotate", "Posterize", "Solarize", "SolarizeAdd", "Color",
-    "Contrast", "Brightness", "Sharpness", "ShearX", "ShearY", "TranslateXRel", "TranslateYRel",
+    "AutoContrast",
+    "Equalize",
+    "Invert",
+    "Rotate",
+    "Posterize",
+    "Solarize",
+    "SolarizeAdd",
+    "Color",
+    "Contrast",
+    "Brightness",
+    "Sharpness",
+    "ShearX",
+    "ShearY",
+    "TranslateXRel",
+    "TranslateYRel",
 )
 _LEVEL_MAX = 10.0
 _RESAMPLE = (Image.Resampling.BILINEAR, Image.Resampling.BICUBIC)
@@ -140,8 +154,14 @@ class RandAugmentPIL:
     module docstring. ``ops`` defaults to the 15 operations of timm's standard set."""
 
     def __init__(
-        self, num_ops: int = 2, magnitude: float = 10, magnitude_std: float = 0.0, prob: float = 0.5,
-        magnitude_max: float = _LEVEL_MAX, fill: Sequence[int] = (128, 128, 128), translate_pct: float = 0.45,
+        self,
+        num_ops: int = 2,
+        magnitude: float = 10,
+        magnitude_std: float = 0.0,
+        prob: float = 0.5,
+        magnitude_max: float = _LEVEL_MAX,
+        fill: Sequence[int] = (128, 128, 128),
+        translate_pct: float = 0.45,
         ops: Sequence[str] = RAND_AUGMENT_OPS,
     ) -> None:
         unknown = [o for o in ops if o not in RAND_AUGMENT_OPS]
@@ -170,13 +190,17 @@ class RandAugmentPIL:
         return img
 
     def __repr__(self) -> str:
-        return (f"{type(self).__name__}(n={self.num_ops}, m={self.magnitude}, mstd={self.magnitude_std}, "
-                f"p={self.prob}, fill={self.fill})")
+        return (
+            f"{type(self).__name__}(n={self.num_ops}, m={self.magnitude}, mstd={self.magnitude_std}, "
+            f"p={self.prob}, fill={self.fill})"
+        )
 
 
 def rand_augment(
-    config: str = "rand-n2-m10-mstd0.5", fill: Sequence[int] = (124, 116, 104), translate_const: int = 100,
-    use_timm: Optional[bool] = None,
+    config: str = "rand-n2-m10-mstd0.5",
+    fill: Sequence[int] = (124, 116, 104),
+    translate_const: int = 100,
+    use_timm: bool | None = None,
 ) -> Callable[[Image.Image], Image.Image]:
     """RandAugment ``config`` (timm's syntax) on PIL images: timm's
     ``rand_augment_transform(config, {"translate_const": ..., "img_mean": fill})`` when timm
@@ -188,6 +212,8 @@ def rand_augment(
         try:
             from timm.data.auto_augment import rand_augment_transform
         except ImportError:
-            raise MissingDependencyError("rand_augment(use_timm=True) needs timm: pip install 'dbm-ltr[timm]'") from None
+            raise MissingDependencyError(
+                "rand_augment(use_timm=True) needs timm: pip install 'dbm-ltr[timm]'"
+            ) from None
         return rand_augment_transform(config, {"translate_const": int(translate_const), "img_mean": tuple(fill)})
     return RandAugmentPIL(params["n"], params["m"], params["mstd"], params["p"], params["mmax"], fill)

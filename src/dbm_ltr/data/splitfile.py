@@ -47,13 +47,14 @@ from __future__ import annotations
 import json
 import os
 import warnings
-from typing import Any, Callable, Optional, Sequence, Union
+from collections.abc import Callable, Sequence
+from typing import Any, Union
 
 import numpy as np
 import torch
 from torch.utils.data import Dataset, get_worker_info
 
-from .errors import DataError, DatasetNotFoundError
+from ..errors import DataError, DatasetNotFoundError
 from .fastjpeg import (
     EncodedBatch,
     EncodedImage,
@@ -99,16 +100,13 @@ def read_split_file(path: str) -> tuple[list[str], np.ndarray, np.ndarray]:
                     continue
                 fields = text.rsplit(None, 1)
                 if len(fields) != 2:
-                    raise SplitFileError(
-                        f"{path} line {number}: expected 'relative/path label', got {text[:120]!r}"
-                    )
+                    raise SplitFileError(f"{path} line {number}: expected 'relative/path label', got {text[:120]!r}")
                 rel, raw = fields
                 try:
                     label = int(raw)
                 except ValueError:
                     raise SplitFileError(
-                        f"{path} line {number}: the label {raw!r} is not an integer (expected "
-                        f"'relative/path label')"
+                        f"{path} line {number}: the label {raw!r} is not an integer (expected 'relative/path label')"
                     ) from None
                 if label < 0:
                     raise SplitFileError(f"{path} line {number}: negative label {label} (labels are 0..C-1)")
@@ -175,9 +173,9 @@ class SplitFileDataset(Dataset):
         self,
         root: PathLike,
         train: bool = True,
-        transform: Optional[Callable] = None,
-        target_transform: Optional[Callable] = None,
-        split: Optional[str] = None,
+        transform: Callable | None = None,
+        target_transform: Callable | None = None,
+        split: str | None = None,
         split_dir: PathLike = "",
         skip_corrupt: bool = False,
         decode: str = "cpu",
@@ -191,15 +189,14 @@ class SplitFileDataset(Dataset):
         if self.split not in SPLITS:
             raise ValueError(f"{self.dataset_name}: unknown split {self.split!r}; choose one of {', '.join(SPLITS)}")
         if self.split not in self.split_files:
-            raise ValueError(
-                f"{self.dataset_name} has no {self.split} split (splits: {', '.join(self.split_files)})"
-            )
+            raise ValueError(f"{self.dataset_name} has no {self.split} split (splits: {', '.join(self.split_files)})")
         if decode not in DECODE_MODES:
             raise ValueError(f"decode must be one of {', '.join(DECODE_MODES)}, got {decode!r}")
         if decode == "device" and not torch.cuda.is_available():
             warnings.warn(
                 f"{self.dataset_name}: decode='device' decodes JPEGs on a CUDA GPU, and CUDA is not "
-                "available here; decoding on the CPU instead (decode='cpu')", stacklevel=2,
+                "available here; decoding on the CPU instead (decode='cpu')",
+                stacklevel=2,
             )
             decode = "cpu"
         self.decode = decode
@@ -249,7 +246,7 @@ class SplitFileDataset(Dataset):
         self._labels = labels
         self._where = where
         self.targets: list[int] = labels.tolist()
-        self._samples: Optional[list[tuple[str, int]]] = None
+        self._samples: list[tuple[str, int]] | None = None
         self._skips = torch.zeros(_SLOTS, dtype=torch.int64)
         try:
             self._skips.share_memory_()
@@ -296,7 +293,7 @@ class SplitFileDataset(Dataset):
         C = self.num_classes
         if names and all(c in names for c in range(C)):
             return [names[c] for c in range(C)]
-        folder: list[Optional[str]] = [None] * C
+        folder: list[str | None] = [None] * C
         for rel, y in zip(paths, labels.tolist()):
             parent = os.path.basename(os.path.dirname(rel))
             if folder[y] is None:
@@ -344,8 +341,9 @@ class SplitFileDataset(Dataset):
             )
         if not self.skip_corrupt:
             raise MissingImageError(
-                self.path(first), f"no such file ({self.listing(first)}; {len(missing)} of the first {n} "
-                "listed images are missing; data.skip_corrupt=true replaces unreadable images)"
+                self.path(first),
+                f"no such file ({self.listing(first)}; {len(missing)} of the first {n} "
+                "listed images are missing; data.skip_corrupt=true replaces unreadable images)",
             )
 
     # ------------------------------------------------------------------ corrupt images
@@ -360,8 +358,11 @@ class SplitFileDataset(Dataset):
         self._skips[slot] += 1
         if not self._warned:
             self._warned = True
-            warnings.warn(f"{self.dataset_name}: skipping unreadable image {path} ({reason}); "
-                          "later ones are only counted (the data set's 'skipped')", stacklevel=3)
+            warnings.warn(
+                f"{self.dataset_name}: skipping unreadable image {path} ({reason}); "
+                "later ones are only counted (the data set's 'skipped')",
+                stacklevel=3,
+            )
 
     # ------------------------------------------------------------------ Dataset API
     def __len__(self) -> int:
@@ -391,8 +392,9 @@ class SplitFileDataset(Dataset):
             except ImageReadError as err:
                 if not self.skip_corrupt:
                     raise type(err)(
-                        err.path, f"{err.reason} ({self.listing(i)}; data.skip_corrupt=true replaces "
-                        "unreadable images by the next readable one)"
+                        err.path,
+                        f"{err.reason} ({self.listing(i)}; data.skip_corrupt=true replaces "
+                        "unreadable images by the next readable one)",
                     ) from None
                 self._count_skip(err.path, err.reason)
                 i = (i + 1) % n
@@ -408,7 +410,10 @@ class SplitFileDataset(Dataset):
         returns ``(images, *per_sample)``, the per-sample tensors (targets, indices) following
         any unreadable image replaced under ``skip_corrupt``."""
         images, source = decode_batch(
-            batch, self.transform, device, self.skip_corrupt,
+            batch,
+            self.transform,
+            device,
+            self.skip_corrupt,
             on_corrupt=lambda path: self._count_skip(path, "nvJPEG and PIL cannot decode it"),
             with_source=True,
         )
@@ -418,8 +423,10 @@ class SplitFileDataset(Dataset):
         return (images, *per_sample)
 
     def __repr__(self) -> str:
-        return (f"{type(self).__name__}(split={self.split}, size={len(self)}, classes={self.num_classes}, "
-                f"root={self.root!r}, split_file={self.split_file!r}, decode={self.decode})")
+        return (
+            f"{type(self).__name__}(split={self.split}, size={len(self)}, classes={self.num_classes}, "
+            f"root={self.root!r}, split_file={self.split_file!r}, decode={self.decode})"
+        )
 
 
 class ImageNetLT(SplitFileDataset):
@@ -456,18 +463,37 @@ class PlacesLT(SplitFileDataset):
 
 def _factory(cls: type) -> Callable[..., SplitFileDataset]:
     def factory(
-        root: PathLike = "data", train: bool = True, transform: Optional[Callable] = None,
-        target_transform: Optional[Callable] = None, imbalance_factor: float = 100.0, download: bool = False,
-        seed: int = 0, split: Optional[str] = None, split_dir: PathLike = "", skip_corrupt: bool = False,
-        decode: str = "cpu", check_first: int = 16,
+        root: PathLike = "data",
+        train: bool = True,
+        transform: Callable | None = None,
+        target_transform: Callable | None = None,
+        imbalance_factor: float = 100.0,
+        download: bool = False,
+        seed: int = 0,
+        split: str | None = None,
+        split_dir: PathLike = "",
+        skip_corrupt: bool = False,
+        decode: str = "cpu",
+        check_first: int = 16,
     ) -> SplitFileDataset:
         # imbalance_factor and seed: the split files fix the subset; download: not possible
-        return cls(root, train=train, transform=transform, target_transform=target_transform, split=split,
-                   split_dir=split_dir, skip_corrupt=skip_corrupt, decode=decode, check_first=check_first)
+        return cls(
+            root,
+            train=train,
+            transform=transform,
+            target_transform=target_transform,
+            split=split,
+            split_dir=split_dir,
+            skip_corrupt=skip_corrupt,
+            decode=decode,
+            check_first=check_first,
+        )
 
     factory.__name__ = f"create_{cls.__name__}"
-    factory.__doc__ = (f"{cls.__name__} with :func:`~dbm_ltr.data.create_dataset`'s signature "
-                       "(``imbalance_factor``, ``download`` and ``seed`` are ignored).")
+    factory.__doc__ = (
+        f"{cls.__name__} with :func:`~dbm_ltr.data.create_dataset`'s signature "
+        "(``imbalance_factor``, ``download`` and ``seed`` are ignored)."
+    )
     return factory
 
 

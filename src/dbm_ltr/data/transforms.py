@@ -39,7 +39,8 @@ there) and on tensors for GPU inputs (RandAugment always on PIL).
 from __future__ import annotations
 
 import functools
-from typing import Any, Callable, Optional, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import torch
 from PIL import Image, ImageFilter
@@ -101,9 +102,7 @@ class Cutout:
 
     def __call__(self, img: torch.Tensor) -> torch.Tensor:
         if not isinstance(img, torch.Tensor):
-            raise TypeError(
-                f"Cutout expects a (C, H, W) tensor (put it after ToTensor), got {type(img).__name__}"
-            )
+            raise TypeError(f"Cutout expects a (C, H, W) tensor (put it after ToTensor), got {type(img).__name__}")
         if img.dim() < 2:
             raise ValueError(f"Cutout expects a (..., H, W) tensor, got shape {tuple(img.shape)}")
         h, w = img.shape[-2], img.shape[-1]
@@ -197,14 +196,16 @@ def cifar_train_transform(
     """Regular CIFAR recipe (LDAM-DRW / DBM code); input a PIL image, output a normalised
     3x32x32 tensor. ``autoaugment``: ``"reference"`` (the DBM code's policy) or
     ``"torchvision"``."""
-    return T.Compose([
-        T.RandomCrop(32, padding=4),
-        T.RandomHorizontalFlip(),
-        autoaugment_transform(autoaugment, fill=128),
-        T.ToTensor(),
-        Cutout(cutout),
-        T.Normalize(mean, std),
-    ])
+    return T.Compose(
+        [
+            T.RandomCrop(32, padding=4),
+            T.RandomHorizontalFlip(),
+            autoaugment_transform(autoaugment, fill=128),
+            T.ToTensor(),
+            Cutout(cutout),
+            T.Normalize(mean, std),
+        ]
+    )
 
 
 def cifar_contrastive_transform(
@@ -213,15 +214,17 @@ def cifar_contrastive_transform(
 ) -> T.Compose:
     """SimCLR-style contrastive view of BCL and NCL on CIFAR (views 2 and 3 of BCL, the key
     view of NCL); PIL image -> tensor."""
-    return T.Compose([
-        T.RandomResizedCrop(32, scale=(0.2, 1.0)),
-        T.RandomHorizontalFlip(),
-        T.RandomApply([T.ColorJitter(0.4, 0.4, 0.4, 0.1)], p=0.8),
-        T.RandomGrayscale(p=0.2),
-        T.RandomApply([RandomGaussianBlur((0.1, 2.0))], p=0.5),
-        T.ToTensor(),
-        T.Normalize(mean, std),
-    ])
+    return T.Compose(
+        [
+            T.RandomResizedCrop(32, scale=(0.2, 1.0)),
+            T.RandomHorizontalFlip(),
+            T.RandomApply([T.ColorJitter(0.4, 0.4, 0.4, 0.1)], p=0.8),
+            T.RandomGrayscale(p=0.2),
+            T.RandomApply([RandomGaussianBlur((0.1, 2.0))], p=0.5),
+            T.ToTensor(),
+            T.Normalize(mean, std),
+        ]
+    )
 
 
 def cifar_test_transform(
@@ -253,58 +256,74 @@ class PILOnCPU:
 
 
 def large_train_transform(
-    mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD, size: int = 224,
+    mean: Sequence[float] = IMAGENET_MEAN,
+    std: Sequence[float] = IMAGENET_STD,
+    size: int = 224,
     defer_normalize: bool = False,
 ) -> Recipe:
     """RandomResizedCrop(size) -> HFlip -> ToTensor -> Normalize, decoding at reduced size
     (``defer_normalize``: see :func:`batch_normalizer`)."""
-    return Recipe([RandomResizedCropDecode(size), T.RandomHorizontalFlip(),
-                   NormalizeToFloat(mean, std, defer_normalize)])
+    return Recipe(
+        [RandomResizedCropDecode(size), T.RandomHorizontalFlip(), NormalizeToFloat(mean, std, defer_normalize)]
+    )
 
 
 def large_test_transform(
-    mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD, resize: int = 256,
-    crop: int = 224, defer_normalize: bool = False,
+    mean: Sequence[float] = IMAGENET_MEAN,
+    std: Sequence[float] = IMAGENET_STD,
+    resize: int = 256,
+    crop: int = 224,
+    defer_normalize: bool = False,
 ) -> Recipe:
     """Resize(resize) -> CenterCrop(crop) -> ToTensor -> Normalize, decoding at reduced size."""
     return Recipe([ResizeCenterCropDecode(resize, crop), NormalizeToFloat(mean, std, defer_normalize)])
 
 
 def large_randaug_transform(
-    mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD, size: int = 224,
-    config: str = "rand-n2-m10-mstd0.5", use_timm: bool | None = None, defer_normalize: bool = False,
+    mean: Sequence[float] = IMAGENET_MEAN,
+    std: Sequence[float] = IMAGENET_STD,
+    size: int = 224,
+    config: str = "rand-n2-m10-mstd0.5",
+    use_timm: bool | None = None,
+    defer_normalize: bool = False,
 ) -> Recipe:
     """The BCL classification view at ImageNet scale: RandomResizedCrop -> HFlip ->
     ColorJitter(0.4, 0.4, 0.4, 0) -> RandAugment(``config``, fill = mean in 0-255, translate
     constant 0.45 * size) -> ToTensor -> Normalize."""
     fill = tuple(min(255, round(255 * m)) for m in mean)
-    return Recipe([
-        RandomResizedCropDecode(size),
-        T.RandomHorizontalFlip(),
-        ToPILImage(),
-        T.ColorJitter(0.4, 0.4, 0.4, 0.0),
-        rand_augment(config, fill=fill, translate_const=int(size * 0.45), use_timm=use_timm),
-        NormalizeToFloat(mean, std, defer_normalize),
-    ])
+    return Recipe(
+        [
+            RandomResizedCropDecode(size),
+            T.RandomHorizontalFlip(),
+            ToPILImage(),
+            T.ColorJitter(0.4, 0.4, 0.4, 0.0),
+            rand_augment(config, fill=fill, translate_const=int(size * 0.45), use_timm=use_timm),
+            NormalizeToFloat(mean, std, defer_normalize),
+        ]
+    )
 
 
 def large_contrastive_transform(
-    mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD, size: int = 224,
+    mean: Sequence[float] = IMAGENET_MEAN,
+    std: Sequence[float] = IMAGENET_STD,
+    size: int = 224,
     defer_normalize: bool = False,
 ) -> Recipe:
     """The SimCLR-style view of BCL at ImageNet scale: RandomResizedCrop -> HFlip ->
     ColorJitter(0.4, 0.4, 0.4, 0.1) p 0.8 -> Grayscale p 0.2 -> ToTensor -> Normalize."""
-    return Recipe([
-        RandomResizedCropDecode(size),
-        T.RandomHorizontalFlip(),
-        PILOnCPU(),
-        T.RandomApply([T.ColorJitter(0.4, 0.4, 0.4, 0.1)], p=0.8),
-        T.RandomGrayscale(p=0.2),
-        NormalizeToFloat(mean, std, defer_normalize),
-    ])
+    return Recipe(
+        [
+            RandomResizedCropDecode(size),
+            T.RandomHorizontalFlip(),
+            PILOnCPU(),
+            T.RandomApply([T.ColorJitter(0.4, 0.4, 0.4, 0.1)], p=0.8),
+            T.RandomGrayscale(p=0.2),
+            NormalizeToFloat(mean, std, defer_normalize),
+        ]
+    )
 
 
-def batch_normalizer(transform: Any) -> Optional[Callable]:
+def batch_normalizer(transform: Any) -> Callable | None:
     """The batch-side half of a transform built with ``defer_normalize=True`` (its last step a
     :class:`~dbm_ltr.data.fastjpeg.NormalizeToFloat` with ``defer``), or ``None`` when the
     transform normalises each image itself. The returned function normalises a collated batch
@@ -330,8 +349,6 @@ def _with_stats(factory: Callable[..., Callable], mean, std) -> Callable[..., Ca
     ``size``, stay open)."""
     return functools.partial(factory, mean=mean, std=std)
 
-
-TransformFactory = Callable[[], Callable]
 
 #: name -> zero-argument factory returning a fresh transform
 TRANSFORMS = Registry("transform")

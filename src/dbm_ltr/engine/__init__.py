@@ -1,10 +1,12 @@
 """The training engine: validated config, one trainer for every method, schedules,
 atomic checkpoints with exact resume, and torchrun/DDP support."""
 
+from .build import build_method
 from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from .config import Config, ConfigError, config_from_dict, load_config
+from .evaluation import evaluate_method
 from .schedules import learning_rate
-from .trainer import Trainer, TrainingError, build_method, evaluate_method
+from .trainer import Trainer, TrainingError
 
 __all__ = [
     "CheckpointError",

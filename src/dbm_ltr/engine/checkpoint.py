@@ -112,10 +112,12 @@ def _atomic_write(path: Path, data: bytes) -> None:
 
 
 def _write_error(path: Path, err: OSError, epoch: Any) -> CheckpointError:
-    reason = "the disk is full" if err.errno == errno.ENOSPC else (
-        "the folder is not writable" if err.errno in (errno.EACCES, errno.EPERM, errno.EROFS) else str(err))
-    kept = (f"the previous checkpoint ({path}) is intact" if path.exists()
-            else "no earlier checkpoint exists")
+    reason = (
+        "the disk is full"
+        if err.errno == errno.ENOSPC
+        else ("the folder is not writable" if err.errno in (errno.EACCES, errno.EPERM, errno.EROFS) else str(err))
+    )
+    kept = f"the previous checkpoint ({path}) is intact" if path.exists() else "no earlier checkpoint exists"
     return CheckpointError(
         f"could not write the checkpoint of epoch {epoch} to {path.parent}: {reason} "
         f"({err.strerror or err}); {kept}. Free space or fix the folder, then resume with "
@@ -143,9 +145,7 @@ def save_checkpoint(state: dict[str, Any], path: Path) -> None:
             known = _read_digests(path)
             # the new digest is recorded before any rename: whichever file a kill leaves in
             # place has its digest on record
-            _atomic_write(_digests_path(path), json.dumps(
-                {"latest": digest, "previous": known.get("latest")}
-            ).encode())
+            _atomic_write(_digests_path(path), json.dumps({"latest": digest, "previous": known.get("latest")}).encode())
             if path.exists():
                 os.replace(path, previous)
             os.replace(tmp, path)
@@ -163,9 +163,7 @@ def _verified_bytes(path: Path) -> bytes:
     data = path.read_bytes()
     known = {v for v in _read_digests(path).values() if v}
     if known and hashlib.sha256(data).hexdigest() not in known:
-        raise CheckpointError(
-            f"{path} is damaged or truncated (its SHA-256 does not match {_digests_path(path).name})"
-        )
+        raise CheckpointError(f"{path} is damaged or truncated (its SHA-256 does not match {_digests_path(path).name})")
     return data
 
 
@@ -206,8 +204,9 @@ def load_latest(path: Path, map_location: str | torch.device = "cpu") -> tuple[d
             state = load_checkpoint(previous, map_location)
         except CheckpointError:
             raise latest_error from None
-        return state, (f"{latest_error}; using the previous checkpoint {previous.name} "
-                       f"(after epoch {state.get('epoch')}) instead")
+        return state, (
+            f"{latest_error}; using the previous checkpoint {previous.name} (after epoch {state.get('epoch')}) instead"
+        )
 
 
 def capture_rng() -> dict[str, Any]:
@@ -216,8 +215,13 @@ def capture_rng() -> dict[str, Any]:
     name, keys, pos, has_gauss, cached = np.random.get_state()
     state = {
         "python": random.getstate(),
-        "numpy": {"name": str(name), "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
-                  "has_gauss": int(has_gauss), "cached_gaussian": float(cached)},
+        "numpy": {
+            "name": str(name),
+            "keys": torch.from_numpy(keys.astype(np.int64)),
+            "pos": int(pos),
+            "has_gauss": int(has_gauss),
+            "cached_gaussian": float(cached),
+        },
         "torch": torch.get_rng_state(),
     }
     if torch.cuda.is_available():
@@ -231,8 +235,13 @@ def restore_rng(state: dict[str, Any]) -> None:
     random.setstate((version, tuple(internal), gauss))
     numpy = state["numpy"]
     if isinstance(numpy, dict):
-        numpy = (numpy["name"], numpy["keys"].numpy().astype(np.uint32), numpy["pos"], numpy["has_gauss"],
-                 numpy["cached_gaussian"])
+        numpy = (
+            numpy["name"],
+            numpy["keys"].numpy().astype(np.uint32),
+            numpy["pos"],
+            numpy["has_gauss"],
+            numpy["cached_gaussian"],
+        )
     np.random.set_state(numpy)
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
@@ -264,9 +273,13 @@ def export_weights(state: dict[str, Any], path: str | Path) -> Path:
     if missing:
         raise CheckpointError(f"the checkpoint lacks {', '.join(missing)}; it was not written by dbm-ltr train")
     tensors = {k: v.detach().to("cpu").contiguous().clone() for k, v in state["method"].items()}
-    meta = {"format": "dbm-ltr weights", "version": 1, "epoch": int(state["epoch"]),
-            "cls_num_list": [int(n) for n in state["cls_num_list"]],
-            "config": yaml.safe_dump(state["config"], sort_keys=False)}
+    meta = {
+        "format": "dbm-ltr weights",
+        "version": 1,
+        "epoch": int(state["epoch"]),
+        "cls_num_list": [int(n) for n in state["cls_num_list"]],
+        "config": yaml.safe_dump(state["config"], sort_keys=False),
+    }
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = temporary_file(path)
@@ -297,16 +310,24 @@ def load_weights(path: str | Path) -> dict[str, Any]:
             metadata = f.metadata() or {}
         tensors = st.load_file(str(path))
     except Exception as err:  # noqa: BLE001 - any unreadable file is one message
-        raise CheckpointError(f"{path} is not a readable safetensors file ({type(err).__name__}: "
-                              f"{str(err).splitlines()[0][:200] if str(err) else ''})") from None
+        raise CheckpointError(
+            f"{path} is not a readable safetensors file ({type(err).__name__}: "
+            f"{str(err).splitlines()[0][:200] if str(err) else ''})"
+        ) from None
     try:
         meta = json.loads(metadata[WEIGHTS_METADATA])
         config = yaml.safe_load(meta["config"])
-        state = {"config": config, "method": tensors, "cls_num_list": [int(n) for n in meta["cls_num_list"]],
-                 "epoch": int(meta["epoch"]), "final": True}
+        state = {
+            "config": config,
+            "method": tensors,
+            "cls_num_list": [int(n) for n in meta["cls_num_list"]],
+            "epoch": int(meta["epoch"]),
+            "final": True,
+        }
     except (KeyError, TypeError, ValueError, yaml.YAMLError):
-        raise CheckpointError(f"{path} holds no dbm-ltr metadata; write one with dbm-ltr export RUN --out "
-                              f"{path.name}") from None
+        raise CheckpointError(
+            f"{path} holds no dbm-ltr metadata; write one with dbm-ltr export RUN --out {path.name}"
+        ) from None
     if not isinstance(config, dict):
         raise CheckpointError(f"{path}: its dbm-ltr metadata holds no config")
     return state

@@ -11,10 +11,10 @@ from __future__ import annotations
 import copy
 import dataclasses
 import difflib
-import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, get_type_hints
+from typing import Any, get_type_hints
 
 import yaml
 
@@ -46,8 +46,6 @@ __all__ = [
 ]
 
 
-
-
 def setting(default: Any, help: str) -> Any:
     """A config field with its documentation (``docs/settings.md`` is generated from it)."""
     if isinstance(default, (list, dict)):
@@ -60,39 +58,55 @@ class DataConfig:
     """``data``: which data set, where it is, how batches are made."""
 
     name: str = setting("cifar10_lt", "data set: cifar10_lt, cifar100_lt, imagenet_lt, inat2018, places_lt, digits_lt")
-    root: str = setting("data", "folder of the data set (CIFAR: torchvision's folders or the .npz archives; "
-                        "large scale: the image root); stored absolute in the run")
+    root: str = setting(
+        "data",
+        "folder of the data set (CIFAR: torchvision's folders or the .npz archives; "
+        "large scale: the image root); stored absolute in the run",
+    )
     imbalance_factor: float = setting(100.0, "CIFAR-LT: n_max / n_min of the long-tailed training split (10, 50, 100)")
     seed: int = setting(0, "selection of the long-tailed subset (0: the standard split of LDAM-DRW)")
     download: bool = setting(False, "CIFAR: download with torchvision when no local copy is found (needs internet)")
     augment: str = setting("", "training transform by name; empty: the data set's regular recipe")
-    autoaugment: str = setting("reference", "AutoAugment policy of the CIFAR recipe: reference (the DBM code's "
-                               "per-image CIFAR-10 policy) | torchvision (torchvision's AutoAugment); runs saved "
-                               "before this setting existed used torchvision")
-    pipeline: str = setting("auto", "auto | loader | device: augment in DataLoader workers with PIL, or as "
-                            "whole batches on the training device (auto: device where batched recipes exist)")
+    autoaugment: str = setting(
+        "reference",
+        "AutoAugment policy of the CIFAR recipe: reference (the DBM code's "
+        "per-image CIFAR-10 policy) | torchvision (torchvision's AutoAugment); runs saved "
+        "before this setting existed used torchvision",
+    )
+    pipeline: str = setting(
+        "auto",
+        "auto | loader | device: augment in DataLoader workers with PIL, or as "
+        "whole batches on the training device (auto: device where batched recipes exist)",
+    )
     workers: int = setting(-1, "DataLoader processes; -1: one per available CPU core, at most 4")
     eval_batch_size: int = setting(256, "batch size of the evaluation")
-    limit: int = setting(0, "train on at most this many images of the training split, class proportions kept "
-                         "and every class present (smoke tests); 0: all")
-    image_size: int = setting(0, "large-scale recipes: crop size (the test transform resizes to size * 256/224 "
-                              "first); 0: 224")
+    limit: int = setting(
+        0,
+        "train on at most this many images of the training split, class proportions kept "
+        "and every class present (smoke tests); 0: all",
+    )
+    image_size: int = setting(
+        0, "large-scale recipes: crop size (the test transform resizes to size * 256/224 first); 0: 224"
+    )
     split_dir: str = setting("", "split-file data sets: folder of the split files (empty: data.root)")
-    skip_corrupt: bool = setting(False, "split-file data sets: replace unreadable images by others and count "
-                                 "them, instead of stopping")
-    decode: str = setting("cpu", "split-file data sets: cpu (libjpeg-turbo, reduced-size decoding) | pil | "
-                          "device (batched GPU decoding)")
+    skip_corrupt: bool = setting(
+        False, "split-file data sets: replace unreadable images by others and count them, instead of stopping"
+    )
+    decode: str = setting(
+        "cpu", "split-file data sets: cpu (libjpeg-turbo, reduced-size decoding) | pil | device (batched GPU decoding)"
+    )
 
 
 @dataclass
 class ModelConfig:
     """``model``: the trunk and the classifier head."""
 
-    name: str = setting("resnet32", "trunk: resnet32, resnet56, resnet50, resnext50, resnext101, small_cnn, "
-                        "or timm:NAME with timm installed")
+    name: str = setting(
+        "resnet32",
+        "trunk: resnet32, resnet56, resnet50, resnext50, resnext101, small_cnn, or timm:NAME with timm installed",
+    )
     classifier: str = setting("linear", "linear (logits, with bias) | cosine (raw cosines, for DBM and LDAM)")
-    pretrained: str = setting("", "a local state dict loaded into the trunk (torchvision keys; nothing is "
-                              "downloaded)")
+    pretrained: str = setting("", "a local state dict loaded into the trunk (torchvision keys; nothing is downloaded)")
 
 
 @dataclass
@@ -117,16 +131,19 @@ class OptimConfig:
 
     lr: float = setting(0.1, "peak learning rate")
     momentum: float = setting(0.9, "SGD momentum")
-    weight_decay: float = setting(2e-4, "weight decay of every parameter (a method may exempt some, "
-                                  "e.g. GML's temperature)")
+    weight_decay: float = setting(
+        2e-4, "weight decay of every parameter (a method may exempt some, e.g. GML's temperature)"
+    )
     nesterov: bool = setting(False, "Nesterov momentum")
     batch_size: int = setting(64, "global batch size (split over the processes under torchrun)")
     epochs: int = setting(200, "epochs")
-    warmup_epochs: int = setting(5, "linear warm-up epochs (capped at the run's length); the phase shift "
-                                 "for cosine_shifted")
+    warmup_epochs: int = setting(
+        5, "linear warm-up epochs (capped at the run's length); the phase shift for cosine_shifted"
+    )
     schedule: str = setting("cosine", "cosine | cosine_reference | cosine_shifted | step | constant")
-    milestones: list = setting([160, 180], "step schedule: the rate is multiplied by lr_decay after each "
-                               "of these (1-based) epochs")
+    milestones: list = setting(
+        [160, 180], "step schedule: the rate is multiplied by lr_decay after each of these (1-based) epochs"
+    )
     lr_decay: float = setting(0.01, "step schedule: factor per milestone")
 
 
@@ -139,26 +156,37 @@ class TrainConfig:
 
     seed: int = setting(0, "seed of everything random (order, augmentation, initialisation)")
     device: str = setting("auto", "auto | cpu | cuda | cuda:N")
-    amp: bool = setting(False, "mixed precision: bfloat16 (float16 with loss scaling on GPUs without "
-                        "bfloat16); margins stay float32")
+    amp: bool = setting(
+        False, "mixed precision: bfloat16 (float16 with loss scaling on GPUs without bfloat16); margins stay float32"
+    )
     deterministic: bool = setting(False, "deterministic kernels (bit-identical reruns, slower on a GPU)")
-    eval_every: int = setting(0, "also evaluate every N epochs and track the best test epoch, labelled as "
-                              "test-set selection (0: only at the end)")
+    eval_every: int = setting(
+        0,
+        "also evaluate every N epochs and track the best test epoch, labelled as "
+        "test-set selection (0: only at the end)",
+    )
     progress: bool = setting(True, "progress bars (redrawn every 30 s where stderr is a file or a pipe)")
     drop_last: bool = setting(False, "drop the last, smaller batch of an epoch")
-    channels_last: bool = setting(True, "the model in channels-last memory (faster convolutions with cuDNN on "
-                                  "GPUs and oneDNN on CPUs)")
+    channels_last: bool = setting(
+        True, "the model in channels-last memory (faster convolutions with cuDNN on GPUs and oneDNN on CPUs)"
+    )
     threads: int = setting(0, "PyTorch's CPU threads; 0: no more than the CPU cores available to the process")
-    compile: bool = setting(False, "torch.compile the model (eager mode, with a message, where the compiler "
-                            "is unavailable)")
-    compile_mode: str = setting("default", "torch.compile's mode with train.compile: default | reduce-overhead "
-                                "(CUDA graphs: the least host work per step) | max-autotune | "
-                                "max-autotune-no-cudagraphs")
-    nan_policy: str = setting("stop", "stop | skip: a non-finite loss stops the run naming the step, or its "
-                              "step is dropped and counted")
+    compile: bool = setting(
+        False, "torch.compile the model (eager mode, with a message, where the compiler is unavailable)"
+    )
+    compile_mode: str = setting(
+        "default",
+        "torch.compile's mode with train.compile: default | reduce-overhead "
+        "(CUDA graphs: the least host work per step) | max-autotune | "
+        "max-autotune-no-cudagraphs",
+    )
+    nan_policy: str = setting(
+        "stop", "stop | skip: a non-finite loss stops the run naming the step, or its step is dropped and counted"
+    )
     sync_bn: bool = setting(False, "under torchrun on GPUs: BatchNorm statistics over the global batch")
-    auto_resume: bool = setting(False, "resume from the run directory's checkpoint when there is one "
-                                "(for torchrun --max-restarts)")
+    auto_resume: bool = setting(
+        False, "resume from the run directory's checkpoint when there is one (for torchrun --max-restarts)"
+    )
 
 
 @dataclass
@@ -197,9 +225,7 @@ def resolve_config_path(name: str | Path) -> Path:
     preset = preset_dir() / (str(name) if str(name).endswith(".yaml") else f"{name}.yaml")
     if preset.is_file():
         return preset
-    available = sorted(
-        str(p.relative_to(preset_dir()).with_suffix("")) for p in preset_dir().rglob("*.yaml")
-    )
+    available = sorted(str(p.relative_to(preset_dir()).with_suffix("")) for p in preset_dir().rglob("*.yaml"))
     hint = difflib.get_close_matches(str(name), available, n=3)
     raise ConfigError(
         f"config {str(name)!r} is neither a file nor a preset"
@@ -241,9 +267,7 @@ def _coerce(value: Any, expected: type, where: str) -> Any:
             return value
     else:  # pragma: no cover - no other field types
         return value
-    raise ConfigError(
-        f"{where} must be {expected.__name__}, got {value!r} ({type(value).__name__})"
-    )
+    raise ConfigError(f"{where} must be {expected.__name__}, got {value!r} ({type(value).__name__})")
 
 
 def _build_section(cls: type, values: Any, where: str):
@@ -312,8 +336,7 @@ def config_from_dict(values: dict, check_values: bool = True) -> Config:
     for key, value in values.items():
         if key not in known:
             raise ConfigError(
-                f"unknown config section {key!r}{_suggest(key, known)}; valid: "
-                f"{', '.join(sorted(known))}"
+                f"unknown config section {key!r}{_suggest(key, known)}; valid: {', '.join(sorted(known))}"
             )
         if key in _SECTIONS:
             kwargs[key] = _build_section(_SECTIONS[key], value, key)
@@ -350,14 +373,24 @@ def _check_values(config: Config) -> None:
         (t.threads >= 0, f"train.threads must be >= 0 (0: the CPU cores available to the process), got {t.threads}"),
         (d.limit >= 0, f"data.limit must be >= 0 (0: the whole training split), got {d.limit}"),
         (d.image_size >= 0, f"data.image_size must be >= 0 (0: the recipe's 224), got {d.image_size}"),
-        (d.pipeline in ("auto", "loader", "device"), f"data.pipeline must be auto, loader or device, got {d.pipeline!r}"),
-        (d.autoaugment in AUTOAUGMENT_POLICIES,
-         f"data.autoaugment must be one of {', '.join(AUTOAUGMENT_POLICIES)}, got {d.autoaugment!r}"),
+        (
+            d.pipeline in ("auto", "loader", "device"),
+            f"data.pipeline must be auto, loader or device, got {d.pipeline!r}",
+        ),
+        (
+            d.autoaugment in AUTOAUGMENT_POLICIES,
+            f"data.autoaugment must be one of {', '.join(AUTOAUGMENT_POLICIES)}, got {d.autoaugment!r}",
+        ),
         (t.eval_every >= 0, f"train.eval_every must be >= 0, got {t.eval_every}"),
         (t.nan_policy in ("stop", "skip"), f"train.nan_policy must be stop or skip, got {t.nan_policy!r}"),
-        (t.compile_mode in COMPILE_MODES,
-         f"train.compile_mode must be one of {', '.join(COMPILE_MODES)}, got {t.compile_mode!r}"),
-        (config.model.classifier in ("linear", "cosine"), f"model.classifier must be linear or cosine, got {config.model.classifier!r}"),
+        (
+            t.compile_mode in COMPILE_MODES,
+            f"train.compile_mode must be one of {', '.join(COMPILE_MODES)}, got {t.compile_mode!r}",
+        ),
+        (
+            config.model.classifier in ("linear", "cosine"),
+            f"model.classifier must be linear or cosine, got {config.model.classifier!r}",
+        ),
     ]
     for ok, message in checks:
         if not ok:
@@ -493,70 +526,3 @@ def flatten_config(values: dict, prefix: str = "") -> dict[str, Any]:
 
 def save_config(config: Config, path: Path) -> None:
     path.write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
-
-
-def _arg_docs(factory: Callable) -> dict[str, str]:
-    """``{parameter: first sentence}`` from the ``Args:`` section of a docstring."""
-    import inspect as _inspect
-
-    doc = _inspect.getdoc(factory) or ""
-    out, current, in_args = {}, None, False
-    for line in doc.splitlines():
-        stripped = line.strip()
-        if stripped == "Args:":
-            in_args = True
-            continue
-        if in_args:
-            if stripped and not line.startswith(" "):
-                break
-            head, sep, text = stripped.partition(": ")
-            if sep and line.startswith("    ") and not line.startswith("        ") and head.isidentifier():
-                current = head
-                out[current] = text
-            elif current and stripped:
-                out[current] += " " + stripped
-    return {k: v.split(". ")[0].rstrip(".") for k, v in out.items()}
-
-
-def settings_reference() -> str:
-    """Every setting of a config as markdown: the sections' fields (type, default, meaning) and
-    the parameters of each loss and method (``docs/settings.md`` is this text)."""
-    from ..losses import LOSSES, loss_parameters
-    from ..methods import METHODS, method_parameters
-
-    def cell(value: Any) -> str:
-        return f"`{value!r}`" if not isinstance(value, str) else f'`"{value}"`'
-
-    def text(value: str) -> str:  # reST markup of the docstrings -> markdown, table-safe
-        value = re.sub(r":\w+:`([^`]+)`", r"`\1`", value).replace("``", "`")
-        return value.replace("|", "\\|")
-
-    lines = ["# Settings", "",
-             "Every setting of a run, with its default. A config file (or preset) sets them by section; "
-             "`--set section.key=value` overrides one (a bare key works when it names one setting). "
-             "This page is generated from the code: `dbm-ltr settings > docs/settings.md`.", ""]
-    for section, cls in _SECTIONS.items():
-        lines += [f"## `{section}`", "", text((cls.__doc__ or "").strip()), "", "| key | type | default | meaning |",
-                  "|---|---|---|---|"]
-        hints = get_type_hints(cls)
-        defaults = cls()
-        for f in dataclasses.fields(cls):
-            lines.append(f"| `{section}.{f.name}` | {hints[f.name].__name__} | {cell(getattr(defaults, f.name))} | "
-                         f"{text(f.metadata.get('help', ''))} |")
-        lines.append("")
-    for kind, registry, parameters, key in (("loss", LOSSES, loss_parameters, "loss"),
-                                            ("method", METHODS, method_parameters, "method")):
-        lines += [f"## `{key}`", "", f"`{key}.name` picks the {kind}; its parameters are set as `{key}.PARAM`.", ""]
-        for name in registry.names():
-            params = parameters(name)
-            entry = registry.lookup(name)
-            factory = getattr(entry, "factory", entry)
-            docs = {**_arg_docs(factory), **_arg_docs(getattr(factory, "build", factory))}
-            lines += [f"### {kind} `{name}`", ""]
-            if not params:
-                lines += ["No parameters.", ""]
-                continue
-            lines += ["| key | default | meaning |", "|---|---|---|"]
-            lines += [f"| `{key}.{p}` | {cell(v)} | {text(docs.get(p, ''))} |" for p, v in params.items()]
-            lines.append("")
-    return "\n".join(lines).rstrip() + "\n"

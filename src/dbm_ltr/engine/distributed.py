@@ -80,8 +80,11 @@ def _attempt_store(world: int) -> dict:
     agent_hosts_store = os.environ.get("TORCHELASTIC_USE_AGENT_STORE", "").lower() == "true"
     rank = int(os.environ["RANK"])
     store = dist.TCPStore(
-        os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), world,
-        is_master=rank == 0 and not agent_hosts_store, wait_for_workers=False,
+        os.environ["MASTER_ADDR"],
+        int(os.environ["MASTER_PORT"]),
+        world,
+        is_master=rank == 0 and not agent_hosts_store,
+        wait_for_workers=False,
     )
     attempt = os.environ["TORCHELASTIC_RESTART_COUNT"]
     return {"store": dist.PrefixStore(f"dbm_ltr/attempt_{attempt}", store), "rank": rank, "world_size": world}

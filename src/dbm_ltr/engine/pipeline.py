@@ -1,11 +1,14 @@
-"""Where training batches are made: ``data.pipeline = auto | loader | device``.
+"""Where batches are made: ``data.pipeline = auto | loader | device``, as one interface,
+:class:`InputPipeline`, whose batches arrive on the training device ready for the model
+(decoded, augmented, normalised), for training and for evaluation.
 
-* ``loader``: a ``DataLoader`` whose workers decode and augment each image with the PIL
-  recipes of :mod:`dbm_ltr.data.transforms`.
-* ``device``: the long-tailed uint8 images are held as one tensor on the training device; each
-  step gathers the batch's images there and augments the whole batch at once with the batched
-  recipes of :mod:`dbm_ltr.data.batch_augment` (same operations and probabilities, every image
-  its own draws). On a GPU this keeps the GPU busy instead of waiting for loader processes.
+* :class:`LoaderPipeline`: a ``DataLoader`` whose workers decode and augment each image with
+  the PIL recipes of :mod:`dbm_ltr.data.transforms`; batches that a data set leaves undecoded
+  (``data.decode=device``) or unnormalised (the large-scale recipes) are finished on the device.
+* :class:`DevicePipeline`: the long-tailed uint8 images are held as one tensor on the training
+  device and augmented there a chunk of batches at a time with the batched recipes of
+  :mod:`dbm_ltr.data.batch_augment` (same operations and probabilities, every image its own
+  draws). On a GPU this keeps the GPU busy instead of waiting for loader processes.
 * ``auto`` (default): ``device`` when the data set and every view of the method have a batched
   recipe (the CIFAR data sets), on any device: it is the faster of the two on a GPU and on the
   CPU too (``benchmarks/gpu_throughput.py``); else ``loader``.
@@ -21,22 +24,26 @@ from __future__ import annotations
 
 import inspect
 import random
-from typing import Iterator, Sequence
+from collections.abc import Iterator, Sequence
 
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Subset, get_worker_info
 
-from ..data import DATASET_INFO, batch_normalizer
+from ..data import DATASET_INFO, EncodedBatch, batch_normalizer
 from ..data.batch_augment import BATCH_RECIPES, create_batch_recipe
 from .config import Config, ConfigError
-from .distributed import DistInfo, shard_indices
+from .distributed import DistInfo, loader_workers, shard_indices
 
 __all__ = [
     "DeviceBatches",
+    "DevicePipeline",
+    "InputPipeline",
+    "LoaderPipeline",
     "SeededSamples",
+    "build_pipeline",
     "derived_seed",
-    "EvalBatches",
+    "epoch_seed",
     "resolve_pipeline",
     "to_device",
     "transform_names",
@@ -73,8 +80,10 @@ def _device_support(config: Config, views: Sequence[str]) -> str:
     info = DATASET_INFO[config.data.name]
     missing = [n for n in transform_names(config, views) + [info["test_transform"]] if n not in BATCH_RECIPES]
     if missing:
-        return (f"the transform(s) {', '.join(sorted(set(missing)))} of {config.data.name} have no "
-                f"batched version (batched: {', '.join(BATCH_RECIPES.names())})")
+        return (
+            f"the transform(s) {', '.join(sorted(set(missing)))} of {config.data.name} have no "
+            f"batched version (batched: {', '.join(BATCH_RECIPES.names())})"
+        )
     return ""
 
 
@@ -100,6 +109,12 @@ def _images_tensor(dataset: Dataset, device: torch.device) -> tuple[torch.Tensor
     images = torch.from_numpy(data).permute(0, 3, 1, 2).contiguous().to(device)
     targets = torch.as_tensor(np.asarray(dataset.targets), dtype=torch.long).to(device)
     return images, targets
+
+
+def epoch_seed(seed: int, epoch: int) -> int:
+    """Seed of everything random in one epoch (order, augmentation, method randomness), so an
+    epoch's randomness depends only on (seed, epoch) and a resumed run repeats it exactly."""
+    return (seed * 1_000_003 + epoch * 7919 + 17) % 2**63
 
 
 def derived_seed(seed: int, k: int) -> int:
@@ -130,8 +145,9 @@ class SeededSamples(Dataset):
 
     def __getitems__(self, indices: Sequence[int]) -> list:
         """The loader's batched fetch: one seed for the batch."""
-        saved = None if get_worker_info() is not None else (
-            random.getstate(), np.random.get_state(), torch.get_rng_state())
+        saved = (
+            None if get_worker_info() is not None else (random.getstate(), np.random.get_state(), torch.get_rng_state())
+        )
         seed = self.sample_seed(int(indices[0])) if len(indices) else 0
         random.seed(seed)
         np.random.seed(seed % 2**32)
@@ -181,8 +197,14 @@ class DeviceBatches:
         self.dataset = dataset
         self.images, self.targets = _images_tensor(dataset, device)
         self.recipes = [
-            create_batch_recipe(name, **({"autoaugment": autoaugment} if "autoaugment" in inspect.signature(
-                BATCH_RECIPES.lookup(name)).parameters else {}))
+            create_batch_recipe(
+                name,
+                **(
+                    {"autoaugment": autoaugment}
+                    if "autoaugment" in inspect.signature(BATCH_RECIPES.lookup(name)).parameters
+                    else {}
+                ),
+            )
             for name in recipe_names
         ]
         self.batch_size = batch_size
@@ -197,7 +219,7 @@ class DeviceBatches:
         size, per_chunk = self.batch_size, self.chunk_batches
         for chunk in range(start // per_chunk, -(-count // per_chunk)):
             first, last = chunk * per_chunk, min((chunk + 1) * per_chunk, count)
-            index = order[first * size:last * size]
+            index = order[first * size : last * size]
             generator = torch.Generator().manual_seed(derived_seed(seed, chunk))
             raw = self.images.index_select(0, index)
             views = [recipe(raw, generator) for recipe in self.recipes]
@@ -208,49 +230,181 @@ class DeviceBatches:
                 yield (*batch, index[part]) if self.with_indices else batch
 
 
-class EvalBatches:
-    """The evaluation batches ``(images, targets)`` of this process (its shard under torchrun),
-    each image once, in order, through the test transform ``transform_name``; iterable again
-    for every evaluation (the device pipeline uploads the images once). With the loader, a
-    data set whose transform defers its normalisation (:func:`~dbm_ltr.data.batch_normalizer`)
-    yields batches moved to ``device`` and normalised there."""
+class InputPipeline:
+    """Where a run's batches are made. :meth:`train_batches` yields an epoch's training batches
+    ``(images, targets[, indices])`` and :meth:`eval_batches` the evaluation set's
+    ``(images, targets)``, each on the training device, ready for the model (a list of views
+    for a multi-view method). ``name`` is ``data.pipeline``'s value it implements."""
+
+    name = ""
 
     def __init__(
         self,
-        dataset: Dataset,
-        transform_name: str,
-        batch_size: int,
+        train_set: Dataset | None,
+        test_set: Dataset | None,
         device: torch.device,
-        pipeline: str = "loader",
-        workers: int = 0,
+        batch_size: int = 0,
+        eval_batch_size: int = 256,
         dist_info: DistInfo = DistInfo(),
+        train_seed: int = 0,
+        with_indices: bool = False,
     ) -> None:
-        self.dataset, self.batch_size, self.device = dataset, batch_size, device
-        self.pipeline, self.workers = pipeline, workers
-        self.indices = shard_indices(len(dataset), dist_info) if dist_info.enabled else None
-        self.normalize = None
-        if pipeline == "device":
-            self.images, self.targets = _images_tensor(dataset, device)
-            self.recipe = create_batch_recipe(transform_name)
-        else:
-            self.normalize = batch_normalizer(getattr(dataset, "transform", None))
+        self.train_set, self.test_set, self.device = train_set, test_set, device
+        self.batch_size, self.eval_batch_size = batch_size, eval_batch_size
+        self.dist, self.train_seed, self.with_indices = dist_info, train_seed, with_indices
+        self._eval_indices = (
+            shard_indices(len(test_set), dist_info) if dist_info.enabled and test_set is not None else None
+        )
 
-    def __iter__(self) -> Iterator:
-        if self.pipeline == "device":
-            n = len(self.dataset)
-            order = torch.arange(n) if self.indices is None else torch.tensor(self.indices, dtype=torch.long)
-            order = order.to(self.device)
-            generator = torch.Generator()  # the test recipe draws nothing
-            for start in range(0, len(order), self.batch_size):
-                index = order[start:start + self.batch_size]
-                yield self.recipe(self.images.index_select(0, index), generator), self.targets.index_select(0, index)
-            return
-        shard = Subset(self.dataset, self.indices) if self.indices is not None else self.dataset
-        collate = getattr(self.dataset, "collate_fn", None)
-        for images, targets in DataLoader(shard, batch_size=self.batch_size, shuffle=False, num_workers=self.workers,
-                                          pin_memory=self.device.type == "cuda", collate_fn=collate):
-            if collate is not None and hasattr(images, "samples"):  # data.decode=device
-                images, targets = self.dataset.decode_batch(images, self.device, targets)
-            if self.normalize is not None:
-                images = self.normalize(to_device(images, self.device))
-            yield images, targets
+    def train_batches(self, epoch: int, order: torch.Tensor, start: int, count: int) -> Iterator[tuple]:
+        """Batches ``start .. count - 1`` of this process's sample ``order`` in ``epoch``."""
+        raise NotImplementedError
+
+    def eval_batches(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """This process's evaluation batches (its shard under torchrun), each image once, in
+        order; a new pass every call."""
+        raise NotImplementedError
+
+
+class LoaderPipeline(InputPipeline):
+    """Batches from ``DataLoader`` worker processes running the PIL recipes (``workers`` of
+    them), finished on the device: GPU decoding of undecoded batches (``data.decode=device``)
+    and the normalisation the large-scale recipes leave to whole batches."""
+
+    name = "loader"
+
+    def __init__(
+        self,
+        train_set: Dataset | None,
+        test_set: Dataset | None,
+        device: torch.device,
+        batch_size: int = 0,
+        eval_batch_size: int = 256,
+        dist_info: DistInfo = DistInfo(),
+        train_seed: int = 0,
+        with_indices: bool = False,
+        workers: int = 0,
+    ) -> None:
+        super().__init__(train_set, test_set, device, batch_size, eval_batch_size, dist_info, train_seed, with_indices)
+        self.workers = workers
+        self.normalize = batch_normalizer(getattr(train_set, "transform", None)) if train_set is not None else None
+        self.eval_normalize = batch_normalizer(getattr(test_set, "transform", None)) if test_set is not None else None
+
+    def _finish(self, dataset: Dataset, normalize, images, targets, *indices) -> tuple:
+        if isinstance(images, EncodedBatch):  # data.decode=device: nvJPEG + GPU transforms
+            images, targets, *indices = dataset.decode_batch(images, self.device, targets, *indices)
+        images = to_device(images, self.device)
+        if normalize is not None:  # uint8 from the loader: normalised here, on the device
+            images = normalize(images)
+        return (
+            images,
+            targets.to(self.device, non_blocking=True),
+            *[i.to(self.device, non_blocking=True) for i in indices],
+        )
+
+    def train_batches(self, epoch: int, order: torch.Tensor, start: int, count: int) -> Iterator[tuple]:
+        size = self.batch_size
+        chunks = [order[b * size : (b + 1) * size].tolist() for b in range(start, count)]
+        samples = SeededSamples(self.train_set, epoch_seed(self.train_seed, epoch), self.with_indices)
+        loader = DataLoader(
+            samples,
+            batch_sampler=chunks,
+            num_workers=self.workers,
+            pin_memory=self.device.type == "cuda",
+            collate_fn=getattr(self.train_set, "collate_fn", None),
+        )
+        for batch in loader:
+            yield self._finish(self.train_set, self.normalize, *batch)
+
+    def eval_batches(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        data = self.test_set
+        shard = Subset(data, self._eval_indices) if self._eval_indices is not None else data
+        loader = DataLoader(
+            shard,
+            batch_size=self.eval_batch_size,
+            shuffle=False,
+            num_workers=self.workers,
+            pin_memory=self.device.type == "cuda",
+            collate_fn=getattr(data, "collate_fn", None),
+        )
+        for images, targets in loader:
+            yield self._finish(data, self.eval_normalize, images, targets)
+
+
+class DevicePipeline(InputPipeline):
+    """Batches augmented on the device by the batched recipes ``recipe_names`` (one per view;
+    ``autoaugment``: the policy of those with AutoAugment); evaluation through ``test_recipe``."""
+
+    name = "device"
+
+    def __init__(
+        self,
+        train_set: Dataset | None,
+        test_set: Dataset | None,
+        device: torch.device,
+        batch_size: int = 0,
+        eval_batch_size: int = 256,
+        dist_info: DistInfo = DistInfo(),
+        train_seed: int = 0,
+        with_indices: bool = False,
+        recipe_names: Sequence[str] = (),
+        test_recipe: str = "",
+        autoaugment: str = "reference",
+    ) -> None:
+        super().__init__(train_set, test_set, device, batch_size, eval_batch_size, dist_info, train_seed, with_indices)
+        self.train = (
+            DeviceBatches(
+                train_set, recipe_names, batch_size, device, with_indices=with_indices, autoaugment=autoaugment
+            )
+            if train_set is not None
+            else None
+        )
+        if test_set is not None:
+            self.test_images, self.test_targets = _images_tensor(test_set, device)
+            self.test_recipe = create_batch_recipe(test_recipe)
+
+    def train_batches(self, epoch: int, order: torch.Tensor, start: int, count: int) -> Iterator[tuple]:
+        seed = epoch_seed(self.train_seed, epoch) + self.dist.rank  # own stream per process
+        return self.train.batches(order, seed, start, count)
+
+    def eval_batches(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        n = len(self.test_set)
+        order = torch.arange(n) if self._eval_indices is None else torch.tensor(self._eval_indices, dtype=torch.long)
+        order = order.to(self.device)
+        generator = torch.Generator()  # the test recipe draws nothing
+        for start in range(0, len(order), self.eval_batch_size):
+            index = order[start : start + self.eval_batch_size]
+            images = self.test_recipe(self.test_images.index_select(0, index), generator)
+            yield images, self.test_targets.index_select(0, index)
+
+
+def build_pipeline(
+    config: Config,
+    views: Sequence[str],
+    train_set: Dataset | None,
+    test_set: Dataset | None,
+    device: torch.device,
+    dist_info: DistInfo = DistInfo(),
+    with_indices: bool = False,
+) -> InputPipeline:
+    """The pipeline ``data.pipeline`` names (``auto``: see :func:`resolve_pipeline`) for a run's
+    data sets (``train_set`` ``None``: evaluation only)."""
+    d = config.data
+    common = dict(
+        batch_size=config.optim.batch_size // dist_info.world_size,
+        eval_batch_size=d.eval_batch_size,
+        dist_info=dist_info,
+        train_seed=config.train.seed,
+        with_indices=with_indices,
+    )
+    if resolve_pipeline(config, views, device) == "device":
+        return DevicePipeline(
+            train_set,
+            test_set,
+            device,
+            **common,
+            recipe_names=transform_names(config, views) if train_set is not None else (),
+            test_recipe=DATASET_INFO[d.name]["test_transform"],
+            autoaugment=d.autoaugment,
+        )
+    return LoaderPipeline(train_set, test_set, device, **common, workers=loader_workers(d.workers))

@@ -22,8 +22,9 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 from .checkpoint import CHECKPOINT, CheckpointError, temporary_file
 from .config import ConfigError, config_from_dict, flatten_config, saved_config
@@ -60,11 +61,23 @@ OUTPUT = "train.log"  # the training process's output, where a tool that starts 
 #: Settings a resumed run may change: where the data lives, loader workers, device, logging,
 #: compilation, how often it is evaluated. The run stays the same experiment; it is
 #: bit-identical when workers and device are unchanged.
-RESUMABLE_DIFFERENCES = frozenset({
-    "name", "paper", "data.root", "data.split_dir", "data.workers", "data.download", "data.eval_batch_size",
-    "train.progress", "train.device", "train.compile", "train.compile_mode", "train.auto_resume",
-    "train.eval_every",
-})
+RESUMABLE_DIFFERENCES = frozenset(
+    {
+        "name",
+        "paper",
+        "data.root",
+        "data.split_dir",
+        "data.workers",
+        "data.download",
+        "data.eval_batch_size",
+        "train.progress",
+        "train.device",
+        "train.compile",
+        "train.compile_mode",
+        "train.auto_resume",
+        "train.eval_every",
+    }
+)
 
 
 #: Revisions of the presets' recipe, ``setting: (old value, new value)``. A run started with the
@@ -85,17 +98,24 @@ def config_differences(saved: dict, now: dict) -> list[tuple[str, Any, Any]]:
     between a run's saved config and a resolved config, and that a resumed run may not change
     (neither a resumable setting nor a recipe revision, :data:`RECIPE_REVISIONS`)."""
     old, new = _flat_pair(saved, now)
-    return [(k, old.get(k), new.get(k)) for k in sorted(set(old) | set(new))
-            if k not in RESUMABLE_DIFFERENCES and old.get(k) != new.get(k)
-            and RECIPE_REVISIONS.get(k) != (old.get(k), new.get(k))]
+    return [
+        (k, old.get(k), new.get(k))
+        for k in sorted(set(old) | set(new))
+        if k not in RESUMABLE_DIFFERENCES
+        and old.get(k) != new.get(k)
+        and RECIPE_REVISIONS.get(k) != (old.get(k), new.get(k))
+    ]
 
 
 def recipe_revisions(saved: dict, now: dict) -> list[tuple[str, Any, Any]]:
     """``(key, saved value, current value)`` for each recipe revision between a run's saved
     config and a resolved config: the run keeps its saved value."""
     old, new = _flat_pair(saved, now)
-    return [(k, old.get(k), new.get(k)) for k in RECIPE_REVISIONS
-            if old.get(k) != new.get(k) and RECIPE_REVISIONS[k] == (old.get(k), new.get(k))]
+    return [
+        (k, old.get(k), new.get(k))
+        for k in RECIPE_REVISIONS
+        if old.get(k) != new.get(k) and RECIPE_REVISIONS[k] == (old.get(k), new.get(k))
+    ]
 
 
 def _with_defaults(values: dict) -> dict:
@@ -132,19 +152,29 @@ def environment() -> dict[str, Any]:
     from .. import __version__
 
     # plain strings (torch.__version__ is a str subclass the checkpoints' safe loader would refuse)
-    return {"dbm_ltr": str(__version__), "torch": str(torch.__version__), "torchvision": str(torchvision.__version__),
-            "python": platform.python_version(), "git_commit": _git_commit()}
+    return {
+        "dbm_ltr": str(__version__),
+        "torch": str(torch.__version__),
+        "torchvision": str(torchvision.__version__),
+        "python": platform.python_version(),
+        "git_commit": _git_commit(),
+    }
 
 
 def _git_commit() -> str | None:
     source = Path(__file__).resolve().parent
     try:
-        head = subprocess.run(["git", "-C", str(source), "rev-parse", "HEAD"], capture_output=True,
-                              text=True, timeout=10)
+        head = subprocess.run(
+            ["git", "-C", str(source), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10
+        )
         if head.returncode != 0:
             return None
-        dirty = subprocess.run(["git", "-C", str(source), "status", "--porcelain", "--untracked-files=no"],
-                               capture_output=True, text=True, timeout=10).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "-C", str(source), "status", "--porcelain", "--untracked-files=no"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+        ).stdout.strip()
     except (OSError, subprocess.SubprocessError):
         return None
     return head.stdout.strip() + ("-dirty" if dirty else "")
@@ -182,7 +212,7 @@ class RunLock:
         self.path = Path(run_dir) / LOCK
         self._file = None
 
-    def acquire(self) -> "RunLock":
+    def acquire(self) -> RunLock:
         try:
             import fcntl
         except ImportError:  # pragma: no cover - no flock on this OS

@@ -10,8 +10,8 @@ Built-in names: ``ce``, ``cb``, ``drw``, ``bs`` (:class:`BalancedLoss` on linear
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Callable, Sequence
 
 import torch
 from torch import nn
@@ -53,7 +53,6 @@ __all__ = [
     "drw_phase",
     "hard_positive_mask",
     "ldam_margins",
-    "list_losses",
     "log_prior",
     "loss_input",
     "loss_parameters",
@@ -75,7 +74,6 @@ class _Entry:
 
 #: Losses by name (entries call ``factory(cls_num_list, **fixed, **kwargs)``).
 LOSSES = Registry("loss")
-list_losses = LOSSES.names
 
 
 def register_loss(
@@ -102,8 +100,11 @@ def register_loss(
 def loss_parameters(name: str) -> dict:
     """The keyword parameters a config may set for loss ``name``, with their defaults."""
     entry = LOSSES.lookup(name)
-    return {k: v for k, v in keyword_defaults(entry.factory, entry.fixed).items()
-            if entry.params is None or k in entry.params}
+    return {
+        k: v
+        for k, v in keyword_defaults(entry.factory, entry.fixed).items()
+        if entry.params is None or k in entry.params
+    }
 
 
 def create_loss(name: str, cls_num_list: Sequence[int] | torch.Tensor, **kwargs) -> nn.Module:

@@ -8,7 +8,7 @@ All four share one module, :class:`BalancedLoss`, so the linear baselines and th
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -37,8 +37,7 @@ def class_counts(cls_num_list: Sequence[int] | torch.Tensor) -> torch.Tensor:
     counts = torch.as_tensor(cls_num_list, dtype=torch.float64).detach().cpu()
     if counts.ndim != 1 or counts.numel() == 0:
         raise ValueError(
-            "cls_num_list must be a non-empty 1-D list of per-class training counts, got shape "
-            f"{tuple(counts.shape)}"
+            f"cls_num_list must be a non-empty 1-D list of per-class training counts, got shape {tuple(counts.shape)}"
         )
     bad = torch.nonzero(~torch.isfinite(counts) | (counts <= 0)).flatten().tolist()
     if bad:
@@ -50,9 +49,7 @@ def class_counts(cls_num_list: Sequence[int] | torch.Tensor) -> torch.Tensor:
     return counts
 
 
-def class_balanced_weights(
-    cls_num_list: Sequence[int] | torch.Tensor, beta: float = 0.9999
-) -> torch.Tensor:
+def class_balanced_weights(cls_num_list: Sequence[int] | torch.Tensor, beta: float = 0.9999) -> torch.Tensor:
     r"""Effective-number weights of Cui et al. (2019), normalised to sum to ``C``.
 
     .. math:: w_c = \frac{1-\beta}{1-\beta^{n_c}}, \qquad w \leftarrow w \cdot C / \textstyle\sum_c w_c
@@ -106,8 +103,7 @@ def check_logits_and_target(logits: torch.Tensor, target: torch.Tensor, num_clas
         )
     if target.device != logits.device:
         raise ValueError(
-            f"target is on {target.device} but the logits/cosines are on {logits.device}; "
-            "move both to the same device"
+            f"target is on {target.device} but the logits/cosines are on {logits.device}; move both to the same device"
         )
     if target.dtype.is_floating_point or target.dtype == torch.bool:
         raise ValueError(f"target must hold integer class indices, got dtype {target.dtype}")
@@ -182,9 +178,7 @@ class BalancedLoss(nn.Module):
             return self.class_weights
         if self.base == "drw":
             if epoch is None:
-                raise ValueError(
-                    "base 'drw' switches weights at an epoch: call loss(logits, target, epoch=e)"
-                )
+                raise ValueError("base 'drw' switches weights at an epoch: call loss(logits, target, epoch=e)")
             return self.class_weights if drw_phase(epoch, self.drw_epoch) == 1 else None
         return None
 
@@ -197,9 +191,7 @@ class BalancedLoss(nn.Module):
             weight = weight.to(adjusted_logits.dtype)
         return F.cross_entropy(adjusted_logits, target, weight=weight)
 
-    def forward(
-        self, logits: torch.Tensor, target: torch.Tensor, epoch: int | None = None
-    ) -> torch.Tensor:
+    def forward(self, logits: torch.Tensor, target: torch.Tensor, epoch: int | None = None) -> torch.Tensor:
         check_logits_and_target(logits, target, self.num_classes)
         if self.logit_offset is not None:
             if logits.dtype not in (torch.float32, torch.float64):  # float16/bfloat16 under autocast

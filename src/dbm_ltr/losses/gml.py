@@ -19,7 +19,7 @@ cosines ``t`` into the student's ``z`` (GML: ``z = 30 cos``, ``tau = 4``).
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -50,10 +50,11 @@ def queue_segments(cls_num_list: Sequence[int], size: int, base_k: int) -> tuple
     if C == 0 or bool((counts <= 0).any()):
         raise ValueError("queue_segments needs a positive training count for every class")
     if base_k < 1 or size < C * base_k:
-        raise ValueError(f"a queue of {size} entries cannot give {C} classes {base_k} entries each "
-                         f"(size >= {C * base_k} needed)")
+        raise ValueError(
+            f"a queue of {size} entries cannot give {C} classes {base_k} entries each (size >= {C * base_k} needed)"
+        )
     share = counts / counts.sum()
-    ends = (torch.arange(1, C + 1, dtype=torch.float64) * base_k + (size - C * base_k) * share.cumsum(0))
+    ends = torch.arange(1, C + 1, dtype=torch.float64) * base_k + (size - C * base_k) * share.cumsum(0)
     ends = ends.ceil().long().clamp(max=size)
     starts = torch.cat([ends.new_zeros(1), ends[:-1]])
     return starts, ends - starts
@@ -114,5 +115,4 @@ def distillation_kl(student: torch.Tensor, teacher: torch.Tensor, temperature: f
     log_student = F.log_softmax(student.float() / temperature, dim=1)
     log_teacher = F.log_softmax(teacher.detach().float() / temperature, dim=1)
     kl = (log_teacher.exp() * (log_teacher - log_student)).sum(dim=1).mean()
-    return kl * temperature ** 2
-
+    return kl * temperature**2

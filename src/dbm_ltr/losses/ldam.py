@@ -10,7 +10,7 @@ LDAM-DRW is the same loss with ``base="drw"``.
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 

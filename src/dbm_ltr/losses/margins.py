@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import math
 import warnings
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 from torch import nn
@@ -164,8 +164,10 @@ def _dbm_psi(cos_y, margin_y, slope, overflow_mode: str, need_grad: bool):
 def _check_cosines(cos_y: torch.Tensor) -> None:
     """Cosines far outside [-1, 1] are logits passed by mistake: say so (on an accelerator the
     check runs on the device, so nothing waits for it)."""
-    message = ("the margin losses take raw cosines in [-1, 1] (the output of CosineClassifier, "
-               "before any scale), got values beyond; logits of a linear layer are not cosines")
+    message = (
+        "the margin losses take raw cosines in [-1, 1] (the output of CosineClassifier, "
+        "before any scale), got values beyond; logits of a linear layer are not cosines"
+    )
     if cos_y.numel() == 0:
         return
     lo, hi = torch.aminmax(cos_y)
@@ -230,9 +232,7 @@ _LOG_SAFE = {torch.float32: 1e-36, torch.float64: 1e-306}
 def _no_double_backward() -> None:
     # cheaper than @once_differentiable, whose wrapping shows in the loss's time at (256, 1000)
     if torch.is_grad_enabled():
-        raise RuntimeError(
-            "the margin losses do not support double backward (backward(create_graph=True))"
-        )
+        raise RuntimeError("the margin losses do not support double backward (backward(create_graph=True))")
 
 
 class _TargetMarginLogits(torch.autograd.Function):
@@ -399,9 +399,7 @@ class MarginLoss(nn.Module):
         """
         return _TargetMarginLogits.apply(self._checked(cosine, target), target, self, None)
 
-    def forward(
-        self, cosine: torch.Tensor, target: torch.Tensor, epoch: int | None = None
-    ) -> torch.Tensor:
+    def forward(self, cosine: torch.Tensor, target: torch.Tensor, epoch: int | None = None) -> torch.Tensor:
         """The loss ``base(margin_logits(cosine, target) + offset, target)``, a scalar.
 
         Args:
@@ -412,7 +410,10 @@ class MarginLoss(nn.Module):
                 ``drw_epoch``, class-balanced weights from then on).
         """
         return _MarginCrossEntropy.apply(
-            self._checked(cosine, target), target, self, self.base_loss.logit_offset,
+            self._checked(cosine, target),
+            target,
+            self,
+            self.base_loss.logit_offset,
             self.base_loss.weight_at(epoch),
         )
 
@@ -465,13 +466,10 @@ class DBMLoss(MarginLoss):
         super().__init__(cls_num_list, scale, base=base, drw_epoch=drw_epoch, cb_beta=cb_beta)
         if instance_margin not in INSTANCE_MARGINS:
             raise ValueError(
-                f"unknown instance_margin {instance_margin!r}; choose one of "
-                f"{', '.join(INSTANCE_MARGINS)}"
+                f"unknown instance_margin {instance_margin!r}; choose one of {', '.join(INSTANCE_MARGINS)}"
             )
         if overflow_mode not in OVERFLOW_MODES:
-            raise ValueError(
-                f"unknown overflow_mode {overflow_mode!r}; choose one of {', '.join(OVERFLOW_MODES)}"
-            )
+            raise ValueError(f"unknown overflow_mode {overflow_mode!r}; choose one of {', '.join(OVERFLOW_MODES)}")
         if not math.isfinite(lambda_inst) or lambda_inst < 0:
             raise ValueError(f"lambda_inst must be a finite number >= 0, got {lambda_inst}")
         self.max_margin = float(max_margin)

@@ -16,7 +16,7 @@ r"""The losses of NCL (Li et al., CVPR 2022) that are not plain cross-entropy.
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -35,9 +35,7 @@ def hard_category_mask(scores: torch.Tensor, target: torch.Tensor, k: int) -> to
         return torch.zeros_like(ranked).scatter_(1, top, 1.0)
 
 
-def nested_balanced_online_distillation(
-    logits: Sequence[torch.Tensor], weight: float = 0.6
-) -> torch.Tensor:
+def nested_balanced_online_distillation(logits: Sequence[torch.Tensor], weight: float = 0.6) -> torch.Tensor:
     """``weight / (E - 1) * sum_{i != j} KL(softmax(a_j) || softmax(a_i))`` over experts."""
     experts = len(logits)
     if experts < 2:
@@ -53,9 +51,7 @@ def nested_balanced_online_distillation(
     return weight / (experts - 1) * total
 
 
-def moco_loss(
-    query: torch.Tensor, key: torch.Tensor, queue: torch.Tensor, temperature: float = 0.2
-) -> torch.Tensor:
+def moco_loss(query: torch.Tensor, key: torch.Tensor, queue: torch.Tensor, temperature: float = 0.2) -> torch.Tensor:
     """InfoNCE with the key of the same image as positive and the queue as negatives.
 
     ``query``/``key``: L2-normalised ``(B, d)``; ``queue``: ``(K, d)`` (not modified).

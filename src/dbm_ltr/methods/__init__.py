@@ -24,19 +24,18 @@ __all__ = [
     "StepOutput",
     "check_head_matches_loss",
     "create_method",
-    "list_methods",
     "method_parameters",
     "method_views",
     "register_method",
 ]
 
 #: Method classes by name. A class provides ``build(*, trunk, classifier, num_classes,
-#: cls_num_list, loss, loss_name, data_name, imbalance_factor, data_seed, **params)``, a
-#: classmethod that builds its models and passes ``params`` (the constructor's keyword
-#: parameters, whose defaults live there only) on, and ``views``.
+#: cls_num_list, loss, loss_name, **params)``, a classmethod that builds its models and passes
+#: ``params`` (the constructor's keyword parameters, whose defaults live there only) on, and
+#: ``views``. A ``teacher`` parameter names a finished run the engine loads and checks
+#: (:func:`dbm_ltr.engine.build.load_teacher`) and passes on as its checkpoint state.
 METHODS = Registry("method")
 register_method = METHODS.register
-list_methods = METHODS.names
 
 
 def method_parameters(name: str) -> dict:

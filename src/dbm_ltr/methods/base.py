@@ -24,10 +24,7 @@ __all__ = [
 ]
 
 #: Arguments every method builder receives from the engine (not configurable per method).
-COMMON_ARGS = (
-    "trunk", "classifier", "num_classes", "cls_num_list", "loss", "loss_name", "data_name",
-    "imbalance_factor", "data_seed",
-)
+COMMON_ARGS = ("trunk", "classifier", "num_classes", "cls_num_list", "loss", "loss_name")
 
 
 class StepOutput(NamedTuple):
@@ -109,8 +106,10 @@ def constructor_params(cls: type, params: dict) -> dict:
     accepted = keyword_defaults(cls.__init__)
     unknown = sorted(set(params) - set(accepted) - set(COMMON_ARGS))
     if unknown:
-        raise TypeError(f"{cls.__name__} takes no parameter(s) {', '.join(unknown)}; it takes "
-                        f"{', '.join(sorted(accepted)) or 'none'}")
+        raise TypeError(
+            f"{cls.__name__} takes no parameter(s) {', '.join(unknown)}; it takes "
+            f"{', '.join(sorted(accepted)) or 'none'}"
+        )
     return {k: v for k, v in params.items() if k in accepted}
 
 
@@ -118,9 +117,7 @@ def check_head_matches_loss(classifier: str, loss: nn.Module, loss_name: str) ->
     """A margin loss needs raw cosines; a logit loss on raw cosines would train unscaled."""
     kind = loss_input(loss)
     if kind == "cosine" and classifier != "cosine":
-        raise ValueError(
-            f"loss {loss_name!r} works on raw cosines: set model.classifier=cosine"
-        )
+        raise ValueError(f"loss {loss_name!r} works on raw cosines: set model.classifier=cosine")
     if kind == "logits" and classifier == "cosine":
         raise ValueError(
             f"loss {loss_name!r} on a cosine classifier would see unscaled cosines in [-1, 1]; "

@@ -62,9 +62,7 @@ class BCLMethod(SingleModelMethod):
         if alpha < 0 or beta < 0:
             raise ValueError(f"BCL weights must be >= 0, got alpha={alpha}, beta={beta}")
         if projection_views not in PROJECTION_VIEWS:
-            raise ValueError(
-                f"projection_views must be one of {', '.join(PROJECTION_VIEWS)}, got {projection_views!r}"
-            )
+            raise ValueError(f"projection_views must be one of {', '.join(PROJECTION_VIEWS)}, got {projection_views!r}")
         self.projection_views = projection_views
         self.model = model
         self.loss = loss
@@ -75,8 +73,15 @@ class BCLMethod(SingleModelMethod):
 
     @classmethod
     def build(
-        cls, *, trunk: str, classifier: str, num_classes: int, loss: nn.Module, loss_name: str, **params,
-    ) -> "BCLMethod":
+        cls,
+        *,
+        trunk: str,
+        classifier: str,
+        num_classes: int,
+        loss: nn.Module,
+        loss_name: str,
+        **params,
+    ) -> BCLMethod:
         check_head_matches_loss(classifier, loss, loss_name)
         return cls(create_model(trunk, num_classes, classifier), loss, **constructor_params(cls, params))
 
@@ -96,7 +101,5 @@ class BCLMethod(SingleModelMethod):
         else:
             projected = self.projection(features[batch:])
         anchors = F.normalize(projected, dim=1)
-        bsc = balanced_contrastive_loss(
-            anchors.float(), targets.repeat(2), self.prototypes().float(), self.temperature
-        )
+        bsc = balanced_contrastive_loss(anchors.float(), targets.repeat(2), self.prototypes().float(), self.temperature)
         return StepOutput(self.alpha * cls_loss + self.beta * bsc, scores)

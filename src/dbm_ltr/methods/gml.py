@@ -31,75 +31,47 @@ Under torchrun the queue receives the keys of all processes.
 from __future__ import annotations
 
 import math
-from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..errors import UnsafeCheckpointError
 from ..losses import class_counts
 from ..losses.gml import distillation_kl, gml_contrastive_losses, queue_segments
 from ..models import TrunkClassifier, create_model, projection_mlp
-from ..serialization import safe_load
 from .base import SingleModelMethod, StepOutput, check_head_matches_loss, constructor_params, gather_from_all
 
-CHECKPOINT = "checkpoint.pt"  # a run directory's latest checkpoint (dbm_ltr.engine.rundir)
-
-__all__ = ["GMLMethod", "TEMPERATURE_MODES", "load_teacher"]
+__all__ = ["GMLMethod", "TEMPERATURE_MODES", "teacher_model"]
 
 TEMPERATURE_MODES = ("shared", "per_class")
 
 
-def load_teacher(
-    path: str | Path, trunk: str, num_classes: int, data_name: str, imbalance_factor: float, data_seed: int,
-) -> TrunkClassifier:
-    """The teacher model of a finished run (``RUN_DIR`` or its ``checkpoint.pt``), checked
-    against the student's data; ``ValueError`` naming the mismatch otherwise."""
-    if not str(path):
+def teacher_model(state: Any, trunk: str, num_classes: int) -> TrunkClassifier:
+    """The frozen teacher of a finished run's checkpoint ``state`` (the engine reads
+    ``method.teacher`` and checks its data: :func:`dbm_ltr.engine.build.load_teacher`): a
+    ``trunk`` with a cosine head; ``ValueError`` naming the mismatch otherwise."""
+    if not isinstance(state, dict) or "method" not in state:
         raise ValueError(
-            "GML needs a teacher: train one with dbm-ltr train --config <data set>/gml_teacher "
-            "--out RUN, then set method.teacher=RUN"
+            "GML needs its teacher's checkpoint state: the engine loads the run named by "
+            "method.teacher (dbm_ltr.engine.build.load_teacher)"
         )
-    path = Path(path)
-    file = path / CHECKPOINT if path.is_dir() else path
-    if not file.is_file():
-        raise ValueError(f"method.teacher: no teacher checkpoint at {file} (give a run directory of "
-                         "dbm-ltr train or its checkpoint.pt)")
-    try:
-        state = safe_load(file.read_bytes(), f"method.teacher: {file}")  # nothing of it runs
-    except UnsafeCheckpointError:
-        raise
-    except Exception as err:  # noqa: BLE001 - any unreadable file is the same user error
-        raise ValueError(f"method.teacher: {file} is not a readable checkpoint ({type(err).__name__})") from None
-    config = state.get("config") if isinstance(state, dict) else None
-    if not isinstance(config, dict) or "method" not in state:
-        raise ValueError(f"method.teacher: {file} was not written by dbm-ltr train")
-    data, model, optim = config.get("data", {}), config.get("model", {}), config.get("optim", {})
-    mismatches = [
-        (what, theirs, ours) for what, theirs, ours in (
-            ("data set", data.get("name"), data_name),
-            ("imbalance factor", data.get("imbalance_factor"), imbalance_factor),
-            ("split seed (data.seed)", data.get("seed"), data_seed),
-            ("number of classes", len(state.get("cls_num_list", [])), num_classes),
-            ("trunk", model.get("name"), trunk),
-            ("classifier", model.get("classifier"), "cosine"),
-        ) if theirs != ours
-    ]
-    if mismatches:
-        what, theirs, ours = mismatches[0]
-        raise ValueError(f"method.teacher: {path} was trained with {what} {theirs!r}, this student needs "
-                         f"{ours!r}; train a teacher for this data set (its gml_teacher preset)")
-    if state.get("epoch") != optim.get("epochs"):
-        raise ValueError(f"method.teacher: {path} is not finished (epoch {state.get('epoch')} of "
-                         f"{optim.get('epochs')}); finish it with dbm-ltr train --out {path} --resume")
+    model = (state.get("config") or {}).get("model", {})
+    for what, theirs, ours in (("trunk", model.get("name"), trunk), ("classifier", model.get("classifier"), "cosine")):
+        if theirs != ours:
+            raise ValueError(
+                f"method.teacher: the teacher was trained with {what} {theirs!r}, this student needs "
+                f"{ours!r}; train a teacher for this data set (its gml_teacher preset)"
+            )
     teacher = create_model(trunk, num_classes, "cosine")
-    weights = {k[len("model."):]: v for k, v in state["method"].items() if k.startswith("model.")}
+    weights = {k[len("model.") :]: v for k, v in state["method"].items() if k.startswith("model.")}
     try:
         teacher.load_state_dict(weights)
     except RuntimeError as err:
-        raise ValueError(f"method.teacher: {file} does not hold a {trunk} with a cosine head "
-                         f"({str(err).splitlines()[0][:160]})") from None
+        raise ValueError(
+            f"method.teacher: the checkpoint does not hold a {trunk} with a cosine head "
+            f"({str(err).splitlines()[0][:160]})"
+        ) from None
     return teacher
 
 
@@ -148,7 +120,9 @@ class GMLMethod(SingleModelMethod):
     ) -> None:
         super().__init__()
         if temperature_mode not in TEMPERATURE_MODES:
-            raise ValueError(f"temperature_mode must be one of {', '.join(TEMPERATURE_MODES)}, got {temperature_mode!r}")
+            raise ValueError(
+                f"temperature_mode must be one of {', '.join(TEMPERATURE_MODES)}, got {temperature_mode!r}"
+            )
         for name, value in (("temperature", temperature), ("kd_temperature", kd_temperature), ("kd_scale", kd_scale)):
             if not math.isfinite(value) or value <= 0:
                 raise ValueError(f"{name} must be a finite number > 0, got {value}")
@@ -181,18 +155,27 @@ class GMLMethod(SingleModelMethod):
 
     @classmethod
     def build(
-        cls, *, trunk: str, classifier: str, num_classes: int, cls_num_list: list[int], loss: nn.Module,
-        loss_name: str, data_name: str = "", imbalance_factor: float = 0.0, data_seed: int = 0,
-        teacher: str = "", teacher_trunk: str = "resnet56", **params,
-    ) -> "GMLMethod":
+        cls,
+        *,
+        trunk: str,
+        classifier: str,
+        num_classes: int,
+        cls_num_list: list[int],
+        loss: nn.Module,
+        loss_name: str,
+        teacher: Any = "",
+        teacher_trunk: str = "resnet56",
+        **params,
+    ) -> GMLMethod:
         if classifier != "cosine":
             raise ValueError("GML trains a cosine student: set model.classifier=cosine")
         check_head_matches_loss(classifier, loss, loss_name)
-        teacher_model = load_teacher(teacher, teacher_trunk, num_classes, data_name, imbalance_factor, data_seed)
-        return cls(create_model(trunk, num_classes, classifier), teacher_model, loss, cls_num_list,
-                   **constructor_params(cls, params))
+        teacher = teacher_model(teacher, teacher_trunk, num_classes)
+        return cls(
+            create_model(trunk, num_classes, classifier), teacher, loss, cls_num_list, **constructor_params(cls, params)
+        )
 
-    def train(self, mode: bool = True) -> "GMLMethod":
+    def train(self, mode: bool = True) -> GMLMethod:
         super().train(mode)
         self.teacher.eval()  # frozen: its BatchNorm statistics never move
         return self
@@ -237,8 +220,14 @@ class GMLMethod(SingleModelMethod):
             query = F.normalize(self.embed_q(features[batch:]).float(), dim=1)
             keys = F.normalize(self.embed_k(self.queue.clone()).float(), dim=1)
             con, con_t = gml_contrastive_losses(
-                query, keys, self.queue_labels, self.queue_index, targets, indices,
-                self.log_temperature.float(), self.log_prior,
+                query,
+                keys,
+                self.queue_labels,
+                self.queue_index,
+                targets,
+                indices,
+                self.log_temperature.float(),
+                self.log_prior,
             )
             loss = loss + self.beta * (con + con_t)
         if self.alpha > 0:

@@ -97,13 +97,11 @@ class NCLMethod(Method):
         super().__init__()
         if not isinstance(loss, (BalancedLoss, MarginLoss)) or loss.base != "bs":
             raise ValueError(
-                "NCL trains on balanced logits: use loss 'bs' (NCL) or loss 'dbm' with base 'bs' "
-                "(DBM-NCL)"
+                "NCL trains on balanced logits: use loss 'bs' (NCL) or loss 'dbm' with base 'bs' (DBM-NCL)"
             )
         if key_init not in KEY_INITS or key_head not in KEY_HEADS:
             raise ValueError(
-                f"key_init must be one of {KEY_INITS} and key_head one of {KEY_HEADS}, got "
-                f"{key_init!r}, {key_head!r}"
+                f"key_init must be one of {KEY_INITS} and key_head one of {KEY_HEADS}, got {key_init!r}, {key_head!r}"
             )
         if not 0.0 <= moco_momentum <= 1.0:
             raise ValueError(f"moco_momentum must be in [0, 1], got {moco_momentum}")
@@ -134,9 +132,17 @@ class NCLMethod(Method):
 
     @classmethod
     def build(
-        cls, *, trunk: str, classifier: str, num_classes: int, cls_num_list: list[int],
-        loss: nn.Module, loss_name: str, num_experts: int = 3, **params,
-    ) -> "NCLMethod":
+        cls,
+        *,
+        trunk: str,
+        classifier: str,
+        num_classes: int,
+        cls_num_list: list[int],
+        loss: nn.Module,
+        loss_name: str,
+        num_experts: int = 3,
+        **params,
+    ) -> NCLMethod:
         check_head_matches_loss(classifier, loss, loss_name)
         if num_experts < 1:
             raise ValueError(f"num_experts must be >= 1, got {num_experts}")

@@ -21,9 +21,15 @@ class StandardMethod(SingleModelMethod):
 
     @classmethod
     def build(
-        cls, *, trunk: str, classifier: str, num_classes: int, loss: nn.Module, loss_name: str,
+        cls,
+        *,
+        trunk: str,
+        classifier: str,
+        num_classes: int,
+        loss: nn.Module,
+        loss_name: str,
         **_: object,
-    ) -> "StandardMethod":
+    ) -> StandardMethod:
         check_head_matches_loss(classifier, loss, loss_name)
         return cls(create_model(trunk, num_classes, classifier), loss)
 

@@ -1,8 +1,9 @@
-"""Per-class accuracy and the Many / Medium / Few split (the long-tailed protocol of Liu et al. 2019, as the DBM paper)."""
+"""Per-class accuracy and the Many / Medium / Few split (the long-tailed protocol of Liu et al.
+2019, as the DBM paper)."""
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 
@@ -15,9 +16,7 @@ MANY_ABOVE = 100
 FEW_BELOW = 20
 
 
-def per_class_accuracy(
-    predictions: torch.Tensor, targets: torch.Tensor, num_classes: int
-) -> torch.Tensor:
+def per_class_accuracy(predictions: torch.Tensor, targets: torch.Tensor, num_classes: int) -> torch.Tensor:
     """Accuracy of every class in percent (``nan`` for a class without samples)."""
     acc = ClassAccuracy(num_classes)
     acc.update(predictions, targets)
@@ -53,9 +52,7 @@ def many_medium_few(
     """
     values = torch.as_tensor(per_class, dtype=torch.float64).flatten().tolist()
     if len(values) != len(cls_num_list):
-        raise ValueError(
-            f"got {len(values)} per-class accuracies but {len(cls_num_list)} class counts"
-        )
+        raise ValueError(f"got {len(values)} per-class accuracies but {len(cls_num_list)} class counts")
     groups: dict[str, list[float]] = {g: [] for g in GROUPS}
     for value, count in zip(values, cls_num_list):
         if value == value:  # not nan

@@ -9,7 +9,7 @@ their label's *training* count (Many > 100, Few < 20).
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 
@@ -44,8 +44,7 @@ def feature_angles(features: torch.Tensor, weights: torch.Tensor, labels: torch.
     labels = torch.as_tensor(labels).long().reshape(-1)
     if features.ndim != 2 or weights.ndim != 2 or features.shape[1] != weights.shape[1]:
         raise ValueError(
-            f"features (N, D) and weights (C, D) must share D, got {tuple(features.shape)} and "
-            f"{tuple(weights.shape)}"
+            f"features (N, D) and weights (C, D) must share D, got {tuple(features.shape)} and {tuple(weights.shape)}"
         )
     if labels.numel() != features.shape[0]:
         raise ValueError(f"{labels.numel()} labels for {features.shape[0]} features")
@@ -139,7 +138,7 @@ def class_vector_cosines(weights: torch.Tensor, chunk: int = 1024) -> dict[str, 
     unit = torch.nn.functional.normalize(w.double(), dim=1, eps=1e-12)
     total, largest = 0.0, -math.inf
     for start in range(0, classes, chunk):
-        block = unit[start:start + chunk] @ unit.T
+        block = unit[start : start + chunk] @ unit.T
         rows = torch.arange(block.shape[0], device=block.device)
         block[rows, rows + start] = 0.0  # a class with itself: left out of the sum ...
         total += block.sum().item()

@@ -29,14 +29,21 @@ direction is searched among fewer), so compare runs at the same ``dims``.
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 
 from .accuracy import FEW_BELOW, GROUPS, MANY_ABOVE, group_of
 
-__all__ = ["AUTO_WORK", "FEATURE_NORMALIZATIONS", "auto_dims", "class_moments", "fisher_pairwise",
-           "fisher_separability", "principal_components"]
+__all__ = [
+    "AUTO_WORK",
+    "FEATURE_NORMALIZATIONS",
+    "auto_dims",
+    "class_moments",
+    "fisher_pairwise",
+    "fisher_separability",
+    "principal_components",
+]
 
 #: ``raw``: features as the classifier sees them (the default); ``l2``: each row scaled to unit norm.
 FEATURE_NORMALIZATIONS = ("raw", "l2")
@@ -88,8 +95,7 @@ def principal_components(features: torch.Tensor, dims: int) -> torch.Tensor:
 def _prepare(features: torch.Tensor, labels: torch.Tensor, normalization: str):
     if normalization not in FEATURE_NORMALIZATIONS:
         raise ValueError(
-            f"unknown feature normalization {normalization!r}; choose one of "
-            f"{', '.join(FEATURE_NORMALIZATIONS)}"
+            f"unknown feature normalization {normalization!r}; choose one of {', '.join(FEATURE_NORMALIZATIONS)}"
         )
     f = torch.as_tensor(features).detach().cpu().double()
     y = torch.as_tensor(labels).detach().cpu().long().reshape(-1)
@@ -121,7 +127,7 @@ def class_moments(
     start = 0
     for c, n in enumerate(counts.long().tolist()):
         if n:
-            centred = f_sorted[start:start + n] - means[c]
+            centred = f_sorted[start : start + n] - means[c]
             covs[c] = centred.T @ centred / n
         start += n
     return counts, means, covs
@@ -168,7 +174,7 @@ def fisher_pairwise(
     eye = torch.eye(d, dtype=torch.float64)
     chunk = max(1, _CHUNK_BYTES // (8 * d * d))
     for start in range(0, pairs.shape[0], chunk):
-        i, j = pairs[start:start + chunk].unbind(1)
+        i, j = pairs[start : start + chunk].unbind(1)
         pooled = covs[i] + covs[j]  # (P, D, D)
         diff = means[i] - means[j]  # (P, D)
         trace = pooled.diagonal(dim1=1, dim2=2).sum(dim=1)

@@ -21,8 +21,8 @@ from torch import nn
 
 from ..registry import Registry
 from .classifier import HEADS, TrunkClassifier, head_weights, make_head
-from .projection import projection_mlp
 from .large import TIMM_PREFIX, active_pretrained, load_pretrained, pretrained_trunks, timm_trunk
+from .projection import projection_mlp
 from .resnet_cifar import CifarResNet, resnet32, resnet56
 from .small import SmallConvNet
 
@@ -58,7 +58,7 @@ def create_trunk(name: str, pretrained: str = "", **kwargs) -> nn.Module:
     """Trunk ``name`` (pooled features, with an ``out_features`` attribute); ``pretrained``:
     a local state dict to load (else one set by :func:`pretrained_trunks` for this name)."""
     if isinstance(name, str) and name.startswith(TIMM_PREFIX):
-        trunk = timm_trunk(name[len(TIMM_PREFIX):], **kwargs)
+        trunk = timm_trunk(name[len(TIMM_PREFIX) :], **kwargs)
     else:
         trunk = TRUNKS.lookup(name)(**kwargs)
     if not hasattr(trunk, "out_features"):
@@ -70,7 +70,11 @@ def create_trunk(name: str, pretrained: str = "", **kwargs) -> nn.Module:
 
 
 def create_model(
-    name: str, num_classes: int, classifier: str = "linear", pretrained: str = "", **kwargs,
+    name: str,
+    num_classes: int,
+    classifier: str = "linear",
+    pretrained: str = "",
+    **kwargs,
 ) -> TrunkClassifier:
     """Trunk ``name`` (``pretrained``: see :func:`create_trunk`) with a ``linear`` or
     ``cosine`` head for ``num_classes`` classes."""

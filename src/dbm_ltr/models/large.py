@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import os
-from typing import Iterator, Optional
+from collections.abc import Iterator
 
 import torch
 from torch import nn
@@ -21,7 +21,13 @@ from ..errors import DbmLtrError, MissingDependencyError, UnsafeCheckpointError
 from ..serialization import safe_load
 
 __all__ = [
-    "HEAD_PREFIXES", "TIMM_PREFIX", "PretrainedNotFoundError", "TimmNotInstalledError", "load_pretrained", "pretrained_trunks", "timm_trunk",
+    "HEAD_PREFIXES",
+    "TIMM_PREFIX",
+    "PretrainedNotFoundError",
+    "TimmNotInstalledError",
+    "load_pretrained",
+    "pretrained_trunks",
+    "timm_trunk",
 ]
 
 TIMM_PREFIX = "timm:"
@@ -71,8 +77,10 @@ def _read_state(path: str) -> dict[str, torch.Tensor]:
     except UnsafeCheckpointError:
         raise
     except Exception as err:  # noqa: BLE001 - any unreadable file gets the same message
-        raise ValueError(f"pretrained weights {path}: not a readable torch state dict ({type(err).__name__}: "
-                         f"{str(err).splitlines()[0][:160] if str(err) else ''})") from None
+        raise ValueError(
+            f"pretrained weights {path}: not a readable torch state dict ({type(err).__name__}: "
+            f"{str(err).splitlines()[0][:160] if str(err) else ''})"
+        ) from None
     for key in ("state_dict", "model", "model_state", "model_state_dict", "module"):
         if isinstance(state, dict) and isinstance(state.get(key), dict):
             state = state[key]
@@ -96,7 +104,7 @@ def load_pretrained(module: nn.Module, path: str | os.PathLike, name: str = "tru
     own = module.state_dict()
 
     def strip(prefix: str) -> dict[str, torch.Tensor]:
-        return {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+        return {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
 
     candidates = [strip(p) for p in _WRAPPERS]
     state = max(candidates, key=lambda s: (len(set(s) & set(own)), len(s)))
@@ -104,8 +112,11 @@ def load_pretrained(module: nn.Module, path: str | os.PathLike, name: str = "tru
     state = {k: v for k, v in state.items() if k not in ignored}
     missing = [k for k in own if k not in state and not k.endswith("num_batches_tracked")]
     unexpected = [k for k in state if k not in own]
-    shapes = [f"{k}: file {tuple(v.shape)} vs model {tuple(own[k].shape)}"
-              for k, v in state.items() if k in own and v.shape != own[k].shape]
+    shapes = [
+        f"{k}: file {tuple(v.shape)} vs model {tuple(own[k].shape)}"
+        for k, v in state.items()
+        if k in own and v.shape != own[k].shape
+    ]
     if missing or unexpected or shapes:
         parts = []
         if missing:
@@ -114,8 +125,10 @@ def load_pretrained(module: nn.Module, path: str | os.PathLike, name: str = "tru
             parts.append(f"{len(unexpected)} unexpected (e.g. {', '.join(unexpected[:3])})")
         if shapes:
             parts.append(f"{len(shapes)} of another shape (e.g. {shapes[0]})")
-        raise ValueError(f"pretrained weights {path} do not match {name}: {'; '.join(parts)} "
-                         "(a state dict of the same architecture is needed)")
+        raise ValueError(
+            f"pretrained weights {path} do not match {name}: {'; '.join(parts)} "
+            "(a state dict of the same architecture is needed)"
+        )
     module.load_state_dict(state, strict=False)
     return {"loaded": len(state), "ignored": ignored}
 
@@ -134,7 +147,7 @@ def pretrained_trunks(path: str | os.PathLike, name: str) -> Iterator[None]:
         _active.pop()
 
 
-def active_pretrained(name: str) -> Optional[str]:
+def active_pretrained(name: str) -> str | None:
     """The path :func:`pretrained_trunks` sets for trunks named ``name`` (innermost), if any."""
     for trunk, path in reversed(_active):
         if trunk == name:

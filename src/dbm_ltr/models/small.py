@@ -21,8 +21,12 @@ class SmallConvNet(nn.Module):
             return [nn.Conv2d(cin, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True)]
 
         self.body = nn.Sequential(
-            *block(in_channels, width // 2), *block(width // 2, width), nn.MaxPool2d(2),
-            *block(width, width), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+            *block(in_channels, width // 2),
+            *block(width // 2, width),
+            nn.MaxPool2d(2),
+            *block(width, width),
+            nn.AdaptiveAvgPool2d(1),
+            nn.Flatten(),
         )
         self.out_features = width
         for m in self.modules():

@@ -5,8 +5,8 @@ import yaml
 from analysis_helpers import tiny_overrides
 
 from dbm_ltr import cli
-from dbm_ltr.analysis import parse_grid, plan_sweep, run_sweep, summarize_sweep
 from dbm_ltr.engine import ConfigError
+from dbm_ltr.experiments import parse_grid, plan_sweep, run_sweep, summarize_sweep
 
 
 def _err_line(capsys):
@@ -18,9 +18,21 @@ def _err_line(capsys):
 
 def test_dry_run_lists_the_cartesian_product_and_trains_nothing(fake_cifar10_root, tmp_path, capsys):
     out = tmp_path / "sweep"
-    code = cli.main(["sweep", "--config", "cifar10_lt/dbm_ce", "--grid", "max_margin=0.1,0.2,0.3",
-                     "tau=0.5,1,1.5", "--out", str(out), "--dry-run",
-                     "--set", f"data.root={fake_cifar10_root}"])
+    code = cli.main(
+        [
+            "sweep",
+            "--config",
+            "cifar10_lt/dbm_ce",
+            "--grid",
+            "max_margin=0.1,0.2,0.3",
+            "tau=0.5,1,1.5",
+            "--out",
+            str(out),
+            "--dry-run",
+            "--set",
+            f"data.root={fake_cifar10_root}",
+        ]
+    )
     assert code == 0
     text = capsys.readouterr().out
     assert "9 grid points of cifar10_lt/dbm_ce" in text and "dry run: nothing trained" in text
@@ -32,16 +44,19 @@ def test_dry_run_lists_the_cartesian_product_and_trains_nothing(fake_cifar10_roo
     assert not out.exists()
 
 
-@pytest.mark.parametrize("grid, message", [
-    (["max_margn=0.1,0.2"], "unknown override key 'max_margn' (did you mean 'max_margin'?)"),
-    (["max_margin=0.1,abc"], "grid point max_margin=abc: loss.max_margin must be float"),
-    (["max_margin=0.1,2"], "grid point max_margin=2: the largest total margin"),
-    (["loss.instance_margin=hard,nne"], "unknown instance_margin 'nne'"),
-    (["optim.epochs=10,0"], "grid point optim.epochs=0: optim.epochs must be > 0"),
-    (["tau=1", "loss.tau=2"], "both set loss.tau"),
-    (["tau=1,1"], "repeats a value"),
-    (["tau"], "must look like key=v1,v2"),
-])
+@pytest.mark.parametrize(
+    "grid, message",
+    [
+        (["max_margn=0.1,0.2"], "unknown override key 'max_margn' (did you mean 'max_margin'?)"),
+        (["max_margin=0.1,abc"], "grid point max_margin=abc: loss.max_margin must be float"),
+        (["max_margin=0.1,2"], "grid point max_margin=2: the largest total margin"),
+        (["loss.instance_margin=hard,nne"], "unknown instance_margin 'nne'"),
+        (["optim.epochs=10,0"], "grid point optim.epochs=0: optim.epochs must be > 0"),
+        (["tau=1", "loss.tau=2"], "both set loss.tau"),
+        (["tau=1,1"], "repeats a value"),
+        (["tau"], "must look like key=v1,v2"),
+    ],
+)
 def test_bad_keys_and_values_stop_before_training(grid, message, tmp_path, capsys):
     out = tmp_path / "sweep"
     assert cli.main(["sweep", "--config", "cifar10_lt/dbm_ce", "--grid", *grid, "--out", str(out)]) == 2
@@ -62,10 +77,19 @@ def _fake_finished(point, top1):
     """Mark a planned point as finished without training: its config and a metrics.json."""
     point.run_dir.mkdir(parents=True)
     (point.run_dir / "config.yaml").write_text(yaml.safe_dump(point.config.to_dict(), sort_keys=False))
-    (point.run_dir / "metrics.json").write_text(json.dumps({
-        "top1": top1, "many": None, "medium": top1, "few": top1, "preset": point.config.name,
-        "imbalance_factor": point.config.data.imbalance_factor, "paper": {"top1": 80.84, "source": "t"},
-    }))
+    (point.run_dir / "metrics.json").write_text(
+        json.dumps(
+            {
+                "top1": top1,
+                "many": None,
+                "medium": top1,
+                "few": top1,
+                "preset": point.config.name,
+                "imbalance_factor": point.config.data.imbalance_factor,
+                "paper": {"top1": 80.84, "source": "t"},
+            }
+        )
+    )
 
 
 def test_finished_points_are_skipped_and_a_2d_grid_gets_a_heat_map(tmp_path, capsys):
@@ -73,8 +97,12 @@ def test_finished_points_are_skipped_and_a_2d_grid_gets_a_heat_map(tmp_path, cap
     grid = ["max_margin=0.1,0.2", "tau=0.5,1"]
     axes, points = plan_sweep("cifar10_lt/dbm_ce", grid, [], out)
     assert [a.path for a in axes] == ["loss.max_margin", "loss.tau"]
-    assert [p.name for p in points] == ["max_margin=0.1,tau=0.5", "max_margin=0.1,tau=1",
-                                        "max_margin=0.2,tau=0.5", "max_margin=0.2,tau=1"]
+    assert [p.name for p in points] == [
+        "max_margin=0.1,tau=0.5",
+        "max_margin=0.1,tau=1",
+        "max_margin=0.2,tau=0.5",
+        "max_margin=0.2,tau=1",
+    ]
     for k, p in enumerate(points):
         _fake_finished(p, 70.0 + k)
     axes, points = plan_sweep("cifar10_lt/dbm_ce", grid, [], out)
@@ -99,8 +127,17 @@ def test_an_existing_run_with_other_settings_is_an_error(tmp_path):
 
 def test_tiny_real_sweep_trains_reports_and_resumes(fake_cifar10_root, tmp_path, capsys):
     out = tmp_path / "sweep"
-    args = ["sweep", "--config", "cifar10_lt/dbm_ce", "--grid", "max_margin=0.1,0.2", "--out", str(out),
-            "--set", *tiny_overrides(fake_cifar10_root)]
+    args = [
+        "sweep",
+        "--config",
+        "cifar10_lt/dbm_ce",
+        "--grid",
+        "max_margin=0.1,0.2",
+        "--out",
+        str(out),
+        "--set",
+        *tiny_overrides(fake_cifar10_root),
+    ]
     assert cli.main(args) == 0
     text = capsys.readouterr().out
     for k in ("0.1", "0.2"):

@@ -20,19 +20,19 @@ import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Sequence
 
-from ..data import create_dataset
+from ..analysis.plots import plot_reproduction
+from ..analysis.report import report_markdown, summarize_runs, write_report
+from ..analysis.runs import read_metrics, read_run_config
+from ..engine.build import build_dataset
 from ..engine.config import ConfigError, load_config, preset_dir
 from ..engine.distributed import pick_device
 from ..engine.rundir import CHECKPOINT, LOG, METRICS, OUTPUT, recipe_revisions
-from ..engine.trainer import _StopSignals
+from ..engine.signals import StopSignals
 from ..serialization import trusted
-from .plots import plot_reproduction
-from .report import report_markdown, summarize_runs, write_report
-from .runs import read_metrics, read_run_config
 from .sweep import check_buildable, compare_existing
 
 __all__ = [
@@ -63,7 +63,7 @@ class ReproRun:
     run_dir: Path
     overrides: list[str]
     status: str = "train"  # train | resume | done
-    after: "ReproRun | None" = None  # a run that must finish first (a student's teacher)
+    after: ReproRun | None = None  # a run that must finish first (a student's teacher)
     epochs: int = 0  # of its recipe, for the progress lines
     returncode: int | None = None
     seconds: float = 0.0
@@ -175,12 +175,18 @@ def plan_reproduction(
                 config.train.eval_every = 1
             d = config.data
             if (d.name, d.root, d.imbalance_factor) not in checked:  # the archives exist and load
-                create_dataset(d.name, d.root, train=True, imbalance_factor=d.imbalance_factor,
-                               download=d.download, seed=d.seed)
-                create_dataset(d.name, d.root, train=False, download=d.download)
+                build_dataset(config, True)
+                build_dataset(config, False)
                 checked.add((d.name, d.root, d.imbalance_factor))
-            run = ReproRun(row, seed, preset, Path(out) / f"{row}_seed{seed}", run_overrides, after=teacher,
-                           epochs=config.optim.epochs)
+            run = ReproRun(
+                row,
+                seed,
+                preset,
+                Path(out) / f"{row}_seed{seed}",
+                run_overrides,
+                after=teacher,
+                epochs=config.optim.epochs,
+            )
             planned[(row, seed)] = run
             if run.run_dir.exists():
                 compare_existing(run.run_dir, config)
@@ -213,8 +219,19 @@ def describe(runs: Sequence[ReproRun], jobs: int) -> str:
 
 
 def _command(run: ReproRun) -> list[str]:
-    cmd = [sys.executable, "-m", "dbm_ltr.cli", "train", "--config", run.preset, "--out", str(run.run_dir),
-           "--set", *run.overrides, "train.progress=false"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "dbm_ltr.cli",
+        "train",
+        "--config",
+        run.preset,
+        "--out",
+        str(run.run_dir),
+        "--set",
+        *run.overrides,
+        "train.progress=false",
+    ]
     cmd += ["--trust-checkpoint"] if trusted() else []  # the parent's explicit opt-in
     return cmd + (["--resume"] if (run.run_dir / CHECKPOINT).is_file() else [])
 
@@ -246,8 +263,7 @@ def progress_line(run: ReproRun) -> str:
     done = int(epochs[-1]["epoch"])
     pace = statistics.median(float(e["seconds"]) for e in epochs[-5:])
     left = max(run.epochs - done, 0) * pace
-    return (f"  progress {run.name}: epoch {done}/{run.epochs}, {pace:.1f} s an epoch, "
-            f"about {_duration(left)} left")
+    return f"  progress {run.name}: epoch {done}/{run.epochs}, {pace:.1f} s an epoch, about {_duration(left)} left"
 
 
 def _duration(seconds: float) -> str:
@@ -256,7 +272,10 @@ def _duration(seconds: float) -> str:
 
 
 def run_reproduction(
-    runs: Sequence[ReproRun], jobs: int, log: Callable[[str], None] = print, progress_every: float = 600.0,
+    runs: Sequence[ReproRun],
+    jobs: int,
+    log: Callable[[str], None] = print,
+    progress_every: float = 600.0,
 ) -> list[ReproRun]:
     """Train every unfinished run, ``jobs`` processes at a time, each with an equal share of
     the CPU cores for its threads, and every ``progress_every`` seconds (0: never) log a
@@ -278,7 +297,7 @@ def run_reproduction(
     done = len(runs) - len(pending)
     next_progress = time.perf_counter() + progress_every
     try:
-        with _StopSignals() as stop:
+        with StopSignals() as stop:
             while (pending or active) and not stop.signum:
                 for run in [r for r in pending if r.after is not None and r.after.ended and not r.after.finished]:
                     pending.remove(run)  # its teacher failed: nothing to distil from
@@ -313,8 +332,10 @@ def run_reproduction(
                         log(f"[{done}/{len(runs)}] {run.name}: finished in {run.seconds:.0f}s, top-1 {top1:.2f}")
                     else:
                         run.error = _tail(run.run_dir / OUTPUT)
-                        log(f"[{done}/{len(runs)}] {run.name}: FAILED (exit {process.returncode}); "
-                            f"last lines of {run.run_dir / OUTPUT}:\n{run.error}")
+                        log(
+                            f"[{done}/{len(runs)}] {run.name}: FAILED (exit {process.returncode}); "
+                            f"last lines of {run.run_dir / OUTPUT}:\n{run.error}"
+                        )
             if stop.signum:
                 _stop_gracefully([process for _, process, _, _ in active])
                 raise KeyboardInterrupt

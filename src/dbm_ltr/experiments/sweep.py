@@ -18,20 +18,21 @@ import hashlib
 import itertools
 import json
 import re
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import yaml
 
+from ..analysis.plots import plot_sweep
+from ..analysis.report import report_markdown, summarize_runs, write_report
+from ..analysis.runs import read_metrics, read_run_config
 from ..data import DATASET_INFO, long_tail_counts
 from ..engine import Trainer, TrainingError
+from ..engine.build import build_method
 from ..engine.config import ConfigError, flatten_config, load_config, resolve_override_key
 from ..engine.rundir import CHECKPOINT, LOG, METRICS, config_differences
-from ..engine.trainer import build_method
-from .plots import plot_sweep
-from .report import report_markdown, summarize_runs, write_report
-from .runs import read_metrics, read_run_config
 
 __all__ = [
     "GridAxis",
@@ -167,8 +168,7 @@ def compare_existing(run_dir: Path, config) -> None:
     if diff:
         shown = "; ".join(f"{k}: existing {a!r}, planned {b!r}" for k, a, b in diff[:3])
         raise ConfigError(
-            f"{run_dir} holds a run with other settings ({shown}); choose another --out or "
-            "remove that directory"
+            f"{run_dir} holds a run with other settings ({shown}); choose another --out or remove that directory"
         )
 
 
@@ -222,14 +222,16 @@ def plan_sweep(
         check_buildable(config, f"grid point {written}")
         name = point_name(pairs)
         if name in names:
-            raise ConfigError(
-                f"grid points {names[name]} and {written} map to the same directory {name!r}"
-            )
+            raise ConfigError(f"grid points {names[name]} and {written} map to the same directory {name!r}")
         names[name] = written
         flat = flatten_config(config.to_dict())
         point = SweepPoint(
-            name=name, run_dir=out / name, raw=tuple(v for _, v in pairs), overrides=point_overrides,
-            resolved={a.path: flat.get(a.path) for a in axes}, config=config,
+            name=name,
+            run_dir=out / name,
+            raw=tuple(v for _, v in pairs),
+            overrides=point_overrides,
+            resolved={a.path: flat.get(a.path) for a in axes},
+            config=config,
         )
         if point.run_dir.exists():
             compare_existing(point.run_dir, point.config)
@@ -253,8 +255,12 @@ def _resolve_path_keys(base_values: dict, key: str) -> list[str]:
 def describe_plan(points: Sequence[SweepPoint], config_name: str = "", overrides: Sequence[str] = ()) -> str:
     """The planned runs, one line each: directory, status, the point's resolved settings
     (after the common ``overrides``, listed first)."""
-    lines = [f"{len(points)} grid points" + (f" of {config_name}" if config_name else "")
-             + (f", on top of: {' '.join(overrides)}" if overrides else "") + ":"]
+    lines = [
+        f"{len(points)} grid points"
+        + (f" of {config_name}" if config_name else "")
+        + (f", on top of: {' '.join(overrides)}" if overrides else "")
+        + ":"
+    ]
     for k, p in enumerate(points, 1):
         settings = " ".join(f"{key}={json.dumps(v) if not isinstance(v, str) else v}" for key, v in p.resolved.items())
         status = p.detail or "train"
@@ -310,9 +316,10 @@ def summarize_sweep(
         top1 = {k: sum(v) / len(v) for k, v in cells.items()}
         seeds = any(a.path == SEED_KEY for a in axes)
         result["plot"] = plot_sweep(
-            [axes[i].path for i in plotted], [axes[i].raw for i in plotted], top1,
+            [axes[i].path for i in plotted],
+            [axes[i].raw for i in plotted],
+            top1,
             out / "sweep_top1.png",
-            title=f"{done[0].config.name or 'sweep'}: top-1 (%), final epoch"
-            + (", mean over seeds" if seeds else ""),
+            title=f"{done[0].config.name or 'sweep'}: top-1 (%), final epoch" + (", mean over seeds" if seeds else ""),
         )
     return result

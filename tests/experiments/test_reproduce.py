@@ -7,17 +7,28 @@ import pytest
 from analysis_helpers import tiny_overrides
 
 from dbm_ltr import cli
-from dbm_ltr.analysis.reproduce import ROW_SETS, ReproRun, parse_rows, plan_reproduction, progress_line
 from dbm_ltr.engine import ConfigError
+from dbm_ltr.experiments.reproduce import ROW_SETS, ReproRun, parse_rows, plan_reproduction, progress_line
 
 
 def test_row_sets_and_row_errors():
-    assert parse_rows("table2", "cifar10_lt") == ["ce", "ldam", "dbm_ce", "ce_drw", "ldam_drw", "dbm_drw", "bs", "dbm_bs"]
+    assert parse_rows("table2", "cifar10_lt") == [
+        "ce",
+        "ldam",
+        "dbm_ce",
+        "ce_drw",
+        "ldam_drw",
+        "dbm_drw",
+        "bs",
+        "dbm_bs",
+    ]
     assert parse_rows("all", "cifar100_lt")[-6:] == ["bcl", "dbm_bcl", "gml", "dbm_gml", "ncl", "dbm_ncl"]
     assert parse_rows("bs, dbm_bs", "cifar10_lt") == ["bs", "dbm_bs"]
     with pytest.raises(ConfigError, match=r"unknown row\(s\) dbm_focal for cifar10_lt: rows are table2, all or"):
         parse_rows("ce,dbm_focal", "cifar10_lt")
-    with pytest.raises(ConfigError, match="no presets for data set 'digits_lt'; reproduce knows cifar100_lt, cifar10_lt"):
+    with pytest.raises(
+        ConfigError, match="no presets for data set 'digits_lt'; reproduce knows cifar100_lt, cifar10_lt"
+    ):
         parse_rows("ce", "digits_lt")
     with pytest.raises(ConfigError, match="names a row twice"):
         parse_rows("ce,ce", "cifar10_lt")
@@ -26,8 +37,22 @@ def test_row_sets_and_row_errors():
 
 def test_dry_run_validates_everything_and_trains_nothing(fake_cifar10_root, tmp_path, capsys):
     out = tmp_path / "table2"
-    code = cli.main(["reproduce", "--data", "cifar10_lt", "--imbalance-factor", "10", "--seeds", "0,1",
-                     "--out", str(out), "--dry-run", "--set", f"data.root={fake_cifar10_root}"])
+    code = cli.main(
+        [
+            "reproduce",
+            "--data",
+            "cifar10_lt",
+            "--imbalance-factor",
+            "10",
+            "--seeds",
+            "0,1",
+            "--out",
+            str(out),
+            "--dry-run",
+            "--set",
+            f"data.root={fake_cifar10_root}",
+        ]
+    )
     assert code == 0
     printed = capsys.readouterr().out
     assert "16 runs (16 to train, 1 at a time)" in printed  # 8 rows x 2 seeds, one job on the CPU
@@ -35,22 +60,26 @@ def test_dry_run_validates_everything_and_trains_nothing(fake_cifar10_root, tmp_
     assert "dry run: nothing trained" in printed and not out.exists()
 
 
-@pytest.mark.parametrize("args,match", [
-    (["--rows", "ce,gml_student"], r"unknown row\(s\) gml_student"),
-    (["--jobs", "0"], r"--jobs must be >= 1, got 0"),
-    (["--progress-every", "-5"], r"--progress-every must be >= 0 seconds \(0: no progress lines\), got -5"),
-    (["--seeds", "0,x"], r"--seeds must be comma-separated integers"),
-    (["--set", "train.device=cuda"], r"cifar10_lt/ce: train.device=cuda but CUDA is not available"),
-    (["--set", "optim.lrr=0.1"], r"cifar10_lt/ce: unknown config key optim.lrr"),
-])
+@pytest.mark.parametrize(
+    "args,match",
+    [
+        (["--rows", "ce,gml_student"], r"unknown row\(s\) gml_student"),
+        (["--jobs", "0"], r"--jobs must be >= 1, got 0"),
+        (["--progress-every", "-5"], r"--progress-every must be >= 0 seconds \(0: no progress lines\), got -5"),
+        (["--seeds", "0,x"], r"--seeds must be comma-separated integers"),
+        (["--set", "train.device=cuda"], r"cifar10_lt/ce: train.device=cuda but CUDA is not available"),
+        (["--set", "optim.lrr=0.1"], r"cifar10_lt/ce: unknown config key optim.lrr"),
+    ],
+)
 def test_bad_input_is_one_line_and_nothing_is_trained(fake_cifar10_root, tmp_path, capsys, args, match):
     import torch
 
     if "cuda" in match and torch.cuda.is_available():
         pytest.skip("a GPU is present")
     out = tmp_path / "out"
-    code = cli.main(["reproduce", "--data", "cifar10_lt", "--out", str(out), *args,
-                     "--set", f"data.root={fake_cifar10_root}"])
+    code = cli.main(
+        ["reproduce", "--data", "cifar10_lt", "--out", str(out), *args, "--set", f"data.root={fake_cifar10_root}"]
+    )
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1 and err[0].startswith("dbm-ltr reproduce: error: ")
     assert re.search(match, err[0]), err[0]
@@ -58,12 +87,32 @@ def test_bad_input_is_one_line_and_nothing_is_trained(fake_cifar10_root, tmp_pat
 
 
 def test_missing_or_damaged_archive_is_named(tmp_path, capsys):
-    code = cli.main(["reproduce", "--data", "cifar10_lt", "--out", str(tmp_path / "o"), "--dry-run",
-                     "--set", f"data.root={tmp_path}"])
+    code = cli.main(
+        [
+            "reproduce",
+            "--data",
+            "cifar10_lt",
+            "--out",
+            str(tmp_path / "o"),
+            "--dry-run",
+            "--set",
+            f"data.root={tmp_path}",
+        ]
+    )
     assert code == 2 and "cifar10_train.npz" in capsys.readouterr().err
     (tmp_path / "cifar10_train.npz").write_bytes(b"not an archive")
-    code = cli.main(["reproduce", "--data", "cifar10_lt", "--out", str(tmp_path / "o"), "--dry-run",
-                     "--set", f"data.root={tmp_path}"])
+    code = cli.main(
+        [
+            "reproduce",
+            "--data",
+            "cifar10_lt",
+            "--out",
+            str(tmp_path / "o"),
+            "--dry-run",
+            "--set",
+            f"data.root={tmp_path}",
+        ]
+    )
     assert code == 2 and "cannot read as a .npz archive" in capsys.readouterr().err
 
 
@@ -72,8 +121,19 @@ def test_two_rows_for_one_epoch_then_skip_resume_and_a_failure(fake_cifar10_root
     and the plot. Rerun: finished runs are skipped. A third row whose directory holds a damaged
     checkpoint fails with its log's last lines while the others are kept."""
     out = tmp_path / "t2"
-    common = ["--data", "cifar10_lt", "--imbalance-factor", "10", "--out", str(out), "--jobs", "2",
-              "--set", *tiny_overrides(fake_cifar10_root), "data.imbalance_factor=10"]
+    common = [
+        "--data",
+        "cifar10_lt",
+        "--imbalance-factor",
+        "10",
+        "--out",
+        str(out),
+        "--jobs",
+        "2",
+        "--set",
+        *tiny_overrides(fake_cifar10_root),
+        "data.imbalance_factor=10",
+    ]
     assert cli.main(["reproduce", "--rows", "ce,dbm_bs", "--progress-every", "0.5", *common]) == 0
     printed = capsys.readouterr().out
     assert "  progress ce_seed0: " in printed  # each process takes seconds to start: lines came
@@ -88,8 +148,12 @@ def test_two_rows_for_one_epoch_then_skip_resume_and_a_failure(fake_cifar10_root
 
     broken = out / "bs_seed0"
     broken.mkdir()
-    (broken / "config.yaml").write_text((out / "ce_seed0" / "config.yaml").read_text()
-                                        .replace("name: ce", "name: bs").replace("cifar10_lt/ce", "cifar10_lt/bs"))
+    (broken / "config.yaml").write_text(
+        (out / "ce_seed0" / "config.yaml")
+        .read_text()
+        .replace("name: ce", "name: bs")
+        .replace("cifar10_lt/ce", "cifar10_lt/bs")
+    )
     (broken / "checkpoint.pt").write_bytes(b"damaged")
     plan = plan_reproduction("cifar10_lt", ["ce", "bs"], [0], out, tiny_overrides(fake_cifar10_root), 10)
     assert [r.status for r in plan] == ["done", "resume"]
@@ -117,15 +181,16 @@ def test_existing_run_with_other_settings_is_refused(fake_cifar10_root, tmp_path
 def test_a_run_from_before_the_recipe_revision_is_resumed_with_its_own(fake_cifar10_root, tmp_path):
     """A run directory saved with our earlier cosine and without data.autoaugment (torchvision's
     policy then) is planned as a resumption that keeps them, and the plan says so."""
-    from dbm_ltr.analysis.reproduce import describe
     from dbm_ltr.engine import load_config
     from dbm_ltr.engine.config import save_config
+    from dbm_ltr.experiments.reproduce import describe
 
     out = tmp_path / "t2"
     run = out / "ce_seed0"
     run.mkdir(parents=True)
-    save_config(load_config("cifar10_lt/ce", tiny_overrides(fake_cifar10_root) + ["optim.schedule=cosine"]),
-                run / "config.yaml")
+    save_config(
+        load_config("cifar10_lt/ce", tiny_overrides(fake_cifar10_root) + ["optim.schedule=cosine"]), run / "config.yaml"
+    )
     text = (run / "config.yaml").read_text()
     (run / "config.yaml").write_text(text.replace("  autoaugment: reference\n", ""))
     runs = plan_reproduction("cifar10_lt", ["ce"], [0], out, tiny_overrides(fake_cifar10_root), 10)
@@ -133,16 +198,18 @@ def test_a_run_from_before_the_recipe_revision_is_resumed_with_its_own(fake_cifa
     assert "started before its preset's revision, keeps optim.schedule 'cosine'" in describe(runs, 1)
 
 
-@pytest.mark.parametrize("device,extra,every", [("cpu", [], None), ("cuda", [], "1"),
-                                                ("cuda", ["train.eval_every=5"], None)])
+@pytest.mark.parametrize(
+    "device,extra,every", [("cpu", [], None), ("cuda", [], "1"), ("cuda", ["train.eval_every=5"], None)]
+)
 def test_on_a_gpu_every_run_is_evaluated_every_epoch(fake_cifar10_root, tmp_path, monkeypatch, device, extra, every):
     import torch
 
-    from dbm_ltr.analysis import reproduce
+    from dbm_ltr.experiments import reproduce
 
     monkeypatch.setattr(reproduce, "pick_device", lambda name: torch.device(device))
-    runs = plan_reproduction("cifar10_lt", ["ce", "dbm_ce"], [0], tmp_path / "o",
-                             tiny_overrides(fake_cifar10_root) + extra, 10)
+    runs = plan_reproduction(
+        "cifar10_lt", ["ce", "dbm_ce"], [0], tmp_path / "o", tiny_overrides(fake_cifar10_root) + extra, 10
+    )
     for run in runs:
         added = [o for o in run.overrides if o == "train.eval_every=1"]
         assert added == ([f"train.eval_every={every}"] if every else []), run.overrides
@@ -151,13 +218,22 @@ def test_on_a_gpu_every_run_is_evaluated_every_epoch(fake_cifar10_root, tmp_path
 def test_gml_rows_bring_their_teacher_first(fake_cifar10_root, tmp_path, capsys):
     """``all`` lists GML and DBM-GML; each seed's teacher is trained first and named by its
     students; a dry run shows the order and the dependency."""
-    from dbm_ltr.analysis.reproduce import describe
+    from dbm_ltr.experiments.reproduce import describe
 
     assert parse_rows("all", "cifar10_lt")[8:] == ["bcl", "dbm_bcl", "gml", "dbm_gml", "ncl", "dbm_ncl"]
-    runs = plan_reproduction("cifar10_lt", ["ce", "dbm_gml", "gml"], [0, 1], tmp_path / "o",
-                             tiny_overrides(fake_cifar10_root), 10)
-    assert [r.name for r in runs] == ["gml_teacher_seed0", "gml_teacher_seed1", "ce_seed0", "ce_seed1",
-                                      "dbm_gml_seed0", "dbm_gml_seed1", "gml_seed0", "gml_seed1"]
+    runs = plan_reproduction(
+        "cifar10_lt", ["ce", "dbm_gml", "gml"], [0, 1], tmp_path / "o", tiny_overrides(fake_cifar10_root), 10
+    )
+    assert [r.name for r in runs] == [
+        "gml_teacher_seed0",
+        "gml_teacher_seed1",
+        "ce_seed0",
+        "ce_seed1",
+        "dbm_gml_seed0",
+        "dbm_gml_seed1",
+        "gml_seed0",
+        "gml_seed1",
+    ]
     student = runs[-1]
     assert student.after is runs[1] and f"method.teacher={runs[1].run_dir}" in student.overrides
     assert "(train, after gml_teacher_seed1)" in describe(runs, 1)
@@ -165,15 +241,28 @@ def test_gml_rows_bring_their_teacher_first(fake_cifar10_root, tmp_path, capsys)
 
 def test_a_student_runs_after_its_teacher_and_not_after_a_failed_one(fake_cifar10_root, tmp_path, capsys):
     out = tmp_path / "gml"
-    common = ["--data", "cifar10_lt", "--imbalance-factor", "10", "--out", str(out), "--jobs", "2",
-              "--set", *tiny_overrides(fake_cifar10_root), "data.limit=40"]
+    common = [
+        "--data",
+        "cifar10_lt",
+        "--imbalance-factor",
+        "10",
+        "--out",
+        str(out),
+        "--jobs",
+        "2",
+        "--set",
+        *tiny_overrides(fake_cifar10_root),
+        "data.limit=40",
+    ]
     # a damaged teacher checkpoint: the teacher fails, its student is not started
     teacher = out / "gml_teacher_seed0"
     teacher.mkdir(parents=True)
     (teacher / "checkpoint.pt").write_bytes(b"damaged")
     assert cli.main(["reproduce", "--rows", "gml", *common]) == 1
     printed = capsys.readouterr().out
-    assert "gml_teacher_seed0: FAILED" in printed and "gml_seed0: not started, gml_teacher_seed0 did not finish" in printed
+    assert (
+        "gml_teacher_seed0: FAILED" in printed and "gml_seed0: not started, gml_teacher_seed0 did not finish" in printed
+    )
     (teacher / "checkpoint.pt").unlink()
     assert cli.main(["reproduce", "--rows", "gml", *common]) == 0
     printed = capsys.readouterr().out
@@ -189,8 +278,10 @@ def test_progress_line_reads_the_pace_from_the_log(tmp_path):
     assert progress_line(run) == "  progress dbm_drw_seed0: starting (no epoch finished yet)"
     run.run_dir.mkdir()
     seconds = [90.0, 30.0, 31.0, 29.0, 32.0, 30.5, 35.0]  # the first epoch's start-up falls out
-    lines = [json.dumps({"epoch": e + 1, "lr": 0.1, "seconds": s, **({"test_top1": 50.0} if e == 4 else {})})
-             for e, s in enumerate(seconds)]
+    lines = [
+        json.dumps({"epoch": e + 1, "lr": 0.1, "seconds": s, **({"test_top1": 50.0} if e == 4 else {})})
+        for e, s in enumerate(seconds)
+    ]
     (run.run_dir / "log.jsonl").write_text("\n".join(lines) + '\n{"epoch": 8, "lr"')
     # median of 31, 29, 32, 30.5, 35 = 31.0 s; 193 epochs left: 5983 s = 1 h 40 min
     assert progress_line(run) == "  progress dbm_drw_seed0: epoch 7/200, 31.0 s an epoch, about 1 h 40 min left"
@@ -220,11 +311,16 @@ def test_kill_stops_the_runs_with_their_checkpoints(fake_cifar10_root, tmp_path,
     import signal
     import threading
 
-    from dbm_ltr.analysis import reproduce
+    from dbm_ltr.experiments import reproduce
 
     monkeypatch.setattr(reproduce, "STOP_GRACE", 0.5)
-    runs = plan_reproduction("cifar10_lt", ["ce"], [0], tmp_path / "t2",
-                             tiny_overrides(fake_cifar10_root, epochs=500) + ["data.imbalance_factor=10"])
+    runs = plan_reproduction(
+        "cifar10_lt",
+        ["ce"],
+        [0],
+        tmp_path / "t2",
+        tiny_overrides(fake_cifar10_root, epochs=500) + ["data.imbalance_factor=10"],
+    )
     lines, done = [], threading.Event()
 
     def kill_when_training():
@@ -252,8 +348,21 @@ def test_ctrl_c_to_the_group_reaches_each_run_once(fake_cifar10_root, tmp_path):
     import sys
 
     out = tmp_path / "t2"
-    cmd = [sys.executable, "-m", "dbm_ltr.cli", "reproduce", "--data", "cifar10_lt", "--rows", "ce",
-           "--out", str(out), "--set", *tiny_overrides(fake_cifar10_root, epochs=500), "data.imbalance_factor=10"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "dbm_ltr.cli",
+        "reproduce",
+        "--data",
+        "cifar10_lt",
+        "--rows",
+        "ce",
+        "--out",
+        str(out),
+        "--set",
+        *tiny_overrides(fake_cifar10_root, epochs=500),
+        "data.imbalance_factor=10",
+    ]
     parent = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
     _wait_for_first_epoch(out / "ce_seed0", lambda: parent.poll() is None)
     assert parent.poll() is None, parent.communicate()

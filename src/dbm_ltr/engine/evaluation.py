@@ -1,0 +1,131 @@
+"""Evaluating a method: top-1 and Many / Medium / Few over a pipeline's evaluation batches,
+a checkpoint on its test set, the paper's numbers beside ours, and how they are printed."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+from ..methods import Method
+from ..metrics import ClassAccuracy
+from .build import load_datasets, restore_method
+from .config import Config
+from .pipeline import build_pipeline, to_device
+from .precision import autocast
+
+__all__ = [
+    "LOG_BAR_SECONDS",
+    "evaluate_checkpoint",
+    "evaluate_method",
+    "format_groups",
+    "paper_reference",
+    "progress_bar",
+]
+
+
+LOG_BAR_SECONDS = 30.0  # a progress bar written to a file or pipe is redrawn this often
+
+
+def progress_bar(iterable, disable: bool, **kwargs) -> tqdm:
+    """A tqdm bar that does not flood a log: on a terminal or in a notebook it redraws as tqdm
+    does (every 0.1 s at most); where stderr goes to a file or a pipe (``nohup``, a cluster's
+    job log) every :data:`LOG_BAR_SECONDS`, since each redraw there is another line of text."""
+    stream = sys.stderr
+    interactive = "ipykernel" in sys.modules or bool(getattr(stream, "isatty", lambda: False)())
+    return tqdm(
+        iterable,
+        leave=False,
+        dynamic_ncols=True,
+        disable=disable,
+        file=stream,
+        mininterval=0.1 if interactive else LOG_BAR_SECONDS,
+        **kwargs,
+    )
+
+
+@torch.no_grad()
+def evaluate_method(
+    method: Method,
+    batches,
+    cls_num_list: list[int],
+    num_classes: int,
+    device: torch.device,
+    amp: bool = False,
+    progress: bool = False,
+) -> dict:
+    """Top-1, Many/Medium/Few and per-class accuracy (percent) of ``method`` on ``batches``
+    (a pipeline's :meth:`~dbm_ltr.engine.pipeline.InputPipeline.eval_batches`, or any iterable of
+    ``(images, targets)``); summed over processes under torchrun."""
+    was_training = method.training
+    method.eval()
+    acc = ClassAccuracy(num_classes, device)
+    for images, targets in progress_bar(batches, desc="evaluating", disable=not progress):
+        images, targets = to_device(images, device), targets.to(device)
+        with autocast(device, amp):
+            scores = method.predict(images)
+        acc.update(scores.argmax(dim=1), targets)
+    acc.sync()
+    method.train(was_training)
+    return acc.summary(cls_num_list)
+
+
+def evaluate_checkpoint(
+    state: dict,
+    overrides: Sequence[str] = (),
+    source: str = "checkpoint",
+    run_dir: str | Path | None = None,
+    progress: bool = False,
+) -> tuple[dict, Config]:
+    """``(result, config)``: the method of a checkpoint state (or of exported weights) rebuilt
+    from its own config plus ``overrides`` (e.g. ``data.root=...``) and evaluated on its test
+    set through the pipeline its config names; ``result`` as :func:`evaluate_method`, with the
+    checkpoint's ``epoch``."""
+    config, method = restore_method(state, overrides, source=source, run_dir=run_dir)
+    _, test_set = load_datasets(config, ("regular",), train=False, defer_normalize=True)
+    counts = [int(n) for n in state["cls_num_list"]]
+    device = next(method.parameters()).device
+    pipeline = build_pipeline(config, ("regular",), None, test_set, device)
+    result = evaluate_method(
+        method, pipeline.eval_batches(), counts, len(counts), device, config.train.amp, progress=progress
+    )
+    result["epoch"] = state["epoch"]
+    return result, config
+
+
+def paper_reference(config: Config) -> dict | None:
+    """The paper's numbers for this preset at this imbalance factor, if the preset has them."""
+    table = config.paper or {}
+    key = f"{config.data.imbalance_factor:g}"
+    entry = {}
+    top1 = table.get("top1")
+    groups = table.get("groups") or {}
+    if isinstance(top1, (int, float)):  # a data set without an imbalance factor (ImageNet-LT, ...)
+        entry["top1"] = top1
+    else:
+        for k, v in (top1 or {}).items():
+            if f"{float(k):g}" == key:
+                entry["top1"] = v
+    if set(groups) <= {"many", "medium", "few"}:  # plain groups, as top1
+        entry.update(groups)
+    else:
+        for k, v in groups.items():
+            if f"{float(k):g}" == key:
+                entry.update(v)
+    if not entry:
+        return None
+    entry["source"] = table.get("source", "")
+    return entry
+
+
+def format_groups(metrics: dict) -> str:
+    def fmt(v):
+        return "  -  " if v is None else f"{v:5.2f}"
+
+    return (
+        f"top-1 {fmt(metrics['top1'])}  many {fmt(metrics['many'])}  medium "
+        f"{fmt(metrics['medium'])}  few {fmt(metrics['few'])}  ({metrics['reported']})"
+    )
