@@ -12,6 +12,7 @@ __all__ = [
     "DatasetNotFoundError",
     "DbmLtrError",
     "MissingDependencyError",
+    "TrainingError",
     "UnsafeCheckpointError",
 ]
 
@@ -50,3 +51,7 @@ class CheckpointError(DbmLtrError, RuntimeError):
 class UnsafeCheckpointError(CheckpointError):
     """A file that the restricted unpickler refuses: loading it could run code, so nothing of
     it was loaded (:mod:`dbm_ltr.serialization`)."""
+
+
+class TrainingError(DbmLtrError, RuntimeError):
+    """Training cannot go on (e.g. the loss became NaN); the message says what to change."""

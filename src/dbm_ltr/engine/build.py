@@ -5,6 +5,7 @@ rebuilding the method of a checkpoint."""
 from __future__ import annotations
 
 import inspect
+import os
 from collections.abc import Callable, Mapping
 from pathlib import Path
 
@@ -26,7 +27,7 @@ from ..losses import create_loss
 from ..methods import Method, create_method
 from .checkpoint import CHECKPOINT, CheckpointError, load_latest
 from .config import Config, ConfigError, DataConfig, TrainConfig, apply_overrides, config_from_dict, saved_config
-from .distributed import DistInfo, pick_device
+from .distributed import DistInfo, available_cores, init_distributed, pick_device
 from .pipeline import transform_names
 
 __all__ = [
@@ -37,6 +38,7 @@ __all__ = [
     "configure_backends",
     "load_datasets",
     "parameter_groups",
+    "prepare_process",
     "restore_method",
     "to_layout",
     "transform",
@@ -258,6 +260,27 @@ def parameter_groups(method: Method, weight_decay: float) -> list[dict]:
     if exempt:
         groups.append({"params": [p for n, p in named if n in exempt], "weight_decay": 0.0})
     return groups
+
+
+def prepare_process(config: Config) -> tuple[torch.device, DistInfo]:
+    """``(device, distributed info)`` of this process for ``config.train``: its share of the CPU
+    threads, its device (``LOCAL_RANK``'s GPU under torchrun), the process group, the
+    convolution backends; settings that cannot work here are a :class:`ConfigError`."""
+    t = config.train
+    cores = available_cores()
+    if t.threads or torch.get_num_threads() > cores:  # two jobs on one machine must not
+        torch.set_num_threads(t.threads or cores)  # each take every core of it
+    device = pick_device(t.device, int(os.environ.get("LOCAL_RANK", "0")))
+    dist_info = init_distributed(device)
+    configure_backends(t.deterministic, device)
+    if t.sync_bn and dist_info.enabled and device.type != "cuda":
+        raise ConfigError("train.sync_bn needs CUDA devices (PyTorch's SyncBatchNorm); on the CPU leave it off")
+    if config.optim.batch_size % dist_info.world_size:
+        raise ConfigError(
+            f"optim.batch_size={config.optim.batch_size} is the global batch and must divide "
+            f"evenly over {dist_info.world_size} processes"
+        )
+    return device, dist_info
 
 
 def configure_backends(deterministic: bool, device: torch.device) -> None:

@@ -18,6 +18,7 @@ from .pipeline import build_pipeline, to_device
 from .precision import autocast
 
 __all__ = [
+    "final_metrics",
     "LOG_BAR_SECONDS",
     "evaluate_checkpoint",
     "evaluate_method",
@@ -94,6 +95,45 @@ def evaluate_checkpoint(
     )
     result["epoch"] = state["epoch"]
     return result, config
+
+
+def final_metrics(
+    config: Config,
+    result: dict,
+    epoch: int,
+    train_set,
+    cls_num_list: list[int],
+    train_seconds: float,
+    pipeline: str,
+    environment: dict,
+    best: dict | None,
+) -> dict:
+    """``metrics.json`` of a finished run: the final evaluation ``result`` with what produced it,
+    the best test epoch (labelled as test-set selection) and the paper's numbers."""
+    metrics = {
+        **result,
+        "epoch": epoch,
+        "reported": "final epoch",
+        "preset": config.name,
+        "method": config.method.name,
+        "loss": config.loss.name,
+        "data": config.data.name,
+        "imbalance_factor": config.data.imbalance_factor if hasattr(train_set, "imbalance_factor") else None,
+        "cls_num_list": cls_num_list,
+        "classes": list(getattr(train_set, "classes", [])),
+        "train_seconds": train_seconds,
+        "pipeline": pipeline,
+        "limit": config.data.limit or None,  # a smoke test on part of the training split
+        "environment": environment,
+        "paper": paper_reference(config),
+    }
+    if best is not None:
+        metrics["best_epoch"] = {
+            **best,
+            "note": "best test accuracy over epochs (test-set model selection, as the original code reports); "
+            "not the reported result",
+        }
+    return metrics
 
 
 def paper_reference(config: Config) -> dict | None:

@@ -45,6 +45,7 @@ __all__ = [
     "derived_seed",
     "epoch_seed",
     "resolve_pipeline",
+    "seed_everything",
     "to_device",
     "transform_names",
 ]
@@ -109,6 +110,13 @@ def _images_tensor(dataset: Dataset, device: torch.device) -> tuple[torch.Tensor
     images = torch.from_numpy(data).permute(0, 3, 1, 2).contiguous().to(device)
     targets = torch.as_tensor(np.asarray(dataset.targets), dtype=torch.long).to(device)
     return images, targets
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python's, NumPy's and torch's global generators."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
 
 
 def epoch_seed(seed: int, epoch: int) -> int:
@@ -248,16 +256,43 @@ class InputPipeline:
         dist_info: DistInfo = DistInfo(),
         train_seed: int = 0,
         with_indices: bool = False,
+        drop_last: bool = False,
     ) -> None:
         self.train_set, self.test_set, self.device = train_set, test_set, device
         self.batch_size, self.eval_batch_size = batch_size, eval_batch_size
-        self.dist, self.train_seed, self.with_indices = dist_info, train_seed, with_indices
+        self.dist, self.train_seed, self.with_indices, self.drop_last = dist_info, train_seed, with_indices, drop_last
         self._eval_indices = (
             shard_indices(len(test_set), dist_info) if dist_info.enabled and test_set is not None else None
         )
 
-    def train_batches(self, epoch: int, order: torch.Tensor, start: int, count: int) -> Iterator[tuple]:
-        """Batches ``start .. count - 1`` of this process's sample ``order`` in ``epoch``."""
+    def order(self, epoch: int) -> torch.Tensor:
+        """This process's sample order in ``epoch``: a permutation seeded by (seed, epoch, rank),
+        or ``DistributedSampler``'s shard under torchrun."""
+        if self.dist.enabled:
+            from torch.utils.data.distributed import DistributedSampler
+
+            sampler = DistributedSampler(
+                self.train_set,
+                self.dist.world_size,
+                self.dist.rank,
+                shuffle=True,
+                seed=self.train_seed,
+                drop_last=self.drop_last,
+            )
+            sampler.set_epoch(epoch)
+            return torch.tensor(list(sampler), dtype=torch.long)
+        generator = torch.Generator().manual_seed(epoch_seed(self.train_seed, epoch) + self.dist.rank)
+        return torch.randperm(len(self.train_set), generator=generator)
+
+    def train_batches(self, epoch: int, start: int = 0) -> tuple[Iterator[tuple], int]:
+        """``(batches, how many)``: ``epoch``'s training batches from batch ``start`` on."""
+        order = self.order(epoch)
+        size = self.batch_size
+        count = len(order) // size if self.drop_last else -(-len(order) // size)
+        return self._batches(epoch, order, start, count), count - start
+
+    def _batches(self, epoch: int, order: torch.Tensor, start: int, count: int) -> Iterator[tuple]:
+        """Batches ``start .. count - 1`` of the sample ``order``."""
         raise NotImplementedError
 
     def eval_batches(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
@@ -283,9 +318,12 @@ class LoaderPipeline(InputPipeline):
         dist_info: DistInfo = DistInfo(),
         train_seed: int = 0,
         with_indices: bool = False,
+        drop_last: bool = False,
         workers: int = 0,
     ) -> None:
-        super().__init__(train_set, test_set, device, batch_size, eval_batch_size, dist_info, train_seed, with_indices)
+        super().__init__(
+            train_set, test_set, device, batch_size, eval_batch_size, dist_info, train_seed, with_indices, drop_last
+        )
         self.workers = workers
         self.normalize = batch_normalizer(getattr(train_set, "transform", None)) if train_set is not None else None
         self.eval_normalize = batch_normalizer(getattr(test_set, "transform", None)) if test_set is not None else None
@@ -302,7 +340,7 @@ class LoaderPipeline(InputPipeline):
             *[i.to(self.device, non_blocking=True) for i in indices],
         )
 
-    def train_batches(self, epoch: int, order: torch.Tensor, start: int, count: int) -> Iterator[tuple]:
+    def _batches(self, epoch: int, order: torch.Tensor, start: int, count: int) -> Iterator[tuple]:
         size = self.batch_size
         chunks = [order[b * size : (b + 1) * size].tolist() for b in range(start, count)]
         samples = SeededSamples(self.train_set, epoch_seed(self.train_seed, epoch), self.with_indices)
@@ -347,11 +385,14 @@ class DevicePipeline(InputPipeline):
         dist_info: DistInfo = DistInfo(),
         train_seed: int = 0,
         with_indices: bool = False,
+        drop_last: bool = False,
         recipe_names: Sequence[str] = (),
         test_recipe: str = "",
         autoaugment: str = "reference",
     ) -> None:
-        super().__init__(train_set, test_set, device, batch_size, eval_batch_size, dist_info, train_seed, with_indices)
+        super().__init__(
+            train_set, test_set, device, batch_size, eval_batch_size, dist_info, train_seed, with_indices, drop_last
+        )
         self.train = (
             DeviceBatches(
                 train_set, recipe_names, batch_size, device, with_indices=with_indices, autoaugment=autoaugment
@@ -363,7 +404,7 @@ class DevicePipeline(InputPipeline):
             self.test_images, self.test_targets = _images_tensor(test_set, device)
             self.test_recipe = create_batch_recipe(test_recipe)
 
-    def train_batches(self, epoch: int, order: torch.Tensor, start: int, count: int) -> Iterator[tuple]:
+    def _batches(self, epoch: int, order: torch.Tensor, start: int, count: int) -> Iterator[tuple]:
         seed = epoch_seed(self.train_seed, epoch) + self.dist.rank  # own stream per process
         return self.train.batches(order, seed, start, count)
 
@@ -396,6 +437,7 @@ def build_pipeline(
         dist_info=dist_info,
         train_seed=config.train.seed,
         with_indices=with_indices,
+        drop_last=config.train.drop_last,
     )
     if resolve_pipeline(config, views, device) == "device":
         return DevicePipeline(

@@ -22,12 +22,12 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
-from .checkpoint import CHECKPOINT, CheckpointError, temporary_file
-from .config import ConfigError, config_from_dict, flatten_config, saved_config
+from .checkpoint import CHECKPOINT, CheckpointError, load_latest, previous_path, temporary_file
+from .config import Config, ConfigError, config_from_dict, flatten_config, saved_config
 
 __all__ = [
     "CHECKPOINT",
@@ -44,7 +44,9 @@ __all__ = [
     "config_differences",
     "environment",
     "foreign_files",
+    "has_checkpoint",
     "is_run_dir",
+    "open_run",
     "recipe_revisions",
     "write_json",
     "write_log",
@@ -126,6 +128,58 @@ def _with_defaults(values: dict) -> dict:
         return config_from_dict(values, check_values=False).to_dict()
     except (ConfigError, TypeError):
         return values
+
+
+def has_checkpoint(run_dir: Path) -> bool:
+    """Whether ``run_dir`` holds a checkpoint (the latest or the previous one)."""
+    path = Path(run_dir) / CHECKPOINT
+    return path.exists() or previous_path(path).exists()
+
+
+def open_run(
+    run_dir: Path, config: Config, resume: bool, is_main: bool = True, log: Callable[[str], None] = print
+) -> dict | None:
+    """Whether ``config`` may train into ``run_dir``: ``None`` for a new run (an empty or new
+    folder), or the checkpoint state to resume, whose config may differ from ``config`` only in
+    resumable settings; a recipe revision (:data:`RECIPE_REVISIONS`) is set back in ``config``
+    to the run's own value, and logged. :class:`CheckpointError` says why not, and what to do."""
+    run_dir = Path(run_dir)
+    if not resume:
+        if has_checkpoint(run_dir):
+            raise CheckpointError(
+                f"{run_dir} already holds a run; pass --resume to continue it or choose another --out"
+            )
+        other = foreign_files(run_dir) if is_main and not is_run_dir(run_dir) else []
+        if other:
+            raise CheckpointError(
+                f"{run_dir} exists and is not a run directory (it holds {', '.join(other[:3])}"
+                f"{', ...' if len(other) > 3 else ''}); choose another --out (or an empty or new folder)"
+            )
+        return None
+    if not has_checkpoint(run_dir):
+        raise CheckpointError(
+            f"nothing to resume in {run_dir} (no checkpoint); start the run with "
+            f"dbm-ltr train --config CONFIG --out {run_dir}"
+        )
+    state, warning = load_latest(run_dir / CHECKPOINT)
+    if warning:
+        log(f"warning: {warning}")
+    saved = state.get("config", {})
+    diff = config_differences(saved, config.to_dict())
+    if diff:
+        shown = "; ".join(f"{k}: checkpoint {a!r}, now {b!r}" for k, a, b in diff[:4])
+        raise CheckpointError(
+            f"the checkpoint in {run_dir} was trained with a different config ({shown}); "
+            f"resume with the run's own config ({run_dir / CONFIG}) or start a new --out"
+        )
+    revised = recipe_revisions(saved, config.to_dict())
+    for key, old, _ in revised:  # the run goes on with the recipe it started with
+        section, leaf = key.split(".")
+        setattr(getattr(config, section), leaf, old)
+    if revised:
+        shown = ", ".join(f"{k} {a!r} (now {b!r})" for k, a, b in revised)
+        log(f"note: {run_dir} was started before its preset's recipe was revised; it continues with its own: {shown}")
+    return state
 
 
 def is_run_dir(path: str | Path) -> bool:

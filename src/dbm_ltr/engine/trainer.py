@@ -12,34 +12,30 @@ from __future__ import annotations
 import copy
 import itertools
 import json
-import os
-import random
 import time
 from collections.abc import Callable
 from pathlib import Path
 
-import numpy as np
 import torch
 
-from ..errors import DbmLtrError
+from ..errors import TrainingError
 from ..figures import plot_per_class_accuracy
 from ..methods import method_views
-from ..metrics import class_vector_cosines
 from ..models import pretrained_trunks
 from .build import (
     build_method,
     compile_model,
-    configure_backends,
     load_datasets,
     parameter_groups,
+    prepare_process,
     to_layout,
     wrap_model,
 )
-from .checkpoint import CheckpointError, capture_rng, load_latest, previous_path, restore_rng, save_checkpoint
-from .config import Config, ConfigError, save_config
-from .distributed import available_cores, init_distributed, pick_device
-from .evaluation import evaluate_method, format_groups, paper_reference, progress_bar
-from .pipeline import build_pipeline, epoch_seed
+from .checkpoint import CheckpointError, capture_rng, restore_rng, save_checkpoint
+from .config import Config, save_config
+from .evaluation import evaluate_method, final_metrics, format_groups, progress_bar
+from .monitor import EpochMonitor, StepTally, describe_run
+from .pipeline import build_pipeline, epoch_seed, seed_everything
 from .precision import amp_dtype, autocast
 from .rundir import (
     CHECKPOINT,
@@ -49,33 +45,16 @@ from .rundir import (
     PER_CLASS_PLOT,
     TENSORBOARD,
     RunLock,
-    config_differences,
     environment,
-    foreign_files,
-    is_run_dir,
-    recipe_revisions,
+    has_checkpoint,
+    open_run,
     write_json,
     write_log,
 )
 from .schedules import learning_rate
 from .signals import Interrupted, StopSignals
 
-__all__ = ["Interrupted", "Trainer", "TrainingError", "seed_everything"]
-
-#: Mean cosine between two classes' vectors above which the classifier counts as collapsed
-#: (trained heads of the CIFAR runs: linear about -0.1, cosine 0.2-0.88 (DBM at IF 10: 0.84-0.88);
-#: collapsed DBM runs on balanced data: 0.95-1.0).
-COLLAPSED_CLASS_COSINE = 0.95
-
-
-class TrainingError(DbmLtrError, RuntimeError):
-    """Training cannot go on (e.g. the loss became NaN); the message says what to change."""
-
-
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
+__all__ = ["Interrupted", "Trainer", "TrainingError"]
 
 
 class Trainer:
@@ -100,34 +79,18 @@ class Trainer:
         self.run_dir = Path(run_dir)
         self._log = log
         t = config.train
-        cores = available_cores()
-        if t.threads or torch.get_num_threads() > cores:  # two jobs on one machine must not
-            torch.set_num_threads(t.threads or cores)  # each take every core of it
-        self.device = pick_device(t.device, int(os.environ.get("LOCAL_RANK", "0")))
-        self.dist = init_distributed(self.device)
-        configure_backends(t.deterministic, self.device)
-        if t.sync_bn and self.dist.enabled and self.device.type != "cuda":
-            raise ConfigError("train.sync_bn needs CUDA devices (PyTorch's SyncBatchNorm); on the CPU leave it off")
-        if config.optim.batch_size % self.dist.world_size:
-            raise ConfigError(
-                f"optim.batch_size={config.optim.batch_size} is the global batch and must divide "
-                f"evenly over {self.dist.world_size} processes"
-            )
+        self.device, self.dist = prepare_process(config)
         self._lock = RunLock(self.run_dir).acquire() if self.dist.is_main else None
         self.environment = environment()
         try:
-            self._setup(resume or t.auto_resume and self._has_checkpoint())
+            self._setup(resume or t.auto_resume and has_checkpoint(self.run_dir))
         except BaseException:
             self.close()
             raise
 
-    def _has_checkpoint(self) -> bool:
-        path = self.run_dir / CHECKPOINT
-        return path.exists() or previous_path(path).exists()
-
     def _setup(self, resume: bool) -> None:
         config, t, o = self.config, self.config.train, self.config.optim
-        state = self._read_state(resume)
+        state = open_run(self.run_dir, self.config, resume, self.dist.is_main, self.log)
         seed_everything(t.seed)
         views = method_views(config.method.name)
         self.train_set, self.test_set = load_datasets(config, views, defer_normalize=True)
@@ -155,7 +118,6 @@ class Trainer:
         self.best: dict | None = None
         self.elapsed = 0.0
         self._partial: dict | None = None  # a mid-epoch checkpoint's position, until it is used
-        self._collapse_reported = False
         self._final = False  # the checkpoint is the final one (no optimizer state)
         self.finished_metrics: dict | None = None
         if state is not None:
@@ -163,7 +125,7 @@ class Trainer:
         self.model = wrap_model(self.method, self.dist, self.device, t.sync_bn)
         if t.compile:
             self.model = compile_model(self.model, self.device, self.log, t.compile_mode)
-        self._writer = None
+        self.monitor = EpochMonitor(self.run_dir / TENSORBOARD, self.log)
         self._stop = StopSignals(enabled=not self.dist.enabled)
 
     def close(self) -> None:
@@ -172,48 +134,6 @@ class Trainer:
             self._lock.release()
 
     # ------------------------------------------------------------------ checkpoints
-
-    def _read_state(self, resume: bool) -> dict | None:
-        path = self.run_dir / CHECKPOINT
-        if not resume:
-            if self._has_checkpoint():
-                raise CheckpointError(
-                    f"{self.run_dir} already holds a run; pass --resume to continue it or choose another --out"
-                )
-            other = foreign_files(self.run_dir) if self.dist.is_main and not is_run_dir(self.run_dir) else []
-            if other:
-                raise CheckpointError(
-                    f"{self.run_dir} exists and is not a run directory (it holds {', '.join(other[:3])}"
-                    f"{', ...' if len(other) > 3 else ''}); choose another --out (or an empty or new folder)"
-                )
-            return None
-        if not self._has_checkpoint():
-            raise CheckpointError(
-                f"nothing to resume in {self.run_dir} (no checkpoint); start the run with "
-                f"dbm-ltr train --config CONFIG --out {self.run_dir}"
-            )
-        state, warning = load_latest(path)
-        if warning:
-            self.log(f"warning: {warning}")
-        saved = state.get("config", {})
-        diff = config_differences(saved, self.config.to_dict())
-        if diff:
-            shown = "; ".join(f"{k}: checkpoint {a!r}, now {b!r}" for k, a, b in diff[:4])
-            raise CheckpointError(
-                f"the checkpoint in {self.run_dir} was trained with a different config ({shown}); "
-                f"resume with the run's own config ({self.run_dir / CONFIG}) or start a new --out"
-            )
-        revised = recipe_revisions(saved, self.config.to_dict())
-        for key, old, _ in revised:  # the run goes on with the recipe it started with
-            section, leaf = key.split(".")
-            setattr(getattr(self.config, section), leaf, old)
-        if revised:
-            shown = ", ".join(f"{k} {a!r} (now {b!r})" for k, a, b in revised)
-            self.log(
-                f"note: {self.run_dir} was started before its preset's recipe was revised; it "
-                f"continues with its own: {shown}"
-            )
-        return state
 
     def _restore(self, state: dict) -> None:
         self._final = bool(state.get("final"))
@@ -267,7 +187,7 @@ class Trainer:
         if self.dist.is_main:
             save_checkpoint(self._state(epochs_done, final, partial), self.run_dir / CHECKPOINT)
 
-    def _save_partial(self, epoch: int, step: int, sums: torch.Tensor, seconds: float, skipped: int) -> None:
+    def _save_partial(self, epoch: int, step: int, sums: list[float], seconds: float, skipped: int) -> None:
         """A mid-epoch checkpoint (one process): ``step`` steps of ``epoch`` done, with the
         random state and the running sums, so training continues exactly where it stopped."""
         self._save(
@@ -276,7 +196,7 @@ class Trainer:
                 "epoch": epoch,
                 "step": step,
                 "rng": capture_rng(),
-                "sums": sums.tolist(),
+                "sums": list(sums),
                 "seconds": seconds,
                 "skipped": skipped,
             },
@@ -288,24 +208,6 @@ class Trainer:
         if self.dist.is_main:
             self._log(message)
 
-    def _order(self, epoch: int, generator: torch.Generator) -> torch.Tensor:
-        """This process's sample order in ``epoch``: a seeded permutation (one process) or
-        ``DistributedSampler``'s shard."""
-        if self.dist.enabled:
-            from torch.utils.data.distributed import DistributedSampler
-
-            sampler = DistributedSampler(
-                self.train_set,
-                self.dist.world_size,
-                self.dist.rank,
-                shuffle=True,
-                seed=self.config.train.seed,
-                drop_last=self.config.train.drop_last,
-            )
-            sampler.set_epoch(epoch)
-            return torch.tensor(list(sampler), dtype=torch.long)
-        return torch.randperm(len(self.train_set), generator=generator)
-
     def train_one_epoch(self, epoch: int, max_steps: int | None = None) -> dict:
         """Train one epoch (or its first ``max_steps`` steps: benchmarks, smoke tests), from
         where a mid-epoch checkpoint stopped if there is one; returns the epoch's log row."""
@@ -313,28 +215,21 @@ class Trainer:
         lr = learning_rate(epoch, o.lr, o.epochs, o.schedule, o.warmup_epochs, o.milestones, o.lr_decay)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
-        seed = epoch_seed(t.seed, epoch) + self.dist.rank  # own stream per process
-        seed_everything(seed)
-        generator = torch.Generator().manual_seed(seed)
-        order = self._order(epoch, generator)
-        # running sums stay on the device (nothing in the step waits for it): loss, correct, seen
-        sums = torch.zeros(3, dtype=torch.float64, device=self.device)
-        start, seconds_before, skipped = 0, 0.0, 0
+        seed_everything(epoch_seed(t.seed, epoch) + self.dist.rank)  # own stream per process
+        start, seconds_before, skipped, sums = 0, 0.0, 0, None
         partial, self._partial = (
             (self._partial, None) if self._partial and self._partial["epoch"] == epoch else (None, self._partial)
         )
         if partial is not None:
             start, seconds_before, skipped = partial["step"], partial["seconds"], partial["skipped"]
             restore_rng(partial["rng"])
-            sums = torch.tensor(partial["sums"], dtype=torch.float64, device=self.device)
-        size = self.pipeline.batch_size
-        count = len(order) // size if t.drop_last else -(-len(order) // size)
-        stream = self.pipeline.train_batches(epoch, order, start, count)
-        batches, total = stream, count - start
+            sums = partial["sums"]
+        tally = StepTally(self.device, t.nan_policy == "stop", sums)
+        stream, total = self.pipeline.train_batches(epoch, start)
+        batches = stream
         if max_steps is not None:
             batches, total = itertools.islice(batches, max_steps), min(total, max_steps)
         self.method.train()
-        first_bad = torch.full((), -1, dtype=torch.long, device=self.device)
         bar = progress_bar(
             batches, total=total, desc=f"epoch {epoch + 1}/{o.epochs}", disable=not (t.progress and self.dist.is_main)
         )
@@ -345,26 +240,20 @@ class Trainer:
                 extra = {"indices": indices[0]} if indices else {}
                 with autocast(self.device, self.amp):
                     out = self.model(images, targets, epoch, **extra)
-                loss = out.loss.detach()
-                if t.nan_policy == "skip" and not self._all_finite(loss):
+                if t.nan_policy == "skip" and not self._all_finite(out.loss.detach()):
                     skipped += 1  # one read of the loss per step: the price of skipping
                     continue
                 self.optimizer.zero_grad(set_to_none=True)
                 self.scaler.scale(out.loss).backward()
                 self.scaler.step(self.optimizer)
                 self.scaler.update()
-                n = targets.shape[0]
-                sums[0] += loss.double() * n  # in place on the device: no copy from the host
-                sums[1] += (out.scores.detach().argmax(dim=1) == targets).sum()
-                sums[2] += n
-                if t.nan_policy == "stop":
-                    first_bad = torch.where((first_bad < 0) & ~torch.isfinite(loss), step, first_bad)
+                tally.add(step, out.loss, out.scores, targets)
                 now = time.perf_counter()
-                if self.device.type == "cpu" or now - shown > 1.0:  # a read costs nothing on the CPU
+                if tally.on_host or now - shown > 1.0:  # a read costs nothing on the CPU
                     shown = now
-                    self._check_finite(first_bad, epoch, total + start)
+                    self._check_finite(tally, epoch, total + start)
                     if not bar.disable:
-                        loss_sum, correct, seen = sums.tolist()
+                        loss_sum, correct, seen = tally.values()
                         bar.set_postfix(
                             loss=f"{loss_sum / max(seen, 1):.3f}",
                             acc=f"{100 * correct / max(seen, 1):.1f}%",
@@ -373,8 +262,8 @@ class Trainer:
                 signum = self._stop.signum
                 if signum:
                     seconds = seconds_before + time.perf_counter() - begin
-                    self._check_finite(first_bad, epoch, total + start)
-                    self._save_partial(epoch, step, sums, seconds, skipped)
+                    self._check_finite(tally, epoch, total + start)
+                    self._save_partial(epoch, step, tally.values(), seconds, skipped)
                     raise Interrupted(
                         signum, self.run_dir, f"in epoch {epoch + 1} after step {step} of {total + start}"
                     )
@@ -383,13 +272,9 @@ class Trainer:
             stream.close()  # ends the loader's worker processes too
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
-        self._check_finite(first_bad, epoch, total + start)
+        self._check_finite(tally, epoch, total + start)
         seconds = seconds_before + time.perf_counter() - begin
-        if self.dist.enabled:
-            import torch.distributed as dist
-
-            dist.all_reduce(sums)
-        loss_sum, correct, count = sums.tolist()
+        loss_sum, correct, count = tally.all_reduce() if self.dist.enabled else tally.values()
         if count == 0 and skipped:
             raise TrainingError(
                 f"every step of epoch {epoch + 1} had a non-finite loss ({skipped} skipped); lower "
@@ -415,8 +300,8 @@ class Trainer:
             dist.all_reduce(finite, op=dist.ReduceOp.MIN)
         return bool(finite.item())
 
-    def _check_finite(self, first_bad: torch.Tensor, epoch: int, steps: int) -> None:
-        bad = int(first_bad.item())
+    def _check_finite(self, tally: StepTally, epoch: int, steps: int) -> None:
+        bad = tally.bad_step()
         if bad >= 0:
             raise TrainingError(
                 f"the training loss became non-finite (nan or inf) in epoch {epoch + 1} at step "
@@ -434,39 +319,6 @@ class Trainer:
             self.amp,
             progress=self.config.train.progress and self.dist.is_main,
         )
-
-    def _class_vector_check(self, epoch: int) -> dict:
-        """``class_cos_mean`` / ``class_cos_max`` of the classifier's class vectors for the log
-        row, and a warning (once) when they have collapsed onto one direction."""
-        with torch.no_grad():
-            cos = class_vector_cosines(self.method.class_weights())
-        if cos["mean"] is None:
-            return {}
-        if cos["mean"] > COLLAPSED_CLASS_COSINE and not self._collapse_reported:
-            self._collapse_reported = True
-            self.log(
-                f"warning: after epoch {epoch + 1} the classifier's class vectors point nearly the "
-                f"same way (mean cosine between two classes' vectors {cos['mean']:.3f}): every "
-                "class scores alike and accuracy stays near chance. A margin loss does this when "
-                "every class gets a large margin (e.g. DBM, whose rarest class gets "
-                "loss.max_margin, on balanced data); lower loss.max_margin (docs/method.md, "
-                "'Collapsed class vectors')"
-            )
-        return {"class_cos_mean": cos["mean"], "class_cos_max": cos["max"]}
-
-    def _write_tensorboard(self, row: dict) -> None:
-        if self._writer is None:
-            try:
-                from torch.utils.tensorboard import SummaryWriter
-
-                self._writer = SummaryWriter(str(self.run_dir / TENSORBOARD))
-            except ImportError:  # tensorboard not installed
-                self._writer = False
-        if self._writer:
-            for key, value in row.items():
-                if key != "epoch" and isinstance(value, (int, float)) and value is not None:
-                    self._writer.add_scalar(key, value, row["epoch"])
-            self._writer.flush()
 
     def fit(self) -> dict:
         """Train the remaining epochs, evaluate the final model, write ``metrics.json``.
@@ -498,26 +350,8 @@ class Trainer:
                 else f"after epoch {self.start_epoch}/{o.epochs}"
             )
             self.log(f"resuming {self.run_dir} {where}")
-        self.log(
-            f"{c.name or 'run'}: {c.method.name}/{c.loss.name} on {c.data.name} ("
-            + (f"IF {c.data.imbalance_factor:g}, " if hasattr(self.train_set, "imbalance_factor") else "")
-            + f"{len(self.train_set)} train images), "
-            f"{c.model.name}+{c.model.classifier}, {o.epochs} epochs, device {self.device}"
-            + (f" x{self.dist.world_size}" if self.dist.enabled else "")
-            + f", {self.pipeline.name} pipeline"
-            + (", amp " + str(amp_dtype(self.device)).split(".")[1] if self.amp else "")
-            + (", channels-last" if c.train.channels_last else "")
-        )
-        if o.warmup_epochs > o.epochs and o.schedule != "cosine_shifted":
-            self.log(
-                f"note: optim.warmup_epochs={o.warmup_epochs} is longer than the run ({o.epochs} "
-                f"epochs); the warm-up spans the whole run"
-            )
-        if c.data.limit:
-            self.log(
-                f"note: data.limit={c.data.limit}: training on {len(self.train_set)} images of the "
-                "training split (a smoke test; not comparable with full runs)"
-            )
+        for line in describe_run(c, self.train_set, self.device, self.dist, self.pipeline.name, self.amp):
+            self.log(line)
         for epoch in range(self.start_epoch, o.epochs):
             row = self.train_one_epoch(epoch)
             self.elapsed += row["seconds"]
@@ -525,7 +359,7 @@ class Trainer:
             if every and (epoch + 1) % every == 0:
                 result = self.evaluate()
                 row.update({f"test_{k}": result[k] for k in ("top1", "many", "medium", "few")})
-                row.update(self._class_vector_check(epoch))
+                row.update(self.monitor.class_vectors(self.method, epoch))
                 if self.best is None or result["top1"] >= self.best["top1"]:
                     self.best = {"epoch": epoch + 1, **result}
             self.history.append(row)
@@ -533,7 +367,7 @@ class Trainer:
             if self.dist.is_main:
                 with open(self.run_dir / LOG, "a") as f:
                     f.write(json.dumps(row) + "\n")
-                self._write_tensorboard(row)
+                self.monitor.write(row)
             self.log(
                 f"epoch {epoch + 1}/{o.epochs}  lr {row['lr']:.5f}  loss {row['train_loss']:.4f}  "
                 f"train acc {row['train_acc']:.2f}%"
@@ -551,29 +385,17 @@ class Trainer:
         checkpoint (weights only)."""
         c = self.config
         result = self.evaluate()
-        metrics = {
-            **result,
-            "epoch": self.history[-1]["epoch"] if self.history else self.start_epoch,
-            "reported": "final epoch",
-            "preset": c.name,
-            "method": c.method.name,
-            "loss": c.loss.name,
-            "data": c.data.name,
-            "imbalance_factor": c.data.imbalance_factor if hasattr(self.train_set, "imbalance_factor") else None,
-            "cls_num_list": self.cls_num_list,
-            "classes": list(getattr(self.train_set, "classes", [])),
-            "train_seconds": self.elapsed,
-            "pipeline": self.pipeline.name,
-            "limit": c.data.limit or None,  # a smoke test on part of the training split
-            "environment": self.environment,
-            "paper": paper_reference(c),
-        }
-        if self.best is not None:
-            metrics["best_epoch"] = {
-                **self.best,
-                "note": "best test accuracy over epochs (test-set model selection, as the "
-                "original code reports); not the reported result",
-            }
+        metrics = final_metrics(
+            c,
+            result,
+            epoch=self.history[-1]["epoch"] if self.history else self.start_epoch,
+            train_set=self.train_set,
+            cls_num_list=self.cls_num_list,
+            train_seconds=self.elapsed,
+            pipeline=self.pipeline.name,
+            environment=self.environment,
+            best=self.best,
+        )
         if self.dist.is_main:
             plot_per_class_accuracy(
                 result["per_class"],
@@ -584,7 +406,6 @@ class Trainer:
             )
             write_json(self.run_dir / METRICS, metrics)  # the run is finished once this exists
             self._save(metrics["epoch"], final=True)
-            if self._writer:
-                self._writer.close()
+            self.monitor.close()
         self.log(format_groups(metrics))
         return metrics
