@@ -62,8 +62,11 @@ def test_every_package_imports_only_from_the_layers_below():
             if head != source and LAYER[head] >= LAYER[source]:
                 upward.append(f"{module_name(path)} -> {target}")
     assert not upward, upward
-    assert set(LAYER) >= {p.stem if p.is_file() else p.name for p in SRC.iterdir() if p.suffix == ".py" or
-                          (p.is_dir() and (p / "__init__.py").is_file())}
+    assert set(LAYER) >= {
+        p.stem if p.is_file() else p.name
+        for p in SRC.iterdir()
+        if p.suffix == ".py" or (p.is_dir() and (p / "__init__.py").is_file())
+    }
 
 
 def test_no_circle_of_module_imports():
@@ -80,7 +83,7 @@ def test_no_circle_of_module_imports():
         state[node] = "open"
         for nxt in sorted(graph[node]):
             if state.get(nxt) == "open":
-                cycles.append(trail[trail.index(nxt):] + [nxt])
+                cycles.append(trail[trail.index(nxt) :] + [nxt])
             elif nxt not in state:
                 visit(nxt, trail + [nxt])
         state[node] = "done"
