@@ -132,7 +132,7 @@ def test_the_smallest_real_run_needs_no_extra_settings(tmp_path, fake_root, caps
     ]
     assert main(argv) == 0
     out = capsys.readouterr().out
-    assert "warmup_epochs=5 is longer than the run (1 epochs)" in out and "data.limit=40" in out
+    assert "warmup_epochs=5 is longer than the run (1 epoch)" in out and "data.limit=40" in out
     metrics = json.loads((run / "metrics.json").read_text())
     assert metrics["limit"] == 40 and sum(metrics["cls_num_list"]) <= 40
     assert metrics["cls_num_list"][0] > metrics["cls_num_list"][-1] >= 1  # still long-tailed, every class
@@ -214,7 +214,7 @@ def test_demo_reports_each_run_and_says_what_it_replaces(tmp_path, capsys):
     argv = ["demo", "--out", str(tmp_path), "--epochs", "1", "--seeds", "1"]
     assert main(argv) == 0
     out = capsys.readouterr().out
-    assert out.startswith("training CE, DBM-CE, BS, DBM-BS on long-tailed digits, 1 seed(s) each: 4 runs of 1 epochs")
+    assert out.startswith("training CE, DBM-CE, BS, DBM-BS on long-tailed digits, 1 seed(s) each: 4 runs of 1 epoch")
     assert "  [1/4] CE      seed 0: top-1 " in out and "  [4/4] DBM-BS  seed 0: top-1 " in out
     assert main(argv) == 0
     assert capsys.readouterr().out.startswith(f"replacing 4 earlier demo run(s) in {tmp_path}")

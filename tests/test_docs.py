@@ -38,6 +38,14 @@ def test_the_api_examples_run(tmp_path, monkeypatch):
         exec(compile(block, f"docs/api.md, example {i + 1}", "exec"), {"__name__": f"api_example_{i}"})
 
 
+def test_the_readme_python_examples_run(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    blocks = re.findall(r"```python\n(.*?)```", (ROOT / "README.md").read_text(), re.S)
+    assert blocks
+    for i, block in enumerate(blocks):
+        exec(compile(block, f"README.md, example {i + 1}", "exec"), {"__name__": f"readme_example_{i}"})
+
+
 def test_no_user_facing_text_cites_the_internal_spec():
     texts = [ROOT / "README.md", *DOCS.glob("*.md"), *(ROOT / "src").rglob("*.py"), *(ROOT / "src").rglob("*.yaml")]
     cited = [str(p.relative_to(ROOT)) for p in texts if re.search(r"\bSPEC\b", p.read_text())]

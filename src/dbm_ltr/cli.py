@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import sys
 from pathlib import Path
 
@@ -18,7 +19,7 @@ from .errors import DbmLtrError
 __all__ = ["main"]
 
 
-def _add_set(parser: argparse.ArgumentParser) -> None:
+def _add_set(parser: argparse.ArgumentParser, example: str = "optim.epochs=30 data.root=../data") -> None:
     parser.add_argument(
         "--set",
         dest="overrides",
@@ -26,7 +27,7 @@ def _add_set(parser: argparse.ArgumentParser) -> None:
         default=[],
         metavar="KEY=VALUE",
         nargs="+",
-        help="override config values, e.g. --set optim.epochs=30 data.root=../data "
+        help=f"override config values, e.g. --set {example} "
         "(a bare key such as max_margin=0.2 works when it names one setting)",
     )
 
@@ -179,10 +180,11 @@ def cmd_report(args) -> int:
 
 
 def cmd_sweep(args) -> int:
-    from .experiments.sweep import describe_plan, plan_sweep, run_sweep, summarize_sweep
+    from .experiments.sweep import check_sweep_data, describe_plan, plan_sweep, run_sweep, summarize_sweep
 
     grid = [item for group in args.grid for item in group]
     axes, points = plan_sweep(args.config, grid, _overrides(args), args.out)
+    check_sweep_data(points)
     print(describe_plan(points, points[0].config.name if points else "", _overrides(args)), flush=True)
     if args.dry_run:
         print("dry run: nothing trained")
@@ -256,10 +258,8 @@ def cmd_reproduce(args) -> int:
 def cmd_presets(args) -> int:
     import yaml
 
-    from .engine.config import preset_dir
-
-    root = preset_dir()
-    shown = 0
+    root = PRESET_DIR  # not engine.config.preset_dir(): that module loads PyTorch, this command needs none
+    rows = []
     for path in sorted(root.rglob("*.yaml")):
         name = str(path.relative_to(root).with_suffix(""))
         if args.filter not in name:
@@ -269,14 +269,19 @@ def cmd_presets(args) -> int:
         paper = (yaml.safe_load(text) or {}).get("paper") or {}
         top1 = paper.get("top1")
         if isinstance(top1, dict):
-            numbers = ", ".join(f"IF {float(k):g}: {v}" for k, v in top1.items())
+            numbers = "paper top-1 " + ", ".join(f"IF {float(k):g}: {v}" for k, v in top1.items())
         else:
-            numbers = "" if top1 is None else f"{top1}"
-        print(f"{name:32s} {('paper top-1 ' + numbers) if numbers else 'no paper number':42s} {about[:90]}")
-        shown += 1
-    if not shown:
+            numbers = "no paper number" if top1 is None else f"paper top-1 {top1}"
+        rows.append((name, numbers, about))
+    if not rows:
         print(f"no preset matches {args.filter!r}", file=sys.stderr)
         return 1
+    width_name = max(len(r[0]) for r in rows)
+    width_numbers = max(len(r[1]) for r in rows)
+    room = max(40, shutil.get_terminal_size((160, 24)).columns - width_name - width_numbers - 2)
+    for name, numbers, about in rows:
+        about = about if len(about) <= room else about[: room - 1].rstrip() + "…"
+        print(f"{name:{width_name}s} {numbers:{width_numbers}s} {about}")
     return 0
 
 
@@ -304,7 +309,7 @@ def cmd_demo(args) -> int:
     epochs = args.epochs or load_config(f"demo/{DEMO_PRESETS[0]}").optim.epochs
     print(
         f"training {', '.join(_label(p) for p in DEMO_PRESETS)} on long-tailed digits, {args.seeds} "
-        f"seed(s) each: {len(plan)} runs of {epochs} epochs into {out}",
+        f"seed(s) each: {len(plan)} runs of {epochs} epoch{'s' * (epochs != 1)} into {out}",
         flush=True,
     )
     for k, (preset, seed) in enumerate(plan, 1):
@@ -384,7 +389,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.set_defaults(func=cmd_settings)
 
-    p = sub.add_parser("eval", help="evaluate a checkpoint on its test set")
+    p = sub.add_parser(
+        "eval",
+        help="evaluate a checkpoint on its test set",
+        description="Rebuild the model of a run (its directory, a checkpoint, or weights from dbm-ltr "
+        "export) from its own config and evaluate it on the test set of the data set it was trained on: "
+        "top-1, Many / Medium / Few and per-class accuracy, printed and written to a JSON file. "
+        "A data set whose classes are not the checkpoint's is refused.",
+        epilog="example: dbm-ltr eval --checkpoint runs/c10_dbm_bs --set data.root=../shared/data",
+    )
     p.add_argument(
         "--checkpoint",
         required=True,
@@ -392,7 +405,7 @@ def build_parser() -> argparse.ArgumentParser:
         "written by dbm-ltr export (FILE.safetensors)",
     )
     p.add_argument("--out", help="where to write the JSON result (default: eval.json beside it)")
-    _add_set(p)
+    _add_set(p, example="data.root=../data data.eval_batch_size=512")
     _add_trust(p)
     p.set_defaults(func=cmd_eval)
 
@@ -423,7 +436,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--seeds 0 --out runs/table2 --set data.root=../shared/data",
     )
     p.add_argument("--data", required=True, help="cifar10_lt or cifar100_lt")
-    p.add_argument("--imbalance-factor", type=float, help="10, 50 or 100 (default: the presets' 100)")
+    p.add_argument(
+        "--imbalance-factor", type=float, help="10, 50 or 100, those the paper reports (default: the presets' 100)"
+    )
     p.add_argument(
         "--rows",
         default="table2",
@@ -449,7 +464,14 @@ def build_parser() -> argparse.ArgumentParser:
     _add_trust(p)
     p.set_defaults(func=cmd_reproduce)
 
-    p = sub.add_parser("demo", help="offline demo: CE, DBM-CE, BS, DBM-BS on long-tailed digits (under a minute)")
+    p = sub.add_parser(
+        "demo",
+        help="offline demo: CE, DBM-CE, BS, DBM-BS on long-tailed digits (under a minute)",
+        description="Train CE, DBM-CE, BS and DBM-BS on scikit-learn's 8x8 digits made long-tailed "
+        "(imbalance factor 20), a few seeds each, offline, and print their final top-1 and Many / "
+        "Medium / Few accuracy (mean +- std over the seeds). Needs scikit-learn.",
+        epilog="example: dbm-ltr demo --seeds 1 --epochs 10",
+    )
     p.add_argument(
         "--out",
         default="runs/demo",
@@ -502,7 +524,7 @@ def build_parser() -> argparse.ArgumentParser:
         "enough samples, as for CIFAR test sets; else the top principal components, e.g. "
         "34 for 1,000 classes of 2,048-d features), full, or N principal components",
     )
-    _add_set(p)
+    _add_set(p, example="data.root=../data")
     _add_trust(p)
     p.set_defaults(func=cmd_analyze)
 
@@ -547,12 +569,29 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+#: Commands that need no PyTorch (they start at once).
+LIGHT_COMMANDS = ("presets",)
+#: The shipped presets (the same folder as ``dbm_ltr.engine.config.preset_dir()``).
+PRESET_DIR = Path(__file__).resolve().parent / "configs"
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)  # before any heavy import: --help and usage errors are instant
+    if args.command not in LIGHT_COMMANDS:
+        try:
+            import torchvision  # noqa: F401 - a torch / torchvision pair that does not fit fails here
+        except (RuntimeError, ImportError, OSError) as err:
+            problem = torch_install_problem(err)
+            if problem is None:
+                raise
+            print(f"dbm-ltr {args.command}: error: {problem}", file=sys.stderr)
+            return 2
     from .engine.signals import Interrupted
-    from .serialization import trust_checkpoints
 
-    trust_checkpoints(getattr(args, "trust_checkpoint", False))
+    if getattr(args, "trust_checkpoint", False):
+        from .serialization import trust_checkpoints
+
+        trust_checkpoints(True)
 
     try:
         return args.func(args)
@@ -567,6 +606,33 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"\ndbm-ltr {args.command}: interrupted{_resume_hint(args)}", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # the output went to a pipe that closed (| head): stop quietly
+        sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - the interpreter flushes it at exit
+        return 0
+
+
+def torch_install_problem(err: BaseException) -> str | None:
+    """One line for a torchvision that does not fit the installed torch (``operator
+    torchvision::nms does not exist``: another torch version, or a CUDA build beside a CPU one),
+    with the command that installs a matching one; ``None`` for any other error."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    text = str(err)
+    if "torchvision" not in text:
+        return None
+    try:
+        torch_version, vision_version = version("torch"), version("torchvision")
+    except PackageNotFoundError:
+        return None
+    release, _, build = torch_version.partition("+")
+    major, minor = (int(x) for x in release.split(".")[:2])
+    wanted = f"0.{minor + 15}.*" if major == 2 else "the release that matches it"
+    index = f" --index-url https://download.pytorch.org/whl/{build}" if build else ""
+    return (
+        f"torchvision {vision_version} does not fit torch {torch_version} ({text.splitlines()[0][:120]}); install "
+        f"torchvision from the same build and index as torch: pip install --force-reinstall --no-deps "
+        f"'torchvision=={wanted}'{index}"
+    )
 
 
 def _resume_hint(args) -> str:

@@ -49,6 +49,9 @@ def plot_per_class_accuracy(
     x = list(range(len(values)))
     fig, ax = plt.subplots(figsize=(max(6.0, 0.09 * len(values) + 4), 3.9))
     ax.bar(x, values, color=[GROUP_COLOURS[g] for g in groups], width=0.85)
+    zero = [i for i, v in enumerate(values) if v == 0]
+    if zero:  # a bar of height 0 does not show: mark those classes on the axis
+        ax.scatter(zero, [0.8] * len(zero), marker="x", color="black", s=14, zorder=3, clip_on=False)
     if class_names and len(class_names) == len(values) and len(values) <= 30:
         ax.set_xticks(x)
         ax.set_xticklabels(class_names, rotation=45, ha="right", fontsize=7)
@@ -63,6 +66,9 @@ def plot_per_class_accuracy(
     twin.set_ylabel("training images (log)")
     handles = [plt.Rectangle((0, 0), 1, 1, color=GROUP_COLOURS[g]) for g in GROUP_COLOURS if g in groups]
     labels = [g for g in GROUP_COLOURS if g in groups]
+    if zero:
+        handles.append(plt.Line2D([], [], marker="x", color="black", linestyle="none", markersize=4))
+        labels.append("0 %")
     (line,) = twin.get_lines()
     # above the axes, so the legend never covers a bar
     ax.legend(

@@ -322,10 +322,11 @@ def test_torchrun_restarts_a_lost_worker_and_the_run_resumes_by_itself(fake_cifa
 
 
 @pytest.mark.parametrize("seed", [0])
-def test_fuzzed_settings_end_in_a_one_line_error_or_a_valid_plan(tmp_path, capsys, seed):
+def test_fuzzed_settings_end_in_a_one_line_error_or_a_valid_plan(tmp_path, capsys, seed, fake_cifar10):
     """A few hundred random keys, values and types through --set and through config files:
-    every one is accepted (the sweep's dry run validates it and builds the method) or ends in
-    a one-line error, never a traceback."""
+    every one is accepted (the sweep's dry run validates it, builds the method and loads the
+    data) or ends in a one-line error, never a traceback."""
+    data = [f"data.root={fake_cifar10}", "data.imbalance_factor=10"]  # the fuzzed settings may change them
     rng = random.Random(seed)
     keys = [
         "optim.lr",
@@ -412,6 +413,8 @@ def test_fuzzed_settings_end_in_a_one_line_error_or_a_valid_plan(tmp_path, capsy
                 "--out",
                 str(tmp_path / "o"),
                 "--dry-run",
+                "--set",
+                *data,
             ]
         else:
             argv = [
@@ -424,6 +427,7 @@ def test_fuzzed_settings_end_in_a_one_line_error_or_a_valid_plan(tmp_path, capsy
                 str(tmp_path / "o"),
                 "--dry-run",
                 "--set",
+                *data,
                 *items,
             ]
         code = cli.main(argv)

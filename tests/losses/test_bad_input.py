@@ -68,6 +68,7 @@ def test_target_shape_and_dtype():
         ({"lambda_inst": -1.0}, "lambda_inst must be"),
         ({"max_margin": 1.0}, "above pi/2"),
         ({"tau": float("inf")}, "tau must be finite"),
+        ({"tau": -1.0}, "tau must be finite and >= 0"),
     ],
 )
 def test_bad_dbm_hyperparameters(kwargs, match):

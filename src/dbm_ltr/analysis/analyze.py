@@ -171,8 +171,16 @@ def analyze_runs(
         raise ValueError("no run directories given")
     for run in run_dirs:  # fail before any slow work: every folder, then every checkpoint
         check_run_dir(run, need=(CHECKPOINT,))
+    data = {}
     for run in run_dirs:  # readable checkpoints, and overrides that fit their configs
-        config_from_dict(apply_overrides(saved_config(load_run_state(run)["config"]), list(overrides)))
+        state = load_run_state(run)
+        config = config_from_dict(apply_overrides(saved_config(state["config"]), list(overrides)))
+        data[run] = (config.data.name, f"{config.data.imbalance_factor:g}", len(state.get("cls_num_list", [])))
+    if len(set(data.values())) > 1:  # one table compares runs of one data set
+        shown = "; ".join(f"{run}: {n} at IF {f}, {c} classes" for run, (n, f, c) in data.items())
+        raise RunError(
+            f"analyze compares runs of one data set and imbalance factor, got {shown}; analyze them separately"
+        )
     results = []
     for run, label in zip(run_dirs, run_labels(run_dirs)):
         log(f"extracting {split} features of {run} ...")

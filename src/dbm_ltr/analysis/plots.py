@@ -240,7 +240,12 @@ def plot_reproduction(rows: Sequence, path: str | Path, title: str = "") -> Path
     import numpy as np
 
     plt = _pyplot()
-    labels = [r.preset.split("/")[-1] + (f" IF{r.imbalance_factor:g}" if r.imbalance_factor else "") for r in rows]
+    labels = [
+        r.preset.split("/")[-1]
+        + (f" IF{r.imbalance_factor:g}" if r.imbalance_factor else "")
+        + (" (short)" if r.short else "")
+        for r in rows
+    ]
     x = np.arange(len(rows))
     series = [
         ("ours, final epoch", [r.mean("top1") for r in rows], [r.std("top1") for r in rows], "#4477aa", ""),
@@ -277,7 +282,18 @@ def plot_reproduction(rows: Sequence, path: str | Path, title: str = "") -> Path
     ax.set_xticklabels(labels, rotation=30, ha="right", fontsize=8)
     ax.set_ylabel("top-1 (%)")
     ax.grid(axis="y", alpha=0.3)
-    ax.legend(fontsize=7, loc="lower right")
-    ax.set_title(title or "ours beside the paper", fontsize=9)
+    # above the axes, so the legend never covers a bar
+    ax.legend(fontsize=7, loc="lower left", bbox_to_anchor=(0, 1.01), ncol=len(series), frameon=False)
+    if any(r.short for r in rows):
+        ax.text(
+            1.0,
+            -0.32,
+            "(short): fewer epochs than the recipe, or part of a split",
+            transform=ax.transAxes,
+            ha="right",
+            va="top",
+            fontsize=7,
+        )
+    ax.set_title(title or "ours beside the paper", fontsize=9, pad=22)
     fig.tight_layout()
     return save_figure(fig, path)

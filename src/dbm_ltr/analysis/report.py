@@ -64,6 +64,8 @@ class ReportRow:
     recipe_epochs: int | None = None
     #: ``data.limit`` of the runs (training images kept), ``None`` for the whole split
     limit: int | None = None
+    #: ``data.test_limit`` of the runs (test images evaluated), ``None`` for the whole split
+    test_limit: int | None = None
     #: ``train.eval_every`` of each run (how often its best test epoch was looked for)
     eval_every: list[int] = field(default_factory=list)
 
@@ -91,9 +93,11 @@ class ReportRow:
 
     @property
     def short(self) -> bool:
-        """Trained for fewer epochs than its preset's recipe, or on part of the training split."""
+        """Trained for fewer epochs than its preset's recipe, or on part of the training split, or
+        evaluated on part of the test split."""
         return (
             bool(self.limit)
+            or bool(self.test_limit)
             or self.recipe_epochs is not None
             and any(e is not None and e < self.recipe_epochs for e in self.epochs)
         )
@@ -107,22 +111,31 @@ class ReportRow:
             else []
         )
         marks += [f"{self.limit} training images"] if self.limit else []
+        marks += [f"{self.test_limit} test images"] if self.test_limit else []
         return f"{text} (short; {', '.join(marks)})" if marks else text
 
 
 def expand_run_dirs(paths: Sequence[str | Path]) -> list[Path]:
     """Run directories from the arguments: a run directory stays; a folder that is not a run
-    but holds run directories (e.g. a sweep's or the demo's ``--out``) stands for them."""
+    stands for every run directory below it, at any depth (e.g. ``runs/``, holding a sweep's
+    and the demo's folders of runs), in name order."""
     out: list[Path] = []
     for p in paths:
         path = Path(p)
         if path.is_dir() and not is_run_dir(path):
-            children = sorted(c for c in path.iterdir() if c.is_dir() and is_run_dir(c))
-            if children:
-                out.extend(children)
+            found = _runs_below(path)
+            if found:
+                out.extend(found)
                 continue
         out.append(path)
     return out
+
+
+def _runs_below(folder: Path) -> list[Path]:
+    runs = []
+    for child in sorted(c for c in folder.iterdir() if c.is_dir()):
+        runs.extend([child] if is_run_dir(child) else _runs_below(child))
+    return runs
 
 
 def _settings_signature(config: dict | None) -> tuple:
@@ -205,6 +218,7 @@ def summarize_runs(run_dirs: Sequence[str | Path], skipped: list[str] | None = N
                 best={m: [float(b[m]) for b in bests if b.get(m) is not None] for m in METRICS_REPORTED},
                 recipe_epochs=_recipe_epochs(str(preset)),
                 limit=next((m.get("limit") for _, m, *_ in items if m.get("limit")), None),
+                test_limit=next((m.get("test_limit") for _, m, *_ in items if m.get("test_limit")), None),
                 eval_every=[every for *_, every, _ in items],
             )
         )
@@ -305,9 +319,9 @@ def report_markdown(rows: Sequence[ReportRow], title: str = "") -> str:
     if any(r.short for r in rows):
         lines += [
             "",
-            "Short runs (fewer epochs than the preset's recipe, or part of the training "
-            "split: data.limit) are marked in the epochs column; their numbers are not "
-            "comparable with the paper's.",
+            "Short runs (fewer epochs than the preset's recipe, part of the training split: "
+            "data.limit, or part of the test split: data.test_limit) are marked in the epochs "
+            "column; their numbers are not comparable with the paper's.",
         ]
     lines += [
         "",

@@ -22,6 +22,7 @@ d) otherwise :class:`DatasetNotFoundError`.
 from __future__ import annotations
 
 import os
+import urllib.error
 import warnings
 import zipfile
 from collections.abc import Callable
@@ -262,13 +263,48 @@ class _LongTailCIFAR(Dataset):
                 return (*self._from_torchvision(download=False), "torchvision")
             except RuntimeError as err:  # torchvision: files missing or md5 mismatch
                 problem = f"the folder {os.path.abspath(folder)} exists but torchvision could not read it ({err})"
+                damaged = self._damaged_files()
+                if damaged:
+                    problem = (
+                        f"the folder {os.path.abspath(folder)} exists but torchvision could not read it: "
+                        f"{', '.join(damaged)} fail(s) torchvision's md5 check (damaged or partly downloaded); "
+                        "delete the folder and download it again (--set data.download=true), or copy intact files "
+                        "there"
+                    )
         if os.path.isfile(npz):
             if problem is not None:
                 warnings.warn(f"{problem}; using {os.path.abspath(npz)} instead", stacklevel=3)
             return (*self._load_npz(npz), "npz")
         if download:
-            return (*self._from_torchvision(download=True), "torchvision")
+            try:
+                return (*self._from_torchvision(download=True), "torchvision")
+            except OSError as err:  # no network (URLError, a refused or timed-out connection) or no disk
+                raise DatasetNotFoundError(self._download_failed_message(err)) from None
         raise DatasetNotFoundError(self._not_found_message(problem))
+
+    def _damaged_files(self) -> list[str]:
+        """The files of torchvision's folder that are missing or fail its md5 check."""
+        from torchvision.datasets.utils import check_integrity
+
+        tv = self._torchvision_class()
+        entries = [*tv.train_list, *tv.test_list, [tv.meta["filename"], tv.meta["md5"]]]
+        folder = os.path.join(self.root, self.base_folder)
+        return [
+            os.path.join(self.base_folder, name)
+            for name, md5 in entries
+            if not check_integrity(os.path.join(folder, name), md5)
+        ]
+
+    def _download_failed_message(self, err: OSError) -> str:
+        root = os.path.abspath(self.root)
+        reason = getattr(err, "reason", None) or err.strerror or err
+        network = isinstance(err, (urllib.error.URLError, ConnectionError, TimeoutError))
+        cause = f"no network ({reason})" if network else f"{reason}"
+        return (
+            f"{self.dataset_name} could not be downloaded into {root}: {cause}. Without a network, copy "
+            f"torchvision's folder '{self.base_folder}/' or the archives '{self.npz_prefix}_train.npz' / "
+            f"'{self.npz_prefix}_test.npz' into data.root (README, 'Getting the data') and leave data.download off"
+        )
 
     def _not_found_message(self, problem: str | None) -> str:
         root = os.path.abspath(self.root)

@@ -120,7 +120,9 @@ def select_long_tail_indices(targets: Sequence[int] | np.ndarray, counts: Sequen
     return np.concatenate(selected).astype(np.int64, copy=False)
 
 
-def limit_indices(targets: Sequence[int], limit: int, num_classes: int | None = None) -> np.ndarray:
+def limit_indices(
+    targets: Sequence[int], limit: int, num_classes: int | None = None, setting: str = "data.limit"
+) -> np.ndarray:
     """Positions of at most ``limit`` samples that keep the class proportions of ``targets``
     and every class: class ``c`` keeps ``max(1, floor(n_c * limit / N))`` of its samples (the
     largest classes give some back if the floors of 1 overshoot), the first ones in order.
@@ -134,9 +136,10 @@ def limit_indices(targets: Sequence[int], limit: int, num_classes: int | None = 
     if limit >= len(targets):
         return np.arange(len(targets))
     if limit < len(present):
+        split = "test" if "test" in setting else "training"
         raise ConfigError(
-            f"data.limit={limit} cannot keep all {len(present)} classes of the training set (one image "
-            f"each at least); use data.limit >= {len(present)} or 0 for the whole set"
+            f"{setting}={limit} cannot keep all {len(present)} classes of the {split} set (one image "
+            f"each at least); use {setting} >= {len(present)} or 0 for the whole set"
         )
     quota = np.zeros_like(counts)
     quota[present] = np.maximum(1, counts[present] * limit // len(targets))
@@ -157,7 +160,8 @@ class LimitedDataset:
         self.limit = limit
         full = np.asarray(dataset.targets, dtype=np.int64)
         self.targets = full[self.indices].tolist()
-        self.cls_num_list = np.bincount(self.targets, minlength=len(dataset.cls_num_list)).astype(int).tolist()
+        classes = len(getattr(dataset, "cls_num_list", None) or []) or int(full.max(initial=-1)) + 1
+        self.cls_num_list = np.bincount(self.targets, minlength=classes).astype(int).tolist()
         data = getattr(dataset, "data", None)
         if isinstance(data, np.ndarray) and len(data) == len(full):
             self.data = data[self.indices]

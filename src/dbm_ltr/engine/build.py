@@ -9,6 +9,7 @@ import os
 from collections.abc import Callable, Mapping
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch.utils.data import Dataset
 
@@ -136,7 +137,25 @@ def load_datasets(
             train_set, limit_indices(train_set.targets, d.limit, len(train_set.cls_num_list)), d.limit
         )
     test_name = DATASET_INFO[d.name]["test_transform"]  # the name was checked with the config
-    return train_set, build_dataset(config, False, transform(config, test_name, defer_normalize))
+    test_set = build_dataset(config, False, transform(config, test_name, defer_normalize))
+    if d.test_limit:  # the same number of test images from every class
+        targets = np.asarray(test_set.targets)
+        classes = int(targets.max(initial=-1)) + 1
+        test_set = LimitedDataset(test_set, balanced_indices(targets, d.test_limit, classes), d.test_limit)
+    return train_set, test_set
+
+
+def balanced_indices(targets: np.ndarray, limit: int, num_classes: int) -> np.ndarray:
+    """Positions of ``limit // num_classes`` samples of every class (the first in order; all of
+    a smaller class): ``data.test_limit``."""
+    if limit < num_classes:
+        raise ConfigError(
+            f"data.test_limit={limit} cannot keep all {num_classes} classes of the test set (one image each at "
+            f"least); use data.test_limit >= {num_classes} or 0 for the whole set"
+        )
+    per_class = limit // num_classes
+    keep = [np.flatnonzero(targets == c)[:per_class] for c in range(num_classes)]
+    return np.sort(np.concatenate(keep))
 
 
 def build_method(config: Config, cls_num_list: list[int], num_classes: int) -> Method:

@@ -156,12 +156,22 @@ def save_checkpoint(state: dict[str, Any], path: Path) -> None:
         raise _write_error(path, err, state.get("epoch")) from None
 
 
+def _is_run_checkpoint(path: Path) -> bool:
+    """Whether ``path`` is one of the two checkpoint files a run directory keeps digests of."""
+    return path.name in (CHECKPOINT, previous_path(Path(CHECKPOINT)).name)
+
+
 def _verified_bytes(path: Path) -> bytes:
     """The file's bytes, if its digest is on record (or no digests are kept beside it)."""
     if not path.is_file():
         raise CheckpointError(f"no checkpoint at {path}")
+    if path.suffix in (".json", ".yaml", ".yml", ".jsonl", ".png", ".log"):
+        raise CheckpointError(
+            f"{path} is a run's {path.name}, not a checkpoint; give the run directory ({path.parent}) or its "
+            f"{CHECKPOINT}"
+        )
     data = path.read_bytes()
-    known = {v for v in _read_digests(path).values() if v}
+    known = {v for v in _read_digests(path).values() if v} if _is_run_checkpoint(path) else set()
     if known and hashlib.sha256(data).hexdigest() not in known:
         raise CheckpointError(f"{path} is damaged or truncated (its SHA-256 does not match {_digests_path(path).name})")
     return data
@@ -176,10 +186,13 @@ def load_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> dic
     except (RuntimeError, EOFError, pickle.UnpicklingError, zipfile.BadZipFile, ValueError) as err:
         if isinstance(err, UnsafeCheckpointError):
             raise
+        advice = (
+            "it may be truncated or corrupted: delete it and rerun without --resume, or resume from an intact copy"
+            if _is_run_checkpoint(path)
+            else f"give a run directory or the {CHECKPOINT} that dbm-ltr train wrote"
+        )
         raise CheckpointError(
-            f"{path} is not a readable checkpoint ({type(err).__name__}: {str(err).splitlines()[0][:300]}); "
-            "it may be truncated or corrupted: delete it and rerun without --resume, or resume "
-            "from an intact copy"
+            f"{path} is not a readable checkpoint ({type(err).__name__}: {str(err).splitlines()[0][:300]}); {advice}"
         ) from None
     if not isinstance(state, dict) or state.get("format_version") not in READABLE_VERSIONS:
         raise CheckpointError(
@@ -274,6 +287,7 @@ def export_weights(state: dict[str, Any], path: str | Path) -> Path:
         raise CheckpointError(f"the checkpoint lacks {', '.join(missing)}; it was not written by dbm-ltr train")
     tensors = {k: v.detach().to("cpu").contiguous().clone() for k, v in state["method"].items()}
     meta = {
+        "classes": [str(c) for c in state.get("classes") or []],
         "format": "dbm-ltr weights",
         "version": 1,
         "epoch": int(state["epoch"]),
@@ -322,6 +336,7 @@ def load_weights(path: str | Path) -> dict[str, Any]:
             "method": tensors,
             "cls_num_list": [int(n) for n in meta["cls_num_list"]],
             "epoch": int(meta["epoch"]),
+            "classes": list(meta.get("classes") or []),
             "final": True,
         }
     except (KeyError, TypeError, ValueError, yaml.YAMLError):

@@ -85,6 +85,11 @@ class DataConfig:
         "train on at most this many images of the training split, class proportions kept "
         "and every class present (smoke tests); 0: all",
     )
+    test_limit: int = setting(
+        0,
+        "evaluate on at most this many images of the test split, the same number from every class "
+        "(smoke tests; marked in metrics.json and the report); 0: all",
+    )
     image_size: int = setting(
         0, "large-scale recipes: crop size (the test transform resizes to size * 256/224 first); 0: 224"
     )
@@ -372,6 +377,7 @@ def _check_values(config: Config) -> None:
         (d.workers >= -1, f"data.workers must be >= 0, or -1 for one per available core (at most 4), got {d.workers}"),
         (t.threads >= 0, f"train.threads must be >= 0 (0: the CPU cores available to the process), got {t.threads}"),
         (d.limit >= 0, f"data.limit must be >= 0 (0: the whole training split), got {d.limit}"),
+        (d.test_limit >= 0, f"data.test_limit must be >= 0 (0: the whole test split), got {d.test_limit}"),
         (d.image_size >= 0, f"data.image_size must be >= 0 (0: the recipe's 224), got {d.image_size}"),
         (
             d.pipeline in ("auto", "loader", "device"),

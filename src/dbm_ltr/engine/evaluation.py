@@ -3,6 +3,7 @@ a checkpoint on its test set, the paper's numbers beside ours, and how they are 
 
 from __future__ import annotations
 
+import json
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -13,13 +14,15 @@ from tqdm import tqdm
 from ..methods import Method
 from ..metrics import ClassAccuracy
 from .build import load_datasets, restore_method
-from .config import Config
+from .config import Config, ConfigError
 from .pipeline import build_pipeline, to_device
 from .precision import autocast
+from .rundir import METRICS
 
 __all__ = [
     "final_metrics",
     "LOG_BAR_SECONDS",
+    "check_same_classes",
     "evaluate_checkpoint",
     "evaluate_method",
     "format_groups",
@@ -57,14 +60,16 @@ def evaluate_method(
     device: torch.device,
     amp: bool = False,
     progress: bool = False,
+    total: int | None = None,
 ) -> dict:
     """Top-1, Many/Medium/Few and per-class accuracy (percent) of ``method`` on ``batches``
     (a pipeline's :meth:`~dbm_ltr.engine.pipeline.InputPipeline.eval_batches`, or any iterable of
-    ``(images, targets)``); summed over processes under torchrun."""
+    ``(images, targets)``; ``total``: how many, for the progress bar); summed over processes
+    under torchrun."""
     was_training = method.training
     method.eval()
     acc = ClassAccuracy(num_classes, device)
-    for images, targets in progress_bar(batches, desc="evaluating", disable=not progress):
+    for images, targets in progress_bar(batches, desc="evaluating", disable=not progress, total=total):
         images, targets = to_device(images, device), targets.to(device)
         with autocast(device, amp):
             scores = method.predict(images)
@@ -88,13 +93,53 @@ def evaluate_checkpoint(
     config, method = restore_method(state, overrides, source=source, run_dir=run_dir)
     _, test_set = load_datasets(config, ("regular",), train=False, defer_normalize=True)
     counts = [int(n) for n in state["cls_num_list"]]
+    check_same_classes(state, test_set, config, source, run_dir)
     device = next(method.parameters()).device
     pipeline = build_pipeline(config, ("regular",), None, test_set, device)
     result = evaluate_method(
-        method, pipeline.eval_batches(), counts, len(counts), device, config.train.amp, progress=progress
+        method,
+        pipeline.eval_batches(),
+        counts,
+        len(counts),
+        device,
+        config.train.amp,
+        progress=progress,
+        total=pipeline.eval_steps,
     )
     result["epoch"] = state["epoch"]
+    d = config.data
+    result["data"] = {"name": d.name, "split": "test", "root": str(Path(d.root).resolve()), "images": len(test_set)}
+    if d.test_limit:
+        result["test_limit"] = d.test_limit
     return result, config
+
+
+def check_same_classes(state: dict, test_set, config: Config, source: str, run_dir: str | Path | None) -> None:
+    """Refuse a test set whose classes are not the checkpoint's (their number, and their names
+    where both are known: the checkpoint's own, or its run's ``metrics.json``)."""
+    trained = [int(n) for n in state["cls_num_list"]]
+    names = list(getattr(test_set, "classes", None) or [])
+    saved = state.get("config") or {}
+    was = (saved.get("data") or {}).get("name", "?")
+    hint = f"evaluate it on {was}, the data set it was trained on (drop the --set that changes data.name or data.root)"
+    if names and len(names) != len(trained):
+        raise ConfigError(
+            f"{source} was trained on {len(trained)} classes ({was}), but {config.data.name} at {config.data.root} has "
+            f"{len(names)}; {hint}"
+        )
+    known = state.get("classes")
+    metrics = Path(run_dir) / METRICS if run_dir is not None else None
+    if not known and metrics is not None and metrics.is_file():
+        try:
+            known = json.loads(metrics.read_text()).get("classes")
+        except (OSError, ValueError):
+            known = None
+    if names and known and list(known) != names:
+        differ = next(i for i, (a, b) in enumerate(zip(known, names)) if a != b)
+        raise ConfigError(
+            f"{source} was trained on other classes than those of {config.data.name} at {config.data.root} "
+            f"(class {differ}: {known[differ]!r} there, {names[differ]!r} here); {hint}"
+        )
 
 
 def final_metrics(
@@ -124,6 +169,7 @@ def final_metrics(
         "train_seconds": train_seconds,
         "pipeline": pipeline,
         "limit": config.data.limit or None,  # a smoke test on part of the training split
+        "test_limit": config.data.test_limit or None,  # ... or of the test split
         "environment": environment,
         "paper": paper_reference(config),
     }

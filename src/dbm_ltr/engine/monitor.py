@@ -134,7 +134,7 @@ def describe_run(config, train_set, device: torch.device, dist_info, pipeline: s
         f"{c.name or 'run'}: {c.method.name}/{c.loss.name} on {c.data.name} ("
         + (f"IF {c.data.imbalance_factor:g}, " if hasattr(train_set, "imbalance_factor") else "")
         + f"{len(train_set)} train images), "
-        f"{c.model.name}+{c.model.classifier}, {o.epochs} epochs, device {device}"
+        f"{c.model.name}+{c.model.classifier}, {o.epochs} epoch{'s' * (o.epochs != 1)}, device {device}"
         + (f" x{dist_info.world_size}" if dist_info.enabled else "")
         + f", {pipeline} pipeline"
         + (", amp " + str(amp_dtype(device)).split(".")[1] if amp else "")
@@ -143,7 +143,12 @@ def describe_run(config, train_set, device: torch.device, dist_info, pipeline: s
     if o.warmup_epochs > o.epochs and o.schedule != "cosine_shifted":
         lines.append(
             f"note: optim.warmup_epochs={o.warmup_epochs} is longer than the run ({o.epochs} "
-            f"epochs); the warm-up spans the whole run"
+            f"epoch{'s' * (o.epochs != 1)}); the warm-up spans the whole run"
+        )
+    if c.data.test_limit:
+        lines.append(
+            f"note: data.test_limit={c.data.test_limit}: evaluating on that many images of the test split "
+            "(a smoke test; not comparable with full runs)"
         )
     if c.data.limit:
         lines.append(

@@ -295,6 +295,12 @@ class InputPipeline:
         """Batches ``start .. count - 1`` of the sample ``order``."""
         raise NotImplementedError
 
+    @property
+    def eval_steps(self) -> int:
+        """How many batches :meth:`eval_batches` yields."""
+        n = len(self._eval_indices) if self._eval_indices is not None else len(self.test_set)
+        return -(-n // self.eval_batch_size)
+
     def eval_batches(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """This process's evaluation batches (its shard under torchrun), each image once, in
         order; a new pass every call."""

@@ -48,6 +48,7 @@ __all__ = [
     "is_run_dir",
     "open_run",
     "recipe_revisions",
+    "run_dir_error",
     "write_json",
     "write_log",
 ]
@@ -257,22 +258,39 @@ def _atomic_text(path: Path, text: str) -> None:
         raise
 
 
+def run_dir_error(run_dir: Path, err: OSError, doing: str) -> CheckpointError:
+    """One line for a filesystem error in a run directory: what failed, where, and what to do."""
+    where = err.filename or run_dir
+    return CheckpointError(
+        f"cannot {doing} {where}: {err.strerror or err}; choose an --out folder you can write to "
+        "(a new or empty folder, or a run to --resume)"
+    )
+
+
 class RunLock:
     """An exclusive lock on a run directory (``RUN/.lock``), held while a process trains into
     it. It is an OS file lock (``flock``), so a killed process never leaves it stuck; where
-    the OS has none (Windows) it does nothing."""
+    the OS has none (Windows) it does nothing. A directory the lock created is removed again on
+    release when nothing but the lock was written into it (a run that failed to start)."""
 
     def __init__(self, run_dir: str | Path) -> None:
         self.path = Path(run_dir) / LOCK
         self._file = None
+        self._created: list[Path] = []
 
     def acquire(self) -> RunLock:
         try:
             import fcntl
         except ImportError:  # pragma: no cover - no flock on this OS
             return self
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        handle = open(self.path, "a+")
+        folder = self.path.parent
+        missing = [p for p in [folder, *folder.parents] if not p.exists()]
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            handle = open(self.path, "a+")
+        except OSError as err:
+            raise run_dir_error(folder, err, "create the run directory") from None
+        self._created = missing  # innermost first
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
@@ -294,3 +312,10 @@ class RunLock:
         if self._file is not None:
             self._file.close()  # closing the file releases the lock
             self._file = None
+            if self._created and [p.name for p in self.path.parent.iterdir()] == [LOCK]:
+                self.path.unlink(missing_ok=True)  # a run that never started leaves nothing behind
+                for folder in self._created:
+                    try:
+                        folder.rmdir()
+                    except OSError:
+                        break

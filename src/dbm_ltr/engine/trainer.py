@@ -9,6 +9,7 @@ run resumed from any checkpoint repeats the uninterrupted run exactly.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import itertools
 import json
@@ -48,6 +49,7 @@ from .rundir import (
     environment,
     has_checkpoint,
     open_run,
+    run_dir_error,
     write_json,
     write_log,
 )
@@ -173,6 +175,7 @@ class Trainer:
             "best": self.best,
             "elapsed": self.elapsed,
             "cls_num_list": self.cls_num_list,
+            "classes": [str(c) for c in getattr(self.train_set, "classes", None) or []],
             "environment": self.environment,
         }
         if final:  # enough for eval and analyze: no optimizer state (half the size)
@@ -203,6 +206,14 @@ class Trainer:
         )
 
     # ------------------------------------------------------------------ training
+
+    @contextlib.contextmanager
+    def _writing(self, doing: str):
+        """A filesystem error while writing the run directory, as one line (:func:`run_dir_error`)."""
+        try:
+            yield
+        except OSError as err:
+            raise run_dir_error(self.run_dir, err, doing) from None
 
     def log(self, message: str) -> None:
         if self.dist.is_main:
@@ -318,6 +329,7 @@ class Trainer:
             self.device,
             self.amp,
             progress=self.config.train.progress and self.dist.is_main,
+            total=self.pipeline.eval_steps,
         )
 
     def fit(self) -> dict:
@@ -340,9 +352,10 @@ class Trainer:
     def _fit(self) -> dict:
         c, o = self.config, self.config.optim
         if self.dist.is_main:
-            self.run_dir.mkdir(parents=True, exist_ok=True)
-            save_config(c, self.run_dir / CONFIG)
-            write_log(self.run_dir, self.history)  # the checkpoint's epochs, each once
+            with self._writing("write the run's config and log into"):
+                self.run_dir.mkdir(parents=True, exist_ok=True)
+                save_config(c, self.run_dir / CONFIG)
+                write_log(self.run_dir, self.history)  # the checkpoint's epochs, each once
         if self.start_epoch or self._partial:
             where = (
                 f"in epoch {self._partial['epoch'] + 1} after step {self._partial['step']}"
@@ -365,7 +378,7 @@ class Trainer:
             self.history.append(row)
             self._save(epoch + 1)  # the checkpoint first, then the log line
             if self.dist.is_main:
-                with open(self.run_dir / LOG, "a") as f:
+                with self._writing("append to the log in"), open(self.run_dir / LOG, "a") as f:
                     f.write(json.dumps(row) + "\n")
                 self.monitor.write(row)
             self.log(
@@ -397,14 +410,17 @@ class Trainer:
             best=self.best,
         )
         if self.dist.is_main:
-            plot_per_class_accuracy(
-                result["per_class"],
-                self.cls_num_list,
-                self.run_dir / PER_CLASS_PLOT,
-                title=f"{c.name or c.method.name}: final epoch, top-1 {result['top1']:.2f}%",
-                class_names=metrics["classes"],
-            )
-            write_json(self.run_dir / METRICS, metrics)  # the run is finished once this exists
+            with self._writing("write the final metrics into"):
+                plot_per_class_accuracy(
+                    result["per_class"],
+                    self.cls_num_list,
+                    self.run_dir / PER_CLASS_PLOT,
+                    title=f"{c.name or c.method.name}: final epoch, top-1 {result['top1']:.2f}%"
+                    + (f" (data.limit={c.data.limit}: a smoke test)" if c.data.limit else "")
+                    + (f" (data.test_limit={c.data.test_limit})" if c.data.test_limit else ""),
+                    class_names=metrics["classes"],
+                )
+                write_json(self.run_dir / METRICS, metrics)  # the run is finished once this exists
             self._save(metrics["epoch"], final=True)
             self.monitor.close()
         self.log(format_groups(metrics))

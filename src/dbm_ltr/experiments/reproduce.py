@@ -27,13 +27,12 @@ from pathlib import Path
 from ..analysis.plots import plot_reproduction
 from ..analysis.report import report_markdown, summarize_runs, write_report
 from ..analysis.runs import read_metrics, read_run_config
-from ..engine.build import build_dataset
 from ..engine.config import ConfigError, load_config, preset_dir
 from ..engine.distributed import pick_device
 from ..engine.rundir import CHECKPOINT, LOG, METRICS, OUTPUT, recipe_revisions
 from ..engine.signals import StopSignals
 from ..serialization import trusted
-from .sweep import check_buildable, compare_existing
+from .sweep import check_buildable, check_data, compare_existing
 
 __all__ = [
     "ROW_SETS",
@@ -164,6 +163,14 @@ def plan_reproduction(
                 config = load_config(preset, run_overrides)
             except ConfigError as err:
                 raise ConfigError(f"{preset}: {err}") from None
+            reported = {f"{float(k):g}" for k in ((config.paper or {}).get("top1") or {})}
+            if reported and f"{config.data.imbalance_factor:g}" not in reported:
+                raise ConfigError(
+                    f"--imbalance-factor {config.data.imbalance_factor:g}: the paper reports {preset} at imbalance "
+                    f"factor {', '.join(sorted(reported, key=float))} only, and reproduce trains the paper's table; "
+                    f"for another one use dbm-ltr train or sweep with --set "
+                    f"data.imbalance_factor={config.data.imbalance_factor:g}"
+                )
             if teacher is None or teacher.finished:  # a student is built once its teacher exists
                 check_buildable(config, preset)
             try:
@@ -173,11 +180,7 @@ def plan_reproduction(
             if device.type == "cuda" and not _sets(overrides, "train.eval_every") and config.train.eval_every > 1:
                 run_overrides.append("train.eval_every=1")  # the best epoch as the authors' code finds it
                 config.train.eval_every = 1
-            d = config.data
-            if (d.name, d.root, d.imbalance_factor) not in checked:  # the archives exist and load
-                build_dataset(config, True)
-                build_dataset(config, False)
-                checked.add((d.name, d.root, d.imbalance_factor))
+            check_data(config, checked)  # the archives exist and load
             run = ReproRun(
                 row,
                 seed,

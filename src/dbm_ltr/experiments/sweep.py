@@ -30,7 +30,7 @@ from ..analysis.report import report_markdown, summarize_runs, write_report
 from ..analysis.runs import read_metrics, read_run_config
 from ..data import DATASET_INFO, long_tail_counts
 from ..engine import Trainer, TrainingError
-from ..engine.build import build_method
+from ..engine.build import build_dataset, build_method
 from ..engine.config import ConfigError, flatten_config, load_config, resolve_override_key
 from ..engine.rundir import CHECKPOINT, LOG, METRICS, config_differences
 
@@ -158,6 +158,19 @@ def check_buildable(config, where: str) -> None:
         raise ConfigError(f"{where}: {err}") from None
 
 
+def check_data(config, checked: set | None = None) -> None:
+    """Load both splits of the config's data set (without transforms) so that a missing or
+    damaged data set is an error before anything trains; ``checked`` skips what already loaded."""
+    d = config.data
+    key = (d.name, d.root, d.imbalance_factor, d.seed, d.split_dir)
+    if checked is not None and key in checked:
+        return
+    build_dataset(config, True)
+    build_dataset(config, False)
+    if checked is not None:
+        checked.add(key)
+
+
 def compare_existing(run_dir: Path, config) -> None:
     """Raise ``ConfigError`` if ``run_dir`` holds a run trained with other settings than
     ``config`` (beyond those a resumed run may change)."""
@@ -244,6 +257,15 @@ def plan_sweep(
                 point.detail = f"resume after epoch {epoch}" if epoch else "resume"
         points.append(point)
     return axes, points
+
+
+def check_sweep_data(points: Sequence[SweepPoint]) -> None:
+    """Load the data of every point that will train (``sweep`` does, dry run or not), so a
+    missing or damaged data set is one error before anything trains."""
+    checked: set = set()
+    for point in points:
+        if point.status != "done":
+            check_data(point.config, checked)
 
 
 def _resolve_path_keys(base_values: dict, key: str) -> list[str]:

@@ -88,8 +88,11 @@ def class_margins(
 def _check_margin_args(max_margin: float, tau: float) -> None:
     if not math.isfinite(max_margin) or max_margin < 0:
         raise ValueError(f"max_margin must be a finite number >= 0, got {max_margin}")
-    if not math.isfinite(tau):
-        raise ValueError(f"tau must be finite, got {tau}")
+    if not math.isfinite(tau) or tau < 0:
+        raise ValueError(
+            f"tau must be finite and >= 0 (0: every class gets max_margin; larger: rarer classes get larger "
+            f"margins), got {tau}"
+        )
 
 
 def hard_positive_mask(cosine: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
