@@ -251,3 +251,17 @@ def test_threads_and_loader_workers_follow_the_available_cores(tmp_path, fake_ro
         assert torch.get_num_threads() == 1
     finally:
         torch.set_num_threads(before)
+
+
+def test_a_slurm_job_uses_the_cpus_it_was_given(monkeypatch):
+    import os
+
+    from dbm_ltr.engine.distributed import available_cores
+
+    mask = len(os.sched_getaffinity(0))
+    monkeypatch.setenv("SLURM_CPUS_PER_TASK", "1")  # Slurm without core binding: the mask is the machine's
+    assert available_cores() == 1
+    monkeypatch.setenv("SLURM_CPUS_PER_TASK", str(mask + 8))  # never more than the mask
+    assert available_cores() == mask
+    monkeypatch.setenv("SLURM_CPUS_PER_TASK", "")
+    assert available_cores() == mask

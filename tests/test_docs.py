@@ -13,9 +13,9 @@ DOCS = ROOT / "docs"
 
 
 def test_settings_page_is_generated_from_the_code():
-    from dbm_ltr.engine.settings_reference import settings_reference
+    from dbm_ltr.cli import settings_page
 
-    assert (DOCS / "settings.md").read_text() == settings_reference(), (
+    assert (DOCS / "settings.md").read_text() == settings_page(), (
         "docs/settings.md is out of date: regenerate it with dbm-ltr settings > docs/settings.md"
     )
 

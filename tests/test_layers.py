@@ -8,6 +8,7 @@ SRC = Path(__file__).resolve().parent.parent / "src" / "dbm_ltr"
 
 #: Bottom to top; a package may import from any lower layer and from itself.
 LAYERS = [
+    {"_lazy"},
     {"__init__", "errors", "registry"},
     {"serialization"},
     {"nn", "metrics"},

@@ -4,7 +4,7 @@ The public names below are imported on first use, so ``import dbm_ltr`` (and the
 line's ``--help``) does not load PyTorch.
 """
 
-from importlib import import_module
+from dbm_ltr._lazy import lazy_exports
 
 __version__ = "0.1.0"
 
@@ -19,16 +19,4 @@ _EXPORTS = {
     "log_prior": ".losses",
 }
 
-__all__ = sorted(_EXPORTS)
-
-
-def __getattr__(name: str):
-    if name in _EXPORTS:
-        value = getattr(import_module(_EXPORTS[name], __name__), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(__all__))
+__all__, __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

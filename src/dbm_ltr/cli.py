@@ -32,6 +32,95 @@ def _add_set(parser: argparse.ArgumentParser, example: str = "optim.epochs=30 da
     )
 
 
+def _add_launcher(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group(
+        "launcher", "where the runs train: processes on this machine, or one Slurm job each (docs/cluster.md)"
+    )
+    group.add_argument(
+        "--launcher",
+        choices=("local", "slurm"),
+        default="local",
+        help="local (default): processes on this machine; slurm: one job per run, through submitit",
+    )
+    group.add_argument(
+        "--collect",
+        action="store_true",
+        help="with --launcher slurm: report the finished runs, submit and wait for nothing",
+    )
+    group.add_argument("--slurm-partition", default="", metavar="NAME", help="partition (default: the cluster's)")
+    group.add_argument(
+        "--slurm-time",
+        default="1-00:00:00",
+        metavar="TIME",
+        help="time limit of a job, as sbatch --time (default 1-00:00:00); a job reaching it "
+        "checkpoints and is requeued",
+    )
+    group.add_argument("--slurm-cpus", type=int, default=0, metavar="N", help="CPUs per task (default: the cluster's)")
+    group.add_argument(
+        "--slurm-mem", default="", metavar="MEM", help="memory per node, e.g. 16G (default: the cluster's)"
+    )
+    group.add_argument(
+        "--slurm-gpus",
+        type=int,
+        default=0,
+        metavar="N",
+        help="GPUs per job; with several, one task each trains as a DDP process (default 0)",
+    )
+    group.add_argument(
+        "--slurm-tasks",
+        type=int,
+        default=0,
+        metavar="N",
+        help="DDP processes per job (default: one per GPU, one without GPUs)",
+    )
+    group.add_argument("--slurm-account", default="", metavar="NAME", help="account to charge")
+    group.add_argument("--slurm-qos", default="", metavar="NAME", help="quality of service")
+    group.add_argument(
+        "--slurm-extra",
+        nargs="+",
+        default=[],
+        metavar="KEY=VALUE",
+        help="more sbatch options, e.g. constraint=a100 exclusive=",
+    )
+    group.add_argument(
+        "--slurm-max-jobs",
+        type=int,
+        default=0,
+        metavar="N",
+        help="at most this many jobs running at a time (the array's parallelism; default: no cap)",
+    )
+    group.add_argument("--slurm-poll", type=float, default=10.0, metavar="SECONDS", help=argparse.SUPPRESS)
+
+
+def _slurm(args):
+    """``SlurmOptions`` from the command line, checked (nothing is submitted yet)."""
+    from .experiments.slurm import SlurmOptions, check_slurm
+
+    options = SlurmOptions(
+        partition=args.slurm_partition,
+        time=args.slurm_time,
+        cpus=args.slurm_cpus,
+        mem=args.slurm_mem,
+        gpus=args.slurm_gpus,
+        tasks=args.slurm_tasks,
+        account=args.slurm_account,
+        qos=args.slurm_qos,
+        extra=args.slurm_extra,
+        max_jobs=args.slurm_max_jobs,
+        poll=args.slurm_poll,
+    )
+    check_slurm(options)
+    return options
+
+
+def _train_args(config: str, run_dir: Path, overrides: list[str]) -> list[str]:
+    """``dbm-ltr train`` arguments of a job (paths absolute: a job may start elsewhere)."""
+    from .serialization import trusted
+
+    args = ["--config", config, "--out", str(run_dir.resolve()), "--set", *overrides, "train.progress=false"]
+    return args + (["--trust-checkpoint"] if trusted() else [])
+
+
 def _add_trust(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--trust-checkpoint",
@@ -180,9 +269,19 @@ def cmd_report(args) -> int:
 
 
 def cmd_sweep(args) -> int:
-    from .experiments.sweep import check_sweep_data, describe_plan, plan_sweep, run_sweep, summarize_sweep
+    from .experiments.sweep import (
+        check_sweep_data,
+        describe_plan,
+        load_finished,
+        plan_sweep,
+        run_sweep,
+        summarize_sweep,
+    )
 
     grid = [item for group in args.grid for item in group]
+    slurm = _slurm(args) if args.launcher == "slurm" else None
+    if args.collect and slurm is None:
+        raise _UsageError("--collect reports Slurm jobs: use it with --launcher slurm")
     axes, points = plan_sweep(args.config, grid, _overrides(args), args.out)
     check_sweep_data(points)
     print(describe_plan(points, points[0].config.name if points else "", _overrides(args)), flush=True)
@@ -190,13 +289,37 @@ def cmd_sweep(args) -> int:
         print("dry run: nothing trained")
         return 0
     try:
-        run_sweep(points)
+        if slurm is None:
+            run_sweep(points)
+        else:
+            _run_on_slurm(
+                points,
+                [
+                    (
+                        p.name,
+                        p.run_dir,
+                        _train_args(str(args.config), p.run_dir, p.overrides),
+                        None,
+                        p.config.optim.epochs,
+                    )
+                    for p in points
+                ],
+                slurm,
+                Path(args.out),
+                lambda line: print(line, flush=True),
+                args.collect,
+                600.0,
+            )
+            load_finished(points)
     except KeyboardInterrupt:
+        if slurm is not None:
+            print(_SLURM_INTERRUPTED.format("sweep"), file=sys.stderr)
+            raise
         print("\nsweep interrupted; rerun the same command to resume (finished points are skipped)", file=sys.stderr)
         raise
     _print_summary(summarize_sweep(axes, points, args.out))
     failed = [p for p in points if not p.finished]
-    if failed:
+    if failed and not args.collect:
         print(
             f"{len(failed)} grid point(s) did not finish: " + "; ".join(f"{p.name} ({p.error})" for p in failed),
             file=sys.stderr,
@@ -231,21 +354,39 @@ def cmd_reproduce(args) -> int:
         raise _UsageError(f"--jobs must be >= 1, got {args.jobs}")
     if args.progress_every < 0:
         raise _UsageError(f"--progress-every must be >= 0 seconds (0: no progress lines), got {args.progress_every:g}")
+    slurm = _slurm(args) if args.launcher == "slurm" else None
+    if args.collect and slurm is None:
+        raise _UsageError("--collect reports Slurm jobs: use it with --launcher slurm")
     runs = plan_reproduction(args.data, rows, seeds, args.out, _overrides(args), args.imbalance_factor)
     jobs = args.jobs or default_jobs()
-    print(describe(runs, jobs), flush=True)
+    print(describe(runs, jobs) if slurm is None else describe(runs, 0), flush=True)
     if args.dry_run:
         print("dry run: nothing trained")
         return 0
+    log = lambda line: print(line, flush=True)  # noqa: E731
     try:
-        run_reproduction(runs, jobs, log=lambda line: print(line, flush=True), progress_every=args.progress_every)
+        if slurm is None:
+            run_reproduction(runs, jobs, log=log, progress_every=args.progress_every)
+        else:
+            _run_on_slurm(
+                runs,
+                [(r.name, r.run_dir, _train_args(r.preset, r.run_dir, r.overrides), r.after, r.epochs) for r in runs],
+                slurm,
+                Path(args.out),
+                log,
+                args.collect,
+                args.progress_every,
+            )
     except KeyboardInterrupt:
+        if slurm is not None:
+            print(_SLURM_INTERRUPTED.format("reproduce"), file=sys.stderr)
+            raise
         print("\nreproduce interrupted; rerun the same command to resume (finished runs are skipped)", file=sys.stderr)
         raise
     title = f"Table 2 rows on {args.data}" + (f", IF {args.imbalance_factor:g}" if args.imbalance_factor else "")
     _print_summary(summarize_reproduction(runs, args.out, title))
     failed = [r for r in runs if not r.finished]
-    if failed:
+    if failed and not args.collect:
         print(
             f"{len(failed)} run(s) did not finish: {', '.join(r.name for r in failed)}; fix the cause "
             "and rerun the same command (finished runs are skipped)",
@@ -253,6 +394,25 @@ def cmd_reproduce(args) -> int:
         )
         return 1
     return 0
+
+
+_SLURM_INTERRUPTED = "\n{} interrupted; the jobs go on: rerun the same command to wait for them, or add --collect"
+
+
+def _run_on_slurm(runs: list, jobs: list, options, out: Path, log, collect: bool, progress_every: float) -> None:
+    """``runs`` (reproduce's runs or sweep's points) as Slurm jobs, described by ``jobs``:
+    ``(name, run_dir, train args, the run it waits for, epochs)`` each; a run whose job ended
+    without finishing gets the last lines of its log as its ``error``."""
+    from .experiments.slurm import JobSpec, run_on_slurm
+
+    specs: dict = {}
+    for name, run_dir, train_args, after, epochs in jobs:
+        specs[run_dir] = JobSpec(
+            name, Path(run_dir), train_args, after=specs.get(getattr(after, "run_dir", None)), epochs=epochs
+        )
+    run_on_slurm(list(specs.values()), options, (out / ".slurm").resolve(), log, collect, progress_every)
+    for run in runs:
+        run.error = specs[run.run_dir].error or run.error
 
 
 def cmd_presets(args) -> int:
@@ -285,10 +445,33 @@ def cmd_presets(args) -> int:
     return 0
 
 
-def cmd_settings(args) -> int:
+def settings_page() -> str:
+    """docs/settings.md: every setting of a run, then the launcher options of reproduce and sweep."""
     from .engine.settings_reference import settings_reference
 
-    print(settings_reference(), end="")
+    parser = argparse.ArgumentParser(add_help=False)
+    _add_launcher(parser)
+    lines = [
+        "## Launcher options of `reproduce` and `sweep`",
+        "",
+        "Command-line options, not settings of a run: where the runs of a table or a grid train "
+        "(see [Running on a cluster](cluster.md)).",
+        "",
+        "| option | default | meaning |",
+        "|---|---|---|",
+    ]
+    for action in parser._actions:
+        if action.help == argparse.SUPPRESS:
+            continue
+        option = " ".join(action.option_strings) + (f" {action.metavar}" if action.metavar else "")
+        default = f"`{action.default}`" if action.default not in ("", 0, False, []) else ""
+        meaning = action.help.replace("|", "\\|")
+        lines.append(f"| `{option}` | {default} | {meaning} |")
+    return settings_reference() + "\n" + "\n".join(lines) + "\n"
+
+
+def cmd_settings(args) -> int:
+    print(settings_page(), end="")
     return 0
 
 
@@ -462,6 +645,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_set(p)
     _add_trust(p)
+    _add_launcher(p)
     p.set_defaults(func=cmd_reproduce)
 
     p = sub.add_parser(
@@ -565,6 +749,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dry-run", action="store_true", help="print the planned runs and stop")
     _add_set(p)
     _add_trust(p)
+    _add_launcher(p)
     p.set_defaults(func=cmd_sweep)
     return parser
 

@@ -67,8 +67,9 @@ def safe_load(data: bytes, what: str, map_location: str | torch.device = "cpu") 
         if "weights only load failed" not in str(err).lower():
             raise
         wanted = _unsafe_globals(data, err)
-        if not wanted and "unsupported global" not in str(err).lower():
-            raise  # not a refused global: a damaged or foreign file
+        if not wanted and "unsupported global" not in str(err).lower():  # a damaged or foreign file
+            detail = str(err).partition("WeightsUnpickler error:")[2].partition("Check the documentation")[0]
+            raise pickle.UnpicklingError(" ".join(detail.split()) or str(err).splitlines()[0]) from err
         if _trusted:
             return torch.load(io.BytesIO(data), map_location=map_location, weights_only=False)
         shown = ", ".join(wanted[:3]) + (", ..." if len(wanted) > 3 else "") or "a Python object"

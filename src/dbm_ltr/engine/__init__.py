@@ -5,7 +5,7 @@ The names below are imported on first use, so importing a light module of the en
 config, its signals) does not load PyTorch.
 """
 
-from importlib import import_module
+from dbm_ltr._lazy import lazy_exports
 
 _EXPORTS = {
     "CheckpointError": ".checkpoint",
@@ -22,16 +22,4 @@ _EXPORTS = {
     "save_checkpoint": ".checkpoint",
 }
 
-__all__ = sorted(_EXPORTS)
-
-
-def __getattr__(name: str):
-    if name in _EXPORTS:
-        value = getattr(import_module(_EXPORTS[name], __name__), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(__all__))
+__all__, __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

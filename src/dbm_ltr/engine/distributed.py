@@ -20,10 +20,16 @@ def loader_workers(setting: int) -> int:
 
 def available_cores() -> int:
     """CPU cores this process may run on (its affinity mask, e.g. under taskset or a batch
-    scheduler), not all the cores of the machine."""
+    scheduler), not all the cores of the machine; in a Slurm job, at most the CPUs it was
+    given (``SLURM_CPUS_PER_TASK``), also where Slurm does not bind tasks to cores."""
     if hasattr(os, "sched_getaffinity"):
-        return max(1, len(os.sched_getaffinity(0)))
-    return max(1, os.cpu_count() or 1)
+        cores = len(os.sched_getaffinity(0))
+    else:
+        cores = os.cpu_count() or 1
+    slurm = os.environ.get("SLURM_CPUS_PER_TASK", "")
+    if slurm.isdigit() and int(slurm) > 0:
+        cores = min(cores, int(slurm))
+    return max(1, cores)
 
 
 @dataclass(frozen=True)

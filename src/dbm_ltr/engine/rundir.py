@@ -12,6 +12,7 @@ A run is a directory written by ``dbm-ltr train --out RUN``::
     RUN/tb/                    TensorBoard events, when tensorboard is installed
     RUN/.lock                  held by the process training into RUN
     RUN/train.log              the process's output, when dbm-ltr reproduce started it
+    RUN/slurm_job.json         the Slurm job that trains it (--launcher slurm)
 
 Every tool that reads or writes runs (trainer, eval, analyze, report, sweep, reproduce) takes
 these names and rules from here.
@@ -21,6 +22,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -38,6 +40,7 @@ __all__ = [
     "OUTPUT",
     "PER_CLASS_PLOT",
     "RECIPE_REVISIONS",
+    "SLURM_JOB",
     "RESUMABLE_DIFFERENCES",
     "TENSORBOARD",
     "RunLock",
@@ -60,6 +63,9 @@ PER_CLASS_PLOT = "per_class_accuracy.png"
 TENSORBOARD = "tb"
 LOCK = ".lock"
 OUTPUT = "train.log"  # the training process's output, where a tool that starts it keeps it (reproduce)
+SLURM_JOB = "slurm_job.json"  # the Slurm job that trains the run (--launcher slurm)
+RANK_OUTPUT = "train.rank{}.log"  # the output of a job's DDP process of that rank (> 0)
+_RANK_OUTPUT = re.compile(re.escape(RANK_OUTPUT).replace(r"\{\}", r"\d+"))
 
 #: Settings a resumed run may change: where the data lives, loader workers, device, logging,
 #: compilation, how often it is evaluated. The run stays the same experiment; it is
@@ -193,7 +199,11 @@ def foreign_files(path: str | Path) -> list[str]:
     """Files in ``path`` that no run writes before its checkpoint (a folder holding any is not
     a place to start a run)."""
     path = Path(path)
-    return sorted(p.name for p in path.iterdir() if p.name not in (LOCK, OUTPUT)) if path.is_dir() else []
+    if not path.is_dir():
+        return []
+    return sorted(
+        p.name for p in path.iterdir() if p.name not in (LOCK, OUTPUT, SLURM_JOB) and not _RANK_OUTPUT.fullmatch(p.name)
+    )
 
 
 def environment() -> dict[str, Any]:

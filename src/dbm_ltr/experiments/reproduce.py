@@ -28,7 +28,7 @@ from ..analysis.plots import plot_reproduction
 from ..analysis.report import report_markdown, summarize_runs, write_report
 from ..analysis.runs import read_metrics, read_run_config
 from ..engine.config import ConfigError, load_config, preset_dir
-from ..engine.distributed import pick_device
+from ..engine.distributed import available_cores, pick_device
 from ..engine.rundir import CHECKPOINT, LOG, METRICS, OUTPUT, recipe_revisions
 from ..engine.signals import StopSignals
 from ..serialization import trusted
@@ -212,7 +212,8 @@ def _sets(overrides: Sequence[str], key: str) -> bool:
 
 def describe(runs: Sequence[ReproRun], jobs: int) -> str:
     todo = sum(r.status != "done" for r in runs)
-    lines = [f"{len(runs)} runs ({todo} to train, {jobs} at a time):"]
+    how = f"{jobs} at a time" if jobs else "as Slurm jobs"
+    lines = [f"{len(runs)} runs ({todo} to train, {how}):"]
     for r in runs:
         state = {"done": "finished, skipped", "resume": "resume", "train": "train"}[r.status]
         after = f", after {r.after.name}" if r.after is not None and r.status != "done" else ""
@@ -293,7 +294,7 @@ def run_reproduction(
     if jobs < 1:
         raise ConfigError(f"--jobs must be >= 1, got {jobs}")
     pending = [r for r in runs if r.status != "done"]
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    cores = available_cores()
     threads = max(1, cores // min(jobs, max(len(pending), 1)))
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "PYTHONUNBUFFERED": "1"}
     active: list[tuple[ReproRun, subprocess.Popen, float, object]] = []

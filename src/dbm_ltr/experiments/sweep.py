@@ -311,6 +311,13 @@ def run_sweep(points: Sequence[SweepPoint], log: Callable[[str], None] = print) 
     return points
 
 
+def load_finished(points: Sequence[SweepPoint]) -> None:
+    """Fill in ``metrics`` of the points whose run has finished elsewhere (as Slurm jobs)."""
+    for p in points:
+        if (p.run_dir / METRICS).is_file():
+            p.metrics, p.status = read_metrics(p.run_dir), "done"
+
+
 def summarize_sweep(
     axes: Sequence[GridAxis], points: Sequence[SweepPoint], out_dir: str | Path
 ) -> dict[str, Path | str]:
