@@ -6,7 +6,7 @@ from analysis_helpers import write_run
 
 from dbm_ltr import cli
 from dbm_ltr.analysis import RunError, report_markdown, summarize_runs
-from dbm_ltr.analysis.report import expand_run_dirs
+from dbm_ltr.analysis.report import expand_run_dirs, paired_differences
 
 DBM_BS_PAPER = {"top1": 51.3, "many": 67.29, "medium": 50.8, "few": 33.23, "source": "Table 2"}
 BS_PAPER = {"top1": 49.35, "many": 65.77, "medium": 50.14, "few": 29.27, "source": "Table 2"}
@@ -206,3 +206,53 @@ def test_columns_without_a_value_in_any_row_are_left_out_and_named(tmp_path):
     out = tmp_path / "report.md"
     cli.main(["report", *map(str, runs[:2]), "--out", str(out)])
     assert "few_mean" in open(out.with_suffix(".csv")).readline()
+
+
+def test_dbm_rows_are_compared_with_their_baselines_seed_by_seed(tmp_path):
+    ce_paper, dbm_paper = {"top1": 78.48, "source": "Table 2"}, {"top1": 80.84, "source": "Table 2"}
+    ce = {0: (72.0, 80.0, 50.0), 1: (73.0, 81.0, 52.0), 2: (71.0, 79.5, 49.0)}
+    dbm = {0: (73.0, 80.5, 52.0), 1: (73.5, 80.0, 55.0), 2: (72.5, 80.5, 51.0), 3: (90.0, 90.0, 90.0)}
+    runs = [write_run(tmp_path / f"ce_s{s}", "cifar10_lt/ce", s, *v, paper=ce_paper) for s, v in ce.items()] + [
+        write_run(tmp_path / f"dbm_s{s}", "cifar10_lt/dbm_ce", s, *v, paper=dbm_paper) for s, v in dbm.items()
+    ]
+    runs += [  # K = 0.3: a second DBM group, paired with the same CE runs
+        write_run(tmp_path / f"k3_s{s}", "cifar10_lt/dbm_ce", s, top1, loss={"max_margin": 0.3}, paper=dbm_paper)
+        for s, top1 in ((0, 74.0), (1, 72.0))
+    ]
+    runs += [write_run(tmp_path / "ce_if10", "cifar10_lt/ce", 0, 90.0, imbalance_factor=10)]  # no DBM at IF 10
+    rows = summarize_runs(runs)
+    pairs = paired_differences(rows)
+    assert [(p.row.settings, p.seeds) for p in pairs] == [
+        ("loss.max_margin=0.1", [0, 1, 2]),
+        ("loss.max_margin=0.3", [0, 1]),
+    ]
+    k1, k3 = pairs
+    expected = [dbm[s][0] - ce[s][0] for s in (0, 1, 2)]  # seed 3 has no CE run
+    assert k1.diffs["top1"] == pytest.approx(expected) == [1.0, 0.5, 1.5]
+    assert k1.mean("top1") == pytest.approx(1.0)
+    assert k1.stderr("top1") == pytest.approx(statistics.stdev(expected) / 3**0.5)  # 0.289
+    assert k1.mean("medium") == pytest.approx(statistics.fmean([2.0, 3.0, 2.0]))
+    assert k1.paper("top1") == pytest.approx(2.36) and k1.paper("many") is None
+    assert k3.diffs["top1"] == pytest.approx([2.0, -1.0]) and k3.diffs["many"] == []  # K = 0.3 runs have no many
+    text = report_markdown(rows)
+    section = text[text.index("## DBM against its baseline") :]
+    assert (
+        "| cifar10_lt/dbm_ce (loss.max_margin=0.1) - cifar10_lt/ce | 100 | 0, 1, 2 | +1.00, +0.50, +1.50 "
+        "| +1.00 +- 0.29 | +2.36 | +0.17 +- 0.60 | - | +2.33 +- 0.33 | - |" in section
+    )
+    assert "| 0, 1 | +2.00, -1.00 | +0.50 +- 1.50 | +2.36 | - | - | - | - |" in section
+    assert "few" not in section and "IF 10" not in section and "| 10 |" not in section
+
+
+def test_unpaired_rows_and_repeated_seeds_give_no_paired_difference(tmp_path):
+    runs = [
+        write_run(tmp_path / "ce", "cifar10_lt/ce", 0, 70.0),
+        write_run(tmp_path / "ldam", "cifar10_lt/ldam", 0, 72.0),  # LDAM is no DBM row's baseline
+        write_run(tmp_path / "dbm_a", "cifar10_lt/dbm_ce", 1, 71.0),  # no CE run of seed 1
+        write_run(tmp_path / "dbm_b", "cifar10_lt/dbm_bs", 0, 71.0),
+        write_run(tmp_path / "bs_a", "cifar10_lt/bs", 0, 70.0),
+        write_run(tmp_path / "bs_b", "cifar10_lt/bs", 0, 70.5),  # seed 0 twice: which run pairs is unknown
+    ]
+    rows = summarize_runs(runs)
+    assert paired_differences(rows) == []
+    assert "DBM against its baseline" not in report_markdown(rows)

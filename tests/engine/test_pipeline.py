@@ -278,3 +278,43 @@ def test_channels_last_is_the_default_layout_and_changes_only_rounding(fake_cifa
     assert _conv_layouts(default) == {"channels_last"} and _conv_layouts(plain) == {"contiguous"}
     with torch.no_grad():
         torch.testing.assert_close(default.predict(images), plain.predict(images), rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    "base,dbm,pipeline",
+    [
+        ("ce", "dbm_ce", "loader"),
+        ("ce", "dbm_ce", "device"),
+        ("ce_drw", "dbm_drw", "device"),
+        ("bs", "dbm_bs", "device"),
+    ],
+)
+def test_one_seed_gives_a_dbm_row_and_its_baseline_the_same_start_and_batches(
+    fake_cifar10, tmp_path, base, dbm, pipeline
+):
+    """A paired comparison (DBM-CE - CE at one seed, as ``report`` makes) compares like with like:
+    the same trunk initialisation, and in every epoch the same sample order and augmentation
+    draws, even after the two models' weights (and so their losses) have parted."""
+    seen = {}
+    for preset in (base, dbm):
+        cfg = load_config(f"cifar10_lt/{preset}", tiny_overrides(fake_cifar10) + [f"data.pipeline={pipeline}"])
+        trainer = Trainer(cfg, tmp_path / preset, log=quiet)
+        batches, forward = [], trainer.model.forward
+
+        def record(images, targets, epoch, forward=forward, batches=batches, **extra):
+            batches.append((images.clone(), targets.clone()))
+            return forward(images, targets, epoch, **extra)
+
+        trainer.model.forward = record
+        start = {k: v.clone() for k, v in trainer.method.state_dict().items()}
+        for epoch in (0, 1):
+            trainer.train_one_epoch(epoch, max_steps=3)
+        seen[preset] = start, batches
+    (start_ce, batches_ce), (start_dbm, batches_dbm) = seen[base], seen[dbm]
+    shared = start_ce.keys() & start_dbm.keys()
+    differing = (start_ce.keys() ^ start_dbm.keys()) | {k for k in shared if not torch.equal(start_ce[k], start_dbm[k])}
+    assert differing == {"model.head.weight", "model.head.bias"}, differing  # a linear head, a cosine one
+    assert len(batches_ce) == len(batches_dbm) == 6
+    for (images_a, targets_a), (images_b, targets_b) in zip(batches_ce, batches_dbm):
+        assert torch.equal(targets_a, targets_b) and torch.equal(images_a, images_b)
+    assert not torch.equal(batches_ce[0][0], batches_ce[3][0])  # epochs differ from each other

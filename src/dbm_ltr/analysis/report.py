@@ -6,6 +6,11 @@ except the seed (and settings that do not change results: data root, workers, de
 seeds of one recipe are averaged and, say, the points of a sweep stay apart. A group is
 labelled with the settings that tell it apart from the other groups of its preset.
 
+Where a DBM row and the row it adds DBM to (DBM-CE and CE, ...) share seeds, the report also
+gives their difference seed by seed, with its mean and standard error: runs of one seed see the
+same batches (and CE, CE-DRW, BS and their DBM rows start from the same trunk), so the pairing
+removes that part of the noise.
+
 Our headline is the final epoch. Runs that also evaluated during training (``train.eval_every``)
 carry their best test epoch; the report shows it beside, marked as test-set model selection,
 because that is what the original code reports and so what the paper's numbers are.
@@ -26,10 +31,14 @@ from ..engine.rundir import RESUMABLE_DIFFERENCES, is_run_dir
 from .runs import RunError, read_metrics, read_run_config
 
 __all__ = [
+    "DBM_BASELINES",
     "METRICS_REPORTED",
+    "PairedDifference",
     "ReportRow",
     "compact_table",
     "expand_run_dirs",
+    "paired_differences",
+    "paired_markdown",
     "report_csv",
     "report_markdown",
     "summarize_runs",
@@ -43,6 +52,20 @@ _TITLES = {"top1": "top-1", "many": "many", "medium": "medium", "few": "few"}
 #: Config keys that do not separate groups: the seed (averaged over) and settings that do not
 #: change the result (those a resumed run may change, the evaluation frequency among them).
 IGNORED_SETTINGS = RESUMABLE_DIFFERENCES | {"train.seed"}
+
+#: Each DBM row of the paper and the row it adds DBM to (Tables 2-4), by preset name.
+DBM_BASELINES = {
+    "dbm_ce": "ce",
+    "dbm_drw": "ce_drw",
+    "dbm_bs": "bs",
+    "dbm_bcl": "bcl",
+    "dbm_gml": "gml",
+    "dbm_ncl": "ncl",
+}
+
+#: Config keys (or their prefixes) in which a DBM row may differ from its baseline and still be
+#: paired with it: the method itself. Any other difference (epochs, data, ...) keeps them apart.
+_METHOD_KEYS = ("name", "paper", "loss.", "model.classifier", "method.")
 
 
 @dataclass
@@ -68,6 +91,10 @@ class ReportRow:
     test_limit: int | None = None
     #: ``train.eval_every`` of each run (how often its best test epoch was looked for)
     eval_every: list[int] = field(default_factory=list)
+    #: the settings outside the method (``_METHOD_KEYS``): equal in a DBM row and its baseline
+    setup: tuple = ()
+    #: seed -> the final-epoch metrics of its run, for each seed that only one run of the group has
+    by_seed: dict[Any, dict[str, float]] = field(default_factory=dict)
 
     @property
     def n(self) -> int:
@@ -115,6 +142,61 @@ class ReportRow:
         return f"{text} (short; {', '.join(marks)})" if marks else text
 
 
+@dataclass
+class PairedDifference:
+    """A DBM row minus its baseline, seed by seed, over the seeds both have."""
+
+    row: ReportRow
+    base: ReportRow
+    seeds: list[Any]
+    diffs: dict[str, list[float]]  # metric -> one difference per seed (those where both have it)
+
+    @property
+    def n(self) -> int:
+        return len(self.seeds)
+
+    def mean(self, metric: str) -> float | None:
+        v = self.diffs.get(metric) or []
+        return statistics.fmean(v) if v else None
+
+    def stderr(self, metric: str) -> float | None:
+        """Standard error of the mean difference: sample std / sqrt(n) (``None`` for n < 2)."""
+        v = self.diffs.get(metric) or []
+        return statistics.stdev(v) / len(v) ** 0.5 if len(v) > 1 else None
+
+    def paper(self, metric: str) -> float | None:
+        """The paper's difference of the two rows."""
+        a, b = self.row.paper.get(metric), self.base.paper.get(metric)
+        return None if a is None or b is None else a - b
+
+
+def paired_differences(rows: Sequence[ReportRow]) -> list[PairedDifference]:
+    """Every DBM row beside its baseline (:data:`DBM_BASELINES`) of the same data set, imbalance
+    factor and settings outside the method, over the seeds both groups have."""
+    pairs = []
+    for row in rows:
+        head, _, name = row.preset.rpartition("/")
+        if name not in DBM_BASELINES:
+            continue
+        base_preset = f"{head}/{DBM_BASELINES[name]}" if head else DBM_BASELINES[name]
+        for base in rows:
+            if (base.preset, base.imbalance_factor, base.setup) != (base_preset, row.imbalance_factor, row.setup):
+                continue
+            seeds = sorted(set(row.by_seed) & set(base.by_seed), key=str)
+            if not seeds:
+                continue
+            diffs = {
+                m: [
+                    row.by_seed[s][m] - base.by_seed[s][m]
+                    for s in seeds
+                    if m in row.by_seed[s] and m in base.by_seed[s]
+                ]
+                for m in METRICS_REPORTED
+            }
+            pairs.append(PairedDifference(row, base, seeds, diffs))
+    return pairs
+
+
 def expand_run_dirs(paths: Sequence[str | Path]) -> list[Path]:
     """Run directories from the arguments: a run directory stays; a folder that is not a run
     stands for every run directory below it, at any depth (e.g. ``runs/``, holding a sweep's
@@ -145,6 +227,19 @@ def _settings_signature(config: dict | None) -> tuple:
     return tuple(
         sorted((k, json.dumps(v, sort_keys=True, default=str)) for k, v in flat.items() if k not in IGNORED_SETTINGS)
     )
+
+
+def _setup(signature: tuple) -> tuple:
+    return tuple((k, v) for k, v in signature if not k.startswith(_METHOD_KEYS))
+
+
+def _by_seed(items: list) -> dict[Any, dict[str, float]]:
+    seeds = [seed for *_, seed, _, _ in items]
+    return {
+        seed: {m: float(metrics[m]) for m in METRICS_REPORTED if metrics.get(m) is not None}
+        for _, metrics, *_, seed, _, _ in items
+        if seed is not None and seeds.count(seed) == 1
+    }
 
 
 def _format_value(value: str) -> str:
@@ -220,6 +315,8 @@ def summarize_runs(run_dirs: Sequence[str | Path], skipped: list[str] | None = N
                 limit=next((m.get("limit") for _, m, *_ in items if m.get("limit")), None),
                 test_limit=next((m.get("test_limit") for _, m, *_ in items if m.get("test_limit")), None),
                 eval_every=[every for *_, every, _ in items],
+                setup=_setup(key[2]),
+                by_seed=_by_seed(items),
             )
         )
     return rows
@@ -342,7 +439,43 @@ def report_markdown(rows: Sequence[ReportRow], title: str = "") -> str:
                 f"Note: {r.preset} (IF {_if_text(r.imbalance_factor)}) averages runs that "
                 f"share a seed (seeds {', '.join(str(s) for s in r.seeds)}).",
             ]
+    pairs = paired_differences(rows)
+    if pairs:
+        lines += ["", *paired_markdown(pairs)]
     return "\n".join(lines) + "\n"
+
+
+def _label_of(row: ReportRow) -> str:
+    return row.preset + (f" ({row.settings})" if row.settings else "")
+
+
+def paired_markdown(pairs: Sequence[PairedDifference]) -> list[str]:
+    """The lines of the report's section of DBM rows minus their baselines, seed by seed."""
+    metrics = [m for m in METRICS_REPORTED if any(p.diffs.get(m) for p in pairs)]
+    header = ["DBM row - baseline", "IF", "seeds", "top-1 per seed"]
+    for m in metrics:
+        header += [f"{_TITLES[m]} mean +- SE", f"{_TITLES[m]} paper"]
+    table = []
+    for p in pairs:
+        cells = [f"{_label_of(p.row)} - {_label_of(p.base)}", _if_text(p.row.imbalance_factor)]
+        cells += [", ".join(map(str, p.seeds)), ", ".join(f"{d:+.2f}" for d in p.diffs.get("top1", []))]
+        for m in metrics:
+            mean, se = p.mean(m), p.stderr(m)
+            cells += ["-" if mean is None else f"{mean:+.2f}" + ("" if se is None else f" +- {se:.2f}")]
+            cells += [_fmt(p.paper(m), signed=True)]
+        table.append(cells)
+    return [
+        "## DBM against its baseline, seed by seed",
+        "",
+        "Final-epoch accuracy of the DBM row minus that of the row it adds DBM to, for runs of the "
+        "same seed, which see the same sample order and augmentation draws (and, for CE, CE-DRW, BS "
+        "and their DBM rows, start from the same trunk). Mean +- standard error (sample std / sqrt(n)) over the n "
+        "seeds both rows have (no +- for one seed); paper: the paper's difference of the two rows.",
+        "",
+        "| " + " | ".join(header) + " |",
+        "|" + "|".join(["---"] * len(header)) + "|",
+        *("| " + " | ".join(cells) + " |" for cells in table),
+    ]
 
 
 def compact_table(rows: Sequence[ReportRow], label: Callable[[ReportRow], str] = lambda r: r.preset) -> str:
