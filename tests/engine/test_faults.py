@@ -309,10 +309,10 @@ def test_torchrun_restarts_a_lost_worker_and_the_run_resumes_by_itself(fake_cifa
     assert straight.returncode == 0, straight.stderr[-2000:]
     run = tmp_path / "run"
     process = subprocess.Popen(command(run, 1), env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    wait_until(_line_count(run, 1), process)
-    ranks = {}
+    ranks = {}  # found first, so that the kill follows the first epoch's log line at once
     wait_until(lambda: len(ranks.update(_rank_pids(process.pid)) or ranks) == 2, process)
     victim = next(pid for pid, rank in ranks.items() if rank == 1)
+    wait_until(_line_count(run, 1), process)
     os.kill(victim, signal.SIGKILL)
     out, err = process.communicate(timeout=300)
     assert process.returncode == 0, err[-3000:]
