@@ -36,10 +36,9 @@ def write_fake_cifar_npz(
     return root
 
 
-def tiny_overrides(root, epochs=2) -> list[str]:
-    """A seconds-long CIFAR-10-LT run on the fake set: IF 10 (159 images), ``epochs`` epochs."""
+def tiny_settings(epochs=2) -> list[str]:
+    """The settings of a seconds-long CIFAR-10-LT run, IF 10 (159 images), without the data root."""
     return [
-        f"data.root={root}",
         f"optim.epochs={epochs}",
         "optim.warmup_epochs=1",
         "data.imbalance_factor=10",
@@ -48,3 +47,8 @@ def tiny_overrides(root, epochs=2) -> list[str]:
         "train.progress=false",
         "data.eval_batch_size=100",
     ]
+
+
+def tiny_overrides(root, epochs=2) -> list[str]:
+    """A seconds-long CIFAR-10-LT run on the fake set: IF 10 (159 images), ``epochs`` epochs."""
+    return [f"data.root={root}", *tiny_settings(epochs)]

@@ -10,19 +10,11 @@ import urllib.error
 import numpy as np
 import pytest
 import torch
-from fakes import write_fake_cifar_npz
+from fakes import tiny_settings, write_fake_cifar_npz
 
 from dbm_ltr.cli import main
 
-TINY = [
-    "optim.epochs=1",
-    "optim.warmup_epochs=1",
-    "data.imbalance_factor=10",
-    "data.workers=0",
-    "optim.batch_size=32",
-    "train.progress=false",
-    "data.eval_batch_size=100",
-]
+TINY = tiny_settings(epochs=1)
 
 
 def one_line_error(capsys, argv, match):
