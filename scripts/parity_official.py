@@ -6,22 +6,28 @@
 
 ``DIR`` is the ``cifar/`` folder of a checkout of the authors' repository
 (github.com/quotation2520/dbm_ltr, commit 3b56b97). This project ships none of it: the script
-imports its modules (``models``, ``losses``, ``utils``, ``aug``) from ``DIR`` and runs them on
-the CPU, with shims for their ``.cuda()`` calls (tensors and modules stay on the CPU, in the
-working precision); their logic is not edited.
+imports its modules (``models``, ``losses``, ``utils``, ``train``, ``aug``) from ``DIR`` and
+runs them on the CPU, with shims for their ``.cuda()`` calls (tensors and modules stay on the
+CPU, in the working precision) and a silent progress bar; their logic is not edited.
 
 **Training steps** (per row). Our preset as shipped (``cifar10_lt/<row>`` by default) and
 their code with the row's command-line flags (their README's) are built in float64; our
-initial weights are copied into their model; then both take the same steps on the same fixed
-batches (random images, labels drawn with the long-tailed class frequencies), each step at an
-epoch chosen to cover the warm-up, the start and middle of the cosine phase, both sides of the
-DRW switch and the last epochs: the learning rate, the loss (and its DRW weights) are those of
-that epoch. Printed per row: the largest learning-rate difference, the largest loss difference,
-the step-0 gradient difference and the parameter (and BatchNorm statistics) difference after
-the last step, beside a rounding yardstick: their code against a channels-last copy of itself,
-which computes the same in another order. A row is ``equal`` when each of ours is at most
-``--tolerance`` times the yardstick (and the learning rates agree to 1e-12), else ``DIFFERS``:
-a finding, not something the script hides.
+initial weights (and, for NCL, MoCo queues) are copied into their model; then both take the
+same steps on the same fixed batches (random images -- three views per image for BCL, two for
+NCL --, labels drawn with the long-tailed class frequencies): ours through our method, theirs
+through their training function (``train/train_fn/``: base, BCL or NCL, which holds NCL's
+key-encoder update), one batch per call after their learning-rate function. Each step is at an
+epoch chosen to cover both sides of every learning-rate step and of the DRW switch, the
+warm-up, the start and middle of the cosine phase and the last epochs: the learning rate, the
+loss (and its DRW weights) are those of that epoch. Rows: the Table 2 rows of their code (CE,
+CE-DRW, BS, LDAM(-DRW) with and without DBM, BCL, DBM-BCL, and NCL / DBM-NCL as their code
+runs them: the ``*_code`` presets). Printed per row: the largest learning-rate difference, the
+largest loss difference, the step-0 gradient difference and the parameter (and BatchNorm
+statistics, key encoders, queues) difference after the last step, beside a rounding
+yardstick: their code against a channels-last copy of itself, which computes the same in
+another order. A row is ``equal`` when each of ours is at most ``--tolerance`` times the
+yardstick (and the learning rates agree to 1e-12), else ``DIFFERS``: a finding, not something
+the script hides.
 
 **Augmentation** (``--augment``): their per-image AutoAugment policy (``aug/autoaug.py``)
 against ours, (1) op by op: every sub-policy with both stages applied and each sign, on the
@@ -40,6 +46,7 @@ import importlib
 import io
 import math
 import random
+import re
 import sys
 import time
 import types
@@ -59,8 +66,9 @@ from dbm_ltr.engine.build import build_method, parameter_groups, to_layout
 from dbm_ltr.engine.config import Config, load_config, preset_dir
 from dbm_ltr.engine.schedules import learning_rate
 
-#: Their command line per row (their README's flags; the LDAM rows: see the presets). Every
-#: row also gets ``--cos --cutout --aug_type autoaug_cifar``, as their README's commands.
+#: Their command line per row (their README's flags; the LDAM rows: see the presets; BCL: their
+#: DBM-BCL command without the DBM flags). Every row also gets ``--cos --cutout --aug_type
+#: autoaug_cifar``, as their README's commands.
 OFFICIAL_FLAGS = {
     "ce": ["--loss_fn", "ce"],
     "dbm_ce": ["--loss_fn", "ce", "--use_norm", "--use_dbm", "--max_margin", "0.1"],
@@ -72,12 +80,19 @@ OFFICIAL_FLAGS = {
     "ldam_drw": ["--loss_fn", "ldam_drw", "--use_norm", "--max_margin", "0.5"],
     "ldam_code": ["--loss_fn", "ldam", "--use_norm"],
     "ldam_drw_code": ["--loss_fn", "ldam_drw", "--use_norm"],
+    "bcl": ["--loss_fn", "bcl", "--wd", "5e-4", "--lr_decay", "0.1", "--lr", "0.15"],
+    "dbm_bcl": ["--loss_fn", "bcl", "--use_norm", "--use_dbm", "--max_margin", "0.1"]
+    + ["--wd", "5e-4", "--lr_decay", "0.1", "--lr", "0.15"],
+    "ncl_code": ["--loss_fn", "ncl", "--epochs", "400"],
+    "dbm_ncl_code": ["--loss_fn", "ncl", "--use_norm", "--use_dbm", "--max_margin", "0.1", "--epochs", "400"],
 }
 COMMON_FLAGS = ["--cos", "--cutout", "--aug_type", "autoaug_cifar"]
-DEFAULT_ROWS = ("ce", "ldam", "dbm_ce", "ce_drw", "ldam_drw", "dbm_drw", "bs", "dbm_bs", "ldam_code", "ldam_drw_code")
+DEFAULT_ROWS = (
+    *("ce", "ldam", "dbm_ce", "ce_drw", "ldam_drw", "dbm_drw", "bs", "dbm_bs", "ldam_code", "ldam_drw_code"),
+    *("bcl", "dbm_bcl", "ncl_code", "dbm_ncl_code"),
+)
 NOT_COVERED = {
-    "bcl": "their BCL model and loss are separate classes with three views; not covered by this script",
-    "ncl": "their NCL model is a separate multi-expert class; not covered by this script",
+    "ncl": "the paper's NCL recipe, which their code does not run; theirs is the row ncl_code (dbm_ncl_code)",
     "gml": "GML is not in their cifar/ folder; it has a code base of its own",
 }
 #: The modules of theirs this script needs, relative to DIR, and what each must define.
@@ -87,6 +102,7 @@ NEEDED = {
     "losses/loss.py": ("losses.loss", ("get_loss", "get_optimizer")),
     "utils/common.py": ("utils.common", ("adjust_learning_rate",)),
     "utils/config.py": ("utils.config", ("parse_args", "dataset_argument")),
+    "train/train.py": ("train.train", ("get_train_fn",)),
 }
 AUGMENT_NEEDED = {
     "aug/autoaug.py": ("aug.autoaug", ("CIFAR10Policy",)),
@@ -132,6 +148,21 @@ def cpu_shims() -> Iterator[None]:
         (torch.Tensor.cuda, nn.Module.cuda, nn.Module.to, torch.FloatTensor, torch.cuda.FloatTensor) = saved
 
 
+class QuietBar:
+    """Their progress bar's interface, printing nothing (their training functions draw one)."""
+
+    elapsed_td = eta_td = ""
+
+    def __init__(self, *args, **kwargs) -> None:
+        self.suffix = ""
+
+    def next(self) -> None:
+        pass
+
+    def finish(self) -> None:
+        pass
+
+
 class Official:
     """The modules of their ``cifar/`` folder."""
 
@@ -152,13 +183,10 @@ class Official:
         for name in list(sys.modules):  # a previous --official folder's modules
             if name.split(".")[0] in _THEIR_PACKAGES:
                 del sys.modules[name]
-        try:
-            importlib.import_module("progress.bar")
-        except ImportError:  # their progress bars only (the 'progress' package), unused here
-            bar = types.ModuleType("progress.bar")
-            bar.Bar = object
-            sys.modules["progress"] = types.ModuleType("progress")
-            sys.modules["progress.bar"] = bar
+        bar = types.ModuleType("progress.bar")  # their progress bars (the 'progress' package): silent
+        bar.Bar = QuietBar
+        sys.modules["progress"] = types.ModuleType("progress")
+        sys.modules["progress.bar"] = bar
         sys.path.insert(0, str(self.folder))
         try:
             with cpu_shims():
@@ -204,12 +232,14 @@ class Official:
 
 
 def step_epochs(config: Config, steps: int) -> list[int]:
-    """The epoch of each step: the warm-up's first and last, the cosine phase's first two and
-    middle, both sides of the DRW switch, the last two; more or fewer as ``steps`` asks."""
+    """The epoch of each step: both sides of every learning-rate step (step schedules), of the
+    DRW switch, the warm-up's first and last, the cosine phase's first two and middle, the last
+    two; more or fewer as ``steps`` asks."""
     o = config.optim
     drw = int(config.loss.params.get("drw_epoch", 160))
     w, e = o.warmup_epochs, o.epochs
-    key = [0, drw - 1, drw, w - 1, w, e - 1, (w + e) // 2, w + 1, drw + 1, e - 2]
+    steps_at = [x for m in (o.milestones if o.schedule == "step" else []) for x in (m - 1, m)]
+    key = [0, *steps_at, drw - 1, drw, w - 1, w, e - 1, (w + e) // 2, w + 1, drw + 1, e - 2]
     key = list(dict.fromkeys(min(max(k, 0), e - 1) for k in key))
     if steps <= len(key):
         return sorted(key[:steps])
@@ -217,39 +247,88 @@ def step_epochs(config: Config, steps: int) -> list[int]:
     return sorted(key + extra)
 
 
-def map_weights(ours: dict[str, torch.Tensor], theirs: dict[str, torch.Tensor]) -> dict[str, str]:
-    """Our state-dict key -> theirs for a ResNet-32 with a linear or cosine head."""
-    blocks = sum(1 for k in ours if k.startswith("model.trunk.layers.") and k.endswith(".conv1.weight")) // 3
-    mapping = {}
-    for key in ours:
-        rest = key.removeprefix("model.")
-        if rest.startswith("trunk.layers."):
-            i, tail = rest.removeprefix("trunk.layers.").split(".", 1)
-            name = f"layer{int(i) // blocks + 1}.{int(i) % blocks}.{tail}"
-        elif rest.startswith("trunk."):
-            name = rest.removeprefix("trunk.")
-        elif rest.startswith("head."):
-            name = "linear." + rest.removeprefix("head.")
+#: Where our state lives in their model, per kind of row: (our key prefix as a pattern, theirs
+#: with the pattern's group, whether it is a ResNet-32 trunk). Our NCL cosine head is stored
+#: (D, C), their FCNorm (C, D): transposed on the way. Our NCL queues (E, K, d) are their
+#: MOCO.<i>.queue (d, K) and MOCO.<i>.queue_ptr.
+RULES = {
+    "single": [(r"model\.trunk\.", "", True), (r"model\.head\.", "linear.", False)],
+    "bcl": [
+        (r"model\.trunk\.", "encoder.", True),
+        (r"model\.head\.", "fc.", False),
+        (r"projection\.", "head.", False),
+        (r"prototype\.", "head_fc.", False),
+    ],
+    "ncl": [
+        (r"experts\.(\d+)\.trunk\.", "backbone.{0}.", True),
+        (r"experts\.(\d+)\.head\.", "classifier_ce.{0}.", False),
+        (r"query_heads\.(\d+)\.", "classifier.{0}.", False),
+        (r"key_trunks\.(\d+)\.", "backbone_MA.{0}.", True),
+        (r"key_heads\.(\d+)\.", "classifier_MA.{0}.", False),
+    ],
+}
+#: Their training function per kind (train/train.py's get_train_fn picks it by --loss_fn).
+KINDS = {"bcl": "bcl", "dbm_bcl": "bcl", "ncl_code": "ncl", "dbm_ncl_code": "ncl"}
+#: Views per image: BCL one to classify and two to contrast, NCL a regular and a contrastive one.
+VIEWS = {"single": 1, "bcl": 3, "ncl": 2}
+
+
+def row_kind(row: str) -> str:
+    """``bcl`` (three views, their ``bcl_model``), ``ncl`` (two views, their three-expert MoCo
+    model) or ``single`` (one view, their ``resnet32``)."""
+    return KINDS.get(row, "single")
+
+
+def to_theirs(ours: dict[str, torch.Tensor], kind: str) -> dict[str, torch.Tensor]:
+    """Our state (or gradients) under their names and in their layout."""
+    blocks = 5  # ResNet-32: three stages of five blocks
+    theirs = {}
+    for key, value in ours.items():
+        if kind == "ncl" and key in ("queues", "queue_ptr"):
+            for i, row in enumerate(value):
+                theirs[f"MOCO.{i}.queue" if key == "queues" else f"MOCO.{i}.queue_ptr"] = (
+                    row.t() if key == "queues" else row.reshape(1)
+                )
+            continue
+        for pattern, template, trunk in RULES[kind]:
+            match = re.match(pattern, key)
+            if match:
+                break
         else:
-            raise ParityError(f"our model has a parameter {key} that their resnet32 has no place for")
-        mapping[key] = name
-    missing = sorted(set(theirs) - set(mapping.values()))
-    unknown = sorted(n for n in mapping.values() if n not in theirs)
+            raise ParityError(f"our model has a parameter {key} that their model has no place for")
+        rest = key[match.end() :]
+        if trunk and rest.startswith("layers."):
+            i, tail = rest.removeprefix("layers.").split(".", 1)
+            rest = f"layer{int(i) // blocks + 1}.{int(i) % blocks}.{tail}"
+        if kind == "ncl" and template.startswith("classifier_ce") and rest == "weight" and key_is_cosine(ours, key):
+            value = value.t()
+        theirs[template.format(*match.groups()) + rest] = value
+    return theirs
+
+
+def key_is_cosine(ours: dict[str, torch.Tensor], key: str) -> bool:
+    """A head without a bias is a cosine head (ours: (D, C))."""
+    return key.removesuffix("weight") + "bias" not in ours
+
+
+def check_match(ours: dict[str, torch.Tensor], theirs: dict[str, torch.Tensor]) -> None:
+    """Our state under their names must be their model's state, name for name, shape for shape."""
+    missing = sorted(set(theirs) - set(ours))
+    unknown = sorted(set(ours) - set(theirs))
     if missing or unknown:
-        raise ParityError(f"their resnet32 does not match ours (theirs only: {missing[:3]}, ours only: {unknown[:3]})")
-    bad = [k for k, n in mapping.items() if ours[k].shape != theirs[n].shape]
+        raise ParityError(f"their model does not match ours (theirs only: {missing[:3]}, ours only: {unknown[:3]})")
+    bad = [k for k in ours if ours[k].shape != theirs[k].shape]
     if bad:
         raise ParityError(
-            f"their resnet32 does not match ours: {bad[0]} is {tuple(ours[bad[0]].shape)}, "
-            f"theirs {tuple(theirs[mapping[bad[0]]].shape)}"
+            f"their model does not match ours: {bad[0]} is {tuple(theirs[bad[0]].shape)} in theirs, "
+            f"{tuple(ours[bad[0]].shape)} in ours"
         )
-    return mapping
 
 
 @dataclass
 class Trace:
     """What one side did: per step the learning rate and the loss; the step-0 gradients and the
-    final state by our parameter names."""
+    final state, by their names."""
 
     lrs: list[float]
     losses: list[float]
@@ -257,7 +336,7 @@ class Trace:
     state: dict[str, torch.Tensor]
 
 
-def run_ours(method, config: Config, batches, epochs: Sequence[int]) -> Trace:
+def run_ours(method, config: Config, batches, epochs: Sequence[int], kind: str) -> Trace:
     o = config.optim
     optimizer = torch.optim.SGD(
         parameter_groups(method, o.weight_decay),
@@ -280,39 +359,35 @@ def run_ours(method, config: Config, batches, epochs: Sequence[int]) -> Trace:
         optimizer.step()
         lrs.append(lr)
         losses.append(float(out.loss.detach()))
-    return Trace(lrs, losses, grads, {k: v.detach().clone() for k, v in method.state_dict().items()})
+    state = {k: v.detach().clone() for k, v in method.state_dict().items()}
+    return Trace(lrs, losses, to_theirs(grads, kind), to_theirs(state, kind))
 
 
 def run_theirs(
-    official: Official,
-    args,
-    model,
-    criterion,
-    batches,
-    epochs: Sequence[int],
-    names: dict[str, str],
-    channels_last: bool = False,
+    official: Official, args, model, criterion, batches, epochs: Sequence[int], channels_last: bool = False
 ) -> Trace:
+    """Their training function (train/train_fn/), one batch per call, after their learning-rate
+    function for the step's epoch, as their main loop calls them."""
     layout = torch.channels_last if channels_last else torch.contiguous_format
-    to_ours = {v: k for k, v in names.items()}
+    net = model["model"] if isinstance(model, dict) else model  # NCL: {'comb': ..., 'model': ...}
     with cpu_shims(), warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # their deprecation warnings (uint8 masks)
+        warnings.simplefilter("ignore")  # their deprecation warnings (uint8 masks, add_(alpha, x))
         optimizer = official.loss.get_optimizer(args, model, criterion)
-        model.train()
+        train = official.train.get_train_fn(args)
         lrs, losses, grads = [], [], {}
         for k, (epoch, (images, targets)) in enumerate(zip(epochs, batches)):
             lr = official.common.adjust_learning_rate(optimizer, epoch, None, args)
-            outputs = model(images.contiguous(memory_format=layout), None)
-            loss = criterion(outputs, targets, epoch)
-            optimizer.zero_grad()
-            loss.backward()
-            if k == 0:
-                grads = {to_ours[n]: p.grad.detach().clone() for n, p in model.named_parameters() if p.grad is not None}
-            optimizer.step()
+            views = (
+                images.contiguous(memory_format=layout)
+                if isinstance(images, torch.Tensor)
+                else [v.contiguous(memory_format=layout) for v in images]
+            )
+            index = torch.arange(targets.shape[0])
+            losses.append(float(train(args, [(views, targets, index)], model, optimizer, criterion, epoch, None)))
+            if k == 0:  # their step zeroes the gradients before backward: these are this step's
+                grads = {n: p.grad.detach().clone() for n, p in net.named_parameters() if p.grad is not None}
             lrs.append(float(lr))
-            losses.append(float(loss.detach()))
-    state = {to_ours[k]: v.detach().clone() for k, v in model.state_dict().items() if k in to_ours}
-    return Trace(lrs, losses, grads, state)
+    return Trace(lrs, losses, grads, {k: v.detach().clone() for k, v in net.state_dict().items()})
 
 
 def _max_diff(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> float:
@@ -366,15 +441,16 @@ def compare_row(
     counts = long_tail_counts(50000 // num_classes, num_classes, imbalance_factor)
     epochs = step_epochs(config, steps)
     size = batch_size or config.optim.batch_size
+    kind = row_kind(row)
     generator = torch.Generator().manual_seed(seed)
     weights = torch.tensor(counts, dtype=torch.float64)
-    batches = [
-        (
-            torch.randn(size, 3, 32, 32, generator=generator),
-            torch.multinomial(weights, size, replacement=True, generator=generator),
-        )
-        for _ in epochs
-    ]
+    views = VIEWS[kind]
+
+    def images() -> torch.Tensor | list[torch.Tensor]:
+        drawn = [torch.randn(size, 3, 32, 32, generator=generator) for _ in range(views)]
+        return drawn if views > 1 else drawn[0]
+
+    batches = [(images(), torch.multinomial(weights, size, replacement=True, generator=generator)) for _ in epochs]
     torch.manual_seed(seed)
     method = to_layout(build_method(config, counts, num_classes), config.train)
     args = official.args(row, data, imbalance_factor)
@@ -384,14 +460,16 @@ def compare_row(
             criterion = official.loss.get_loss(args, counts)
     except Exception as err:  # noqa: BLE001 - their code failing is one line
         raise ParityError(f"{row}: building their model and loss failed ({type(err).__name__}: {err})") from None
-    names = map_weights(method.state_dict(), model.state_dict())
-    initial = method.state_dict()
-    model.load_state_dict({names[k]: v.clone() for k, v in initial.items()})
-    twin, twin_criterion = copy.deepcopy(model).to(memory_format=torch.channels_last), copy.deepcopy(criterion)
-    ours = run_ours(method, config, batches, epochs)
+    net = model["model"] if isinstance(model, dict) else model
+    initial = to_theirs(method.state_dict(), kind)
+    check_match(initial, net.state_dict())
+    net.load_state_dict({k: v.clone() for k, v in initial.items()})
+    twin, twin_criterion = copy.deepcopy(model), copy.deepcopy(criterion)
+    (twin["model"] if isinstance(twin, dict) else twin).to(memory_format=torch.channels_last)
+    ours = run_ours(method, config, batches, epochs, kind)
     try:
-        theirs = run_theirs(official, args, model, criterion, batches, epochs, names)
-        yard = run_theirs(official, args, twin, twin_criterion, batches, epochs, names, channels_last=True)
+        theirs = run_theirs(official, args, model, criterion, batches, epochs)
+        yard = run_theirs(official, args, twin, twin_criterion, batches, epochs, channels_last=True)
     except Exception as err:  # noqa: BLE001
         raise ParityError(f"{row}: a step of their code failed ({type(err).__name__}: {err})") from None
     return RowResult(

@@ -33,32 +33,72 @@ STAND_IN = {
                 self.layer1, self.layer2, self.layer3 = (nn.Sequential(*blocks[i:i + 5]) for i in (0, 5, 10))
                 self.linear = CosineClassifier(64, num_class) if use_norm else nn.Linear(64, num_class)
 
-            def forward(self, x, output_type="feat"):
+            def features(self, x):
                 out = F.relu(self.bn1(self.conv1(x)))
                 out = self.layer3(self.layer2(self.layer1(out)))
-                return self.linear(F.adaptive_avg_pool2d(out, 1).flatten(1))
+                return F.adaptive_avg_pool2d(out, 1).flatten(1)
+
+            def forward(self, x, output_type="feat"):
+                return self.linear(self.features(x))
 
         def resnet32(num_class, use_norm):
             return ResNet32(num_class, use_norm)
     """,
+    "models/resnet_bcl.py": """
+        import torch.nn.functional as F
+        from torch import nn
+        from dbm_ltr.models import projection_mlp
+        from models.resnet import ResNet32
+
+        class BclModel(nn.Module):
+            def __init__(self, num_class, use_norm):
+                super().__init__()
+                self.use_norm = use_norm
+                self.encoder = ResNet32(num_class, use_norm)
+                self.fc = self.encoder.linear
+                del self.encoder.linear
+                self.head = projection_mlp(64, 512, 128, batchnorm=True)
+                self.head_fc = projection_mlp(64, 512, 128, batchnorm=True)
+
+            def forward(self, x):
+                feat = self.encoder.features(x)
+                classes = self.fc.weight.t() if self.use_norm else self.fc.weight
+                return F.normalize(self.head(feat), dim=1), self.fc(feat), F.normalize(self.head_fc(classes), dim=1)
+    """,
     "models/net.py": """
         from models.resnet import resnet32
+        from models.resnet_bcl import BclModel
 
         def get_model(args, num_class_list):
             print("    Total params: (printed by their code)")
+            if args.loss_fn == "bcl":
+                return BclModel(args.num_class, args.use_norm).cuda()
             return resnet32(args.num_class, args.use_norm).cuda()
     """,
     "losses/__init__.py": "",
     "losses/loss.py": """
         import torch
         from dbm_ltr.losses import BalancedLoss, DBMLoss
+        from dbm_ltr.losses.contrastive import balanced_contrastive_loss
         MARGIN = {margin}
 
         def get_loss(args, counts):
-            base = {{"ce": "ce", "ce_drw": "drw", "bs": "bs"}}[args.loss_fn]
+            base = {{"ce": "ce", "ce_drw": "drw", "bs": "bs", "bcl": "bs"}}[args.loss_fn]
             if args.use_dbm:
-                return DBMLoss(counts, base=base, max_margin=args.max_margin * MARGIN).cuda()
-            return BalancedLoss(counts, base=base)
+                loss = DBMLoss(counts, base=base, max_margin=args.max_margin * MARGIN).cuda()
+            else:
+                loss = BalancedLoss(counts, base=base)
+            return BCLLoss(loss) if args.loss_fn == "bcl" else loss
+
+        class BCLLoss(torch.nn.Module):
+            def __init__(self, classification):
+                super().__init__()
+                self.classification = classification
+
+            def forward(self, centers, logits, features, targets):
+                anchors = torch.cat(torch.unbind(features, dim=1))
+                bsc = balanced_contrastive_loss(anchors, targets.repeat(2), centers, 0.1)
+                return 2.0 * self.classification(logits, targets) + 0.6 * bsc
 
         def get_optimizer(args, model, criterion):
             return torch.optim.SGD(model.parameters(), lr=args.lr, momentum=args.momentum, weight_decay=args.wd)
@@ -92,6 +132,7 @@ STAND_IN = {
             p.add_argument("--max_margin", type=float, default=0.1)
             p.add_argument("--lr", type=float, default=0.1)
             p.add_argument("--wd", type=float, default=2e-4)
+            p.add_argument("--lr_decay", type=float, default=0.01)
             p.add_argument("--momentum", type=float, default=0.9)
             p.add_argument("--epochs", type=int, default=200)
             p.add_argument("--warmup", type=int, default=5)
@@ -100,6 +141,33 @@ STAND_IN = {
         def dataset_argument(args):
             args.num_class = 100 if args.dataset == "cifar100" else 10
             return args
+    """,
+    "train/__init__.py": "",
+    "train/train.py": """
+        import torch
+
+        def train_base(args, trainloader, model, optimizer, criterion, epoch, weighted_trainloader):
+            for inputs, targets, _ in trainloader:
+                loss = criterion(model(inputs.cuda(), None), targets, epoch)
+                optimizer.zero_grad()
+                loss.backward()
+                optimizer.step()
+            return loss.item()
+
+        def train_bcl(args, trainloader, model, optimizer, criterion, epoch, weighted_trainloader):
+            for inputs, targets, _ in trainloader:
+                batch = targets.shape[0]
+                features, logits, centers = model(torch.cat(list(inputs)).cuda())
+                _, second, third = torch.split(features, [batch] * 3)
+                pairs = torch.stack([second, third], dim=1)
+                loss = criterion(centers[: args.num_class], logits[:batch], pairs, targets)
+                optimizer.zero_grad()
+                loss.backward()
+                optimizer.step()
+            return loss.item()
+
+        def get_train_fn(args):
+            return train_bcl if args.loss_fn == "bcl" else train_base
     """,
 }
 
@@ -116,7 +184,7 @@ def load():
 def _forget_their_modules():
     yield
     for name in list(sys.modules):
-        if name.split(".")[0] in ("models", "losses", "utils", "aug", "progress"):
+        if name.split(".")[0] in ("models", "losses", "utils", "aug", "train", "progress"):
             del sys.modules[name]
 
 
@@ -143,17 +211,18 @@ def verdicts(out: str) -> dict[str, str]:
 
 def test_equal_code_is_equal_and_a_row_without_an_equivalent_is_skipped(tmp_path, capsys):
     default = torch.get_default_dtype()
-    code, out, err = run(capsys, write_stand_in(tmp_path), "--rows", "ce,dbm_ce,bcl,gml_teacher")
+    code, out, err = run(capsys, write_stand_in(tmp_path), "--rows", "ce,dbm_ce,dbm_bcl,ncl,gml_teacher")
     assert code == 0, err
-    assert verdicts(out) == {"ce": "equal", "dbm_ce": "equal"}
-    assert "bcl: skipped (their BCL model" in out and "gml_teacher: skipped (GML is not in their cifar/" in out
+    assert verdicts(out) == {"ce": "equal", "dbm_ce": "equal", "dbm_bcl": "equal"}
+    assert "ncl: skipped (the paper's NCL recipe, which their code does not run" in out
+    assert "gml_teacher: skipped (GML is not in their cifar/" in out
     assert "Total params" not in out  # their prints stay out of the report
     assert torch.get_default_dtype() == default
 
 
 def test_a_perturbed_margin_is_flagged_in_the_dbm_row_only(tmp_path, capsys):
-    code, out, _ = run(capsys, write_stand_in(tmp_path, margin=1.5), "--rows", "ce,dbm_ce")
-    assert code == 0 and verdicts(out) == {"ce": "equal", "dbm_ce": "DIFFERS"}
+    code, out, _ = run(capsys, write_stand_in(tmp_path, margin=1.5), "--rows", "ce,dbm_ce,bcl,dbm_bcl")
+    assert code == 0 and verdicts(out) == {"ce": "equal", "dbm_ce": "DIFFERS", "bcl": "equal", "dbm_bcl": "DIFFERS"}
     loss = next(line for line in out.splitlines() if line.startswith("| dbm_ce")).split("|")[4]
     assert float(loss) > 1e-6
 
@@ -179,13 +248,49 @@ def test_step_epochs_cover_warm_up_cosine_and_the_drw_switch():
     assert epochs == [0, 4, 5, 6, 102, 159, 160, 161, 198, 199]
     assert load().step_epochs(load_config("cifar10_lt/ce"), 3) == [0, 159, 160]
     assert len(load().step_epochs(load_config("cifar10_lt/ce"), 14)) == 14
+    # a step schedule: both sides of each step (their lr drops after epochs 320 and 360)
+    assert load().step_epochs(load_config("cifar10_lt/ncl_code"), 5) == [0, 319, 320, 359, 360]
+
+
+@pytest.mark.parametrize("row", ["ncl_code", "dbm_ncl_code"])
+def test_our_ncl_state_under_their_names(row):
+    """Their NCL model (models/resnet_ncl.py): per expert i backbone.i (ResNet-32 stages
+    layer1-3), classifier_ce.i (FCNorm (C, D) against our cosine head's (D, C); nn.Linear as
+    ours), classifier.i (query MLP), backbone_MA.i / classifier_MA.i (key encoder), MOCO.i.queue
+    (d, K) and MOCO.i.queue_ptr (1,)."""
+    from dbm_ltr.data.longtail import long_tail_counts
+    from dbm_ltr.engine import load_config
+    from dbm_ltr.engine.build import build_method
+
+    counts = long_tail_counts(5000, 10, 100)
+    method = build_method(load_config(f"cifar10_lt/{row}"), counts, 10)
+    method.queue_ptr.copy_(torch.tensor([3, 5, 7]))
+    ours = method.state_dict()
+    theirs = load().to_theirs(ours, "ncl")
+    assert len(theirs) == len(ours) - 2 + 2 * 3  # queues, queue_ptr -> three of each
+    e = method.experts[2]
+    head = e.head.weight.t() if row.startswith("dbm_") else e.head.weight
+    assert torch.equal(theirs["classifier_ce.2.weight"], head)
+    assert ("classifier_ce.2.bias" in theirs) == (row == "ncl_code")
+    assert torch.equal(theirs["backbone.2.layer1.0.conv1.weight"], e.trunk.layers[0].conv1.weight)
+    assert torch.equal(theirs["backbone.2.layer2.4.bn2.running_var"], e.trunk.layers[9].bn2.running_var)
+    assert torch.equal(theirs["backbone_MA.1.layer3.0.conv2.weight"], method.key_trunks[1].layers[10].conv2.weight)
+    assert torch.equal(theirs["backbone_MA.0.bn1.bias"], method.key_trunks[0].bn1.bias)
+    assert torch.equal(theirs["classifier.0.2.weight"], method.query_heads[0][2].weight)
+    assert torch.equal(theirs["classifier_MA.1.0.bias"], method.key_heads[1][0].bias)
+    for i in range(3):
+        assert torch.equal(theirs[f"MOCO.{i}.queue"], method.queues[i].t())
+        assert theirs[f"MOCO.{i}.queue_ptr"].tolist() == [3 + 2 * i]
 
 
 @pytest.mark.parametrize(
     "case,message",
     [
         ("missing", "no such folder"),
-        ("empty", "no models/net.py, models/resnet.py, losses/loss.py, utils/common.py, utils/config.py"),
+        (
+            "empty",
+            "no models/net.py, models/resnet.py, losses/loss.py, utils/common.py, utils/config.py, train/train.py",
+        ),
         ("no_get_loss", "losses/loss.py has no get_loss (another version of the authors' code?)"),
         ("broken", "importing models/net.py failed (ModuleNotFoundError"),
         ("unknown_row", "--rows: no preset cifar10_lt/foo"),

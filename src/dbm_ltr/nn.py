@@ -1,8 +1,11 @@
-"""Classifier heads.
+"""Classifier heads, and the precision rule of the losses.
 
 ``CosineClassifier`` is the "normed linear" layer of the DBM paper: it returns raw cosines
 between L2-normalised features and L2-normalised class vectors. The scale ``s`` and any margin
 are applied later, by the loss, so prediction is simply ``argmax`` of the cosines.
+
+``at_least_float32``: the losses compute in float32 when autocast hands them float16/bfloat16,
+and in the input's own precision otherwise (float64 stays float64).
 """
 
 from __future__ import annotations
@@ -11,7 +14,19 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["CosineClassifier"]
+__all__ = ["CosineClassifier", "at_least_float32"]
+
+
+def at_least_float32(x: torch.Tensor) -> torch.Tensor:
+    """``x`` in float32 if it is float16 or bfloat16, else ``x`` itself (float32, float64).
+
+    Example:
+        >>> at_least_float32(torch.ones(2, dtype=torch.bfloat16)).dtype
+        torch.float32
+        >>> at_least_float32(torch.ones(2, dtype=torch.float64)).dtype
+        torch.float64
+    """
+    return x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
 
 
 class CosineClassifier(nn.Module):

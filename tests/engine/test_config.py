@@ -102,7 +102,7 @@ def test_ncl_presets_paper_and_code_variants(data):
     for row in ("ncl", "dbm_ncl"):
         paper, code = load_config(f"{data}/{row}"), load_config(f"{data}/{row}_code")
         for cfg in (paper, code):
-            assert cfg.method.params["moco_momentum"] == pytest.approx(0.999**3, abs=1e-9)
+            assert cfg.method.params["moco_momentum"] == pytest.approx(0.999**3, abs=1e-15)
             assert cfg.method.params["num_experts"] == 3 and cfg.optim.epochs == 400
             assert cfg.train.drop_last and cfg.train.eval_every == 10
             assert cfg.paper == paper.paper
@@ -110,13 +110,17 @@ def test_ncl_presets_paper_and_code_variants(data):
         assert (paper.method.params["key_init"], paper.method.params["key_head"]) == ("copy", "ema")
         assert (code.optim.schedule, code.optim.milestones, code.optim.lr_decay) == ("step", [320, 360], 0.01)
         assert (code.method.params["key_init"], code.method.params["key_head"]) == ("random", "frozen")
+        assert (paper.method.params["momentum_update"], code.method.params["momentum_update"]) == (
+            "before_keys",  # MoCo's order
+            "after_keys",  # the NCL code's
+        )
         if row == "dbm_ncl":
             assert paper.loss.params["scale"] == 32.0 and code.loss.params["scale"] == 16.0
         a, b = paper.to_dict(), code.to_dict()
         differ = {f"{s}.{k}" for s in ("optim", "method", "loss") for k in a[s] if a[s][k] != b[s][k]}
-        assert differ == {"optim.schedule", "optim.milestones", "method.key_init", "method.key_head"} | (
-            {"loss.scale"} if row == "dbm_ncl" else set()
-        )
+        assert differ == {"optim.schedule", "optim.milestones", "method.key_init", "method.key_head"} | {
+            "method.momentum_update"
+        } | ({"loss.scale"} if row == "dbm_ncl" else set())
 
 
 def test_table2_presets_track_the_best_test_epoch():

@@ -1,3 +1,5 @@
+import copy
+
 import pytest
 import torch
 
@@ -106,6 +108,34 @@ def test_ncl_reference_code_options_and_errors():
         build("bcl", "dbm", "linear")
 
 
+@pytest.mark.parametrize("order", ["before_keys", "after_keys"])
+def test_ncl_momentum_update_before_or_after_the_keys(order):
+    """MoCo moves the key encoders, then encodes the batch's keys; the NCL code encodes the keys
+    with the encoders as they were and moves them afterwards. Either way the encoders move once
+    per step by ``K <- m K + (1 - m) Q``; the queue shows which encoder made the keys."""
+    torch.manual_seed(0)
+    m = 0.9
+    method = build("ncl", key_init="random", key_head="frozen", moco_momentum=m, momentum_update=order)
+    before = [copy.deepcopy(k) for k in method.key_trunks]
+    moved = [copy.deepcopy(k) for k in method.key_trunks]
+    with torch.no_grad():
+        for key, expert in zip(moved, method.experts):
+            for p_k, p_q in zip(key.parameters(), expert.trunk.parameters()):
+                p_k.copy_(m * p_k + (1 - m) * p_q)
+    x_p, x_k = views(2)
+    targets = torch.tensor([0, 1, 2, 3, 0, 1, 2, 3])
+    method([x_p, x_k], targets, epoch=0)
+    encoders = moved if order == "before_keys" else before
+    for i, (trunk, head) in enumerate(zip(encoders, method.key_heads)):
+        with torch.no_grad():
+            want = torch.nn.functional.normalize(head(trunk.train()(x_k)), dim=1)
+        torch.testing.assert_close(method.queues[i, :8], want)
+        for p_k, p_want in zip(method.key_trunks[i].parameters(), moved[i].parameters()):
+            torch.testing.assert_close(p_k, p_want)
+    with pytest.raises(ValueError, match="momentum_update must be one of"):
+        build("ncl", momentum_update="never")
+
+
 def _hand_projection(head, x):
     """The projection MLP written out: Linear -> BatchNorm (train mode: this batch's mean and
     biased variance) -> ReLU -> Linear, from the head's own parameters."""
@@ -168,8 +198,24 @@ def test_bcl_projection_views_change_the_statistics_and_are_checked():
         build("bcl", projection_views="views23")
 
 
+@pytest.mark.parametrize("loss_name,classifier", [("bs", "linear"), ("dbm", "cosine")])
+def test_bcl_computes_in_float64_when_cast_to_it(loss_name, classifier):
+    """Cast to float64, every term is float64 (the contrastive loss used to drop to float32:
+    about 1e-7 off, as the parity check against the authors' code showed)."""
+    torch.manual_seed(0)
+    method = build("bcl", loss_name, classifier).double().eval()
+    x, y = [v.double() for v in views(3)], torch.tensor([0, 0, 1, 1, 2, 2, 3, 0])
+    out = method(x, y, epoch=0)
+    f = method.model.trunk(torch.cat(x))
+    cls = method.loss(method.model.head(f[:8]), y, epoch=0)
+    anchors = torch.nn.functional.normalize(method.projection(f)[8:], dim=1)
+    bsc = balanced_contrastive_loss(anchors, y.repeat(2), method.prototypes(), 0.1)
+    assert out.loss.dtype == torch.float64
+    assert out.loss.item() == pytest.approx((2.0 * cls + 0.6 * bsc).item(), rel=1e-13)
+
+
 def test_ncl_trains_in_float64():
-    """The whole module cast to float64 (queues included) trains; the MoCo term runs in float32."""
+    """The whole module cast to float64 (queues included) trains, in float64."""
     torch.manual_seed(0)
     method = build("ncl", queue_size=16).double()
     out = method([v.double() for v in views(2)], torch.tensor([0, 1, 2, 3, 0, 1, 2, 3]), epoch=0)

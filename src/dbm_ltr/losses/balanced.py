@@ -14,6 +14,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..nn import at_least_float32
+
 __all__ = [
     "BASES",
     "BalancedLoss",
@@ -194,9 +196,7 @@ class BalancedLoss(nn.Module):
     def forward(self, logits: torch.Tensor, target: torch.Tensor, epoch: int | None = None) -> torch.Tensor:
         check_logits_and_target(logits, target, self.num_classes)
         if self.logit_offset is not None:
-            if logits.dtype not in (torch.float32, torch.float64):  # float16/bfloat16 under autocast
-                logits = logits.float()
-            logits = logits + self.logit_offset
+            logits = at_least_float32(logits) + self.logit_offset
         return self.cross_entropy(logits, target, epoch)
 
     def extra_repr(self) -> str:

@@ -24,6 +24,8 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 
+from ..nn import at_least_float32
+
 __all__ = [
     "EMPTY_CLASS_LOGIT",
     "class_log_mean_exp",
@@ -112,7 +114,7 @@ def gml_contrastive_losses(
 def distillation_kl(student: torch.Tensor, teacher: torch.Tensor, temperature: float = 4.0) -> torch.Tensor:
     """``KL(softmax(teacher / T) || softmax(student / T)) * T**2``, summed over classes and
     averaged over the batch (Hinton et al.; the teacher side carries no gradient)."""
-    log_student = F.log_softmax(student.float() / temperature, dim=1)
-    log_teacher = F.log_softmax(teacher.detach().float() / temperature, dim=1)
+    log_student = F.log_softmax(at_least_float32(student) / temperature, dim=1)
+    log_teacher = F.log_softmax(at_least_float32(teacher.detach()) / temperature, dim=1)
     kl = (log_teacher.exp() * (log_teacher - log_student)).sum(dim=1).mean()
     return kl * temperature**2

@@ -29,6 +29,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
+from ..nn import at_least_float32
 from .balanced import BalancedLoss, check_logits_and_target, class_counts
 
 __all__ = [
@@ -391,9 +392,7 @@ class MarginLoss(nn.Module):
         check_logits_and_target(cosine, target, self.num_classes)
         # float16/bfloat16 are upcast (float64 stays); no op of the margin is one that
         # autocast runs in lower precision, so the arithmetic is float32 under autocast too.
-        if cosine.dtype not in (torch.float32, torch.float64):
-            cosine = cosine.float()
-        return cosine
+        return at_least_float32(cosine)
 
     def margin_logits(self, cosine: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         """Scaled logits with the margin on the target column, before any base-loss offset.

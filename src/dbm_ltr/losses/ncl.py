@@ -21,6 +21,8 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 
+from ..nn import at_least_float32
+
 __all__ = ["hard_category_mask", "moco_loss", "nested_balanced_online_distillation"]
 
 
@@ -29,7 +31,7 @@ def hard_category_mask(scores: torch.Tensor, target: torch.Tensor, k: int) -> to
     if not 1 <= k <= scores.shape[1]:
         raise ValueError(f"hard-category k must be in 1..{scores.shape[1]}, got {k}")
     with torch.no_grad():
-        ranked = scores.detach().float().clone()
+        ranked = at_least_float32(scores.detach()).clone()
         ranked.scatter_(1, target.unsqueeze(1), float("inf"))
         top = ranked.topk(k, dim=1).indices
         return torch.zeros_like(ranked).scatter_(1, top, 1.0)
@@ -40,7 +42,7 @@ def nested_balanced_online_distillation(logits: Sequence[torch.Tensor], weight: 
     experts = len(logits)
     if experts < 2:
         return logits[0].new_zeros(())
-    log_probs = [F.log_softmax(a.float(), dim=1) for a in logits]
+    log_probs = [F.log_softmax(at_least_float32(a), dim=1) for a in logits]
     probs = [lp.exp() for lp in log_probs]
     log_eps = [torch.log(p + 1e-9) for p in probs]
     total = log_probs[0].new_zeros(())

@@ -23,6 +23,7 @@ from torch import nn
 
 from ..losses.contrastive import balanced_contrastive_loss
 from ..models import create_model, projection_mlp
+from ..nn import at_least_float32
 from .base import SingleModelMethod, StepOutput, check_head_matches_loss, constructor_params
 
 __all__ = ["BCLMethod", "PROJECTION_VIEWS"]
@@ -101,5 +102,7 @@ class BCLMethod(SingleModelMethod):
         else:
             projected = self.projection(features[batch:])
         anchors = F.normalize(projected, dim=1)
-        bsc = balanced_contrastive_loss(anchors.float(), targets.repeat(2), self.prototypes().float(), self.temperature)
+        bsc = balanced_contrastive_loss(
+            at_least_float32(anchors), targets.repeat(2), at_least_float32(self.prototypes()), self.temperature
+        )
         return StepOutput(self.alpha * cls_loss + self.beta * bsc, scores)

@@ -40,6 +40,7 @@ from torch import nn
 from ..losses import class_counts
 from ..losses.gml import distillation_kl, gml_contrastive_losses, queue_segments
 from ..models import TrunkClassifier, create_model, projection_mlp
+from ..nn import at_least_float32
 from .base import SingleModelMethod, StepOutput, check_head_matches_loss, constructor_params, gather_from_all
 
 __all__ = ["GMLMethod", "TEMPERATURE_MODES", "teacher_model"]
@@ -150,7 +151,7 @@ class GMLMethod(SingleModelMethod):
         self.register_buffer("queue_index", torch.arange(-queue_size, 0))
         self.register_buffer("queue_ptr", torch.zeros(C, dtype=torch.long))
         prior = class_counts(cls_num_list)
-        self.register_buffer("log_prior", (prior / prior.sum()).log().float(), persistent=False)
+        self.register_buffer("log_prior", (prior / prior.sum()).log().to(torch.get_default_dtype()), persistent=False)
         self.train()
 
     @classmethod
@@ -217,8 +218,8 @@ class GMLMethod(SingleModelMethod):
         self.enqueue(teacher_features[batch:], targets, indices)
         loss = self.gamma * self.loss(cosine, targets, epoch=epoch)
         if self.beta > 0:
-            query = F.normalize(self.embed_q(features[batch:]).float(), dim=1)
-            keys = F.normalize(self.embed_k(self.queue.clone()).float(), dim=1)
+            query = F.normalize(at_least_float32(self.embed_q(features[batch:])), dim=1)
+            keys = F.normalize(at_least_float32(self.embed_k(self.queue.clone())), dim=1)
             con, con_t = gml_contrastive_losses(
                 query,
                 keys,
@@ -226,12 +227,14 @@ class GMLMethod(SingleModelMethod):
                 self.queue_index,
                 targets,
                 indices,
-                self.log_temperature.float(),
+                at_least_float32(self.log_temperature),
                 self.log_prior,
             )
             loss = loss + self.beta * (con + con_t)
         if self.alpha > 0:
             loss = loss + self.alpha * distillation_kl(
-                self.kd_scale * cosine.float(), self.kd_scale * teacher_cosine.float(), self.kd_temperature
+                self.kd_scale * at_least_float32(cosine),
+                self.kd_scale * at_least_float32(teacher_cosine),
+                self.kd_temperature,
             )
         return StepOutput(loss, cosine)

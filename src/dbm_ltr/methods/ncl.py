@@ -36,6 +36,7 @@ from ..losses.ncl import (
     nested_balanced_online_distillation,
 )
 from ..models import create_model, create_trunk, projection_mlp
+from ..nn import at_least_float32
 from ..registry import keyword_defaults
 from .base import Method, StepOutput, check_head_matches_loss, constructor_params, gather_from_all
 
@@ -43,6 +44,7 @@ __all__ = ["NCLMethod"]
 
 KEY_INITS = ("copy", "random")
 KEY_HEADS = ("ema", "frozen")
+MOMENTUM_UPDATES = ("before_keys", "after_keys")
 
 
 def _world_size() -> int:
@@ -67,11 +69,14 @@ class NCLMethod(Method):
         queue_size: MoCo queue length. Default 1024.
         moco_dim: width of the MoCo heads. Default 64.
         moco_temperature: MoCo temperature. Default 0.2.
-        moco_momentum: key-encoder momentum per step. Default 0.999 (the presets: 0.997003,
+        moco_momentum: key-encoder momentum per step. Default 0.999 (the presets: 0.997002999,
             the NCL code's effective value with 3 experts).
         key_init: ``"copy"`` (MoCo: the key trunk starts as the expert's) or ``"random"`` (the
             NCL code).
         key_head: ``"ema"`` (the key head follows the query head) or ``"frozen"`` (the NCL code).
+        momentum_update: ``"before_keys"`` (MoCo: the key encoders move, then encode the batch's
+            keys) or ``"after_keys"`` (the NCL code: the keys come from the encoders as they
+            were, then the encoders move). Both before the optimizer step.
         shuffle_bn: under torchrun, shuffle the key batch across processes (MoCo). Default true.
         num_experts: number of experts (``build`` only). Default 3.
     """
@@ -92,6 +97,7 @@ class NCLMethod(Method):
         moco_momentum: float = 0.999,
         key_init: str = "copy",
         key_head: str = "ema",
+        momentum_update: str = "before_keys",
         shuffle_bn: bool = True,
     ) -> None:
         super().__init__()
@@ -103,6 +109,8 @@ class NCLMethod(Method):
             raise ValueError(
                 f"key_init must be one of {KEY_INITS} and key_head one of {KEY_HEADS}, got {key_init!r}, {key_head!r}"
             )
+        if momentum_update not in MOMENTUM_UPDATES:
+            raise ValueError(f"momentum_update must be one of {MOMENTUM_UPDATES}, got {momentum_update!r}")
         if not 0.0 <= moco_momentum <= 1.0:
             raise ValueError(f"moco_momentum must be in [0, 1], got {moco_momentum}")
         if not 0 < hard_fraction <= 1:
@@ -115,6 +123,7 @@ class NCLMethod(Method):
         self.moco_temperature = float(moco_temperature)
         self.moco_momentum = float(moco_momentum)
         self.key_head_mode = key_head
+        self.momentum_update = momentum_update
         self.shuffle_bn = bool(shuffle_bn)
         dim = experts[0].trunk.out_features
         self.query_heads = nn.ModuleList(projection_mlp(dim, dim, moco_dim) for _ in experts)
@@ -128,7 +137,8 @@ class NCLMethod(Method):
         queue = F.normalize(torch.randn(len(experts), queue_size, moco_dim), dim=2)
         self.register_buffer("queues", queue)
         self.register_buffer("queue_ptr", torch.zeros(len(experts), dtype=torch.long))
-        self.register_buffer("log_counts", class_counts(cls_num_list).log().float(), persistent=False)
+        log_counts = class_counts(cls_num_list).log().to(torch.get_default_dtype())
+        self.register_buffer("log_counts", log_counts, persistent=False)
 
     @classmethod
     def build(
@@ -169,7 +179,7 @@ class NCLMethod(Method):
     @torch.no_grad()
     def _key(self, expert: int, images: torch.Tensor) -> torch.Tensor:
         key = self.key_heads[expert](self.key_trunks[expert](images))
-        return F.normalize(key.float(), dim=1)
+        return F.normalize(at_least_float32(key), dim=1)
 
     @torch.no_grad()
     def keys(self, x_k: torch.Tensor) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
@@ -210,14 +220,15 @@ class NCLMethod(Method):
 
     def balanced_logits(self, raw: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         """``a = z + log n_c``: DBM margin logits of the cosines, or the linear logits."""
-        z = self.loss.margin_logits(raw, targets) if isinstance(self.loss, MarginLoss) else raw.float()
+        z = self.loss.margin_logits(raw, targets) if isinstance(self.loss, MarginLoss) else at_least_float32(raw)
         return z + self.log_counts
 
     def forward(self, images, targets: torch.Tensor, epoch: int) -> StepOutput:
         if not isinstance(images, (list, tuple)) or len(images) != 2:
             raise ValueError("NCL trains on two views per image (regular, contrastive)")
         x_p, x_k = images
-        self._momentum_update()  # before the optimizer step, as MoCo does
+        if self.momentum_update == "before_keys":
+            self._momentum_update()
         features = [expert.trunk(x_p) for expert in self.experts]
         raws = [expert.head(f) for expert, f in zip(self.experts, features)]
         mask = hard_category_mask(raws[0], targets, self.hard_k)
@@ -227,20 +238,22 @@ class NCLMethod(Method):
         hcm = sum(F.cross_entropy(a, targets) for a in hard)
         contrastive = full[0].new_zeros(())
         own_keys, all_keys = self.keys(x_k)
+        if self.momentum_update == "after_keys":
+            self._momentum_update()
         for i, f in enumerate(features):
-            query = F.normalize(self.query_heads[i](f).float(), dim=1)
-            queue = self.queues[i].to(torch.float32, copy=True)  # the enqueue below writes in place
+            query = F.normalize(at_least_float32(self.query_heads[i](f)), dim=1)
+            queue = self.queues[i].clone()  # the enqueue below writes in place
             contrastive = contrastive + moco_loss(query, own_keys[i], queue, self.moco_temperature)
             self._enqueue(i, all_keys[i])
         distill = nested_balanced_online_distillation(full, self.distill_weight) + (
             nested_balanced_online_distillation(hard, self.distill_weight)
         )
         loss = ce + hcm + contrastive + distill
-        return StepOutput(loss, torch.stack(raws).float().mean(dim=0))
+        return StepOutput(loss, at_least_float32(torch.stack(raws)).mean(dim=0))
 
     @torch.no_grad()
     def predict(self, images: torch.Tensor) -> torch.Tensor:
-        return torch.stack([expert(images).float() for expert in self.experts]).mean(dim=0)
+        return at_least_float32(torch.stack([expert(images) for expert in self.experts])).mean(dim=0)
 
     def features(self, images: torch.Tensor) -> torch.Tensor:
         """Features of expert 0 (each expert has its own feature space)."""
