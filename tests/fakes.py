@@ -1,7 +1,9 @@
-"""Fake data sets in the real on-disk formats, for tests that must not touch the network."""
+"""Fake data sets in the real on-disk formats, for tests that must not touch the network, and
+the settings and failure reports of the short runs the tests launch."""
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import numpy as np
@@ -52,3 +54,18 @@ def tiny_settings(epochs=2) -> list[str]:
 def tiny_overrides(root, epochs=2) -> list[str]:
     """A seconds-long CIFAR-10-LT run on the fake set: IF 10 (159 images), ``epochs`` epochs."""
     return [f"data.root={root}", *tiny_settings(epochs)]
+
+
+def torchrun_failure(result) -> str:
+    """An assertion message for a torchrun that failed: the workers' own last words (a Python
+    error, or the C++ ``terminate called ... what(): ...`` before a SIGABRT), which come before
+    torchrun's summary and fall outside a plain tail of its stderr, then the tails of both
+    streams (how far the run got)."""
+    own = [
+        line
+        for line in result.stderr.splitlines()
+        if re.search(r"terminate called|what\(\)|Error|^\[rank\d+\]|^dbm-ltr ", line)
+    ]
+    return "\n".join(
+        ["workers:", *own[-40:], "stdout tail:", result.stdout[-1500:], "stderr tail:", result.stderr[-1500:]]
+    )

@@ -8,7 +8,7 @@ import sys
 
 import pytest
 import torch
-from fakes import tiny_overrides
+from fakes import tiny_overrides, torchrun_failure
 
 from dbm_ltr.engine import Trainer, load_config
 from dbm_ltr.engine.build import wrap_model as _wrap
@@ -109,7 +109,7 @@ def test_torchrun_resumes_a_one_process_run_with_two(fake_cifar10, tmp_path):
     ]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     result = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
-    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.returncode == 0, torchrun_failure(result)
     assert "resuming" in result.stdout and "x2" in result.stdout  # the run header names both processes
     metrics = json.loads((run / "metrics.json").read_text())
     assert metrics["epoch"] == 2

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from fakes import tiny_overrides
+from fakes import tiny_overrides, torchrun_failure
 
 from dbm_ltr import cli
 from dbm_ltr.engine import Trainer, TrainingError, load_config
@@ -306,7 +306,7 @@ def test_torchrun_restarts_a_lost_worker_and_the_run_resumes_by_itself(fake_cifa
         ]
 
     straight = subprocess.run(command(tmp_path / "straight", 0), env=ENV, capture_output=True, text=True)
-    assert straight.returncode == 0, straight.stderr[-2000:]
+    assert straight.returncode == 0, torchrun_failure(straight)
     run = tmp_path / "run"
     process = subprocess.Popen(command(run, 1), env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     ranks = {}  # found first, so that the kill follows the first epoch's log line at once
@@ -315,7 +315,9 @@ def test_torchrun_restarts_a_lost_worker_and_the_run_resumes_by_itself(fake_cifa
     wait_until(_line_count(run, 1), process)
     os.kill(victim, signal.SIGKILL)
     out, err = process.communicate(timeout=300)
-    assert process.returncode == 0, err[-3000:]
+    assert process.returncode == 0, torchrun_failure(
+        subprocess.CompletedProcess(process.args, process.returncode, out, err)
+    )
     assert "resuming" in out
     assert final_state(run)[1] == final_state(tmp_path / "straight")[1]
     assert log_epochs(run) == [1, 2, 3]
