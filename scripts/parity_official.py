@@ -8,7 +8,12 @@
 (github.com/quotation2520/dbm_ltr, commit 3b56b97). This project ships none of it: the script
 imports its modules (``models``, ``losses``, ``utils``, ``train``, ``aug``) from ``DIR`` and
 runs them on the CPU, with shims for their ``.cuda()`` calls (tensors and modules stay on the
-CPU, in the working precision) and a silent progress bar; their logic is not edited.
+CPU, in the working precision) and a silent progress bar; their logic is not edited. The GML
+rows come from the same repository's ``GML/`` folder (``--official-gml``; by default the one
+beside ``DIR``), a code base of its own: its CIFAR teacher script (``cifar_ce.py``) for
+``gml_teacher`` and its student script (``cifar_main.py``) for ``gml``, with the flags of its
+``sh/CIFAR100_train_*.sh``; their model, loss and optimizer are built as their ``main_worker``
+builds them, and their per-epoch ``train`` function runs one batch per call.
 
 **Training steps** (per row). Our preset as shipped (``cifar10_lt/<row>`` by default) and
 their code with the row's command-line flags (their README's) are built in float64; our
@@ -20,8 +25,10 @@ key-encoder update), one batch per call after their learning-rate function. Each
 epoch chosen to cover both sides of every learning-rate step and of the DRW switch, the
 warm-up, the start and middle of the cosine phase and the last epochs: the learning rate, the
 loss (and its DRW weights) are those of that epoch. Rows: the Table 2 rows of their code (CE,
-CE-DRW, BS, LDAM(-DRW) with and without DBM, BCL, DBM-BCL, and NCL / DBM-NCL as their code
-runs them: the ``*_code`` presets). Printed per row: the largest learning-rate difference, the
+CE-DRW, BS, LDAM(-DRW) with and without DBM, BCL, DBM-BCL, NCL / DBM-NCL as their code runs
+them: the ``*_code`` presets, and GML with its teacher; their code has no DBM-GML). GML's
+teacher is a freshly initialised ResNet-56, the same in both: the steps do not depend on what
+it learnt. Printed per row: the largest learning-rate difference, the
 largest loss difference, the step-0 gradient difference and the parameter (and BatchNorm
 statistics, key encoders, queues) difference after the last step, beside a rounding
 yardstick: their code against a channels-last copy of itself, which computes the same in
@@ -48,6 +55,7 @@ import math
 import random
 import re
 import sys
+import tempfile
 import time
 import types
 import warnings
@@ -65,6 +73,7 @@ from dbm_ltr.data.longtail import long_tail_counts
 from dbm_ltr.engine.build import build_method, parameter_groups, to_layout
 from dbm_ltr.engine.config import Config, load_config, preset_dir
 from dbm_ltr.engine.schedules import learning_rate
+from dbm_ltr.models import create_model
 
 #: Their command line per row (their README's flags; the LDAM rows: see the presets; BCL: their
 #: DBM-BCL command without the DBM flags). Every row also gets ``--cos --cutout --aug_type
@@ -87,13 +96,23 @@ OFFICIAL_FLAGS = {
     "dbm_ncl_code": ["--loss_fn", "ncl", "--use_norm", "--use_dbm", "--max_margin", "0.1", "--epochs", "400"],
 }
 COMMON_FLAGS = ["--cos", "--cutout", "--aug_type", "autoaug_cifar"]
+#: The GML rows: their GML/ folder's CIFAR scripts with the flags of its sh/CIFAR100_train_*.sh
+#: (the data set, class count and imbalance follow the row's).
+GML_FLAGS = {
+    "gml_teacher": ["--arch", "resnet56", "--batch-size", "128", "--learning-rate", "0.1"],
+    "gml": [
+        *("--arch", "resnet32", "--arch_t", "resnet56", "--feat_t", "64", "--batch-size", "128"),
+        *("--learning-rate", "0.1", "--gamma", "1.0", "--alpha", "1.0", "--beta", "1.0"),
+    ],
+}
 DEFAULT_ROWS = (
     *("ce", "ldam", "dbm_ce", "ce_drw", "ldam_drw", "dbm_drw", "bs", "dbm_bs", "ldam_code", "ldam_drw_code"),
-    *("bcl", "dbm_bcl", "ncl_code", "dbm_ncl_code"),
+    *("bcl", "dbm_bcl", "ncl_code", "dbm_ncl_code", "gml_teacher", "gml"),
 )
 NOT_COVERED = {
     "ncl": "the paper's NCL recipe, which their code does not run; theirs is the row ncl_code (dbm_ncl_code)",
-    "gml": "GML is not in their cifar/ folder; it has a code base of its own",
+    "dbm_ncl": "the paper's NCL recipe, which their code does not run; theirs is the row dbm_ncl_code",
+    "dbm_gml": "their GML code has no DBM",
 }
 #: The modules of theirs this script needs, relative to DIR, and what each must define.
 NEEDED = {
@@ -109,6 +128,16 @@ AUGMENT_NEEDED = {
     "aug/transforms.py": ("aug.transforms", ("get_transform",)),
 }
 _THEIR_PACKAGES = ("models", "losses", "utils", "aug", "datasets", "train", "progress")
+#: What the GML rows need of their GML/ folder.
+GML_NEEDED = {
+    "cifar_ce.py": ("cifar_ce", ("parser", "adjust_learning_rate", "train")),
+    "cifar_main.py": ("cifar_main", ("parser", "adjust_learning_rate", "train")),
+    "moco/builder.py": ("moco.builder", ("MoCo",)),
+    "models/resnet_cifar.py": ("models.resnet_cifar", ("resnet32", "resnet56")),
+    "losses.py": ("losses", ("GMLLoss",)),
+}
+#: Top-level modules of their GML/ folder (some share their names with cifar/'s).
+_GML_MODULES = ("models", "losses", "utils", "moco", "dataset", "autoaug", "randaugment", "cifar_main", "cifar_ce")
 
 
 class ParityError(Exception):
@@ -123,9 +152,17 @@ class ParityError(Exception):
 def cpu_shims() -> Iterator[None]:
     """Their ``.cuda()`` calls on the CPU: tensors stay put (floating ones in the default dtype,
     the working precision), modules stay put, ``torch.(cuda.)FloatTensor`` build tensors of
-    the default dtype, ``Module.to('cuda')`` does nothing."""
+    the default dtype, ``Module.to('cuda')`` does nothing. Their ``.float()`` casts to the
+    working precision too (the GML code's one-hot matrix meets float64 logits)."""
     tensor_type = torch.DoubleTensor if torch.get_default_dtype() == torch.float64 else torch.FloatTensor
-    saved = (torch.Tensor.cuda, nn.Module.cuda, nn.Module.to, torch.FloatTensor, torch.cuda.FloatTensor)
+    saved = (
+        torch.Tensor.cuda,
+        torch.Tensor.float,
+        nn.Module.cuda,
+        nn.Module.to,
+        torch.FloatTensor,
+        torch.cuda.FloatTensor,
+    )
     module_to = nn.Module.to
 
     def tensor_cuda(self, *args, **kwargs):
@@ -138,6 +175,7 @@ def cpu_shims() -> Iterator[None]:
         return module_to(self, *args, **kwargs)
 
     torch.Tensor.cuda = tensor_cuda
+    torch.Tensor.float = lambda self, *args, **kwargs: self.to(torch.get_default_dtype(), *args, **kwargs)
     nn.Module.cuda = lambda self, *args, **kwargs: self
     nn.Module.to = to_unless_cuda
     torch.FloatTensor = tensor_type
@@ -145,7 +183,14 @@ def cpu_shims() -> Iterator[None]:
     try:
         yield
     finally:
-        (torch.Tensor.cuda, nn.Module.cuda, nn.Module.to, torch.FloatTensor, torch.cuda.FloatTensor) = saved
+        (
+            torch.Tensor.cuda,
+            torch.Tensor.float,
+            nn.Module.cuda,
+            nn.Module.to,
+            torch.FloatTensor,
+            torch.cuda.FloatTensor,
+        ) = saved
 
 
 class QuietBar:
@@ -161,6 +206,18 @@ class QuietBar:
 
     def finish(self) -> None:
         pass
+
+
+def import_checked(module: str, path: str, names: Sequence[str], flag: str, folder: Path) -> types.ModuleType:
+    """Their ``module`` (file ``path`` of ``folder``), which must define ``names``."""
+    try:
+        mod = importlib.import_module(module)
+    except Exception as err:  # noqa: BLE001 - any failure of their import is one line
+        raise ParityError(f"{flag} {folder}: importing {path} failed ({type(err).__name__}: {err})") from None
+    absent = [n for n in names if not hasattr(mod, n)]
+    if absent:
+        raise ParityError(f"{flag} {folder}: {path} has no {', '.join(absent)} (another version of the authors' code?)")
+    return mod
 
 
 class Official:
@@ -191,19 +248,7 @@ class Official:
         try:
             with cpu_shims():
                 for path, (module, names) in needed.items():
-                    try:
-                        mod = importlib.import_module(module)
-                    except Exception as err:  # noqa: BLE001 - any failure of their import is one line
-                        raise ParityError(
-                            f"--official {self.folder}: importing {path} failed ({type(err).__name__}: {err})"
-                        ) from None
-                    absent = [n for n in names if not hasattr(mod, n)]
-                    if absent:
-                        raise ParityError(
-                            f"--official {self.folder}: {path} has no {', '.join(absent)} "
-                            "(another version of the authors' code?)"
-                        )
-                    setattr(self, module.split(".")[-1], mod)
+                    setattr(self, module.split(".")[-1], import_checked(module, path, names, "--official", self.folder))
         finally:
             sys.path.remove(str(self.folder))
 
@@ -227,6 +272,80 @@ class Official:
         return self.config.dataset_argument(args)
 
 
+class OfficialGML:
+    """The modules of their ``GML/`` folder. Some share their names with ``cifar/``'s
+    (``models``, ``losses``, ``utils``): they are imported apart and taken out of
+    ``sys.modules`` again, the ``cifar/`` ones put back. Their scripts import TensorBoard's
+    writer, which is not needed here: a stand-in takes its place while they are imported."""
+
+    def __init__(self, folder: str | Path) -> None:
+        self.folder = Path(folder).expanduser()
+        missing = [p for p in GML_NEEDED if not (self.folder / p).is_file()]
+        if not self.folder.is_dir() or missing:
+            what = f"no {', '.join(missing)}" if self.folder.is_dir() else "no such folder"
+            raise ParityError(
+                f"--official-gml {self.folder}: {what}; give the GML/ folder of a checkout of "
+                "github.com/quotation2520/dbm_ltr (commit 3b56b97)"
+            )
+        saved = {n: sys.modules.pop(n) for n in list(sys.modules) if n.split(".")[0] in _GML_MODULES}
+        board = types.ModuleType("torch.utils.tensorboard")
+        board.SummaryWriter = None
+        saved_board = sys.modules.get("torch.utils.tensorboard")
+        sys.modules["torch.utils.tensorboard"] = board
+        sys.path.insert(0, str(self.folder))
+        try:
+            with cpu_shims(), contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                for path, (module, names) in GML_NEEDED.items():
+                    mod = import_checked(module, path, names, "--official-gml", self.folder)
+                    setattr(self, module.split(".")[-1], mod)
+        finally:
+            sys.path.remove(str(self.folder))
+            for name in [n for n in sys.modules if n.split(".")[0] in _GML_MODULES]:
+                del sys.modules[name]
+            sys.modules.update(saved)
+            if saved_board is None:
+                del sys.modules["torch.utils.tensorboard"]
+            else:
+                sys.modules["torch.utils.tensorboard"] = saved_board
+        self._logs = tempfile.TemporaryDirectory(prefix="parity_gml_")  # their progress lines go to a file
+
+    def script(self, row: str) -> types.ModuleType:
+        return self.cifar_main if row == "gml" else self.cifar_ce
+
+    def args(self, row: str, data: str, imbalance_factor: float) -> argparse.Namespace:
+        """Their parsed command line for ``row``."""
+        argv = [
+            *("--dataset", data.replace("_lt", ""), "--num_classes", "10" if data == "cifar10_lt" else "100"),
+            *("--imb-factor", f"{1 / imbalance_factor:g}", *GML_FLAGS[row]),
+        ]
+        args = self.script(row).parser.parse_args(argv)
+        args.is_master = False  # their progress bars: silent
+        args.root_model, args.mark = self._logs.name, row  # where their progress lines are appended
+        return args
+
+    def build(self, row: str, args: argparse.Namespace, counts: Sequence[int]) -> tuple[nn.Module, Any, nn.Module]:
+        """Their model, the criterion their ``train`` calls, and the module whose parameters
+        join the model's in their optimizer (their ``GMLLoss``, as their ``main_worker``)."""
+        C = args.num_classes
+        if row == "gml_teacher":
+            model = getattr(self.resnet_cifar, args.arch)(num_classes=C, use_norm=True)
+            weights = self.losses.GMLLoss(0, 0, args.moco_t, C, 0)
+            weights.cal_weight_for_classes(list(counts))
+            args.cls_weight = weights.cls_weight
+            return model, nn.CrossEntropyLoss(), weights
+        model = self.builder.MoCo(
+            getattr(self.resnet_cifar, args.arch),
+            *(args.moco_dim, args.moco_k, args.moco_m, args.mlp, args.feat_dim, args.feat_t, args.normalize, C),
+        )
+        model.set_distiller(getattr(self.resnet_cifar, args.arch_t)(num_classes=C, use_norm=True, return_features=True))
+        criterion = self.losses.GMLLoss(args.beta, args.gamma, args.moco_t, C, args.alpha)
+        criterion.cal_weight_for_classes(list(counts))
+        if args.base_k > 0:
+            model.set_cls_weight(criterion.cls_weight, args.base_k)
+        return model, criterion, criterion
+
+
 # ------------------------------------------------------------------------------------------
 # one row: the same steps through both
 
@@ -238,7 +357,7 @@ def step_epochs(config: Config, steps: int) -> list[int]:
     o = config.optim
     drw = int(config.loss.params.get("drw_epoch", 160))
     w, e = o.warmup_epochs, o.epochs
-    steps_at = [x for m in (o.milestones if o.schedule == "step" else []) for x in (m - 1, m)]
+    steps_at = [x for m in (o.milestones if o.schedule in ("step", "step_gml") else []) for x in (m - 1, m)]
     key = [0, *steps_at, drw - 1, drw, w - 1, w, e - 1, (w + e) // 2, w + 1, drw + 1, e - 2]
     key = list(dict.fromkeys(min(max(k, 0), e - 1) for k in key))
     if steps <= len(key):
@@ -248,9 +367,9 @@ def step_epochs(config: Config, steps: int) -> list[int]:
 
 
 #: Where our state lives in their model, per kind of row: (our key prefix as a pattern, theirs
-#: with the pattern's group, whether it is a ResNet-32 trunk). Our NCL cosine head is stored
-#: (D, C), their FCNorm (C, D): transposed on the way. Our NCL queues (E, K, d) are their
-#: MOCO.<i>.queue (d, K) and MOCO.<i>.queue_ptr.
+#: with the pattern's group, whether it is a CIFAR ResNet trunk: ResNet-32, or ResNet-56 for
+#: GML's teacher). Our NCL cosine head is stored (D, C), their FCNorm (C, D): transposed on the
+#: way. Our NCL queues (E, K, d) are their MOCO.<i>.queue (d, K) and MOCO.<i>.queue_ptr.
 RULES = {
     "single": [(r"model\.trunk\.", "", True), (r"model\.head\.", "linear.", False)],
     "bcl": [
@@ -266,22 +385,44 @@ RULES = {
         (r"key_trunks\.(\d+)\.", "backbone_MA.{0}.", True),
         (r"key_heads\.(\d+)\.", "classifier_MA.{0}.", False),
     ],
+    "gml_teacher": [(r"model\.trunk\.", "", True), (r"model\.head\.", "fc.", False)],
+    "gml": [
+        (r"model\.trunk\.", "encoder_q.", True),
+        (r"model\.head\.", "encoder_q.fc.", False),
+        (r"teacher\.trunk\.", "encoder_k.", True),
+        (r"teacher\.head\.", "encoder_k.fc.", False),
+        (r"embed_([qk])\.", "embed_{0}.", False),
+        (r"queue$", "queue_k", False),
+        (r"queue_labels$", "queue_l", False),
+        (r"queue_index$", "queue_i", False),
+        (r"queue_ptr$", "queue_ptr", False),
+        (r"log_temperature$", "criterion.log_T_c__no_wd__", False),  # their GMLLoss holds it
+    ],
 }
-#: Their training function per kind (train/train.py's get_train_fn picks it by --loss_fn).
-KINDS = {"bcl": "bcl", "dbm_bcl": "bcl", "ncl_code": "ncl", "dbm_ncl_code": "ncl"}
-#: Views per image: BCL one to classify and two to contrast, NCL a regular and a contrastive one.
-VIEWS = {"single": 1, "bcl": 3, "ncl": 2}
+#: Their training function per kind (train/train.py's get_train_fn picks it by --loss_fn; GML:
+#: the train function of its script).
+KINDS = {
+    "bcl": "bcl",
+    "dbm_bcl": "bcl",
+    "ncl_code": "ncl",
+    "dbm_ncl_code": "ncl",
+    "gml_teacher": "gml_teacher",
+    "gml": "gml",
+}
+#: Views per image: BCL one to classify and two to contrast, NCL a regular and a contrastive
+#: one, GML one to classify, a query and a key.
+VIEWS = {"single": 1, "bcl": 3, "ncl": 2, "gml_teacher": 1, "gml": 3}
 
 
 def row_kind(row: str) -> str:
     """``bcl`` (three views, their ``bcl_model``), ``ncl`` (two views, their three-expert MoCo
-    model) or ``single`` (one view, their ``resnet32``)."""
+    model), ``gml_teacher`` (one view, their GML code's ResNet-56), ``gml`` (three views, the GML
+    code's MoCo model with a teacher) or ``single`` (one view, their ``resnet32``)."""
     return KINDS.get(row, "single")
 
 
 def to_theirs(ours: dict[str, torch.Tensor], kind: str) -> dict[str, torch.Tensor]:
     """Our state (or gradients) under their names and in their layout."""
-    blocks = 5  # ResNet-32: three stages of five blocks
     theirs = {}
     for key, value in ours.items():
         if kind == "ncl" and key in ("queues", "queue_ptr"):
@@ -298,12 +439,20 @@ def to_theirs(ours: dict[str, torch.Tensor], kind: str) -> dict[str, torch.Tenso
             raise ParityError(f"our model has a parameter {key} that their model has no place for")
         rest = key[match.end() :]
         if trunk and rest.startswith("layers."):
+            blocks = stage_blocks(ours, key[: match.end()])
             i, tail = rest.removeprefix("layers.").split(".", 1)
             rest = f"layer{int(i) // blocks + 1}.{int(i) % blocks}.{tail}"
         if kind == "ncl" and template.startswith("classifier_ce") and rest == "weight" and key_is_cosine(ours, key):
             value = value.t()
         theirs[template.format(*match.groups()) + rest] = value
     return theirs
+
+
+def stage_blocks(ours: dict[str, torch.Tensor], prefix: str) -> int:
+    """Blocks per stage of the CIFAR ResNet under ``prefix`` (three stages: ResNet-32 5,
+    ResNet-56 9), from its keys ``<prefix>layers.<i>.``."""
+    layers = {int(k[len(prefix) :].split(".")[1]) for k in ours if k.startswith(prefix + "layers.")}
+    return (max(layers) + 1) // 3
 
 
 def key_is_cosine(ours: dict[str, torch.Tensor], key: str) -> bool:
@@ -347,11 +496,11 @@ def run_ours(method, config: Config, batches, epochs: Sequence[int], kind: str) 
     )
     method.train()
     lrs, losses, grads = [], [], {}
-    for k, (epoch, (images, targets)) in enumerate(zip(epochs, batches)):
+    for k, (epoch, (images, targets, index)) in enumerate(zip(epochs, batches)):
         lr = learning_rate(epoch, o.lr, o.epochs, o.schedule, o.warmup_epochs, o.milestones, o.lr_decay)
         for group in optimizer.param_groups:
             group["lr"] = lr
-        out = method(images, targets, epoch)
+        out = method(images, targets, epoch, indices=index) if method.uses_indices else method(images, targets, epoch)
         optimizer.zero_grad(set_to_none=True)
         out.loss.backward()
         if k == 0:
@@ -375,19 +524,83 @@ def run_theirs(
         optimizer = official.loss.get_optimizer(args, model, criterion)
         train = official.train.get_train_fn(args)
         lrs, losses, grads = [], [], {}
-        for k, (epoch, (images, targets)) in enumerate(zip(epochs, batches)):
+        for k, (epoch, (images, targets, index)) in enumerate(zip(epochs, batches)):
             lr = official.common.adjust_learning_rate(optimizer, epoch, None, args)
             views = (
                 images.contiguous(memory_format=layout)
                 if isinstance(images, torch.Tensor)
                 else [v.contiguous(memory_format=layout) for v in images]
             )
-            index = torch.arange(targets.shape[0])
             losses.append(float(train(args, [(views, targets, index)], model, optimizer, criterion, epoch, None)))
             if k == 0:  # their step zeroes the gradients before backward: these are this step's
                 grads = {n: p.grad.detach().clone() for n, p in net.named_parameters() if p.grad is not None}
             lrs.append(float(lr))
     return Trace(lrs, losses, grads, {k: v.detach().clone() for k, v in net.state_dict().items()})
+
+
+class LossRecorder:
+    """Their criterion, remembering the loss of its last call (the GML scripts' ``train`` keeps
+    its losses to itself)."""
+
+    def __init__(self, criterion) -> None:
+        self.criterion, self.value = criterion, math.nan
+
+    def __call__(self, *args, **kwargs):
+        loss = self.criterion(*args, **kwargs)
+        self.value = float(loss.detach())
+        return loss
+
+
+def gml_optimizer(args: argparse.Namespace, model: nn.Module, weights: nn.Module) -> torch.optim.SGD:
+    """Their GML ``main_worker``'s SGD over the model's and the loss's parameters: weight
+    decay for all but those named ``__no_wd__`` (the temperature), which form a second group."""
+    named = list(nn.ModuleList([model, weights]).named_parameters())
+    optimizer = torch.optim.SGD(
+        [p for n, p in named if "__no_wd__" not in n], args.lr, momentum=args.momentum, weight_decay=args.weight_decay
+    )
+    no_decay = [p for n, p in named if "__no_wd__" in n]
+    if no_decay:
+        optimizer.add_param_group({"params": no_decay, "weight_decay": 0.0})
+    return optimizer
+
+
+def gml_named(model: nn.Module, weights: nn.Module | None, what: str) -> dict[str, torch.Tensor]:
+    """Their GML model's state (``what="state"``) or gradients, with the student's temperature
+    of their loss as ``criterion.log_T_c__no_wd__`` (``weights``: their GMLLoss, for the student)."""
+    if what == "state":
+        out = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    else:
+        out = {n: p.grad.detach().clone() for n, p in model.named_parameters() if p.grad is not None}
+    if weights is not None:
+        temperature = weights.log_T_c__no_wd__
+        value = temperature if what == "state" else temperature.grad
+        if value is not None:
+            out["criterion.log_T_c__no_wd__"] = value.detach().clone()
+    return out
+
+
+def run_theirs_gml(
+    gml: OfficialGML, row: str, args, model, criterion, weights, batches, epochs: Sequence[int], channels_last=False
+) -> Trace:
+    """Their GML script's ``train`` (one batch per call) after its ``adjust_learning_rate`` for
+    the step's epoch, with the optimizer of its ``main_worker``."""
+    layout = torch.channels_last if channels_last else torch.contiguous_format
+    script = gml.script(row)
+    student = weights if row == "gml" else None
+    with cpu_shims(), warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+        warnings.simplefilter("ignore")  # their size_average=False in the distillation term
+        optimizer = gml_optimizer(args, model, weights)
+        recorder = LossRecorder(criterion)
+        lrs, losses, grads = [], [], {}
+        for k, (epoch, (images, targets, index)) in enumerate(zip(epochs, batches)):
+            script.adjust_learning_rate(optimizer, epoch, args)
+            views = [v.contiguous(memory_format=layout) for v in (images if isinstance(images, list) else [images])]
+            script.train([(views, targets, index)], model, recorder, optimizer, None, epoch, args)
+            if k == 0:
+                grads = gml_named(model, student, "grads")
+            lrs.append(float(optimizer.param_groups[0]["lr"]))
+            losses.append(recorder.value)
+    return Trace(lrs, losses, grads, gml_named(model, student, "state"))
 
 
 def _max_diff(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> float:
@@ -414,6 +627,7 @@ class RowResult:
     yardstick: dict[str, float]
     tolerance: float
     seconds: float
+    note: str = ""  # what the comparison leaves out, and why
 
     @property
     def equal(self) -> bool:
@@ -423,7 +637,7 @@ class RowResult:
 
 
 def compare_row(
-    official: Official,
+    official: Official | OfficialGML,
     data: str,
     row: str,
     steps: int,
@@ -434,7 +648,7 @@ def compare_row(
     overrides: Sequence[str] = (),
 ) -> RowResult:
     """Our preset ``data/row`` (as shipped, unless ``overrides``) against their code with the
-    row's flags."""
+    row's flags (``official``: their ``cifar/`` folder, or ``GML/`` for the GML rows)."""
     begin = time.perf_counter()
     config = load_config(f"{data}/{row}", [f"data.imbalance_factor={imbalance_factor:g}", *overrides])
     num_classes = 10 if data == "cifar10_lt" else 100
@@ -451,9 +665,15 @@ def compare_row(
         return drawn if views > 1 else drawn[0]
 
     batches = [(images(), torch.multinomial(weights, size, replacement=True, generator=generator)) for _ in epochs]
+    order = torch.Generator().manual_seed(seed + 1)  # the images' data-set indices (GML's queue remembers them)
+    batches = [(x, y, torch.randperm(sum(counts), generator=order)[:size]) for x, y in batches]
     torch.manual_seed(seed)
-    method = to_layout(build_method(config, counts, num_classes), config.train)
+    method = to_layout(
+        build_method(config, counts, num_classes, teacher=fresh_teacher(config, num_classes)), config.train
+    )
     args = official.args(row, data, imbalance_factor)
+    if isinstance(official, OfficialGML):
+        return _compare_gml(official, row, args, counts, method, config, batches, epochs, kind, tolerance, begin)
     try:
         with cpu_shims(), contextlib.redirect_stdout(io.StringIO()):  # their parameter count
             model = official.net.get_model(args, counts)
@@ -474,6 +694,57 @@ def compare_row(
         raise ParityError(f"{row}: a step of their code failed ({type(err).__name__}: {err})") from None
     return RowResult(
         row, epochs, differences(ours, theirs), differences(theirs, yard), tolerance, time.perf_counter() - begin
+    )
+
+
+#: GML state that no step or evaluation reads: the key embedding runs only in training mode (on
+#: the queue), so its BatchNorm running statistics are never used. Their code also runs it on
+#: the batch's keys (a result it uses only without a teacher), which moves these statistics a
+#: second time per step; ours does not.
+UNREAD_GML = re.compile(r"embed_k\.\d+\.(running_mean|running_var|num_batches_tracked)$")
+
+
+def fresh_teacher(config: Config, num_classes: int) -> dict | None:
+    """For a method that distils a teacher (GML): a freshly initialised one, as the checkpoint
+    state of a finished run (the step mechanics do not depend on what it learnt); else None."""
+    if "teacher" not in config.method.params:
+        return None
+    trunk = config.method.params.get("teacher_trunk", "resnet56")
+    teacher = create_model(trunk, num_classes, "cosine")
+    return {
+        "config": {"model": {"name": trunk, "classifier": "cosine"}},
+        "method": {f"model.{k}": v for k, v in teacher.state_dict().items()},
+    }
+
+
+def _compare_gml(gml: OfficialGML, row, args, counts, method, config, batches, epochs, kind, tolerance, begin):
+    try:
+        with cpu_shims(), contextlib.redirect_stdout(io.StringIO()):
+            model, criterion, weights = gml.build(row, args, counts)
+    except Exception as err:  # noqa: BLE001 - their code failing is one line
+        raise ParityError(f"{row}: building their model and loss failed ({type(err).__name__}: {err})") from None
+    student = weights if row == "gml" else None
+    initial = to_theirs(method.state_dict(), kind)
+    check_match(initial, gml_named(model, student, "state"))
+    model.load_state_dict({k: v.clone() for k, v in initial.items() if not k.startswith("criterion.")})
+    if student is not None:
+        with torch.no_grad():
+            student.log_T_c__no_wd__.copy_(initial["criterion.log_T_c__no_wd__"])
+    twin = copy.deepcopy((model, criterion, weights))
+    twin[0].to(memory_format=torch.channels_last)
+    ours = run_ours(method, config, batches, epochs, kind)
+    try:
+        theirs = run_theirs_gml(gml, row, args, model, criterion, weights, batches, epochs)
+        yard = run_theirs_gml(gml, row, args, *twin, batches, epochs, channels_last=True)
+    except Exception as err:  # noqa: BLE001
+        raise ParityError(f"{row}: a step of their code failed ({type(err).__name__}: {err})") from None
+    note = ""
+    if kind == "gml":  # their key embedding also runs on the batch's keys, moving only these buffers
+        for trace in (ours, theirs, yard):
+            trace.state = {k: v for k, v in trace.state.items() if not UNREAD_GML.match(k)}
+        note = "the key embedding's BatchNorm running statistics (never read: it only runs in training mode)"
+    return RowResult(
+        row, epochs, differences(ours, theirs), differences(theirs, yard), tolerance, time.perf_counter() - begin, note
     )
 
 
@@ -661,6 +932,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument("--official", required=True, help="the cifar/ folder of a checkout of the authors' code")
     p.add_argument(
+        "--official-gml",
+        default="",
+        help="the GML/ folder of that checkout, for the GML rows (default: the one beside --official, if there)",
+    )
+    p.add_argument(
         "--data-set",
         default="cifar10_lt",
         choices=("cifar10_lt", "cifar100_lt"),
@@ -709,14 +985,19 @@ def main(argv: Sequence[str] | None = None) -> int:
             unknown = [r for r in rows if r not in presets]
             if unknown:
                 raise ParityError(f"--rows: no preset {args.data_set}/{unknown[0]}; rows: {', '.join(presets)}")
+            gml_folder = Path(args.official_gml or Path(args.official).expanduser().resolve().parent / "GML")
+            gml = None
             for row in rows:
-                family = next((f for f in NOT_COVERED if row.replace("dbm_", "").startswith(f)), None)
-                if row not in OFFICIAL_FLAGS:
-                    why = NOT_COVERED[family] if family else "no equivalent in their code"
-                    print(f"{row}: skipped ({why})", flush=True)
+                if row not in OFFICIAL_FLAGS and row not in GML_FLAGS:
+                    print(f"{row}: skipped ({NOT_COVERED.get(row, 'no equivalent in their code')})", flush=True)
                     continue
+                if row in GML_FLAGS and gml is None:
+                    if not args.official_gml and not gml_folder.is_dir():
+                        print(f"{row}: skipped (no {gml_folder}: give their GML/ folder with --official-gml)")
+                        continue
+                    gml = OfficialGML(gml_folder)
                 result = compare_row(
-                    official,
+                    gml if row in GML_FLAGS else official,
                     args.data_set,
                     row,
                     args.steps,
@@ -727,7 +1008,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 )
                 print(
                     f"{row}: {'equal' if result.equal else 'DIFFERS'} ({result.seconds:.0f} s; epochs "
-                    f"{', '.join(map(str, result.epochs))})",
+                    f"{', '.join(map(str, result.epochs))})" + (f"; left out: {result.note}" if result.note else ""),
                     flush=True,
                 )
                 results.append(result)

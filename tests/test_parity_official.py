@@ -1,6 +1,7 @@
 """scripts/parity_official.py against a stand-in of the authors' cifar/ folder, written here in
-their module layout (models/, losses/, utils/, aug/): equal code passes, a perturbed margin or
-learning rate is flagged, bad folders get one line."""
+their module layout (models/, losses/, utils/, aug/), and of their GML/ folder (cifar_ce.py,
+cifar_main.py, moco/, models/, losses.py): equal code passes, a perturbed margin or learning
+rate is flagged, bad folders get one line."""
 
 import importlib.util
 import sys
@@ -172,6 +173,171 @@ STAND_IN = {
 }
 
 
+# The GML code's CIFAR teacher and student scripts as they expose them, again built from this
+# library's pieces (the student's queue is filled by our own enqueue, under their buffer names).
+GML_STAND_IN = {
+    "models/__init__.py": "",
+    "models/resnet_cifar.py": """
+        import torch.nn.functional as F
+        from torch import nn
+        from dbm_ltr.models.resnet_cifar import resnet32 as trunk32, resnet56 as trunk56
+        from dbm_ltr.nn import CosineClassifier
+
+        class ResNetS(nn.Module):
+            def __init__(self, trunk, num_classes, use_norm, return_features):
+                super().__init__()
+                self.conv1, self.bn1 = trunk.conv1, trunk.bn1
+                blocks = list(trunk.layers)
+                n = len(blocks) // 3
+                self.layer1, self.layer2, self.layer3 = (nn.Sequential(*blocks[i:i + n]) for i in (0, n, 2 * n))
+                self.fc = CosineClassifier(64, num_classes) if use_norm else nn.Linear(64, num_classes)
+                self.return_features = return_features
+
+            def forward(self, x):
+                out = self.layer3(self.layer2(self.layer1(F.relu(self.bn1(self.conv1(x))))))
+                feat = F.adaptive_avg_pool2d(out, 1).flatten(1)
+                return (self.fc(feat), feat) if self.return_features else self.fc(feat)
+
+        def resnet32(num_classes=100, use_norm=False, return_features=False):
+            return ResNetS(trunk32(), num_classes, use_norm, return_features)
+
+        def resnet56(num_classes=100, use_norm=False, return_features=False):
+            return ResNetS(trunk56(), num_classes, use_norm, return_features)
+    """,
+    "moco/__init__.py": "",
+    "moco/builder.py": """
+        import torch
+        import torch.nn.functional as F
+        from torch import nn
+        from dbm_ltr.losses.gml import queue_segments
+        from dbm_ltr.methods.gml import GMLMethod
+        from dbm_ltr.models import projection_mlp
+
+        class MoCo(nn.Module):
+            queue = property(lambda self: self.queue_k)  # our enqueue's names for their buffers
+            queue_labels = property(lambda self: self.queue_l)
+            queue_index = property(lambda self: self.queue_i)
+
+            def __init__(self, base_encoder, dim, K, m, mlp, feat_dim, feat_t, normalize, num_classes):
+                super().__init__()
+                self.encoder_q = base_encoder(num_classes=num_classes, use_norm=normalize, return_features=True)
+                self.encoder_k = base_encoder(num_classes=num_classes, use_norm=normalize, return_features=True)
+                self.embed_q = projection_mlp(feat_dim, feat_dim, dim, batchnorm=True)
+                self.embed_k = projection_mlp(feat_t, feat_t, dim, batchnorm=True)
+                self.register_buffer("queue_k", F.normalize(torch.randn(K, feat_t), dim=1))
+                self.register_buffer("queue_l", torch.zeros(K, dtype=torch.long))
+                self.register_buffer("queue_i", torch.arange(-K, 0))
+                self.register_buffer("queue_ptr", torch.zeros(num_classes, dtype=torch.long))
+
+            def set_distiller(self, encoder_k):
+                self.encoder_k = encoder_k
+                for p in encoder_k.parameters():
+                    p.requires_grad = False
+
+            def train(self, mode=True):
+                super().train(mode)
+                self.encoder_k.eval()
+                return self
+
+            def set_cls_weight(self, cls_weight, base_k):
+                self.segment_start, self.segment_length = queue_segments(cls_weight.tolist(), len(self.queue_k), base_k)
+                self.queue_l.copy_(torch.repeat_interleave(torch.arange(len(cls_weight)), self.segment_length))
+
+            def forward(self, im_cls, im_q, im_k, labels, index):
+                bs = im_q.shape[0]
+                logit_q, feat_q = self.encoder_q(torch.cat([im_cls, im_q]))
+                with torch.no_grad():
+                    logit_k, feat_k = self.encoder_k(torch.cat([im_cls, im_k]))
+                GMLMethod.enqueue(self, feat_k[bs:], labels, index)
+                query = F.normalize(self.embed_q(feat_q[bs:]), dim=1)
+                key = F.normalize(self.embed_k(self.queue_k.clone()), dim=1)
+                return query, key, self.queue_l.clone(), self.queue_i.clone(), logit_q[:bs], logit_k[:bs]
+    """,
+    "losses.py": """
+        import torch
+        import torch.nn.functional as F
+        from torch import nn
+        from dbm_ltr.losses.gml import distillation_kl, gml_contrastive_losses
+
+        class GMLLoss(nn.Module):
+            def __init__(self, beta, gamma, temperature=1.0, num_classes=1000, alpha=0.0):
+                super().__init__()
+                self.log_T_c__no_wd__ = nn.Parameter(torch.full([1], temperature).log())
+                self.beta, self.gamma, self.alpha = beta, gamma, alpha
+
+            def cal_weight_for_classes(self, cls_num_list):
+                counts = torch.tensor(cls_num_list, dtype=torch.get_default_dtype())
+                self.cls_weight = counts / counts.sum()
+
+            def forward(self, query, q_labels, q_idx, key, k_labels, k_idx, sup_logits, t_logits=None):
+                prior = self.cls_weight.log()
+                loss = self.gamma * F.cross_entropy(30 * sup_logits + prior, q_labels)
+                if self.beta > 0:
+                    con, con_t = gml_contrastive_losses(
+                        query, key, k_labels, k_idx, q_labels, q_idx, self.log_T_c__no_wd__, prior
+                    )
+                    loss = loss + self.beta * (con + con_t)
+                if self.alpha > 0:
+                    loss = loss + self.alpha * distillation_kl(30 * sup_logits, 30 * t_logits, 4.0)
+                return loss
+    """,
+    "cifar_main.py": """
+        import argparse
+        LR = {lr}
+
+        parser = argparse.ArgumentParser()
+        for flag, default in (("--dataset", "cifar100"), ("--arch", "resnet32"), ("--arch_t", "resnet32")):
+            parser.add_argument(flag, default=default)
+        for flag, default in (("--num_classes", 100), ("--feat_t", None), ("--warmup_epochs", 5), ("--feat_dim", 64)):
+            parser.add_argument(flag, type=int, default=default)
+        for flag, default in (("--moco-dim", 32), ("--moco-k", 4096), ("--base_k", 2), ("--batch-size", 256)):
+            parser.add_argument(flag, type=int, default=default)
+        for flag in ("--imb-factor", "--alpha", "--beta", "--gamma"):
+            parser.add_argument(flag, type=float, default=1.0)
+        parser.add_argument("--lr", "--learning-rate", type=float, default=0.1, dest="lr")
+        parser.add_argument("--wd", type=float, default=5e-4, dest="weight_decay")
+        for flag, default in (("--momentum", 0.9), ("--moco-m", 0.999), ("--moco-t", 0.1)):
+            parser.add_argument(flag, type=float, default=default)
+        parser.add_argument("--schedule", type=int, nargs="*", default=[160, 180])
+        parser.add_argument("--mlp", default=True)
+        parser.add_argument("--normalize", default=True)
+
+        def adjust_learning_rate(optimizer, epoch, args):
+            if epoch <= args.warmup_epochs:
+                lr = args.lr / args.warmup_epochs * (epoch + 1)
+            elif epoch > args.schedule[1]:
+                lr = args.lr * 0.01
+            elif epoch > args.schedule[0]:
+                lr = args.lr * 0.1
+            else:
+                lr = args.lr
+            for group in optimizer.param_groups:
+                group["lr"] = lr * LR
+
+        def train(train_loader, model, criterion, optimizer, tb_logger, epoch, args):
+            model.train()
+            for images, target, in_idx in train_loader:
+                query, key, k_labels, k_idx, logits, t_logits = model(*images, target, in_idx)
+                loss = criterion(query, target, in_idx, key, k_labels, k_idx, logits, t_logits)
+                optimizer.zero_grad()
+                loss.backward()
+                optimizer.step()
+    """,
+    "cifar_ce.py": """
+        from cifar_main import adjust_learning_rate, parser
+
+        def train(train_loader, model, criterion, optimizer, tb_logger, epoch, args):
+            model.train()
+            for images, target, _ in train_loader:
+                logits = model(images[0])
+                loss = criterion(logits * 30 + args.cls_weight.log(), target)
+                optimizer.zero_grad()
+                loss.backward()
+                optimizer.step()
+    """,
+}
+
+
 def load():
     spec = importlib.util.spec_from_file_location("parity_official", SCRIPT)
     module = importlib.util.module_from_spec(spec)
@@ -184,7 +350,17 @@ def load():
 def _forget_their_modules():
     yield
     for name in list(sys.modules):
-        if name.split(".")[0] in ("models", "losses", "utils", "aug", "train", "progress"):
+        if name.split(".")[0] in (
+            "models",
+            "losses",
+            "utils",
+            "aug",
+            "train",
+            "progress",
+            "moco",
+            "cifar_main",
+            "cifar_ce",
+        ):
             del sys.modules[name]
 
 
@@ -215,9 +391,56 @@ def test_equal_code_is_equal_and_a_row_without_an_equivalent_is_skipped(tmp_path
     assert code == 0, err
     assert verdicts(out) == {"ce": "equal", "dbm_ce": "equal", "dbm_bcl": "equal"}
     assert "ncl: skipped (the paper's NCL recipe, which their code does not run" in out
-    assert "gml_teacher: skipped (GML is not in their cifar/" in out
+    assert "gml_teacher: skipped (no " in out and "give their GML/ folder with --official-gml)" in out
     assert "Total params" not in out  # their prints stay out of the report
     assert torch.get_default_dtype() == default
+
+
+def test_gml_rows_against_a_stand_in_of_their_gml_folder(tmp_path, capsys):
+    """Teacher and student are equal (the key embedding's unread BatchNorm statistics named as
+    left out), DBM-GML is skipped (their GML code has no DBM), and the cifar/ rows after them
+    still run their own modules (the GML folder's models/ and losses/ are imported apart)."""
+    cifar, gml = write_stand_in(tmp_path / "cifar"), write_stand_in(tmp_path / "GML", files=GML_STAND_IN)
+    rows = "gml_teacher,gml,dbm_gml,dbm_ce"
+    # the GML/ beside cifar/; at this size the yardstick can be 1e-15 and our loss (s cos(theta + 0))
+    # 1e-14 from theirs (30 cos): rounding, well within a tolerance of 100
+    code, out, err = run(capsys, cifar, "--rows", rows, "--steps", "2", "--tolerance", "100")
+    assert code == 0, err
+    assert verdicts(out) == {"gml_teacher": "equal", "gml": "equal", "dbm_ce": "equal"}, out
+    assert "left out: the key embedding's BatchNorm running statistics" in out
+    assert "dbm_gml: skipped (their GML code has no DBM)" in out
+    assert "models.resnet_cifar" not in sys.modules and "cifar_main" not in sys.modules
+    # the GML code's long warm-up: our plain step schedule differs from it in epoch 6 only
+    steps = ["--rows", "gml_teacher", "--official-gml", str(gml), "--steps", "8"]
+    code, out, _ = run(capsys, cifar, *steps, "--set", "optim.schedule=step")
+    assert verdicts(out) == {"gml_teacher": "DIFFERS"}
+    assert float(next(line for line in out.splitlines() if line.startswith("| gml")).split("|")[3]) > 1e-3
+    code, out, err = run(capsys, cifar, "--rows", "gml", "--official-gml", str(tmp_path / "nowhere"))
+    assert code == 2 and "--official-gml" in err and "no such folder" in err and err.count("\n") == 1, err
+
+
+def test_our_gml_state_under_their_names():
+    """Their GML student (moco/builder.py's MoCo after set_distiller): encoder_q (ResNet-32, fc a
+    (D, C) cosine layer as ours), encoder_k (the ResNet-56 teacher), embed_q / embed_k,
+    queue_k / queue_l / queue_i / queue_ptr; the temperature lives in their loss."""
+    from dbm_ltr.data.longtail import long_tail_counts
+    from dbm_ltr.engine import load_config
+    from dbm_ltr.engine.build import build_method
+
+    config = load_config("cifar10_lt/gml")
+    script = load()
+    method = build_method(config, long_tail_counts(5000, 10, 100), 10, teacher=script.fresh_teacher(config, 10))
+    ours = method.state_dict()
+    theirs = script.to_theirs(ours, "gml")
+    assert len(theirs) == len(ours)
+    assert torch.equal(theirs["encoder_q.layer3.4.conv2.weight"], method.model.trunk.layers[14].conv2.weight)
+    assert torch.equal(theirs["encoder_k.layer2.8.bn1.running_var"], method.teacher.trunk.layers[17].bn1.running_var)
+    assert torch.equal(theirs["encoder_k.layer3.0.conv1.weight"], method.teacher.trunk.layers[18].conv1.weight)
+    assert torch.equal(theirs["encoder_q.fc.weight"], method.model.head.weight)
+    assert torch.equal(theirs["embed_k.3.bias"], method.embed_k[3].bias)
+    for mine, their in (("queue", "queue_k"), ("queue_labels", "queue_l"), ("queue_index", "queue_i")):
+        assert torch.equal(theirs[their], ours[mine])
+    assert torch.equal(theirs["criterion.log_T_c__no_wd__"], method.log_temperature)
 
 
 def test_a_perturbed_margin_is_flagged_in_the_dbm_row_only(tmp_path, capsys):

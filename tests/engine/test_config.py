@@ -147,19 +147,25 @@ def test_ldam_presets_state_which_margin_and_why(data, row):
 
 def test_presets_from_the_dbm_code_use_its_learning_rate_and_autoaugment():
     """The rows whose recipe is the DBM code's cifar/ folder use its cosine, (t - 4) / 195; NCL
-    (the paper's cosine over 400 epochs, or the code's steps) and GML (the GML code's steps)
-    keep theirs; every CIFAR preset uses the DBM code's AutoAugment policy."""
+    (the paper's cosine over 400 epochs, or the code's steps) and GML (the GML code's steps,
+    with its long warm-up; at ImageNet scale its cosine without warm-up) keep theirs; every
+    CIFAR preset uses the DBM code's AutoAugment policy; GML teachers drop the last batch, as
+    the GML code's loader."""
     for preset in PRESETS:
         cfg = load_config(preset)
         row = preset.split("/")[-1]
+        if "gml" in row:
+            assert cfg.train.drop_last, preset
         if not preset.startswith(("cifar", "ablation")):
             assert cfg.optim.schedule != "cosine_reference", preset
+            if "gml" in row:
+                assert (cfg.optim.schedule, cfg.optim.warmup_epochs) == ("cosine", 0), preset
             continue
         assert cfg.data.autoaugment == "reference", preset
         if "ncl" in row:
             assert cfg.optim.schedule == ("step" if row.endswith("_code") else "cosine"), preset
         elif "gml" in row:
-            assert cfg.optim.schedule == "step", preset
+            assert cfg.optim.schedule == "step_gml", preset
         else:
             assert cfg.optim.schedule == "cosine_reference", preset
 
@@ -218,3 +224,19 @@ def test_a_run_saved_before_autoaugment_existed_trained_with_torchvisions_policy
         ("data.autoaugment", "reference", "torchvision"),
         ("optim.schedule", "cosine_reference", "cosine"),
     ]
+
+
+def test_gml_runs_saved_before_the_gml_codes_schedule_and_loader_keep_their_own():
+    """The GML presets took the GML code's warm-up (step_gml), its ImageNet cosine and (teachers)
+    its drop_last: a run saved before resumes from the revised preset with its own values."""
+    from dbm_ltr.engine.rundir import config_differences, recipe_revisions
+
+    for preset, schedule in (("cifar100_lt/gml_teacher", "step"), ("imagenet_lt/gml_teacher", "cosine_shifted")):
+        now = load_config(preset).to_dict()
+        older = {**now, "optim": {**now["optim"], "schedule": schedule}, "train": {**now["train"], "drop_last": False}}
+        assert config_differences(older, now) == []
+        assert recipe_revisions(older, now) == [
+            ("optim.schedule", schedule, now["optim"]["schedule"]),
+            ("train.drop_last", False, True),
+        ]
+        assert config_differences(now, older)  # backwards is a change, refused

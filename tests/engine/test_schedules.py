@@ -54,3 +54,37 @@ def test_cifar_step_default_and_constant():
     )
     with pytest.raises(ValueError, match="unknown schedule"):
         lr(10, schedule="poly")
+
+
+def test_step_gml_is_the_gml_codes_cifar_schedule():
+    """The GML code's CIFAR learning rate, written out for 0-based epochs: ``lr / W * (e + 1)``
+    while ``e <= W`` (one epoch past the warm-up: 1.2 x lr at e = 5), x0.01 once ``e > 180``,
+    x0.1 once ``e > 160``."""
+
+    def theirs(e, base=0.1, warmup=5, schedule=(160, 180)):
+        if e <= warmup:
+            return base / warmup * (e + 1)
+        if e > schedule[1]:
+            return base * 0.01
+        if e > schedule[0]:
+            return base * 0.1
+        return base
+
+    kw = dict(schedule="step_gml", milestones=(161, 181), lr_decay=0.1)
+    ours = [learning_rate(e, 0.1, 200, warmup_epochs=5, **kw) for e in range(200)]
+    assert ours == pytest.approx([theirs(e) for e in range(200)], rel=1e-15)
+    assert ours[5] == pytest.approx(0.12) and ours[6] == 0.1
+    plain = [learning_rate(e, 0.1, 200, "step", 5, (161, 181), 0.1) for e in range(200)]
+    assert [e for e in range(200) if plain[e] != ours[e]] == [5]  # only the overshoot differs
+    # no warm-up: nothing to overshoot; a run shorter than the warm-up: the warm-up alone
+    assert [learning_rate(e, 0.1, 10, warmup_epochs=0, **kw) for e in range(3)] == [0.1] * 3
+    assert [learning_rate(e, 0.1, 3, warmup_epochs=5, **kw) for e in range(3)] == pytest.approx([0.1 / 3, 0.2 / 3, 0.1])
+
+
+def test_cosine_without_warmup_is_the_gml_codes_imagenet_schedule():
+    """GML's ImageNet code: ``lr * (1 + cos(pi * (e + 1) / (E + 1))) / 2`` for 0-based ``e``
+    (its ``--cos`` with no warm-up): our ``cosine`` with ``warmup_epochs=0``."""
+    import math
+
+    theirs = [0.05 * 0.5 * (1 + math.cos(math.pi * (e + 1) / 91)) for e in range(90)]
+    assert [learning_rate(e, 0.05, 90, "cosine", 0) for e in range(90)] == pytest.approx(theirs, rel=1e-14)

@@ -11,6 +11,7 @@ from fakes import tiny_overrides
 from dbm_ltr.data import long_tail_counts
 from dbm_ltr.engine import Trainer, load_config
 from dbm_ltr.engine.build import build_method, parameter_groups
+from dbm_ltr.errors import ConfigError
 from dbm_ltr.losses.gml import (
     EMPTY_CLASS_LOGIT,
     class_log_mean_exp,
@@ -317,3 +318,19 @@ def test_student_model_builds_from_checkpoint_weights(teacher):
     reference.load_state_dict({k[6:]: v for k, v in state.items() if k.startswith("model.")})
     for key, value in reference.state_dict().items():
         assert torch.equal(method.teacher.state_dict()[key], value)
+
+
+def test_a_teacher_given_as_checkpoint_state_needs_no_run_directory():
+    """``build_method(..., teacher=state)``: the teacher is that state's model (what the parity
+    script and a caller holding a checkpoint in memory use); no ``method.teacher`` is read."""
+    counts = [40, 30, 23, 18, 14, 11, 8, 6, 5, 4]
+    model = create_model("resnet56", 10, "cosine")
+    state = {
+        "config": {"model": {"name": "resnet56", "classifier": "cosine"}},
+        "method": {f"model.{k}": v for k, v in model.state_dict().items()},
+    }
+    method = build_method(load_config("cifar10_lt/gml", ["method.queue_size=64"]), counts, 10, teacher=state)
+    for key, value in model.state_dict().items():
+        assert torch.equal(method.teacher.state_dict()[key], value)
+    with pytest.raises(ConfigError, match="GML needs a teacher"):
+        build_method(load_config("cifar10_lt/gml", ["method.queue_size=64"]), counts, 10)

@@ -158,16 +158,17 @@ def balanced_indices(targets: np.ndarray, limit: int, num_classes: int) -> np.nd
     return np.sort(np.concatenate(keep))
 
 
-def build_method(config: Config, cls_num_list: list[int], num_classes: int) -> Method:
+def build_method(config: Config, cls_num_list: list[int], num_classes: int, teacher: dict | None = None) -> Method:
     """The method of ``config`` (loss, models; a teacher it distils, loaded by
-    :func:`load_teacher`) for a training split of ``cls_num_list`` images per class."""
+    :func:`load_teacher`, or given as its checkpoint state ``teacher``) for a training split of
+    ``cls_num_list`` images per class."""
     if len(cls_num_list) != num_classes:
         raise ValueError(f"{len(cls_num_list)} class counts for {num_classes} classes")
     try:
         loss = create_loss(config.loss.name, cls_num_list, **config.loss.params)
         params = dict(config.method.params)
         if "teacher" in params:  # a method that distils a finished run
-            params["teacher"] = load_teacher(config, num_classes)
+            params["teacher"] = teacher if teacher is not None else load_teacher(config, num_classes)
         return create_method(
             config.method.name,
             trunk=config.model.name,

@@ -145,7 +145,7 @@ class OptimConfig:
     warmup_epochs: int = setting(
         5, "linear warm-up epochs (capped at the run's length); the phase shift for cosine_shifted"
     )
-    schedule: str = setting("cosine", "cosine | cosine_reference | cosine_shifted | step | constant")
+    schedule: str = setting("cosine", "cosine | cosine_reference | cosine_shifted | step | step_gml | constant")
     milestones: list = setting(
         [160, 180], "step schedule: the rate is multiplied by lr_decay after each of these (1-based) epochs"
     )

@@ -89,12 +89,14 @@ RESUMABLE_DIFFERENCES = frozenset(
 )
 
 
-#: Revisions of the presets' recipe, ``setting: (old value, new value)``. A run started with the
+#: Revisions of the presets' recipe, ``setting: {(old value, new value), ...}``. A run started with the
 #: old value continues with it when it is resumed from the revised preset (``dbm-ltr train
 #: --config PRESET --resume``, ``reproduce``): the difference is named, not refused.
-RECIPE_REVISIONS: dict[str, tuple[Any, Any]] = {
-    "optim.schedule": ("cosine", "cosine_reference"),
-    "data.autoaugment": ("torchvision", "reference"),
+RECIPE_REVISIONS: dict[str, set[tuple[Any, Any]]] = {
+    # CIFAR presets: the DBM code's cosine; GML: its CIFAR warm-up, its ImageNet cosine
+    "optim.schedule": {("cosine", "cosine_reference"), ("step", "step_gml"), ("cosine_shifted", "cosine")},
+    "data.autoaugment": {("torchvision", "reference")},
+    "train.drop_last": {(False, True)},  # GML teachers: the GML code's loader
 }
 
 
@@ -112,7 +114,7 @@ def config_differences(saved: dict, now: dict) -> list[tuple[str, Any, Any]]:
         for k in sorted(set(old) | set(new))
         if k not in RESUMABLE_DIFFERENCES
         and old.get(k) != new.get(k)
-        and RECIPE_REVISIONS.get(k) != (old.get(k), new.get(k))
+        and (old.get(k), new.get(k)) not in RECIPE_REVISIONS.get(k, ())
     ]
 
 
@@ -123,7 +125,7 @@ def recipe_revisions(saved: dict, now: dict) -> list[tuple[str, Any, Any]]:
     return [
         (k, old.get(k), new.get(k))
         for k in RECIPE_REVISIONS
-        if old.get(k) != new.get(k) and RECIPE_REVISIONS[k] == (old.get(k), new.get(k))
+        if old.get(k) != new.get(k) and (old.get(k), new.get(k)) in RECIPE_REVISIONS[k]
     ]
 
 

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 
 __all__ = ["SCHEDULES", "learning_rate"]
 
-SCHEDULES = ("cosine", "cosine_reference", "cosine_shifted", "step", "constant")
+SCHEDULES = ("cosine", "cosine_reference", "cosine_shifted", "step", "step_gml", "constant")
 
 
 def learning_rate(
@@ -33,6 +33,9 @@ def learning_rate(
       epoch 4 and 9.5 % of the peak again in epoch 5;
     * ``"step"``: then ``lr * lr_decay ** k``, ``k`` = number of milestones ``m`` with
       ``t > m`` (CIFAR: 160/180; NCL at 400 epochs: 320/360);
+    * ``"step_gml"``: the GML code's CIFAR schedule: ``step``, but its warm-up ``lr * t / W``
+      runs one epoch longer, through ``t = W + 1`` (with ``W = 5``: 0.2, 0.4, ..., 1.0 and then
+      1.2 x lr in epoch 6);
     * ``"constant"``: then ``lr``;
     * ``"cosine_shifted"`` (the large-scale BCL / DBM code; no warm-up, ``W`` shifts the
       phase): ``lr * (1 + cos(pi * (epoch - W) / (E - W))) / 2`` for 0-based ``epoch``
@@ -46,14 +49,14 @@ def learning_rate(
         return base_lr * 0.5 * (1.0 + math.cos(math.pi * (epoch - warmup_epochs) / span))
     t = epoch + 1
     warmup_epochs = min(warmup_epochs, epochs)
-    if t <= warmup_epochs:
+    if t <= warmup_epochs or (schedule == "step_gml" and warmup_epochs and t == warmup_epochs + 1):
         return base_lr * t / warmup_epochs
     if schedule == "cosine":
         return base_lr * 0.5 * (1.0 + math.cos(math.pi * (t - warmup_epochs) / (epochs - warmup_epochs + 1)))
     if schedule == "cosine_reference":
         span = max(epochs - warmup_epochs, 1)
         return base_lr * 0.5 * (1.0 + math.cos(math.pi * (t - warmup_epochs + 1) / span))
-    if schedule == "step":
+    if schedule in ("step", "step_gml"):
         return base_lr * lr_decay ** sum(t > m for m in milestones)
     if schedule == "constant":
         return base_lr
