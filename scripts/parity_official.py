@@ -326,7 +326,13 @@ class OfficialGML:
 
     def build(self, row: str, args: argparse.Namespace, counts: Sequence[int]) -> tuple[nn.Module, Any, nn.Module]:
         """Their model, the criterion their ``train`` calls, and the module whose parameters
-        join the model's in their optimizer (their ``GMLLoss``, as their ``main_worker``)."""
+        join the model's in their optimizer (their ``GMLLoss``, as their ``main_worker``).
+
+        The student's class segments of the queue (``set_cls_weight``) end at the ``ceil`` of a
+        cumulative sum of class shares: in float64 the last can end one entry past the queue
+        (CIFAR IF 100: 4096 + 5e-13 -> 4097), where float32, their GPUs' precision, ends at
+        4096, as ours (float64, clamped to the queue). Their table is built in float32 here,
+        and the row compares it with ours entry by entry."""
         C = args.num_classes
         if row == "gml_teacher":
             model = getattr(self.resnet_cifar, args.arch)(num_classes=C, use_norm=True)
@@ -341,8 +347,8 @@ class OfficialGML:
         model.set_distiller(getattr(self.resnet_cifar, args.arch_t)(num_classes=C, use_norm=True, return_features=True))
         criterion = self.losses.GMLLoss(args.beta, args.gamma, args.moco_t, C, args.alpha)
         criterion.cal_weight_for_classes(list(counts))
-        if args.base_k > 0:
-            model.set_cls_weight(criterion.cls_weight, args.base_k)
+        if args.base_k > 0:  # in float32, as on their GPUs
+            model.set_cls_weight(criterion.cls_weight.to(torch.float32), args.base_k)
         return model, criterion, criterion
 
 
@@ -628,10 +634,11 @@ class RowResult:
     tolerance: float
     seconds: float
     note: str = ""  # what the comparison leaves out, and why
+    finding: str = ""  # a difference of structure rather than of numbers (then not equal)
 
     @property
     def equal(self) -> bool:
-        if not self.ours["lr"] <= 1e-12:
+        if self.finding or not self.ours["lr"] <= 1e-12:
             return False
         return all(self.ours[k] <= self.tolerance * max(self.yardstick[k], 1e-300) for k in ("loss", "grad", "param"))
 
@@ -738,13 +745,27 @@ def _compare_gml(gml: OfficialGML, row, args, counts, method, config, batches, e
         yard = run_theirs_gml(gml, row, args, *twin, batches, epochs, channels_last=True)
     except Exception as err:  # noqa: BLE001
         raise ParityError(f"{row}: a step of their code failed ({type(err).__name__}: {err})") from None
-    note = ""
+    note, finding = "", ""
     if kind == "gml":  # their key embedding also runs on the batch's keys, moving only these buffers
         for trace in (ours, theirs, yard):
             trace.state = {k: v for k, v in trace.state.items() if not UNREAD_GML.match(k)}
         note = "the key embedding's BatchNorm running statistics (never read: it only runs in training mode)"
+        segments = [(method.segment_start, method.segment_length), (model.cls_start_idx, model.K_per_cls)]
+        (a, b), (c, d) = ((x.tolist(), y.tolist()) for x, y in segments)
+        if (a, b) != (c, d):
+            k = next(i for i in range(len(a)) if (a[i], b[i]) != (c[i], d[i]))
+            finding = (
+                f"queue segment of class {k}: ours starts at {a[k]} with {b[k]} entries, theirs at {c[k]} with {d[k]}"
+            )
     return RowResult(
-        row, epochs, differences(ours, theirs), differences(theirs, yard), tolerance, time.perf_counter() - begin, note
+        row,
+        epochs,
+        differences(ours, theirs),
+        differences(theirs, yard),
+        tolerance,
+        time.perf_counter() - begin,
+        note,
+        finding,
     )
 
 
@@ -1008,7 +1029,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                 )
                 print(
                     f"{row}: {'equal' if result.equal else 'DIFFERS'} ({result.seconds:.0f} s; epochs "
-                    f"{', '.join(map(str, result.epochs))})" + (f"; left out: {result.note}" if result.note else ""),
+                    f"{', '.join(map(str, result.epochs))})"
+                    + (f"; {result.finding}" if result.finding else "")
+                    + (f"; left out: {result.note}" if result.note else ""),
                     flush=True,
                 )
                 results.append(result)

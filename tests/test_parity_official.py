@@ -217,6 +217,8 @@ GML_STAND_IN = {
             queue = property(lambda self: self.queue_k)  # our enqueue's names for their buffers
             queue_labels = property(lambda self: self.queue_l)
             queue_index = property(lambda self: self.queue_i)
+            segment_start = property(lambda self: self.cls_start_idx)
+            segment_length = property(lambda self: self.K_per_cls)
 
             def __init__(self, base_encoder, dim, K, m, mlp, feat_dim, feat_t, normalize, num_classes):
                 super().__init__()
@@ -240,8 +242,8 @@ GML_STAND_IN = {
                 return self
 
             def set_cls_weight(self, cls_weight, base_k):
-                self.segment_start, self.segment_length = queue_segments(cls_weight.tolist(), len(self.queue_k), base_k)
-                self.queue_l.copy_(torch.repeat_interleave(torch.arange(len(cls_weight)), self.segment_length))
+                self.cls_start_idx, self.K_per_cls = queue_segments(cls_weight.tolist(), len(self.queue_k), base_k)
+                self.queue_l.copy_(torch.repeat_interleave(torch.arange(len(cls_weight)), self.K_per_cls))
 
             def forward(self, im_cls, im_q, im_k, labels, index):
                 bs = im_q.shape[0]
@@ -415,6 +417,11 @@ def test_gml_rows_against_a_stand_in_of_their_gml_folder(tmp_path, capsys):
     code, out, _ = run(capsys, cifar, *steps, "--set", "optim.schedule=step")
     assert verdicts(out) == {"gml_teacher": "DIFFERS"}
     assert float(next(line for line in out.splitlines() if line.startswith("| gml")).split("|")[3]) > 1e-3
+    # their queue split another way (two more entries for every class before the shares)
+    builder = GML_STAND_IN["moco/builder.py"].replace("len(self.queue_k), base_k)", "len(self.queue_k), base_k + 2)")
+    other = write_stand_in(tmp_path / "GML2", files=dict(GML_STAND_IN, **{"moco/builder.py": builder}))
+    code, out, _ = run(capsys, cifar, "--rows", "gml", "--official-gml", str(other), "--steps", "1")
+    assert verdicts(out) == {"gml": "DIFFERS"} and "queue segment of class 0: ours starts at 0 with" in out
     code, out, err = run(capsys, cifar, "--rows", "gml", "--official-gml", str(tmp_path / "nowhere"))
     assert code == 2 and "--official-gml" in err and "no such folder" in err and err.count("\n") == 1, err
 
