@@ -1,7 +1,8 @@
-"""Parity of this library with the DBM authors' CIFAR code, checked by running both.
+"""Parity of this library with the DBM authors' code, checked by running both.
 
     python scripts/parity_official.py --official DIR                      # the Table 2 rows
     python scripts/parity_official.py --official DIR --rows ce,dbm_ce --steps 6
+    python scripts/parity_official.py --official DIR --data-set imagenet_lt   # DBM-BCL at scale
     python scripts/parity_official.py --official DIR --augment --data ../shared/data
 
 ``DIR`` is the ``cifar/`` folder of a checkout of the authors' repository
@@ -13,7 +14,10 @@ rows come from the same repository's ``GML/`` folder (``--official-gml``; by def
 beside ``DIR``), a code base of its own: its CIFAR teacher script (``cifar_ce.py``) for
 ``gml_teacher`` and its student script (``cifar_main.py``) for ``gml``, with the flags of its
 ``sh/CIFAR100_train_*.sh``; their model, loss and optimizer are built as their ``main_worker``
-builds them, and their per-epoch ``train`` function runs one batch per call.
+builds them, and their per-epoch ``train`` function runs one batch per call. ``--data-set
+imagenet_lt`` or ``inat2018`` compares the large-scale presets with the ``large_scale/`` folder
+(``--official-large``; by default beside ``DIR``), which runs DBM-BCL only: ResNet-50 /
+ResNeXt-50 on 64 x 64 images, 8 a view, and a sorted long tail of the data set's size.
 
 **Training steps** (per row). Our preset as shipped (``cifar10_lt/<row>`` by default) and
 their code with the row's command-line flags (their README's) are built in float64; our
@@ -136,6 +140,39 @@ GML_NEEDED = {
     "models/resnet_cifar.py": ("models.resnet_cifar", ("resnet32", "resnet56")),
     "losses.py": ("losses", ("GMLLoss",)),
 }
+#: The large-scale rows: their large_scale/ folder with its README's DBM-BCL commands (which
+#: spell the loss flag --loss_type; its opts.py calls it --loss_fn).
+_LARGE_COMMON = ["--arch", "resnet50", "--use_norm", "--use_dbm", "--cos", "--batch_size", "256", "--loss_fn", "bcl"]
+_IMAGENET = ["--dataset", "imgnet", "--num_classes", "1000", "--epochs", "90", "--wd", "5e-4", "--lr", "0.1"]
+_INAT = ["--dataset", "inat", "--num_classes", "8142", "--epochs", "100", "--wd", "1e-4", "--lr", "0.2"]
+LARGE_FLAGS = {
+    "imagenet_lt": {
+        "dbm_bcl": [*_IMAGENET, *_LARGE_COMMON, "--max_margin", "0.1"],
+        "dbm_bcl_resnext50": [*_IMAGENET, *_LARGE_COMMON, "--max_margin", "0.1", "--arch", "resnext50"],
+    },
+    "inat2018": {"dbm_bcl": [*_INAT, *_LARGE_COMMON, "--max_margin", "0.1"]},
+}
+#: Why the other large-scale rows have no equivalent that runs in their large_scale/ code.
+LARGE_NOT_COVERED = {
+    "bcl": "their large-scale BCL needs --use_norm: its prototype head takes the classifier weight "
+    "transposed, which fits only the cosine classifier's (D, C) layout",
+    "gml": "their large-scale GML is the GML code's main.py, not compared here",
+}
+LARGE_NOT_RUN = "their large-scale code trains BCL only: its plain ResNets have no classifier layer (models/model.py)"
+#: Classes, the largest class and the imbalance of the long tail the large-scale rows train on
+#: (sorted; their real splits' class counts are not, and are not needed for the step mechanics).
+LARGE_COUNTS = {"imagenet_lt": (1000, 1280, 256), "inat2018": (8142, 1000, 500)}
+LARGE_BATCH = 8  # images per step of a large-scale row (the step mechanics depend on neither this nor LARGE_SIDE)
+LARGE_SIDE = 64  # their height and width
+#: What the large-scale rows need of their large_scale/ folder.
+LARGE_NEEDED = {
+    "opts.py": ("opts", ("parser",)),
+    "main.py": ("main", ("NormedLinear", "adjust_learning_rate")),
+    "models/model.py": ("models.model", ("BCLModel",)),
+    "losses/loss.py": ("losses.loss", ("get_loss",)),
+    "train/train.py": ("train.train", ("get_train_fn",)),
+}
+_LARGE_MODULES = ("opts", "main", "models", "losses", "train", "utils", "aug", "imbalance_data")
 #: Top-level modules of their GML/ folder (some share their names with cifar/'s).
 _GML_MODULES = ("models", "losses", "utils", "moco", "dataset", "autoaug", "randaugment", "cifar_main", "cifar_ce")
 
@@ -271,43 +308,109 @@ class Official:
             sys.argv = saved
         return self.config.dataset_argument(args)
 
+    def build(self, row: str, args: argparse.Namespace, counts: Sequence[int]) -> tuple[Any, nn.Module]:
+        """Their model (NCL: ``{'comb': ..., 'model': ...}``) and loss for ``row``."""
+        return self.net.get_model(args, counts), self.loss.get_loss(args, counts)
 
-class OfficialGML:
-    """The modules of their ``GML/`` folder. Some share their names with ``cifar/``'s
-    (``models``, ``losses``, ``utils``): they are imported apart and taken out of
-    ``sys.modules`` again, the ``cifar/`` ones put back. Their scripts import TensorBoard's
-    writer, which is not needed here: a stand-in takes its place while they are imported."""
+    def optimizer(self, args, model, criterion) -> torch.optim.Optimizer:
+        return self.loss.get_optimizer(args, model, criterion)
+
+    def set_lr(self, optimizer, epoch: int, args) -> float:
+        return self.common.adjust_learning_rate(optimizer, epoch, None, args)
+
+    def train_fn(self, args):
+        return self.train.get_train_fn(args)
+
+
+class OfficialLarge:
+    """The modules of their ``large_scale/`` folder (:func:`import_apart`: most share their
+    names with ``cifar/``'s). Its ``main_worker`` builds the model inline: here as there, a
+    ``BCLModel`` whose classifier is replaced by its ``NormedLinear`` (``--use_norm``), SGD
+    over the model's parameters, its ``adjust_learning_rate`` once an epoch (without the
+    ``DataParallel`` wrapper its main adds, which does not change a step on one device)."""
 
     def __init__(self, folder: str | Path) -> None:
         self.folder = Path(folder).expanduser()
-        missing = [p for p in GML_NEEDED if not (self.folder / p).is_file()]
-        if not self.folder.is_dir() or missing:
-            what = f"no {', '.join(missing)}" if self.folder.is_dir() else "no such folder"
-            raise ParityError(
-                f"--official-gml {self.folder}: {what}; give the GML/ folder of a checkout of "
-                "github.com/quotation2520/dbm_ltr (commit 3b56b97)"
-            )
-        saved = {n: sys.modules.pop(n) for n in list(sys.modules) if n.split(".")[0] in _GML_MODULES}
+        bar = types.ModuleType("progress.bar")  # their progress bars: silent
+        bar.Bar = QuietBar
+        stand_ins = {"progress": types.ModuleType("progress"), "progress.bar": bar}
+        found = import_apart(self.folder, LARGE_NEEDED, _LARGE_MODULES, "--official-large", stand_ins, "large_scale")
+        for name, module in found.items():
+            setattr(self, name, module)
+
+    def args(self, row: str, data: str, imbalance_factor: float) -> argparse.Namespace:
+        """Their parsed command line for ``row`` (the imbalance is their split's: not a flag)."""
+        args = self.opts.parser.parse_args(LARGE_FLAGS[data][row])
+        args.num_class = LARGE_COUNTS[data][0]  # their main_worker's: 1000 if imgnet else 8142
+        return args
+
+    def build(self, row: str, args: argparse.Namespace, counts: Sequence[int]) -> tuple[nn.Module, nn.Module]:
+        model = self.model.BCLModel(num_classes=args.num_class, name=args.arch)
+        width = model.fc.in_features
+        model.fc = self.main.NormedLinear(width, args.num_class) if args.use_norm else nn.Linear(width, args.num_class)
+        return model, self.loss.get_loss(args, np.array(counts))
+
+    def optimizer(self, args, model, criterion) -> torch.optim.Optimizer:
+        return torch.optim.SGD(
+            model.parameters(), args.lr, momentum=args.momentum, weight_decay=args.weight_decay, nesterov=args.nesterov
+        )
+
+    def set_lr(self, optimizer, epoch: int, args) -> float:
+        self.main.adjust_learning_rate(optimizer, epoch, args)
+        return optimizer.param_groups[0]["lr"]
+
+    def train_fn(self, args):
+        return self.train.get_train_fn(args)
+
+
+def import_apart(
+    folder: Path,
+    needed: dict,
+    top_level: Sequence[str],
+    flag: str,
+    stand_ins: dict[str, types.ModuleType],
+    expected: str,
+) -> dict[str, types.ModuleType]:
+    """Their modules ``needed`` (``{path: (module, names it must define)}``) from ``folder``, a
+    code base whose module names (``top_level``) clash with ``cifar/``'s: the modules of those
+    names are set aside, theirs imported (with ``stand_ins`` in ``sys.modules`` meanwhile, for
+    imports nothing here needs), then taken out of ``sys.modules`` again and the others put back."""
+    missing = [p for p in needed if not (folder / p).is_file()]
+    if not folder.is_dir() or missing:
+        what = f"no {', '.join(missing)}" if folder.is_dir() else "no such folder"
+        raise ParityError(
+            f"{flag} {folder}: {what}; give the {expected}/ folder of a checkout of "
+            "github.com/quotation2520/dbm_ltr (commit 3b56b97)"
+        )
+    saved = {n: sys.modules.pop(n) for n in list(sys.modules) if n.split(".")[0] in top_level or n in stand_ins}
+    sys.modules.update(stand_ins)
+    sys.path.insert(0, str(folder))
+    try:
+        with cpu_shims(), contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return {
+                module.split(".")[-1]: import_checked(module, path, names, flag, folder)
+                for path, (module, names) in needed.items()
+            }
+    finally:
+        sys.path.remove(str(folder))
+        for name in [n for n in sys.modules if n.split(".")[0] in top_level or n in stand_ins]:
+            del sys.modules[name]
+        sys.modules.update(saved)
+
+
+class OfficialGML:
+    """The modules of their ``GML/`` folder (:func:`import_apart`: some share their names with
+    ``cifar/``'s). Their scripts import TensorBoard's writer, which is not needed here."""
+
+    def __init__(self, folder: str | Path) -> None:
+        self.folder = Path(folder).expanduser()
         board = types.ModuleType("torch.utils.tensorboard")
         board.SummaryWriter = None
-        saved_board = sys.modules.get("torch.utils.tensorboard")
-        sys.modules["torch.utils.tensorboard"] = board
-        sys.path.insert(0, str(self.folder))
-        try:
-            with cpu_shims(), contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                for path, (module, names) in GML_NEEDED.items():
-                    mod = import_checked(module, path, names, "--official-gml", self.folder)
-                    setattr(self, module.split(".")[-1], mod)
-        finally:
-            sys.path.remove(str(self.folder))
-            for name in [n for n in sys.modules if n.split(".")[0] in _GML_MODULES]:
-                del sys.modules[name]
-            sys.modules.update(saved)
-            if saved_board is None:
-                del sys.modules["torch.utils.tensorboard"]
-            else:
-                sys.modules["torch.utils.tensorboard"] = saved_board
+        stand_ins = {"torch.utils.tensorboard": board}
+        found = import_apart(self.folder, GML_NEEDED, _GML_MODULES, "--official-gml", stand_ins, "GML")
+        for name, module in found.items():
+            setattr(self, name, module)
         self._logs = tempfile.TemporaryDirectory(prefix="parity_gml_")  # their progress lines go to a file
 
     def script(self, row: str) -> types.ModuleType:
@@ -410,6 +513,7 @@ RULES = {
 KINDS = {
     "bcl": "bcl",
     "dbm_bcl": "bcl",
+    "dbm_bcl_resnext50": "bcl",
     "ncl_code": "ncl",
     "dbm_ncl_code": "ncl",
     "gml_teacher": "gml_teacher",
@@ -519,7 +623,13 @@ def run_ours(method, config: Config, batches, epochs: Sequence[int], kind: str) 
 
 
 def run_theirs(
-    official: Official, args, model, criterion, batches, epochs: Sequence[int], channels_last: bool = False
+    official: Official | OfficialLarge,
+    args,
+    model,
+    criterion,
+    batches,
+    epochs: Sequence[int],
+    channels_last: bool = False,
 ) -> Trace:
     """Their training function (train/train_fn/), one batch per call, after their learning-rate
     function for the step's epoch, as their main loop calls them."""
@@ -527,11 +637,11 @@ def run_theirs(
     net = model["model"] if isinstance(model, dict) else model  # NCL: {'comb': ..., 'model': ...}
     with cpu_shims(), warnings.catch_warnings():
         warnings.simplefilter("ignore")  # their deprecation warnings (uint8 masks, add_(alpha, x))
-        optimizer = official.loss.get_optimizer(args, model, criterion)
-        train = official.train.get_train_fn(args)
+        optimizer = official.optimizer(args, model, criterion)
+        train = official.train_fn(args)
         lrs, losses, grads = [], [], {}
         for k, (epoch, (images, targets, index)) in enumerate(zip(epochs, batches)):
-            lr = official.common.adjust_learning_rate(optimizer, epoch, None, args)
+            lr = official.set_lr(optimizer, epoch, args)
             views = (
                 images.contiguous(memory_format=layout)
                 if isinstance(images, torch.Tensor)
@@ -657,9 +767,14 @@ def compare_row(
     """Our preset ``data/row`` (as shipped, unless ``overrides``) against their code with the
     row's flags (``official``: their ``cifar/`` folder, or ``GML/`` for the GML rows)."""
     begin = time.perf_counter()
-    config = load_config(f"{data}/{row}", [f"data.imbalance_factor={imbalance_factor:g}", *overrides])
-    num_classes = 10 if data == "cifar10_lt" else 100
-    counts = long_tail_counts(50000 // num_classes, num_classes, imbalance_factor)
+    imbalance = [] if data in LARGE_COUNTS else [f"data.imbalance_factor={imbalance_factor:g}"]
+    config = load_config(f"{data}/{row}", [*imbalance, *overrides])
+    if data in LARGE_COUNTS:
+        num_classes, largest, imbalance = LARGE_COUNTS[data]
+        counts = long_tail_counts(largest, num_classes, imbalance)
+    else:
+        num_classes = 10 if data == "cifar10_lt" else 100
+        counts = long_tail_counts(50000 // num_classes, num_classes, imbalance_factor)
     epochs = step_epochs(config, steps)
     size = batch_size or config.optim.batch_size
     kind = row_kind(row)
@@ -667,8 +782,10 @@ def compare_row(
     weights = torch.tensor(counts, dtype=torch.float64)
     views = VIEWS[kind]
 
+    side = LARGE_SIDE if data in LARGE_COUNTS else 32
+
     def images() -> torch.Tensor | list[torch.Tensor]:
-        drawn = [torch.randn(size, 3, 32, 32, generator=generator) for _ in range(views)]
+        drawn = [torch.randn(size, 3, side, side, generator=generator) for _ in range(views)]
         return drawn if views > 1 else drawn[0]
 
     batches = [(images(), torch.multinomial(weights, size, replacement=True, generator=generator)) for _ in epochs]
@@ -683,8 +800,7 @@ def compare_row(
         return _compare_gml(official, row, args, counts, method, config, batches, epochs, kind, tolerance, begin)
     try:
         with cpu_shims(), contextlib.redirect_stdout(io.StringIO()):  # their parameter count
-            model = official.net.get_model(args, counts)
-            criterion = official.loss.get_loss(args, counts)
+            model, criterion = official.build(row, args, counts)
     except Exception as err:  # noqa: BLE001 - their code failing is one line
         raise ParityError(f"{row}: building their model and loss failed ({type(err).__name__}: {err})") from None
     net = model["model"] if isinstance(model, dict) else model
@@ -947,11 +1063,50 @@ def augment_report(official: Official, root: str, count: int, seed: int) -> str:
 # ------------------------------------------------------------------------------------------
 
 
+class Sources:
+    """Which of their folders runs a row, imported once when first needed: ``cifar/``
+    (``--official``), ``GML/`` (``--official-gml``) or ``large_scale/`` (``--official-large``),
+    the last two by default beside ``cifar/``; or why none does (a string)."""
+
+    def __init__(self, args: argparse.Namespace, official: Official) -> None:
+        beside = Path(args.official).expanduser().resolve().parent
+        self.folders = {
+            "gml": (args.official_gml, beside / "GML", "--official-gml", OfficialGML),
+            "large": (args.official_large, beside / "large_scale", "--official-large", OfficialLarge),
+        }
+        self.loaded: dict[str, Any] = {"cifar": official}
+
+    def get(self, data: str, row: str) -> Official | OfficialGML | OfficialLarge | str:
+        if data in LARGE_FLAGS:
+            if row not in LARGE_FLAGS[data]:
+                return LARGE_NOT_COVERED.get(row.removesuffix("_resnext50"), LARGE_NOT_RUN)
+            return self._load("large")
+        if row in OFFICIAL_FLAGS:
+            return self.loaded["cifar"]
+        if row in GML_FLAGS:
+            return self._load("gml")
+        return NOT_COVERED.get(row, "no equivalent in their code")
+
+    def _load(self, name: str) -> OfficialGML | OfficialLarge | str:
+        if name not in self.loaded:
+            given, beside, flag, kind = self.folders[name]
+            if not given and not beside.is_dir():
+                return f"no {beside}: give their {beside.name}/ folder with {flag}"
+            self.loaded[name] = kind(given or beside)
+        return self.loaded[name]
+
+
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
         description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
     )
     p.add_argument("--official", required=True, help="the cifar/ folder of a checkout of the authors' code")
+    p.add_argument(
+        "--official-large",
+        default="",
+        help="the large_scale/ folder of that checkout, for --data-set imagenet_lt or inat2018 "
+        "(default: the one beside --official)",
+    )
     p.add_argument(
         "--official-gml",
         default="",
@@ -960,12 +1115,21 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument(
         "--data-set",
         default="cifar10_lt",
-        choices=("cifar10_lt", "cifar100_lt"),
-        help="whose presets and class counts (default cifar10_lt)",
+        choices=("cifar10_lt", "cifar100_lt", *LARGE_FLAGS),
+        help="whose presets and class counts (default cifar10_lt; imagenet_lt and inat2018: their large_scale/ code)",
     )
-    p.add_argument("--rows", default=",".join(DEFAULT_ROWS), help="comma-separated rows (preset names)")
+    p.add_argument(
+        "--rows",
+        default="",
+        help="comma-separated rows (preset names; default: every row their code runs, for --data-set)",
+    )
     p.add_argument("--steps", type=int, default=10, help="training steps per row (default 10)")
-    p.add_argument("--batch-size", type=int, default=0, help="images per step (default: the preset's)")
+    p.add_argument(
+        "--batch-size",
+        type=int,
+        default=0,
+        help=f"images per step (default: the preset's; large-scale rows {LARGE_BATCH}, their ResNet-50 in float64)",
+    )
     p.add_argument(
         "--tolerance",
         type=float,
@@ -1001,28 +1165,25 @@ def main(argv: Sequence[str] | None = None) -> int:
         official = Official(args.official, augment=args.augment)
         if not args.no_steps:
             results = []
-            rows = [r.strip() for r in args.rows.split(",") if r.strip()]
+            large = args.data_set in LARGE_FLAGS
+            default = LARGE_FLAGS[args.data_set] if large else DEFAULT_ROWS
+            rows = [r.strip() for r in (args.rows or ",".join(default)).split(",") if r.strip()]
             presets = sorted(p.stem for p in (preset_dir() / args.data_set).glob("*.yaml"))
             unknown = [r for r in rows if r not in presets]
             if unknown:
                 raise ParityError(f"--rows: no preset {args.data_set}/{unknown[0]}; rows: {', '.join(presets)}")
-            gml_folder = Path(args.official_gml or Path(args.official).expanduser().resolve().parent / "GML")
-            gml = None
+            sources = Sources(args, official)
             for row in rows:
-                if row not in OFFICIAL_FLAGS and row not in GML_FLAGS:
-                    print(f"{row}: skipped ({NOT_COVERED.get(row, 'no equivalent in their code')})", flush=True)
+                source = sources.get(args.data_set, row)
+                if isinstance(source, str):
+                    print(f"{row}: skipped ({source})", flush=True)
                     continue
-                if row in GML_FLAGS and gml is None:
-                    if not args.official_gml and not gml_folder.is_dir():
-                        print(f"{row}: skipped (no {gml_folder}: give their GML/ folder with --official-gml)")
-                        continue
-                    gml = OfficialGML(gml_folder)
                 result = compare_row(
-                    gml if row in GML_FLAGS else official,
+                    source,
                     args.data_set,
                     row,
                     args.steps,
-                    args.batch_size or None,
+                    args.batch_size or (LARGE_BATCH if large else None),
                     args.seed,
                     args.tolerance,
                     overrides=args.set,

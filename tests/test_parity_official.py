@@ -340,6 +340,92 @@ GML_STAND_IN = {
 }
 
 
+# Their large_scale/ folder as it exposes DBM-BCL, from this library's pieces: an opts.py parser,
+# main.py's NormedLinear and cosine, models/model.py's BCLModel on our ResNet-50 trunk.
+LARGE_STAND_IN = {
+    "opts.py": """
+        import argparse
+        parser = argparse.ArgumentParser()
+        for flag, default in (("--dataset", "imgnet"), ("--arch", "resnet50"), ("--loss_fn", "ce")):
+            parser.add_argument(flag, default=default)
+        for flag, default in (("--num_classes", 1000), ("--epochs", 90), ("--batch_size", 128)):
+            parser.add_argument(flag, type=int, default=default)
+        for flag, default in (("--lr", 0.1), ("--momentum", 0.9), ("--max_margin", 0.1), ("--cos_scale", 30.0)):
+            parser.add_argument(flag, type=float, default=default)
+        parser.add_argument("--wd", type=float, default=2e-4, dest="weight_decay")
+        for flag in ("--use_norm", "--use_dbm", "--cos", "--nesterov"):
+            parser.add_argument(flag, action="store_true")
+    """,
+    "main.py": """
+        import math
+        from dbm_ltr.nn import CosineClassifier as NormedLinear
+        LR = {lr}
+
+        def adjust_learning_rate(optimizer, epoch, args):
+            lr = args.lr * 0.5 * (1 + math.cos(math.pi * (epoch - 5 + 1) / (args.epochs - 5 + 1)))
+            for group in optimizer.param_groups:
+                group["lr"] = lr * LR
+    """,
+    "models/__init__.py": "",
+    "models/model.py": """
+        import torch.nn.functional as F
+        from torch import nn
+        from dbm_ltr.models import create_trunk, projection_mlp
+
+        class BCLModel(nn.Module):
+            def __init__(self, num_classes=1000, name="resnet50"):
+                super().__init__()
+                self.encoder = create_trunk(name)
+                self.head = projection_mlp(2048, 2048, 1024, batchnorm=True)
+                self.fc = nn.Linear(2048, num_classes)
+                self.head_fc = projection_mlp(2048, 2048, 1024, batchnorm=True)
+
+            def forward(self, x):
+                feat = self.encoder(x)
+                centers = F.normalize(self.head_fc(self.fc.weight.T), dim=1)
+                return F.normalize(self.head(feat), dim=1), self.fc(feat), centers
+    """,
+    "losses/__init__.py": "",
+    "losses/loss.py": """
+        import torch
+        from dbm_ltr.losses import DBMLoss
+        from dbm_ltr.losses.contrastive import balanced_contrastive_loss
+
+        class BCLLoss(torch.nn.Module):
+            def __init__(self, args, counts):
+                super().__init__()
+                self.dbm = DBMLoss(list(counts), base="bs", max_margin=args.max_margin, scale=args.cos_scale)
+
+            def forward(self, centers, logits, features, targets):
+                anchors = torch.cat(torch.unbind(features, dim=1))
+                bsc = balanced_contrastive_loss(anchors, targets.repeat(2), centers, 0.1)
+                return 2.0 * self.dbm(logits, targets) + 0.6 * bsc
+
+        def get_loss(args, counts):
+            return BCLLoss(args, counts)
+    """,
+    "train/__init__.py": "",
+    "train/train.py": """
+        import torch
+
+        def train_bcl(args, trainloader, model, optimizer, criterion, epoch, weighted_trainloader):
+            for inputs, targets, _ in trainloader:
+                batch = targets.shape[0]
+                features, logits, centers = model(torch.cat(list(inputs)))
+                _, second, third = torch.split(features, [batch] * 3)
+                pairs = torch.stack([second, third], dim=1)
+                loss = criterion(centers[: args.num_class], logits[:batch], pairs, targets)
+                optimizer.zero_grad()
+                loss.backward()
+                optimizer.step()
+            return loss.item()
+
+        def get_train_fn(args):
+            return train_bcl
+    """,
+}
+
+
 def load():
     spec = importlib.util.spec_from_file_location("parity_official", SCRIPT)
     module = importlib.util.module_from_spec(spec)
@@ -362,6 +448,8 @@ def _forget_their_modules():
             "moco",
             "cifar_main",
             "cifar_ce",
+            "main",
+            "opts",
         ):
             del sys.modules[name]
 
@@ -424,6 +512,25 @@ def test_gml_rows_against_a_stand_in_of_their_gml_folder(tmp_path, capsys):
     assert verdicts(out) == {"gml": "DIFFERS"} and "queue segment of class 0: ours starts at 0 with" in out
     code, out, err = run(capsys, cifar, "--rows", "gml", "--official-gml", str(tmp_path / "nowhere"))
     assert code == 2 and "--official-gml" in err and "no such folder" in err and err.count("\n") == 1, err
+
+
+def test_large_scale_rows_against_a_stand_in_of_their_large_scale_folder(tmp_path, capsys):
+    """ImageNet-LT DBM-BCL (ResNet-50) is equal, and the rows their large-scale code cannot run
+    are skipped with the reason (a difference is flagged as in the CIFAR rows: same code)."""
+    cifar = write_stand_in(tmp_path / "cifar")
+    write_stand_in(tmp_path / "large_scale", files=LARGE_STAND_IN)
+    script = load()
+    script.LARGE_SIDE = 32  # faster; the step mechanics depend neither on this nor on the classes
+    script.LARGE_COUNTS = {"imagenet_lt": (40, 100, 20)}
+    steps = ["--official", str(cifar), "--data-set", "imagenet_lt", "--steps", "2", "--batch-size", "2"]
+    code = script.main([*steps, "--rows", "dbm_bcl,ce,bcl"])
+    out = capsys.readouterr().out
+    assert code == 0 and verdicts(out) == {"dbm_bcl": "equal"}, out
+    assert "ce: skipped (their large-scale code trains BCL only" in out
+    assert "bcl: skipped (their large-scale BCL needs --use_norm" in out
+    code = script.main(["--official", str(cifar), "--data-set", "inat2018", "--official-large", str(tmp_path / "x")])
+    err = capsys.readouterr().err
+    assert code == 2 and "--official-large" in err and "give the large_scale/ folder" in err, err
 
 
 def test_our_gml_state_under_their_names():
