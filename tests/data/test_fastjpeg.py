@@ -231,7 +231,7 @@ def test_batch_normalisation_against_a_naive_reference():
             norm.batch(bad)
 
 
-@pytest.mark.parametrize("kind", ["train", "test", "randaug", "contrastive"])
+@pytest.mark.parametrize("kind", ["train", "test", "randaug", "randaug_stack", "contrastive"])
 def test_deferred_normalisation_gives_the_same_batches(tmp_path, kind):
     """A recipe built with defer_normalize passes (H, W, 3) uint8 images; its batch normaliser
     turns the collated batch into exactly the batch of the recipe that normalises each image
@@ -266,7 +266,7 @@ def test_large_recipes_shapes_and_normalisation(tmp_path, prefix, mean, std):
     path = jpeg_file(tmp_path, 40, 30)
     mean255 = tuple(round(255 * m) for m in mean)
     flat = Image.new("RGB", (50, 40), mean255)
-    for kind in ("train", "test", "randaug", "contrastive"):
+    for kind in ("train", "test", "randaug", "randaug_stack", "contrastive"):
         t = build_transform(f"{prefix}_{kind}")
         assert accepts_encoded(t)
         for img in (EncodedImage(path), Image.open(path), T.PILToTensor()(Image.open(path))):
@@ -285,6 +285,22 @@ def test_randaug_fill_and_translate():
     ra = t.transforms[4]
     fill = ra.fill if isinstance(ra, RandAugmentPIL) else ra.ops[0].kwargs["fillcolor"]
     assert tuple(fill) == (124, 116, 104)
+
+
+def test_randaug_stack_is_randaug_with_grayscale_and_blur_before_randaugment():
+    """GML's query and key views at ImageNet scale (the GML code's randnclsstack): the
+    classification view's steps with RandomGrayscale(0.2) and a p = 0.5 Gaussian blur (sigma
+    0.1-2) between ColorJitter and RandAugment."""
+    from dbm_ltr.data.transforms import RandomGaussianBlur
+
+    plain, stack = build_transform("imagenet_randaug").transforms, build_transform("imagenet_randaug_stack").transforms
+    assert [type(t) for t in stack[:4]] == [type(t) for t in plain[:4]]
+    assert isinstance(plain[3], T.ColorJitter)
+    gray, blur = stack[4], stack[5]
+    assert isinstance(gray, T.RandomGrayscale) and gray.p == 0.2
+    assert isinstance(blur, T.RandomApply) and blur.p == 0.5 and isinstance(blur.transforms[0], RandomGaussianBlur)
+    assert blur.transforms[0].sigma == (0.1, 2.0)
+    assert [type(t) for t in stack[6:]] == [type(t) for t in plain[4:]]
 
 
 def test_randaugment_fallback_without_timm(monkeypatch):

@@ -227,16 +227,28 @@ def test_a_run_saved_before_autoaugment_existed_trained_with_torchvisions_policy
 
 
 def test_gml_runs_saved_before_the_gml_codes_schedule_and_loader_keep_their_own():
-    """The GML presets took the GML code's warm-up (step_gml), its ImageNet cosine and (teachers)
-    its drop_last: a run saved before resumes from the revised preset with its own values."""
+    """The GML presets took the GML code's warm-up (step_gml), its ImageNet cosine, views and
+    SyncBatchNorm and (teachers) its drop_last: a run saved before resumes from the revised
+    preset with its own values."""
     from dbm_ltr.engine.rundir import config_differences, recipe_revisions
 
-    for preset, schedule in (("cifar100_lt/gml_teacher", "step"), ("imagenet_lt/gml_teacher", "cosine_shifted")):
+    for preset, schedule in (
+        ("cifar100_lt/gml_teacher", "step"),
+        ("imagenet_lt/gml_teacher", "cosine_shifted"),
+        ("imagenet_lt/gml", "cosine_shifted"),
+    ):
         now = load_config(preset).to_dict()
         older = {**now, "optim": {**now["optim"], "schedule": schedule}, "train": {**now["train"], "drop_last": False}}
+        want = [("optim.schedule", schedule, now["optim"]["schedule"])]
+        if preset.startswith("imagenet"):
+            older["data"] = {**now["data"], "augment": "", "augment_views": []}
+            older["train"]["sync_bn"] = False
+            if preset.endswith("teacher"):
+                want.append(("data.augment", "", "imagenet_randaug"))
+            else:
+                want.append(("data.augment_views", [], now["data"]["augment_views"]))
+            want.append(("train.sync_bn", False, True))
+        want.append(("train.drop_last", False, True))
         assert config_differences(older, now) == []
-        assert recipe_revisions(older, now) == [
-            ("optim.schedule", schedule, now["optim"]["schedule"]),
-            ("train.drop_last", False, True),
-        ]
+        assert sorted(recipe_revisions(older, now)) == sorted(want)
         assert config_differences(now, older)  # backwards is a change, refused

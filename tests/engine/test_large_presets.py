@@ -77,6 +77,11 @@ def test_gml_presets():
             0.0,
         )
     assert gml.loss.params["max_margin"] == 0.0 and dbm_gml.loss.params["max_margin"] == 0.1
+    # the GML code's views (randcls_randclsstack), SyncBatchNorm and loader; its teacher's view
+    for cfg in (gml, dbm_gml):
+        assert cfg.data.augment_views == ["imagenet_randaug", "imagenet_randaug_stack", "imagenet_randaug_stack"]
+    assert teacher.data.augment == "imagenet_randaug" and not teacher.data.augment_views
+    assert all(c.train.sync_bn and c.train.drop_last for c in (teacher, gml, dbm_gml))
 
 
 PAPER = {

@@ -118,6 +118,36 @@ def test_data_autoaugment_off_cifar_is_an_error():
         view_transform(cfg, ("regular",))
 
 
+def test_augment_views_name_one_transform_per_view():
+    """``data.augment_views`` replaces the method's view kinds, one name per view (GML's three at
+    ImageNet scale); a count that does not fit the method's views, or an unknown name, is a
+    one-line error."""
+    from dbm_ltr.engine.pipeline import transform_names
+
+    gml = load_config("imagenet_lt/gml")
+    assert transform_names(gml, ("regular", "regular", "regular")) == [
+        "imagenet_randaug",
+        "imagenet_randaug_stack",
+        "imagenet_randaug_stack",
+    ]
+    plain = load_config("imagenet_lt/gml", ["data.augment_views=[]"])
+    assert transform_names(plain, ("regular", "regular", "regular")) == ["imagenet_train"] * 3
+    bcl = load_config("imagenet_lt/dbm_bcl")
+    assert transform_names(bcl, ("regular", "contrastive", "contrastive")) == [
+        "imagenet_randaug",
+        "imagenet_contrastive",
+        "imagenet_contrastive",
+    ]
+    with pytest.raises(
+        ConfigError, match=r"data.augment_views names 3 transform\(s\), but method standard trains on 1"
+    ):
+        transform_names(
+            load_config("imagenet_lt/ce", ["data.augment_views=[inat_test,inat_test,inat_test]"]), ("regular",)
+        )
+    with pytest.raises(ConfigError, match="data.augment_views: unknown 'imagenet_randaug_stak'"):
+        load_config("imagenet_lt/gml", ["data.augment_views=[imagenet_randaug,imagenet_randaug_stak,x]"])
+
+
 def test_device_and_loader_evaluation_agree(fake_cifar10, tmp_path):
     cfg = load_config("cifar10_lt/dbm_ce", tiny_overrides(fake_cifar10, epochs=1))
     trainer = Trainer(cfg, tmp_path / "run", log=quiet)

@@ -27,6 +27,8 @@ BCL code at ImageNet scale:
   ToTensor -> Normalize.
 * ``*_contrastive`` (BCL views 2-3): RandomResizedCrop(224) -> HFlip -> ColorJitter(0.4, 0.4,
   0.4, 0.1) with p 0.8 -> Grayscale p 0.2 -> ToTensor -> Normalize (no blur).
+* ``*_randaug_stack`` (GML views 2-3, the GML code's ``randnclsstack``): ``*_randaug`` with
+  Grayscale p 0.2 and Gaussian blur (sigma 0.1-2) p 0.5 between ColorJitter and RandAugment.
 
 Their first step decodes an undecoded JPEG (:class:`~dbm_ltr.data.fastjpeg.EncodedImage`, what
 the split-file data sets hand them) at reduced size where the crop allows
@@ -286,21 +288,32 @@ def large_randaug_transform(
     config: str = "rand-n2-m10-mstd0.5",
     use_timm: bool | None = None,
     defer_normalize: bool = False,
+    stack: bool = False,
 ) -> Recipe:
-    """The BCL classification view at ImageNet scale: RandomResizedCrop -> HFlip ->
+    """The BCL / GML classification view at ImageNet scale: RandomResizedCrop -> HFlip ->
     ColorJitter(0.4, 0.4, 0.4, 0) -> RandAugment(``config``, fill = mean in 0-255, translate
-    constant 0.45 * size) -> ToTensor -> Normalize."""
+    constant 0.45 * size) -> ToTensor -> Normalize; ``stack``: Grayscale p 0.2 and Gaussian
+    blur p 0.5 before RandAugment (:func:`large_randaug_stack_transform`)."""
     fill = tuple(min(255, round(255 * m)) for m in mean)
+    stacked = [T.RandomGrayscale(p=0.2), T.RandomApply([RandomGaussianBlur((0.1, 2.0))], p=0.5)] if stack else []
     return Recipe(
         [
             RandomResizedCropDecode(size),
             T.RandomHorizontalFlip(),
             ToPILImage(),
             T.ColorJitter(0.4, 0.4, 0.4, 0.0),
+            *stacked,
             rand_augment(config, fill=fill, translate_const=int(size * 0.45), use_timm=use_timm),
             NormalizeToFloat(mean, std, defer_normalize),
         ]
     )
+
+
+def large_randaug_stack_transform(**options: Any) -> Recipe:
+    """The GML code's query and key views at ImageNet scale (its ``randnclsstack``):
+    :func:`large_randaug_transform` with Grayscale p 0.2 and Gaussian blur (sigma 0.1-2) p 0.5
+    after ColorJitter, before RandAugment."""
+    return large_randaug_transform(stack=True, **options)
 
 
 def large_contrastive_transform(
@@ -362,6 +375,7 @@ for _prefix, _mean, _std in (("imagenet", IMAGENET_MEAN, IMAGENET_STD), ("inat",
     register_transform(f"{_prefix}_train", _with_stats(large_train_transform, _mean, _std))
     register_transform(f"{_prefix}_test", _with_stats(large_test_transform, _mean, _std))
     register_transform(f"{_prefix}_randaug", _with_stats(large_randaug_transform, _mean, _std))
+    register_transform(f"{_prefix}_randaug_stack", _with_stats(large_randaug_stack_transform, _mean, _std))
     register_transform(f"{_prefix}_contrastive", _with_stats(large_contrastive_transform, _mean, _std))
 
 

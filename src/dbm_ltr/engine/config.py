@@ -67,6 +67,11 @@ class DataConfig:
     seed: int = setting(0, "selection of the long-tailed subset (0: the standard split of LDAM-DRW)")
     download: bool = setting(False, "CIFAR: download with torchvision when no local copy is found (needs internet)")
     augment: str = setting("", "training transform by name; empty: the data set's regular recipe")
+    augment_views: list = setting(
+        [],
+        "one training transform by name per view of the method (GML: three); empty: data.augment "
+        "for its regular views, the data set's contrastive recipe for the others",
+    )
     autoaugment: str = setting(
         "reference",
         "AutoAugment policy of the CIFAR recipe: reference (the DBM code's "
@@ -405,6 +410,7 @@ def _check_values(config: Config) -> None:
         (d.name, sorted(DATASET_INFO), "data.name"),
         (config.model.name, list_trunks(), "model.name"),
     ] + ([(d.augment, list_transforms(), "data.augment")] if d.augment else [])
+    names += [(name, list_transforms(), "data.augment_views") for name in d.augment_views]
     for value, valid, key in names:
         if key == "model.name" and is_trunk_name(value):  # registered, or timm:NAME
             continue

@@ -61,7 +61,16 @@ def to_device(images, device: torch.device):
 
 
 def transform_names(config: Config, views: Sequence[str]) -> list[str]:
-    """The registered transform name of each training view (``regular`` / ``contrastive``)."""
+    """The registered transform name of each training view (``regular`` / ``contrastive``), or
+    ``data.augment_views`` where it names one per view."""
+    given = list(config.data.augment_views)
+    if given:
+        if len(given) != len(views):
+            raise ConfigError(
+                f"data.augment_views names {len(given)} transform(s), but method {config.method.name} "
+                f"trains on {len(views)} view(s) per image; name one per view"
+            )
+        return given
     info = DATASET_INFO[config.data.name]
     names = []
     for kind in views:

@@ -89,14 +89,18 @@ RESUMABLE_DIFFERENCES = frozenset(
 )
 
 
-#: Revisions of the presets' recipe, ``setting: {(old value, new value), ...}``. A run started with the
-#: old value continues with it when it is resumed from the revised preset (``dbm-ltr train
-#: --config PRESET --resume``, ``reproduce``): the difference is named, not refused.
-RECIPE_REVISIONS: dict[str, set[tuple[Any, Any]]] = {
+#: Revisions of the presets' recipe, ``setting: ((old value, new value), ...)``. A run started
+#: with the old value continues with it when it is resumed from the revised preset (``dbm-ltr
+#: train --config PRESET --resume``, ``reproduce``): the difference is named, not refused.
+RECIPE_REVISIONS: dict[str, tuple[tuple[Any, Any], ...]] = {
     # CIFAR presets: the DBM code's cosine; GML: its CIFAR warm-up, its ImageNet cosine
-    "optim.schedule": {("cosine", "cosine_reference"), ("step", "step_gml"), ("cosine_shifted", "cosine")},
-    "data.autoaugment": {("torchvision", "reference")},
-    "train.drop_last": {(False, True)},  # GML teachers: the GML code's loader
+    "optim.schedule": (("cosine", "cosine_reference"), ("step", "step_gml"), ("cosine_shifted", "cosine")),
+    "data.autoaugment": (("torchvision", "reference"),),
+    # GML at ImageNet scale: the GML code's views, its SyncBatchNorm; its teachers' loader
+    "data.augment": (("", "imagenet_randaug"),),
+    "data.augment_views": (([], ["imagenet_randaug", "imagenet_randaug_stack", "imagenet_randaug_stack"]),),
+    "train.sync_bn": ((False, True),),
+    "train.drop_last": ((False, True),),
 }
 
 
