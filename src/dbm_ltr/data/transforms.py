@@ -23,7 +23,8 @@ BCL code at ImageNet scale:
 * ``*_test``: Resize(256) -> CenterCrop(224) -> ToTensor -> Normalize.
 * ``*_randaug`` (BCL / GML classification view): RandomResizedCrop(224) -> HFlip ->
   ColorJitter(0.4, 0.4, 0.4, 0) -> RandAugment ``rand-n2-m10-mstd0.5`` (timm's, or the same
-  operations without timm: :mod:`dbm_ltr.data.randaugment`; fill = the mean in 0-255) ->
+  operations without timm: :mod:`dbm_ltr.data.randaugment`; fill = ImageNet's mean in 0-255,
+  for iNaturalist too, as the original code) ->
   ToTensor -> Normalize.
 * ``*_contrastive`` (BCL views 2-3): RandomResizedCrop(224) -> HFlip -> ColorJitter(0.4, 0.4,
   0.4, 0.1) with p 0.8 -> Grayscale p 0.2 -> ToTensor -> Normalize (no blur).
@@ -289,12 +290,14 @@ def large_randaug_transform(
     use_timm: bool | None = None,
     defer_normalize: bool = False,
     stack: bool = False,
+    fill_mean: Sequence[float] = IMAGENET_MEAN,
 ) -> Recipe:
     """The BCL / GML classification view at ImageNet scale: RandomResizedCrop -> HFlip ->
-    ColorJitter(0.4, 0.4, 0.4, 0) -> RandAugment(``config``, fill = mean in 0-255, translate
-    constant 0.45 * size) -> ToTensor -> Normalize; ``stack``: Grayscale p 0.2 and Gaussian
-    blur p 0.5 before RandAugment (:func:`large_randaug_stack_transform`)."""
-    fill = tuple(min(255, round(255 * m)) for m in mean)
+    ColorJitter(0.4, 0.4, 0.4, 0) -> RandAugment(``config``, fill = ``fill_mean`` in 0-255,
+    translate constant 0.45 * size) -> ToTensor -> Normalize; ``stack``: Grayscale p 0.2 and
+    Gaussian blur p 0.5 before RandAugment (:func:`large_randaug_stack_transform`). The fill is
+    ImageNet's mean for every data set, as the BCL, DBM and GML code (iNaturalist too)."""
+    fill = tuple(min(255, round(255 * m)) for m in fill_mean)
     stacked = [T.RandomGrayscale(p=0.2), T.RandomApply([RandomGaussianBlur((0.1, 2.0))], p=0.5)] if stack else []
     return Recipe(
         [
