@@ -167,9 +167,9 @@ def cmd_train(args) -> int:
         trainer.fit()
     finally:
         if trainer.dist.enabled:
-            import torch.distributed as dist
+            from .engine.distributed import end_distributed
 
-            dist.destroy_process_group()
+            end_distributed()  # main() then ends the process: exit_after_distributed
     if trainer.dist.is_main:
         print(f"run directory: {run}")
     return 0
@@ -771,12 +771,21 @@ def main(argv: list[str] | None = None) -> int:
                 raise
             print(f"dbm-ltr {args.command}: error: {problem}", file=sys.stderr)
             return 2
-    from .engine.signals import Interrupted
-
     if getattr(args, "trust_checkpoint", False):
         from .serialization import trust_checkpoints
 
         trust_checkpoints(True)
+
+    code = _dispatch(args)
+    distributed = sys.modules.get("dbm_ltr.engine.distributed")
+    if distributed is not None:  # a torchrun worker that left its process group ends here
+        distributed.exit_after_distributed(code)
+    return code
+
+
+def _dispatch(args) -> int:
+    """Run the command; a known failure is one line and an exit code."""
+    from .engine.signals import Interrupted
 
     try:
         return args.func(args)

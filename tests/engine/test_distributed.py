@@ -5,6 +5,7 @@ import json
 import os
 import subprocess
 import sys
+import textwrap
 
 import pytest
 import torch
@@ -117,3 +118,29 @@ def test_torchrun_resumes_a_one_process_run_with_two(fake_cifar10, tmp_path):
     assert all(v is not None for v in metrics["per_class"])
     assert all(v * 10 % 100 == pytest.approx(0, abs=1e-6) for v in metrics["per_class"])
     assert result.stdout.count("run directory:") == 1  # only rank 0 reports
+
+
+def test_a_worker_that_left_its_process_group_ends_without_the_interpreters_teardown(tmp_path):
+    """A DDP model keeps the gloo process group (and its threads) alive after it is destroyed;
+    the interpreter's teardown around them aborted about one torchrun worker in three
+    (SIGABRT, "terminate called without an active exception"). After end_distributed the
+    process ends at once with its exit code and its output flushed; before, nothing happens."""
+    script = tmp_path / "worker.py"
+    script.write_text(
+        textwrap.dedent(
+            f"""
+            import torch, torch.distributed as dist
+            from torch.nn.parallel import DistributedDataParallel as DDP
+            from dbm_ltr.engine.distributed import end_distributed, exit_after_distributed
+            exit_after_distributed(5)  # not in a group: returns
+            dist.init_process_group("gloo", init_method="file://{tmp_path / "init"}", rank=0, world_size=1)
+            DDP(torch.nn.Linear(4, 2))(torch.randn(8, 4)).sum().backward()
+            end_distributed()
+            print("left", end="")
+            exit_after_distributed(3)
+            print("not reached")
+            """
+        )
+    )
+    result = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120)
+    assert (result.returncode, result.stdout) == (3, "left"), result.stderr[-2000:]
