@@ -192,14 +192,6 @@ def cpu_shims() -> Iterator[None]:
     the default dtype, ``Module.to('cuda')`` does nothing. Their ``.float()`` casts to the
     working precision too (the GML code's one-hot matrix meets float64 logits)."""
     tensor_type = torch.DoubleTensor if torch.get_default_dtype() == torch.float64 else torch.FloatTensor
-    saved = (
-        torch.Tensor.cuda,
-        torch.Tensor.float,
-        nn.Module.cuda,
-        nn.Module.to,
-        torch.FloatTensor,
-        torch.cuda.FloatTensor,
-    )
     module_to = nn.Module.to
 
     def tensor_cuda(self, *args, **kwargs):
@@ -211,23 +203,22 @@ def cpu_shims() -> Iterator[None]:
             return self
         return module_to(self, *args, **kwargs)
 
-    torch.Tensor.cuda = tensor_cuda
-    torch.Tensor.float = lambda self, *args, **kwargs: self.to(torch.get_default_dtype(), *args, **kwargs)
-    nn.Module.cuda = lambda self, *args, **kwargs: self
-    nn.Module.to = to_unless_cuda
-    torch.FloatTensor = tensor_type
-    torch.cuda.FloatTensor = tensor_type
+    patches = {
+        (torch.Tensor, "cuda"): tensor_cuda,
+        (torch.Tensor, "float"): lambda self, *args, **kwargs: self.to(torch.get_default_dtype(), *args, **kwargs),
+        (nn.Module, "cuda"): lambda self, *args, **kwargs: self,
+        (nn.Module, "to"): to_unless_cuda,
+        (torch, "FloatTensor"): tensor_type,
+        (torch.cuda, "FloatTensor"): tensor_type,
+    }
+    saved = {(owner, name): getattr(owner, name) for owner, name in patches}
+    for (owner, name), value in patches.items():
+        setattr(owner, name, value)
     try:
         yield
     finally:
-        (
-            torch.Tensor.cuda,
-            torch.Tensor.float,
-            nn.Module.cuda,
-            nn.Module.to,
-            torch.FloatTensor,
-            torch.cuda.FloatTensor,
-        ) = saved
+        for (owner, name), value in saved.items():
+            setattr(owner, name, value)
 
 
 class QuietBar:
