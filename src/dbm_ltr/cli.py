@@ -12,6 +12,7 @@ import json
 import os
 import shutil
 import sys
+import traceback
 from pathlib import Path
 
 from .errors import DbmLtrError
@@ -776,11 +777,21 @@ def main(argv: list[str] | None = None) -> int:
 
         trust_checkpoints(True)
 
-    code = _dispatch(args)
-    distributed = sys.modules.get("dbm_ltr.engine.distributed")
-    if distributed is not None:  # a torchrun worker that left its process group ends here
-        distributed.exit_after_distributed(code)
+    try:
+        code = _dispatch(args)
+    except Exception:  # a bug, or any failure under DBM_LTR_DEBUG: its traceback
+        if not _left_process_group():
+            raise
+        traceback.print_exc()  # then the ending below: the interpreter's teardown could abort
+        code = 1
+    if _left_process_group():  # a torchrun worker that left its process group ends here
+        sys.modules["dbm_ltr.engine.distributed"].exit_after_distributed(code)
     return code
+
+
+def _left_process_group() -> bool:
+    distributed = sys.modules.get("dbm_ltr.engine.distributed")  # imported by the commands that join one
+    return distributed is not None and distributed.left_process_group()
 
 
 def _dispatch(args) -> int:

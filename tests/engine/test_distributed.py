@@ -144,3 +144,34 @@ def test_a_worker_that_left_its_process_group_ends_without_the_interpreters_tear
     )
     result = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120)
     assert (result.returncode, result.stdout) == (3, "left"), result.stderr[-2000:]
+
+
+def test_a_worker_that_fails_after_leaving_its_group_shows_the_traceback_and_exits_1(tmp_path):
+    """A bug (or any failure under DBM_LTR_DEBUG) after the worker left its process group: the
+    traceback, then the same ending as a clean run (exit status 1, no teardown, so no atexit
+    hook), not a teardown that may abort."""
+    script = tmp_path / "worker.py"
+    script.write_text(
+        textwrap.dedent(
+            f"""
+            import atexit, torch, torch.distributed as dist
+            from torch.nn.parallel import DistributedDataParallel as DDP
+            from dbm_ltr import cli
+            atexit.register(print, "teardown")
+            from dbm_ltr.engine.distributed import end_distributed
+            dist.init_process_group("gloo", init_method="file://{tmp_path / "init"}", rank=0, world_size=1)
+            DDP(torch.nn.Linear(4, 2))(torch.randn(8, 4)).sum().backward()
+
+            def failing(args):
+                end_distributed()
+                raise RuntimeError("a bug after the run")
+
+            cli.cmd_eval = failing
+            cli.main(["eval", "--checkpoint", "run"])
+            print("not reached")
+            """
+        )
+    )
+    result = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120)
+    assert (result.returncode, result.stdout) == (1, ""), result.stdout + result.stderr[-2000:]
+    assert result.stderr.rstrip().endswith("RuntimeError: a bug after the run"), result.stderr[-2000:]

@@ -92,6 +92,11 @@ def end_distributed() -> None:
         _ENDED = True
 
 
+def left_process_group() -> bool:
+    """Whether this process has left its process group through :func:`end_distributed`."""
+    return _ENDED
+
+
 def exit_after_distributed(code: int) -> None:
     """End a process that has left its process group (:func:`end_distributed`) with ``code``,
     its output flushed, without the interpreter's teardown; return where it has not.
