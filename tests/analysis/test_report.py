@@ -1,4 +1,5 @@
 import csv
+import math
 import statistics
 
 import pytest
@@ -6,7 +7,7 @@ from analysis_helpers import write_run
 
 from dbm_ltr import cli
 from dbm_ltr.analysis import RunError, report_markdown, summarize_runs
-from dbm_ltr.analysis.report import expand_run_dirs, paired_differences
+from dbm_ltr.analysis.report import expand_run_dirs, paired_differences, t_quantile
 
 DBM_BS_PAPER = {"top1": 51.3, "many": 67.29, "medium": 50.8, "few": 33.23, "source": "Table 2"}
 BS_PAPER = {"top1": 49.35, "many": 65.77, "medium": 50.14, "few": 29.27, "source": "Table 2"}
@@ -231,6 +232,8 @@ def test_dbm_rows_are_compared_with_their_baselines_seed_by_seed(tmp_path):
     assert k1.diffs["top1"] == pytest.approx(expected) == [1.0, 0.5, 1.5]
     assert k1.mean("top1") == pytest.approx(1.0)
     assert k1.stderr("top1") == pytest.approx(statistics.stdev(expected) / 3**0.5)  # 0.289
+    low, high = k1.interval("top1")  # t(0.975, 2 df) = 4.303: 1 +- 4.303 * 0.2887
+    assert (low, high) == pytest.approx((1.0 - 4.3027 * 0.28868, 1.0 + 4.3027 * 0.28868), abs=1e-3)
     assert k1.mean("medium") == pytest.approx(statistics.fmean([2.0, 3.0, 2.0]))
     assert k1.paper("top1") == pytest.approx(2.36) and k1.paper("many") is None
     assert k3.diffs["top1"] == pytest.approx([2.0, -1.0]) and k3.diffs["many"] == []  # K = 0.3 runs have no many
@@ -238,10 +241,25 @@ def test_dbm_rows_are_compared_with_their_baselines_seed_by_seed(tmp_path):
     section = text[text.index("## DBM against its baseline") :]
     assert (
         "| cifar10_lt/dbm_ce (loss.max_margin=0.1) - cifar10_lt/ce | 100 | 0, 1, 2 | +1.00, +0.50, +1.50 "
-        "| +1.00 +- 0.29 | +2.36 | +0.17 +- 0.60 | - | +2.33 +- 0.33 | - |" in section
+        "| +1.00 +- 0.29 | -0.24 to +2.24 | +2.36 | +0.17 +- 0.60 | - | +2.33 +- 0.33 | - |" in section
     )
-    assert "| 0, 1 | +2.00, -1.00 | +0.50 +- 1.50 | +2.36 | - | - | - | - |" in section
+    assert "| 0, 1 | +2.00, -1.00 | +0.50 +- 1.50 | -18.56 to +19.56 | +2.36 | - | - | - | - |" in section
     assert "few" not in section and "IF 10" not in section and "| 10 |" not in section
+
+
+def test_t_quantiles_match_the_closed_forms_and_the_tables():
+    """Student's t quantiles: the closed forms for 1 degree of freedom (Cauchy: tan(pi (p - 1/2)))
+    and 2 ((2p - 1) / sqrt(2p(1 - p))), the printed tables' values beyond, the normal's in the limit."""
+    for p in (0.5, 0.75, 0.9, 0.95, 0.975, 0.995):
+        assert t_quantile(p, 1) == pytest.approx(math.tan(math.pi * (p - 0.5)), abs=1e-5)
+        assert t_quantile(p, 2) == pytest.approx((2 * p - 1) / math.sqrt(2 * p * (1 - p)), abs=1e-5)
+    table = {(0.975, 3): 3.1824, (0.975, 4): 2.7764, (0.975, 10): 2.2281, (0.975, 30): 2.0423, (0.95, 5): 2.0150}
+    for (p, df), value in table.items():
+        assert t_quantile(p, df) == pytest.approx(value, abs=1e-4)
+    assert t_quantile(0.975, 100_000) == pytest.approx(statistics.NormalDist().inv_cdf(0.975), abs=1e-4)
+    for bad in ((0.3, 2), (1.0, 2), (0.975, 0)):
+        with pytest.raises(ValueError, match="t_quantile needs"):
+            t_quantile(*bad)
 
 
 def test_unpaired_rows_and_repeated_seeds_give_no_paired_difference(tmp_path):

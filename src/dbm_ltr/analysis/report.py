@@ -7,9 +7,10 @@ seeds of one recipe are averaged and, say, the points of a sweep stay apart. A g
 labelled with the settings that tell it apart from the other groups of its preset.
 
 Where a DBM row and the row it adds DBM to (DBM-CE and CE, ...) share seeds, the report also
-gives their difference seed by seed, with its mean and standard error: runs of one seed see the
-same batches (and CE, CE-DRW, BS and their DBM rows start from the same trunk), so the pairing
-removes that part of the noise.
+gives their difference seed by seed, with its mean, standard error and 95% confidence interval
+(Student's t with n - 1 degrees of freedom): runs of one seed see the same batches (and CE,
+CE-DRW, BS and their DBM rows start from the same trunk), so the pairing removes that part of
+the noise.
 
 Our headline is the final epoch. Runs that also evaluated during training (``train.eval_every``)
 carry their best test epoch; the report shows it beside, marked as test-set model selection,
@@ -20,6 +21,7 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 import statistics
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -164,10 +166,44 @@ class PairedDifference:
         v = self.diffs.get(metric) or []
         return statistics.stdev(v) / len(v) ** 0.5 if len(v) > 1 else None
 
+    def interval(self, metric: str, level: float = 0.95) -> tuple[float, float] | None:
+        """The ``level`` confidence interval of the mean difference, mean +- t * SE with Student's
+        t quantile for n - 1 degrees of freedom (``None`` for n < 2)."""
+        mean, se = self.mean(metric), self.stderr(metric)
+        if mean is None or se is None:
+            return None
+        half = t_quantile((1 + level) / 2, len(self.diffs[metric]) - 1) * se
+        return mean - half, mean + half
+
     def paper(self, metric: str) -> float | None:
         """The paper's difference of the two rows."""
         a, b = self.row.paper.get(metric), self.base.paper.get(metric)
         return None if a is None or b is None else a - b
+
+
+def t_quantile(p: float, df: int) -> float:
+    """The ``p`` quantile (0.5 <= p < 1) of Student's t distribution with ``df`` degrees of
+    freedom: the density integrated by Simpson's rule, the quantile found by bisection (accurate
+    to about 1e-6 for the quantiles a confidence interval needs)."""
+    if not 0.5 <= p < 1 or df < 1:
+        raise ValueError(f"t_quantile needs 0.5 <= p < 1 and df >= 1, got p={p}, df={df}")
+    log_norm = math.lgamma((df + 1) / 2) - math.lgamma(df / 2) - 0.5 * math.log(df * math.pi)
+
+    def density(t: float) -> float:
+        return math.exp(log_norm - (df + 1) / 2 * math.log1p(t * t / df))
+
+    def cdf(t: float, steps: int = 2000) -> float:  # 0.5 + the integral from 0 to t (t >= 0)
+        h = t / steps
+        inner = sum((4 if i % 2 else 2) * density(i * h) for i in range(1, steps))
+        return 0.5 + h / 3 * (density(0.0) + inner + density(t))
+
+    low, high = 0.0, 1.0
+    while cdf(high) < p:
+        low, high = high, 2 * high
+    for _ in range(40):
+        mid = (low + high) / 2
+        low, high = (mid, high) if cdf(mid) < p else (low, mid)
+    return (low + high) / 2
 
 
 def paired_differences(rows: Sequence[ReportRow]) -> list[PairedDifference]:
@@ -454,7 +490,7 @@ def paired_markdown(pairs: Sequence[PairedDifference]) -> list[str]:
     metrics = [m for m in METRICS_REPORTED if any(p.diffs.get(m) for p in pairs)]
     header = ["DBM row - baseline", "IF", "seeds", "top-1 per seed"]
     for m in metrics:
-        header += [f"{_TITLES[m]} mean +- SE", f"{_TITLES[m]} paper"]
+        header += [f"{_TITLES[m]} mean +- SE"] + (["top-1 95% CI"] if m == "top1" else []) + [f"{_TITLES[m]} paper"]
     table = []
     for p in pairs:
         cells = [f"{_label_of(p.row)} - {_label_of(p.base)}", _if_text(p.row.imbalance_factor)]
@@ -462,6 +498,9 @@ def paired_markdown(pairs: Sequence[PairedDifference]) -> list[str]:
         for m in metrics:
             mean, se = p.mean(m), p.stderr(m)
             cells += ["-" if mean is None else f"{mean:+.2f}" + ("" if se is None else f" +- {se:.2f}")]
+            if m == "top1":
+                ci = p.interval(m)
+                cells += ["-" if ci is None else f"{ci[0]:+.2f} to {ci[1]:+.2f}"]
             cells += [_fmt(p.paper(m), signed=True)]
         table.append(cells)
     return [
@@ -470,7 +509,9 @@ def paired_markdown(pairs: Sequence[PairedDifference]) -> list[str]:
         "Final-epoch accuracy of the DBM row minus that of the row it adds DBM to, for runs of the "
         "same seed, which see the same sample order and augmentation draws (and, for CE, CE-DRW, BS "
         "and their DBM rows, start from the same trunk). Mean +- standard error (sample std / sqrt(n)) over the n "
-        "seeds both rows have (no +- for one seed); paper: the paper's difference of the two rows.",
+        "seeds both rows have (no +- for one seed); 95% CI: mean +- t * SE, Student's t with n - 1 degrees of "
+        "freedom (12.71 for two seeds, 4.30 for three: a handful of seeds gives a wide interval); one that excludes 0 "
+        "means a paired t-test finds the difference at the 5% level; paper: the paper's difference of the two rows.",
         "",
         "| " + " | ".join(header) + " |",
         "|" + "|".join(["---"] * len(header)) + "|",
