@@ -250,9 +250,10 @@ def test_dbm_rows_are_compared_with_their_baselines_seed_by_seed(tmp_path):
 def test_t_quantiles_match_the_closed_forms_and_the_tables():
     """Student's t quantiles: the closed forms for 1 degree of freedom (Cauchy: tan(pi (p - 1/2)))
     and 2 ((2p - 1) / sqrt(2p(1 - p))), the printed tables' values beyond, the normal's in the limit."""
-    for p in (0.5, 0.75, 0.9, 0.95, 0.975, 0.995):
-        assert t_quantile(p, 1) == pytest.approx(math.tan(math.pi * (p - 0.5)), abs=1e-5)
-        assert t_quantile(p, 2) == pytest.approx((2 * p - 1) / math.sqrt(2 * p * (1 - p)), abs=1e-5)
+    for p in (0.5, 0.75, 0.9, 0.95, 0.975, 0.995, 0.999, 0.9995, 0.99999):  # far tails too
+        assert t_quantile(p, 1) == pytest.approx(math.tan(math.pi * (p - 0.5)), rel=1e-6, abs=1e-9)
+        want = (2 * p - 1) / math.sqrt(2 * p * (1 - p))
+        assert t_quantile(p, 2) == pytest.approx(want, rel=1e-6, abs=1e-9)
     table = {(0.975, 3): 3.1824, (0.975, 4): 2.7764, (0.975, 10): 2.2281, (0.975, 30): 2.0423, (0.95, 5): 2.0150}
     for (p, df), value in table.items():
         assert t_quantile(p, df) == pytest.approx(value, abs=1e-4)

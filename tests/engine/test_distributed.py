@@ -175,3 +175,15 @@ def test_a_worker_that_fails_after_leaving_its_group_shows_the_traceback_and_exi
     result = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120)
     assert (result.returncode, result.stdout) == (1, ""), result.stdout + result.stderr[-2000:]
     assert result.stderr.rstrip().endswith("RuntimeError: a bug after the run"), result.stderr[-2000:]
+
+
+def test_a_cuda_index_beyond_the_visible_devices_is_a_config_error(monkeypatch):
+    from dbm_ltr.engine.distributed import pick_device
+    from dbm_ltr.errors import ConfigError
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    assert pick_device("cuda:1") == torch.device("cuda", 1)
+    assert pick_device("cuda", local_rank=3) == torch.device("cuda", 1)
+    with pytest.raises(ConfigError, match=r"train.device=cuda:2 but this process sees 2 CUDA device\(s\)"):
+        pick_device("cuda:2")

@@ -15,7 +15,7 @@ import torch
 from fakes import tiny_overrides, torchrun_failure
 
 from dbm_ltr import cli
-from dbm_ltr.engine import Trainer, TrainingError, load_config
+from dbm_ltr.engine import CheckpointError, Trainer, TrainingError, load_config
 from dbm_ltr.engine.checkpoint import load_checkpoint
 from dbm_ltr.engine.rundir import RunLock
 
@@ -197,6 +197,51 @@ def test_one_writer_per_run_directory_and_no_stuck_lock(tmp_path, capsys):
         process.kill()
         process.wait()
     RunLock(run).acquire().release()  # the killed holder left no stuck lock
+
+
+def test_a_lock_file_removed_as_it_was_opened_is_not_the_lock(tmp_path, monkeypatch):
+    """A process that opens RUN/.lock just as its holder removes it (a run that never started
+    leaves nothing behind) would lock a file no one else can see: it starts again on the file
+    at the path, which a third process would lock too."""
+    from dbm_ltr.engine import rundir
+
+    run = tmp_path / "run"
+    run.mkdir()
+    opened = []
+
+    def open_then_removed(path, mode):
+        handle = open(path, mode)
+        if not opened:  # the first open: the holder unlinks the file right after
+            Path(path).unlink()
+        opened.append(path)
+        return handle
+
+    monkeypatch.setattr(rundir, "open", open_then_removed, raising=False)
+    lock = RunLock(run).acquire()
+    monkeypatch.undo()
+    assert len(opened) == 2 and (run / ".lock").read_text() == str(os.getpid())
+    with pytest.raises(CheckpointError, match="is in use by another dbm-ltr process"):
+        RunLock(run).acquire()  # the file at the path is the one held
+    lock.release()
+
+
+def test_config_yaml_is_replaced_whole_or_not_at_all(fake_cifar10, tmp_path, monkeypatch):
+    """``--resume`` without ``--config`` reads RUN/config.yaml: a write that fails (or is
+    killed) midway leaves the previous file, not an empty or half one."""
+    from dbm_ltr.engine import rundir
+
+    path = tmp_path / "config.yaml"
+    rundir.save_config(load_config("cifar10_lt/ce", tiny_overrides(fake_cifar10)), path)
+    before = path.read_bytes()
+
+    def killed(*args):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(rundir.os, "replace", killed)
+    with pytest.raises(KeyboardInterrupt):
+        rundir.save_config(load_config("cifar10_lt/dbm_ce", tiny_overrides(fake_cifar10)), path)
+    monkeypatch.undo()
+    assert path.read_bytes() == before and [p.name for p in tmp_path.iterdir()] == ["config.yaml"]
 
 
 def test_train_refuses_a_folder_that_is_not_a_run_and_resume_without_checkpoint(tmp_path, capsys):

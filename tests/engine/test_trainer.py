@@ -1,13 +1,14 @@
 import errno
 import json
 import os
+from pathlib import Path
 
 import pytest
 import torch
 from fakes import tiny_overrides
 
 from dbm_ltr.engine import CheckpointError, Trainer, TrainingError, load_config
-from dbm_ltr.engine.checkpoint import load_checkpoint, save_checkpoint
+from dbm_ltr.engine.checkpoint import load_checkpoint, previous_path, save_checkpoint
 
 
 def quiet(_message):
@@ -160,9 +161,15 @@ def test_corrupted_and_foreign_checkpoints(fake_cifar10, tmp_path):
     damaged = bytearray(previous.read_bytes())
     damaged[len(damaged) // 2] ^= 0xFF  # one flipped byte: torch.load would not notice
     previous.write_bytes(bytes(damaged))
-    with pytest.raises(CheckpointError, match="checkpoint.pt is damaged or truncated"):
+    with pytest.raises(
+        CheckpointError,
+        match=r"checkpoint.pt is damaged or truncated .*, and the previous one cannot stand in: "
+        r".*checkpoint.prev.pt is damaged .*; delete it and rerun without --resume",
+    ):
         Trainer(cfg, run, resume=True, log=quiet)
     previous.unlink()
+    with pytest.raises(CheckpointError, match=r"damaged or truncated .*; delete it and rerun without --resume"):
+        Trainer(cfg, run, resume=True, log=quiet)
     (run / "checkpoint.sha256").unlink()  # no digests (a copied file): torch.load decides
     latest.write_bytes(good[: len(good) // 2])
     with pytest.raises(CheckpointError, match="truncated or corrupted"):
@@ -208,6 +215,51 @@ def test_a_failing_write_keeps_the_checkpoints_and_says_what_failed(tmp_path, mo
     monkeypatch.undo()
     assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before  # nothing replaced, no temp file
     assert load_checkpoint(path)["epoch"] == 2
+
+
+def test_a_save_killed_after_its_digest_leaves_both_files_verifiable(tmp_path, monkeypatch):
+    """A save stopped between recording its digest and renaming its file (SIGKILL, a second
+    Ctrl-C) records a file that never landed; the next save must record the digest of the file
+    it actually moves to .prev, so the fallback still works when the latest is damaged."""
+    from dbm_ltr.engine import checkpoint
+    from dbm_ltr.engine.checkpoint import load_latest
+
+    path = tmp_path / "checkpoint.pt"
+    save_checkpoint({"epoch": 1}, path)
+    save_checkpoint({"epoch": 2}, path)
+    real_replace = os.replace
+
+    def killed_at_rotation(src, dst):
+        if Path(src) == path:
+            raise KeyboardInterrupt
+        real_replace(src, dst)
+
+    monkeypatch.setattr(checkpoint.os, "replace", killed_at_rotation)
+    with pytest.raises(KeyboardInterrupt):
+        save_checkpoint({"epoch": 3}, path)
+    monkeypatch.undo()
+    assert load_latest(path) == ({"format_version": checkpoint.FORMAT_VERSION, "epoch": 2}, "")
+    save_checkpoint({"epoch": 3}, path)  # the run resumed from epoch 2 and saved epoch 3
+    assert load_checkpoint(previous_path(path))["epoch"] == 2
+    path.write_bytes(path.read_bytes()[:-10])
+    state, warning = load_latest(path)
+    assert state["epoch"] == 2 and "using the previous checkpoint" in warning
+    assert "delete it" not in warning  # the advice is for when nothing can stand in
+
+
+def test_restoring_cuda_states_on_a_machine_with_fewer_gpus(monkeypatch):
+    """A checkpoint holds one CUDA generator state per device its process saw; resuming where
+    fewer are visible restores those that exist instead of failing on an index."""
+    from dbm_ltr.engine.checkpoint import capture_rng, restore_rng
+
+    state = capture_rng()
+    state["cuda"] = [torch.full((16,), i, dtype=torch.uint8) for i in range(4)]
+    restored = []
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    monkeypatch.setattr(torch.cuda, "set_rng_state", lambda s, index: restored.append((int(s[0]), index)))
+    restore_rng(state)
+    assert restored == [(0, 0), (1, 1)]
 
 
 def test_nan_loss_stops_with_a_clear_error(fake_cifar10, tmp_path):

@@ -171,7 +171,7 @@ def test_existing_run_with_other_settings_is_refused(fake_cifar10_root, tmp_path
     run = out / "ce_seed0"
     run.mkdir(parents=True)
     from dbm_ltr.engine import load_config
-    from dbm_ltr.engine.config import save_config
+    from dbm_ltr.engine.rundir import save_config
 
     save_config(load_config("cifar10_lt/ce", tiny_overrides(fake_cifar10_root) + ["optim.lr=0.3"]), run / "config.yaml")
     with pytest.raises(ConfigError, match="holds a run with other settings .*optim.lr"):
@@ -182,7 +182,7 @@ def test_a_run_from_before_the_recipe_revision_is_resumed_with_its_own(fake_cifa
     """A run directory saved with our earlier cosine and without data.autoaugment (torchvision's
     policy then) is planned as a resumption that keeps them, and the plan says so."""
     from dbm_ltr.engine import load_config
-    from dbm_ltr.engine.config import save_config
+    from dbm_ltr.engine.rundir import save_config
     from dbm_ltr.experiments.reproduce import describe
 
     out = tmp_path / "t2"

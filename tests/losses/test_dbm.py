@@ -285,11 +285,18 @@ def test_gradcheck_float64_normal_range():
             assert torch.autograd.gradcheck(lambda x: crit(x, target), (cos,))
 
 
-def test_gradcheck_in_overflow_region():
-    crit = DBMLoss([100, 10], max_margin=0.5, instance_margin="all")
-    cos = torch.tensor([[0.3, -0.97], [0.1, -0.999]], dtype=torch.float64, requires_grad=True)
-    target = torch.tensor([1, 1])
+@pytest.mark.parametrize("mode", ["all", "hard", "none"])
+def test_gradcheck_in_overflow_region(mode):
+    """theta + m > pi (the ArcFace fallback c - m sin m) with and without an instance margin:
+    without one m is a constant and d psi / dc is 1 (row 2 is easy: no instance margin in
+    "hard" mode either)."""
+    crit = DBMLoss([100, 10], max_margin=0.5, instance_margin=mode)
+    cos = torch.tensor([[0.3, -0.97], [0.1, -0.999], [-1.0, -0.995]], dtype=torch.float64)
+    cos.requires_grad_()
+    target = torch.tensor([1, 1, 1])
+    assert (torch.acos(cos[:, 1]) + 0.5 > math.pi).all()  # every target in the fallback
     assert torch.autograd.gradcheck(lambda x: crit.margin_logits(x, target), (cos,))
+    assert torch.autograd.gradcheck(lambda x: crit(x, target), (cos,))
 
 
 def test_gradient_matches_spec_closed_form():

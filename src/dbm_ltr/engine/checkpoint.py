@@ -111,6 +111,10 @@ def _atomic_write(path: Path, data: bytes) -> None:
         raise
 
 
+#: What to do about a run checkpoint that fails its digest or does not unpickle.
+DAMAGED_ADVICE = "delete it and rerun without --resume, or resume from an intact copy"
+
+
 def _write_error(path: Path, err: OSError, epoch: Any) -> CheckpointError:
     reason = (
         "the disk is full"
@@ -142,10 +146,12 @@ def save_checkpoint(state: dict[str, Any], path: Path) -> None:
         tmp = temporary_file(path)
         try:
             _write_file(Path(tmp), data)
-            known = _read_digests(path)
             # the new digest is recorded before any rename: whichever file a kill leaves in
-            # place has its digest on record
-            _atomic_write(_digests_path(path), json.dumps({"latest": digest, "previous": known.get("latest")}).encode())
+            # place has its digest on record. The file about to become .prev is hashed, not
+            # taken from the record: a save killed after its digest was written names a file
+            # that never replaced this one.
+            current = _file_digest(path) if path.exists() else None
+            _atomic_write(_digests_path(path), json.dumps({"latest": digest, "previous": current}).encode())
             if path.exists():
                 os.replace(path, previous)
             os.replace(tmp, path)
@@ -154,6 +160,14 @@ def save_checkpoint(state: dict[str, Any], path: Path) -> None:
                 os.unlink(tmp)
     except OSError as err:
         raise _write_error(path, err, state.get("epoch")) from None
+
+
+def _file_digest(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 22), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def _is_run_checkpoint(path: Path) -> bool:
@@ -173,7 +187,9 @@ def _verified_bytes(path: Path) -> bytes:
     data = path.read_bytes()
     known = {v for v in _read_digests(path).values() if v} if _is_run_checkpoint(path) else set()
     if known and hashlib.sha256(data).hexdigest() not in known:
-        raise CheckpointError(f"{path} is damaged or truncated (its SHA-256 does not match {_digests_path(path).name})")
+        raise CheckpointError(
+            f"{path} is damaged or truncated (its SHA-256 does not match {_digests_path(path).name}); {DAMAGED_ADVICE}"
+        )
     return data
 
 
@@ -187,7 +203,7 @@ def load_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> dic
         if isinstance(err, UnsafeCheckpointError):
             raise
         advice = (
-            "it may be truncated or corrupted: delete it and rerun without --resume, or resume from an intact copy"
+            f"it may be truncated or corrupted; {DAMAGED_ADVICE}"
             if _is_run_checkpoint(path)
             else f"give a run directory or the {CHECKPOINT} that dbm-ltr train wrote"
         )
@@ -213,12 +229,14 @@ def load_latest(path: Path, map_location: str | torch.device = "cpu") -> tuple[d
         previous = previous_path(path)
         if not previous.is_file():
             raise
+        problem = str(latest_error).removesuffix(f"; {DAMAGED_ADVICE}")
         try:
             state = load_checkpoint(previous, map_location)
-        except CheckpointError:
-            raise latest_error from None
-        return state, (
-            f"{latest_error}; using the previous checkpoint {previous.name} (after epoch {state.get('epoch')}) instead"
+        except CheckpointError as previous_error:
+            raise CheckpointError(f"{problem}, and the previous one cannot stand in: {previous_error}") from None
+        return (
+            state,
+            f"{problem}; using the previous checkpoint {previous.name} (after epoch {state.get('epoch')}) instead",
         )
 
 
@@ -258,7 +276,9 @@ def restore_rng(state: dict[str, Any]) -> None:
     np.random.set_state(numpy)
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+        # one state per device the saving process saw; a resumed run may see fewer (or more)
+        for index, device_state in enumerate(state["cuda"][: torch.cuda.device_count()]):
+            torch.cuda.set_rng_state(device_state, index)
 
 
 #: The metadata key of an exported weights file (a JSON object: format, config, class counts).

@@ -11,6 +11,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import difflib
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -376,6 +377,17 @@ def _check_values(config: Config) -> None:
         (o.epochs > 0, f"optim.epochs must be > 0, got {o.epochs}"),
         (o.warmup_epochs >= 0, f"optim.warmup_epochs must be >= 0, got {o.warmup_epochs}"),
         (o.weight_decay >= 0, f"optim.weight_decay must be >= 0, got {o.weight_decay}"),
+        (o.momentum >= 0, f"optim.momentum must be >= 0, got {o.momentum}"),
+        (
+            not o.nesterov or o.momentum > 0,
+            "optim.nesterov=true needs momentum: set optim.momentum > 0 or optim.nesterov=false",
+        ),
+        (o.lr_decay > 0, f"optim.lr_decay must be > 0, got {o.lr_decay}"),
+        (
+            isinstance(o.milestones, list)
+            and all(isinstance(m, int) and not isinstance(m, bool) and m > 0 for m in o.milestones),
+            f"optim.milestones must be a list of epochs (whole numbers > 0), e.g. [160, 180]; got {o.milestones!r}",
+        ),
         (o.schedule in SCHEDULES, f"optim.schedule must be one of {', '.join(SCHEDULES)}, got {o.schedule!r}"),
         (d.decode in ("cpu", "pil", "device"), f"data.decode must be cpu, pil or device, got {d.decode!r}"),
         (d.imbalance_factor >= 1, f"data.imbalance_factor must be >= 1, got {d.imbalance_factor}"),
@@ -393,6 +405,10 @@ def _check_values(config: Config) -> None:
             f"data.autoaugment must be one of {', '.join(AUTOAUGMENT_POLICIES)}, got {d.autoaugment!r}",
         ),
         (t.eval_every >= 0, f"train.eval_every must be >= 0, got {t.eval_every}"),
+        (
+            re.fullmatch(r"auto|cpu|cuda(:\d+)?", str(t.device)) is not None,
+            f"train.device must be auto, cpu, cuda or cuda:N, got {t.device!r}",
+        ),
         (t.nan_policy in ("stop", "skip"), f"train.nan_policy must be stop or skip, got {t.nan_policy!r}"),
         (
             t.compile_mode in COMPILE_MODES,
@@ -534,7 +550,3 @@ def flatten_config(values: dict, prefix: str = "") -> dict[str, Any]:
         else:
             out[name] = value
     return out
-
-
-def save_config(config: Config, path: Path) -> None:
-    path.write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))

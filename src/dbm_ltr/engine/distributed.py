@@ -67,6 +67,11 @@ def pick_device(name: str, local_rank: int = 0) -> torch.device:
         raise ConfigError("train.device=cuda but CUDA is not available; use train.device=cpu or auto")
     if device.type == "cuda" and device.index is None:
         device = torch.device("cuda", local_rank % torch.cuda.device_count())
+    if device.type == "cuda" and device.index >= torch.cuda.device_count():
+        raise ConfigError(
+            f"train.device={name} but this process sees {torch.cuda.device_count()} CUDA device(s) "
+            f"(cuda:0 .. cuda:{torch.cuda.device_count() - 1}); pick one of those, or train.device=cuda"
+        )
     return device
 
 

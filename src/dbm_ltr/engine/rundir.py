@@ -28,6 +28,8 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 from .checkpoint import CHECKPOINT, CheckpointError, load_latest, previous_path, temporary_file
 from .config import Config, ConfigError, config_from_dict, flatten_config, saved_config
 
@@ -256,6 +258,12 @@ def write_json(path: Path, value: Any) -> None:
     _atomic_text(Path(path), json.dumps(value, indent=2))
 
 
+def save_config(config: Config, path: Path) -> None:
+    """Write a run's ``config.yaml`` atomically (a kill while writing leaves the previous file,
+    which ``--resume`` without ``--config`` reads)."""
+    _atomic_text(Path(path), yaml.safe_dump(config.to_dict(), sort_keys=False))
+
+
 def write_log(run_dir: Path, rows: Iterable[dict]) -> None:
     """Rewrite ``log.jsonl`` with ``rows`` (on resume: the checkpoint's history, so an epoch
     logged before a crash but not checkpointed is not listed twice)."""
@@ -281,6 +289,15 @@ def run_dir_error(run_dir: Path, err: OSError, doing: str) -> CheckpointError:
         f"cannot {doing} {where}: {err.strerror or err}; choose an --out folder you can write to "
         "(a new or empty folder, or a run to --resume)"
     )
+
+
+def _same_file(handle, path: Path) -> bool:
+    """Whether the open ``handle`` is still the file at ``path`` (not one unlinked since)."""
+    try:
+        mine, now = os.fstat(handle.fileno()), os.stat(path)
+    except FileNotFoundError:
+        return False
+    return (mine.st_dev, mine.st_ino) == (now.st_dev, now.st_ino)
 
 
 class RunLock:
@@ -317,6 +334,9 @@ class RunLock:
                 f"{self.path.parent} is in use by another dbm-ltr process (pid {holder}); wait for "
                 f"it to finish or stop it, or choose another --out"
             ) from None
+        if not _same_file(handle, self.path):  # the holder removed it as we opened it: start again
+            handle.close()
+            return self.acquire()
         handle.seek(0)
         handle.truncate()
         handle.write(str(os.getpid()))
@@ -326,10 +346,13 @@ class RunLock:
 
     def release(self) -> None:
         if self._file is not None:
+            # a run that never started leaves nothing behind: the lock file goes while still held
+            empty = self._created and [p.name for p in self.path.parent.iterdir()] == [LOCK]
+            if empty:
+                self.path.unlink(missing_ok=True)
             self._file.close()  # closing the file releases the lock
             self._file = None
-            if self._created and [p.name for p in self.path.parent.iterdir()] == [LOCK]:
-                self.path.unlink(missing_ok=True)  # a run that never started leaves nothing behind
+            if empty:
                 for folder in self._created:
                     try:
                         folder.rmdir()

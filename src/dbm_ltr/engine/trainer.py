@@ -33,7 +33,7 @@ from .build import (
     wrap_model,
 )
 from .checkpoint import CheckpointError, capture_rng, restore_rng, save_checkpoint
-from .config import Config, save_config
+from .config import Config
 from .evaluation import evaluate_method, final_metrics, format_groups, progress_bar
 from .monitor import EpochMonitor, StepTally, describe_run
 from .pipeline import build_pipeline, epoch_seed, seed_everything
@@ -50,6 +50,7 @@ from .rundir import (
     has_checkpoint,
     open_run,
     run_dir_error,
+    save_config,
     write_json,
     write_log,
 )

@@ -158,9 +158,11 @@ def _dbm_psi(cos_y, margin_y, slope, overflow_mode: str, need_grad: bool):
         if overflow.device.type != "cpu" or bool(overflow.any()):
             sin_m = torch.sin(margin)
             psi = torch.where(overflow, c - margin * sin_m, psi)
-            if grad is not None:
-                fallback = sin_m + margin * torch.cos(margin)
-                fallback = 1.0 + (fallback if slope is None else slope * fallback)
+            if grad is not None:  # d/dc of c - m sin m; m depends on c only through slope
+                if slope is None:
+                    fallback = torch.ones_like(grad)
+                else:
+                    fallback = 1.0 + slope * (sin_m + margin * torch.cos(margin))
                 grad = torch.where(overflow, fallback, grad)
     return psi, grad
 
