@@ -334,3 +334,13 @@ def test_a_teacher_given_as_checkpoint_state_needs_no_run_directory():
         assert torch.equal(method.teacher.state_dict()[key], value)
     with pytest.raises(ConfigError, match="GML needs a teacher"):
         build_method(load_config("cifar10_lt/gml", ["method.queue_size=64"]), counts, 10)
+
+
+def test_the_embeddings_start_as_the_gml_codes_unless_told_otherwise(teacher):
+    """The GML code leaves its embeddings at nn.Linear's init, U(+-1/sqrt(fan_in)); the presets
+    say so (head_init: pytorch), and head_init=kaiming gives Kaiming-normal weights."""
+    bound = 1 / math.sqrt(64)  # the ResNet-32 / ResNet-56 feature width
+    for embed in (build(teacher).embed_q, build(teacher).embed_k):
+        assert all(layer.weight.abs().max() <= bound for layer in embed if isinstance(layer, torch.nn.Linear))
+    kaiming = build(teacher, head_init="kaiming").embed_q[0].weight
+    assert kaiming.abs().max() > bound and kaiming.std().item() == pytest.approx(math.sqrt(2 / 64), rel=0.1)

@@ -108,6 +108,30 @@ def test_ncl_reference_code_options_and_errors():
         build("bcl", "dbm", "linear")
 
 
+def _linear_weights(module):
+    return [m.weight for m in module.modules() if isinstance(m, torch.nn.Linear)]
+
+
+def test_head_init_kaiming_or_pytorchs_own():
+    """head_init=pytorch leaves the extra heads (BCL projection and prototype, NCL MoCo heads and
+    linear classifiers) at nn.Linear's U(+-1/sqrt(fan_in)), as the reference code builds them
+    beside the trunk; kaiming (the default) gives Kaiming-normal weights."""
+    bound = 1 / 8  # fan-in 64, the ResNet-32 feature
+    bcl, ncl = build("bcl", head_init="pytorch"), build("ncl", head_init="pytorch")
+    heads = [bcl.projection, bcl.prototype, *ncl.query_heads, *ncl.key_heads, *(e.head for e in ncl.experts)]
+    weights = [w for head in heads for w in _linear_weights(head)]
+    assert len(weights) == 2 + 2 + 6 + 6 + 3 and all(w.abs().max() <= bound for w in weights)
+    bcl, ncl = build("bcl"), build("ncl")
+    for head in (bcl.projection, ncl.query_heads[0], ncl.experts[0].head):
+        first = _linear_weights(head)[0]
+        assert first.abs().max() > bound and first.std().item() == pytest.approx(0.1768, rel=0.15)
+    cosine = build("ncl", "dbm", "cosine", head_init="pytorch").experts[0].head
+    assert cosine.weight.norm(dim=0).allclose(torch.ones(4))  # a cosine classifier keeps its own init
+    for name in ("bcl", "ncl"):
+        with pytest.raises(ValueError, match="head_init must be one of kaiming, pytorch, got 'xavier'"):
+            build(name, head_init="xavier")
+
+
 @pytest.mark.parametrize("order", ["before_keys", "after_keys"])
 def test_ncl_momentum_update_before_or_after_the_keys(order):
     """MoCo moves the key encoders, then encodes the batch's keys; the NCL code encodes the keys

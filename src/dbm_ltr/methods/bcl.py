@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..losses.contrastive import balanced_contrastive_loss
-from ..models import create_model, projection_mlp
+from ..models import check_head_init, create_model, projection_mlp
 from ..nn import at_least_float32
 from .base import SingleModelMethod, StepOutput, check_head_matches_loss, constructor_params
 
@@ -44,6 +44,9 @@ class BCLMethod(SingleModelMethod):
         proj_dim: output width of the projection and prototype heads. Default 128.
         projection_views: ``"all"`` (the BCL code: the projection head's batch holds all three
             views) or ``"contrastive"`` (views 2 and 3 only).
+        head_init: ``"kaiming"`` (Kaiming-normal, as the CIFAR code; the default) or
+            ``"pytorch"`` (``nn.Linear``'s own, as the large-scale code) weights of the projection
+            and prototype heads.
     """
 
     views = ("regular", "contrastive", "contrastive")
@@ -58,19 +61,21 @@ class BCLMethod(SingleModelMethod):
         hidden_dim: int = 512,
         proj_dim: int = 128,
         projection_views: str = "all",
+        head_init: str = "kaiming",
     ) -> None:
         super().__init__()
         if alpha < 0 or beta < 0:
             raise ValueError(f"BCL weights must be >= 0, got alpha={alpha}, beta={beta}")
         if projection_views not in PROJECTION_VIEWS:
             raise ValueError(f"projection_views must be one of {', '.join(PROJECTION_VIEWS)}, got {projection_views!r}")
+        check_head_init(head_init)
         self.projection_views = projection_views
         self.model = model
         self.loss = loss
         self.alpha, self.beta, self.temperature = float(alpha), float(beta), float(temperature)
         dim = model.trunk.out_features
-        self.projection = projection_mlp(dim, hidden_dim, proj_dim, batchnorm=True)
-        self.prototype = projection_mlp(dim, hidden_dim, proj_dim, batchnorm=True)
+        self.projection = projection_mlp(dim, hidden_dim, proj_dim, batchnorm=True, init=head_init)
+        self.prototype = projection_mlp(dim, hidden_dim, proj_dim, batchnorm=True, init=head_init)
 
     @classmethod
     def build(

@@ -96,6 +96,8 @@ class GMLMethod(SingleModelMethod):
         gamma: weight of L_sup. Default 1.0.
         kd_temperature: distillation temperature. Default 4.0.
         kd_scale: scale of the plain cosines that are distilled (GML's 1 / T_s). Default 30.0.
+        head_init: ``"kaiming"`` (Kaiming-normal, the default) or ``"pytorch"`` (``nn.Linear``'s
+            own, as the GML code) weights of the query and key embeddings.
         teacher_trunk: the teacher's trunk (``build``). Default ``"resnet56"``.
     """
 
@@ -118,6 +120,7 @@ class GMLMethod(SingleModelMethod):
         gamma: float = 1.0,
         kd_temperature: float = 4.0,
         kd_scale: float = 30.0,
+        head_init: str = "kaiming",
     ) -> None:
         super().__init__()
         if temperature_mode not in TEMPERATURE_MODES:
@@ -135,8 +138,8 @@ class GMLMethod(SingleModelMethod):
         self.alpha, self.beta, self.gamma = float(alpha), float(beta), float(gamma)
         self.kd_temperature, self.kd_scale = float(kd_temperature), float(kd_scale)
         dim, teacher_dim = model.trunk.out_features, teacher.trunk.out_features
-        self.embed_q = projection_mlp(dim, dim, embed_dim, batchnorm=True)
-        self.embed_k = projection_mlp(teacher_dim, teacher_dim, embed_dim, batchnorm=True)
+        self.embed_q = projection_mlp(dim, dim, embed_dim, batchnorm=True, init=head_init)
+        self.embed_k = projection_mlp(teacher_dim, teacher_dim, embed_dim, batchnorm=True, init=head_init)
         if dim == teacher_dim:  # the key embedding starts as a copy of the query embedding
             self.embed_k.load_state_dict(self.embed_q.state_dict())
         C = len(cls_num_list)

@@ -35,7 +35,7 @@ from ..losses.ncl import (
     moco_loss,
     nested_balanced_online_distillation,
 )
-from ..models import create_model, create_trunk, projection_mlp
+from ..models import check_head_init, create_model, create_trunk, projection_mlp
 from ..nn import at_least_float32
 from ..registry import keyword_defaults
 from .base import Method, StepOutput, check_head_matches_loss, constructor_params, gather_from_all
@@ -78,6 +78,9 @@ class NCLMethod(Method):
             keys) or ``"after_keys"`` (the NCL code: the keys come from the encoders as they
             were, then the encoders move). Both before the optimizer step.
         shuffle_bn: under torchrun, shuffle the key batch across processes (MoCo). Default true.
+        head_init: ``"kaiming"`` (Kaiming-normal, the default) or ``"pytorch"`` (``nn.Linear``'s
+            own, as the NCL code) weights of the MoCo heads and of linear classifiers (a cosine
+            classifier keeps its own).
         num_experts: number of experts (``build`` only). Default 3.
     """
 
@@ -99,6 +102,7 @@ class NCLMethod(Method):
         key_head: str = "ema",
         momentum_update: str = "before_keys",
         shuffle_bn: bool = True,
+        head_init: str = "kaiming",
     ) -> None:
         super().__init__()
         if not isinstance(loss, (BalancedLoss, MarginLoss)) or loss.base != "bs":
@@ -126,12 +130,17 @@ class NCLMethod(Method):
         self.momentum_update = momentum_update
         self.shuffle_bn = bool(shuffle_bn)
         dim = experts[0].trunk.out_features
-        self.query_heads = nn.ModuleList(projection_mlp(dim, dim, moco_dim) for _ in experts)
+        check_head_init(head_init)
+        if head_init == "pytorch":
+            for expert in experts:
+                if isinstance(expert.head, nn.Linear):
+                    expert.head.reset_parameters()
+        self.query_heads = nn.ModuleList(projection_mlp(dim, dim, moco_dim, init=head_init) for _ in experts)
         self.key_trunks = nn.ModuleList(key_trunks)
         if key_init == "copy":  # MoCo: the key encoder starts as the query encoder
             self.key_heads = nn.ModuleList(copy.deepcopy(h) for h in self.query_heads)
         else:  # reference code: separately initialised (and, with key_head="frozen", fixed)
-            self.key_heads = nn.ModuleList(projection_mlp(dim, dim, moco_dim) for _ in experts)
+            self.key_heads = nn.ModuleList(projection_mlp(dim, dim, moco_dim, init=head_init) for _ in experts)
         for p in list(self.key_trunks.parameters()) + list(self.key_heads.parameters()):
             p.requires_grad_(False)
         queue = F.normalize(torch.randn(len(experts), queue_size, moco_dim), dim=2)
