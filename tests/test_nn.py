@@ -19,3 +19,18 @@ def test_init_unit_norm_class_vectors_and_zero_features():
     assert head.class_vectors().shape == (10, 64)
     out = head(torch.zeros(3, 64))  # a dead ReLU feature: cosines 0, no NaN
     assert torch.equal(out, torch.zeros(3, 10))
+
+
+def test_cosines_are_float32_under_autocast_and_equal_the_float32_product():
+    """Under bfloat16 autocast the head computes in float32: the margin is added to the angle of
+    this cosine (a bfloat16 product rounds it by up to ~4e-3)."""
+    torch.manual_seed(0)
+    head = CosineClassifier(64, 10)
+    features = torch.randn(512, 64).to(torch.bfloat16).requires_grad_()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        cos = head(features)
+    want = torch.nn.functional.normalize(features.float(), dim=1) @ torch.nn.functional.normalize(head.weight, dim=0)
+    assert cos.dtype == torch.float32 and torch.equal(cos, want)
+    cos.sum().backward()
+    assert features.grad.dtype == torch.bfloat16 and head.weight.grad.dtype == torch.float32
+    assert head.double()(features.detach().double()).dtype == torch.float64

@@ -40,7 +40,8 @@ class CosineClassifier(nn.Module):
         num_classes: number of classes ``C``.
 
     The weight has shape ``(D, C)``, one column per class, initialised ``U(-1, 1)`` and then
-    rescaled so that every class column has unit norm (as the DBM code).
+    rescaled so that every class column has unit norm (as the DBM code). The cosines are
+    computed in float32 (float64 for float64 inputs), also under autocast.
 
     Example:
         >>> head = CosineClassifier(64, 10)
@@ -70,7 +71,11 @@ class CosineClassifier(nn.Module):
         return self.weight.t()
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
-        return F.normalize(features, dim=1) @ F.normalize(self.weight, dim=0)
+        # in float32 (or float64) even under autocast: the margin is added to the angle of this
+        # cosine, which a bfloat16 product would round by up to ~0.01 rad near cos = 0.9
+        with torch.autocast(features.device.type, enabled=False):
+            features, weight = at_least_float32(features), at_least_float32(self.weight)
+            return F.normalize(features, dim=1) @ F.normalize(weight.to(features.dtype), dim=0)
 
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, num_classes={self.num_classes}"
