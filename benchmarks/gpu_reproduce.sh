@@ -117,8 +117,11 @@ set -e
   "$py" - "$work/table2" <<'PY'
 import json, sys
 from pathlib import Path
+root = Path(sys.argv[1])
 print("\nrun                   epochs done   last test top-1 (epoch)   finished")
-for run in sorted(p for p in Path(sys.argv[1]).iterdir() if p.is_dir()):
+if not root.is_dir():  # reproduce stopped before its first run (its error is above)
+    print(f"(no runs in {root})")
+for run in sorted(p for p in root.iterdir() if p.is_dir()) if root.is_dir() else []:
     rows = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines() if line.strip()] \
         if (run / "log.jsonl").is_file() else []
     epochs = max((r["epoch"] for r in rows if "epoch" in r), default=0)

@@ -288,6 +288,12 @@ def test_presets_are_aligned_instant_and_cut_with_an_ellipsis(capsys, monkeypatc
     assert any(line.endswith("…") for line in lines) and all(len(line) <= 120 for line in lines)
 
 
+@pytest.mark.parametrize("flags", [["--seeds", "0"], ["--epochs", "-1"]])
+def test_demo_refuses_no_seeds_and_negative_epochs(tmp_path, capsys, flags):
+    one_line_error(capsys, ["demo", "--out", str(tmp_path / "d"), *flags], "demo needs --seeds >= 1 and --epochs >= 0")
+    assert not (tmp_path / "d").exists()
+
+
 @pytest.mark.parametrize("command", ["eval", "demo"])
 def test_eval_and_demo_help_say_what_they_do(capsys, command):
     with pytest.raises(SystemExit):
@@ -308,7 +314,14 @@ def test_report_finds_runs_in_nested_folders(runs, tmp_path, capsys):
     assert "cifar10_lt/ce" in capsys.readouterr().out
 
 
-def test_reproduce_refuses_an_imbalance_factor_the_paper_does_not_report(roots, tmp_path, capsys):
+@pytest.mark.parametrize(
+    "factor,match",
+    [
+        ("20", "--imbalance-factor 20: the paper reports cifar10_lt/ce at imbalance factor 10, 50, 100 only"),
+        ("0", "data.imbalance_factor must be >= 1, got 0.0"),  # not taken for "not given"
+    ],
+)
+def test_reproduce_refuses_an_imbalance_factor_the_paper_does_not_report(roots, tmp_path, capsys, factor, match):
     one_line_error(
         capsys,
         [
@@ -316,7 +329,7 @@ def test_reproduce_refuses_an_imbalance_factor_the_paper_does_not_report(roots, 
             "--data",
             "cifar10_lt",
             "--imbalance-factor",
-            "20",
+            factor,
             "--rows",
             "ce",
             "--out",
@@ -325,7 +338,7 @@ def test_reproduce_refuses_an_imbalance_factor_the_paper_does_not_report(roots, 
             "--set",
             f"data.root={roots['cifar10_lt']}",
         ],
-        "--imbalance-factor 20: the paper reports cifar10_lt/ce at imbalance factor 10, 50, 100 only",
+        match,
     )
 
 

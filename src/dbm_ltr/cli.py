@@ -88,15 +88,30 @@ def _add_launcher(parser: argparse.ArgumentParser) -> None:
         type=int,
         default=0,
         metavar="N",
-        help="at most this many jobs running at a time (the array's parallelism; default: no cap)",
+        help="at most this many jobs of one job array running at a time (Slurm's array parallelism; "
+        "GML teachers and their students are arrays of their own; default: no cap)",
     )
     group.add_argument("--slurm-poll", type=float, default=10.0, metavar="SECONDS", help=argparse.SUPPRESS)
 
 
 def _slurm(args):
-    """``SlurmOptions`` from the command line, checked (nothing is submitted yet)."""
+    """``SlurmOptions`` from the command line, checked (nothing is submitted yet); ``None`` with
+    the local launcher, where a Slurm flag is a usage error rather than silently ignored."""
     from .experiments.slurm import SlurmOptions, check_slurm
 
+    if args.launcher != "slurm":
+        defaults = argparse.ArgumentParser(add_help=False)
+        _add_launcher(defaults)
+        given = [
+            f"--{key.replace('_', '-')}"
+            for key, value in vars(defaults.parse_args([])).items()
+            if key.startswith("slurm_") and getattr(args, key) != value
+        ]
+        if args.collect:
+            given.insert(0, "--collect")
+        if given:
+            raise _UsageError(f"{', '.join(given)}: Slurm options, for --launcher slurm (add it, or leave them out)")
+        return None
     options = SlurmOptions(
         partition=args.slurm_partition,
         time=args.slurm_time,
@@ -280,9 +295,7 @@ def cmd_sweep(args) -> int:
     )
 
     grid = [item for group in args.grid for item in group]
-    slurm = _slurm(args) if args.launcher == "slurm" else None
-    if args.collect and slurm is None:
-        raise _UsageError("--collect reports Slurm jobs: use it with --launcher slurm")
+    slurm = _slurm(args)
     axes, points = plan_sweep(args.config, grid, _overrides(args), args.out)
     check_sweep_data(points)
     print(describe_plan(points, points[0].config.name if points else "", _overrides(args)), flush=True)
@@ -355,9 +368,9 @@ def cmd_reproduce(args) -> int:
         raise _UsageError(f"--jobs must be >= 1, got {args.jobs}")
     if args.progress_every < 0:
         raise _UsageError(f"--progress-every must be >= 0 seconds (0: no progress lines), got {args.progress_every:g}")
-    slurm = _slurm(args) if args.launcher == "slurm" else None
-    if args.collect and slurm is None:
-        raise _UsageError("--collect reports Slurm jobs: use it with --launcher slurm")
+    if args.launcher == "slurm" and args.jobs is not None:
+        raise _UsageError("--jobs: how many runs train at once here; under Slurm, --slurm-max-jobs caps the jobs")
+    slurm = _slurm(args)
     runs = plan_reproduction(args.data, rows, seeds, args.out, _overrides(args), args.imbalance_factor)
     jobs = args.jobs or default_jobs()
     print(describe(runs, jobs) if slurm is None else describe(runs, 0), flush=True)
@@ -485,6 +498,10 @@ def cmd_demo(args) -> int:
     from .analysis.report import compact_table, summarize_runs
     from .engine import Trainer, load_config
 
+    if args.seeds < 1 or args.epochs < 0:
+        raise _UsageError(
+            f"demo needs --seeds >= 1 and --epochs >= 0 (0: the presets'), got {args.seeds} and {args.epochs}"
+        )
     out = Path(args.out)
     plan = [(preset, seed) for preset in DEMO_PRESETS for seed in range(args.seeds)]
     earlier = [out / f"{p}_seed{s}" for p, s in plan if (out / f"{p}_seed{s}").exists()]
@@ -626,7 +643,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--rows",
         default="table2",
-        help="table2 (the eight single-model rows), all (adds BCL, DBM-BCL, NCL, DBM-NCL) "
+        help="table2 (the eight single-model rows), all (adds BCL, DBM-BCL, GML, DBM-GML with their "
+        "teacher, NCL, DBM-NCL) "
         "or a comma-separated list of preset names, e.g. ce,dbm_ce",
     )
     p.add_argument("--seeds", default="0", help="comma-separated seeds (default 0)")
@@ -844,10 +862,10 @@ def _resume_hint(args) -> str:
     """How to go on after an interruption outside the training loop."""
     if args.command != "train":
         return ""
-    from .engine.rundir import CHECKPOINT
+    from .engine.rundir import has_checkpoint
 
     out = Path(args.out)
-    if (out / CHECKPOINT).exists():
+    if has_checkpoint(out):
         return f"; continue with: dbm-ltr train --out {out} --resume"
     return f"; nothing was saved yet, start again with: dbm-ltr train --config {args.config or 'CONFIG'} --out {out}"
 

@@ -8,7 +8,14 @@ from analysis_helpers import tiny_overrides
 
 from dbm_ltr import cli
 from dbm_ltr.engine import ConfigError
-from dbm_ltr.experiments.reproduce import ROW_SETS, ReproRun, parse_rows, plan_reproduction, progress_line
+from dbm_ltr.experiments.reproduce import (
+    ROW_SETS,
+    ReproRun,
+    _command,
+    parse_rows,
+    plan_reproduction,
+    progress_line,
+)
 
 
 def test_row_sets_and_row_errors():
@@ -154,9 +161,11 @@ def test_two_rows_for_one_epoch_then_skip_resume_and_a_failure(fake_cifar10_root
         .replace("name: ce", "name: bs")
         .replace("cifar10_lt/ce", "cifar10_lt/bs")
     )
-    (broken / "checkpoint.pt").write_bytes(b"damaged")
+    # only the previous checkpoint (a kill between the two renames of a save, or the latest
+    # deleted): a run to resume, not a new one, which the run directory would refuse
+    (broken / "checkpoint.prev.pt").write_bytes(b"damaged")
     plan = plan_reproduction("cifar10_lt", ["ce", "bs"], [0], out, tiny_overrides(fake_cifar10_root), 10)
-    assert [r.status for r in plan] == ["done", "resume"]
+    assert [r.status for r in plan] == ["done", "resume"] and _command(plan[1])[-1] == "--resume"
     code = cli.main(["reproduce", "--rows", "ce,dbm_bs,bs", *common])
     captured = capsys.readouterr()
     assert code == 1

@@ -118,10 +118,14 @@ def test_time_limits_in_sbatchs_formats():
         ("time", "--slurm-time '3 hours': use sbatch's formats"),
         ("extra", "--slurm-extra 'constraint': write sbatch options as KEY=VALUE"),
         ("partition", "--slurm-partition 'gpu-xl': no such partition"),
+        (
+            "refused",
+            "sbatch refused the jobs (sbatch: error: Batch job submission failed: Invalid feature specification)",
+        ),
     ],
 )
 def test_bad_slurm_input_is_one_line_and_submits_nothing(case, match, fake_cifar10, tmp_path, capsys, monkeypatch):
-    if case == "partition" and slurm_problem():
+    if case in ("partition", "refused") and slurm_problem():
         pytest.skip(slurm_problem())
     out = tmp_path / "table"
     extra = {
@@ -129,6 +133,7 @@ def test_bad_slurm_input_is_one_line_and_submits_nothing(case, match, fake_cifar
         "time": ["--slurm-time", "3 hours"],
         "extra": ["--slurm-extra", "constraint"],
         "partition": ["--slurm-partition", "gpu-xl"],
+        "refused": ["--slurm-extra", "constraint=no_such_feature"],
     }[case]
     if case == "no sbatch":
         empty = tmp_path / "bin"
@@ -137,28 +142,27 @@ def test_bad_slurm_input_is_one_line_and_submits_nothing(case, match, fake_cifar
     code = cli.main(slurm_args("reproduce", out, fake_cifar10, "--data", "cifar10_lt", "--rows", "ce", *extra))
     err = capsys.readouterr().err.strip()
     assert code == 2 and len(err.splitlines()) == 1 and match in err, err
+    if case == "refused":  # sbatch saw the jobs: only submitit's folder of them is left, no run
+        assert [p.name for p in out.iterdir()] == [".slurm"]
+    else:
+        assert not out.exists()
+
+
+@pytest.mark.parametrize(
+    "extra,match",
+    [
+        (["--collect"], "--collect: Slurm options, for --launcher slurm"),
+        (["--slurm-gpus", "1", "--slurm-time", "2:00:00"], "--slurm-time, --slurm-gpus: Slurm options"),
+        (["--launcher", "slurm", "--jobs", "2"], "--jobs: how many runs train at once here"),
+    ],
+)
+def test_options_of_the_other_launcher_are_refused_not_ignored(fake_cifar10, tmp_path, capsys, extra, match):
+    out = tmp_path / "o"
+    args = ["reproduce", "--data", "cifar10_lt", "--rows", "ce", "--out", str(out), *extra]
+    assert cli.main([*args, "--set", f"data.root={fake_cifar10}"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and match in err, err
     assert not out.exists()
-
-
-def test_collect_needs_the_slurm_launcher(fake_cifar10, tmp_path, capsys):
-    assert (
-        cli.main(
-            [
-                "reproduce",
-                "--data",
-                "cifar10_lt",
-                "--rows",
-                "ce",
-                "--out",
-                str(tmp_path / "o"),
-                "--collect",
-                "--set",
-                f"data.root={fake_cifar10}",
-            ]
-        )
-        == 2
-    )
-    assert "--collect reports Slurm jobs" in capsys.readouterr().err
 
 
 @needs_slurm

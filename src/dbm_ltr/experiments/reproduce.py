@@ -29,7 +29,7 @@ from ..analysis.report import report_markdown, summarize_runs, write_report
 from ..analysis.runs import read_metrics, read_run_config
 from ..engine.config import ConfigError, load_config, preset_dir
 from ..engine.distributed import available_cores, pick_device
-from ..engine.rundir import CHECKPOINT, LOG, METRICS, OUTPUT, recipe_revisions
+from ..engine.rundir import LOG, METRICS, OUTPUT, has_checkpoint, recipe_revisions
 from ..engine.signals import StopSignals
 from ..serialization import trusted
 from .sweep import check_buildable, check_data, compare_existing
@@ -145,7 +145,7 @@ def plan_reproduction(
         DatasetNotFoundError / ValueError: the data set is missing or damaged.
     """
 
-    common = list(overrides) + ([f"data.imbalance_factor={imbalance_factor:g}"] if imbalance_factor else [])
+    common = list(overrides) + ([f"data.imbalance_factor={imbalance_factor:g}"] if imbalance_factor is not None else [])
     order = list(rows)
     for teacher in dict.fromkeys(TEACHERS[r] for r in rows if r in TEACHERS):  # teachers first
         if teacher in order:
@@ -198,7 +198,7 @@ def plan_reproduction(
                 run.kept = ", ".join(f"{k} {a!r}" for k, a, _ in kept)
                 if run.finished:
                     run.status = "done"
-                elif (run.run_dir / CHECKPOINT).is_file():
+                elif has_checkpoint(run.run_dir):  # the latest, or only the previous one
                     run.status = "resume"
             runs.append(run)
     return runs
@@ -237,7 +237,7 @@ def _command(run: ReproRun) -> list[str]:
         "train.progress=false",
     ]
     cmd += ["--trust-checkpoint"] if trusted() else []  # the parent's explicit opt-in
-    return cmd + (["--resume"] if (run.run_dir / CHECKPOINT).is_file() else [])
+    return cmd + (["--resume"] if has_checkpoint(run.run_dir) else [])
 
 
 def _tail(path: Path, lines: int = 12) -> str:

@@ -19,6 +19,8 @@ what has finished without submitting or waiting.
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import re
 import shutil
@@ -233,9 +235,18 @@ def _submit_group(
 ) -> None:
     if not group:
         return
+    from submitit.core.utils import FailedJobError, FailedSubmissionError
+
     executor = _executor(folder, options, "dbm-ltr", f"afterok:{after}" if after else "")
-    with executor.batch():
-        jobs = [executor.submit(train_job(s)) for s in group]
+    try:
+        with contextlib.redirect_stderr(io.StringIO()), executor.batch():  # submitit echoes sbatch's error
+            jobs = [executor.submit(train_job(s)) for s in group]
+    except (FailedJobError, FailedSubmissionError) as err:
+        said = [line.strip() for line in str(err).splitlines() if line.strip()]
+        raise ConfigError(
+            f"sbatch refused the jobs ({said[-1] if said else 'no message'}); check the --slurm-* options "
+            "(partition, account, QoS, memory, GPUs, --slurm-extra)"
+        ) from None
     for spec, job in zip(group, jobs):
         spec.job_id, spec.state = str(job.job_id), "PENDING"
         spec.run_dir.mkdir(parents=True, exist_ok=True)

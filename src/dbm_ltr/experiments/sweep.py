@@ -29,10 +29,10 @@ from ..analysis.plots import plot_sweep
 from ..analysis.report import report_markdown, summarize_runs, write_report
 from ..analysis.runs import read_metrics, read_run_config
 from ..data import DATASET_INFO, long_tail_counts
-from ..engine import Trainer, TrainingError
+from ..engine import CheckpointError, Trainer, TrainingError
 from ..engine.build import build_dataset, build_method
 from ..engine.config import ConfigError, flatten_config, load_config, resolve_override_key
-from ..engine.rundir import CHECKPOINT, LOG, METRICS, config_differences
+from ..engine.rundir import LOG, METRICS, config_differences, has_checkpoint
 
 __all__ = [
     "GridAxis",
@@ -251,7 +251,7 @@ def plan_sweep(
             if (point.run_dir / METRICS).is_file():
                 point.status = "done"
                 point.detail = "finished, skipped"
-            elif (point.run_dir / CHECKPOINT).is_file():
+            elif has_checkpoint(point.run_dir):
                 point.status = "resume"
                 epoch = _last_logged_epoch(point.run_dir)
                 point.detail = f"resume after epoch {epoch}" if epoch else "resume"
@@ -292,8 +292,9 @@ def describe_plan(points: Sequence[SweepPoint], config_name: str = "", overrides
 
 def run_sweep(points: Sequence[SweepPoint], log: Callable[[str], None] = print) -> list[SweepPoint]:
     """Train every unfinished point through :class:`~dbm_ltr.engine.Trainer` (resuming where a
-    checkpoint exists). A point whose training fails (``TrainingError``) is recorded and the
-    sweep goes on; ``metrics`` of finished points are filled in."""
+    checkpoint exists). A point whose training fails (``TrainingError``, or a checkpoint it
+    cannot resume from) is recorded and the sweep goes on; ``metrics`` of finished points are
+    filled in."""
 
     for k, p in enumerate(points, 1):
         head = f"[{k}/{len(points)}] {p.name}"
@@ -305,7 +306,7 @@ def run_sweep(points: Sequence[SweepPoint], log: Callable[[str], None] = print) 
         try:
             p.metrics = Trainer(p.config, p.run_dir, resume=p.status == "resume", log=log).fit()
             p.status = "done"
-        except TrainingError as err:
+        except (TrainingError, CheckpointError) as err:  # this point only: the others go on
             p.error = str(err)
             log(f"{head}: failed: {err}")
     return points
