@@ -150,6 +150,13 @@ def _overrides(args) -> list[str]:
     return [item for group in args.overrides for item in group]
 
 
+def _device_setting(args) -> str:
+    """The ``train.device`` the overrides give the runs (``auto`` when none does)."""
+    pairs = [item.split("=", 1) for item in _overrides(args) if "=" in item]
+    given = [value.strip() for key, value in pairs if key.strip() in ("train.device", "device")]
+    return given[-1] if given else "auto"
+
+
 def _fisher_dims(text: str) -> int | str | None:
     """``--fisher-dims``: ``auto``, ``full`` (None: every dimension) or a positive int."""
     if text in ("auto", "full"):
@@ -371,9 +378,10 @@ def cmd_reproduce(args) -> int:
     if args.launcher == "slurm" and args.jobs is not None:
         raise _UsageError("--jobs: how many runs train at once here; under Slurm, --slurm-max-jobs caps the jobs")
     slurm = _slurm(args)
-    runs = plan_reproduction(args.data, rows, seeds, args.out, _overrides(args), args.imbalance_factor)
-    jobs = args.jobs or default_jobs()
-    print(describe(runs, jobs) if slurm is None else describe(runs, 0), flush=True)
+    job_gpus = None if slurm is None else slurm.gpus
+    runs = plan_reproduction(args.data, rows, seeds, args.out, _overrides(args), args.imbalance_factor, job_gpus)
+    jobs = 0 if slurm is not None else args.jobs or default_jobs(_device_setting(args))
+    print(describe(runs, jobs), flush=True)
     if args.dry_run:
         print("dry run: nothing trained")
         return 0

@@ -224,6 +224,26 @@ def test_on_a_gpu_every_run_is_evaluated_every_epoch(fake_cifar10_root, tmp_path
         assert added == ([f"train.eval_every={every}"] if every else []), run.overrides
 
 
+def test_slurm_jobs_take_their_device_from_their_gpus_not_the_login_node(fake_cifar10_root, tmp_path, monkeypatch):
+    """As Slurm jobs the runs train on the jobs' GPUs (--slurm-gpus), whatever the machine that
+    plans them has: no device lookup here, every epoch evaluated on a GPU, and a run that asks for
+    CUDA in jobs without GPUs refused."""
+    from dbm_ltr.experiments import reproduce
+
+    def no_lookup(name):
+        raise AssertionError("the device was looked up on the planning machine")
+
+    monkeypatch.setattr(reproduce, "pick_device", no_lookup)
+    base = tiny_overrides(fake_cifar10_root)
+    for gpus, added in ((1, ["train.eval_every=1"]), (0, [])):
+        (run,) = plan_reproduction("cifar10_lt", ["ce"], [0], tmp_path / "o", base, 10, job_gpus=gpus)
+        assert [o for o in run.overrides if o.startswith("train.eval_every")] == added
+    (run,) = plan_reproduction("cifar10_lt", ["ce"], [0], tmp_path / "o", base + ["train.device=cpu"], 10, job_gpus=1)
+    assert "train.eval_every=1" not in run.overrides
+    with pytest.raises(ConfigError, match="train.device=cuda in jobs without GPUs: add --slurm-gpus N"):
+        plan_reproduction("cifar10_lt", ["ce"], [0], tmp_path / "o", base + ["train.device=cuda"], 10, job_gpus=0)
+
+
 def test_gml_rows_bring_their_teacher_first(fake_cifar10_root, tmp_path, capsys):
     """``all`` lists GML and DBM-GML; each seed's teacher is trained first and named by its
     students; a dry run shows the order and the dependency."""

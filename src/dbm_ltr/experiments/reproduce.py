@@ -131,13 +131,16 @@ def plan_reproduction(
     out: str | Path,
     overrides: Sequence[str] = (),
     imbalance_factor: float | None = None,
+    job_gpus: int | None = None,
 ) -> list[ReproRun]:
     """One validated :class:`ReproRun` per (row, seed): each config is built (keys, values,
     method and loss), its device exists and its data set loads, before anything trains.
 
     On a GPU every run is evaluated after every epoch (``train.eval_every=1`` unless the
     overrides set it), so its best test epoch is found as the authors' code finds it, at about
-    a tenth of a second an epoch; on a CPU the presets' every 10 epochs stay.
+    a tenth of a second an epoch; on a CPU the presets' every 10 epochs stay. The runs train
+    here (``job_gpus=None``: the device is looked up on this machine) or as jobs with
+    ``job_gpus`` GPUs each (Slurm: the machine that plans them may have none).
 
     Raises:
         ConfigError: a bad row, setting or device, or an existing run directory trained with
@@ -173,11 +176,8 @@ def plan_reproduction(
                 )
             if teacher is None or teacher.finished:  # a student is built once its teacher exists
                 check_buildable(config, preset)
-            try:
-                device = pick_device(config.train.device)
-            except ValueError as err:
-                raise ConfigError(f"{preset}: {err}") from None
-            if device.type == "cuda" and not _sets(overrides, "train.eval_every") and config.train.eval_every > 1:
+            device = _device_type(config.train.device, job_gpus, preset)
+            if device == "cuda" and not _sets(overrides, "train.eval_every") and config.train.eval_every > 1:
                 run_overrides.append("train.eval_every=1")  # the best epoch as the authors' code finds it
                 config.train.eval_every = 1
             check_data(config, checked)  # the archives exist and load
@@ -202,6 +202,19 @@ def plan_reproduction(
                     run.status = "resume"
             runs.append(run)
     return runs
+
+
+def _device_type(setting: str, job_gpus: int | None, preset: str) -> str:
+    """``cuda`` or ``cpu``: where a run with ``train.device=setting`` trains, on this machine
+    (``job_gpus=None``) or in a job with ``job_gpus`` GPUs."""
+    if job_gpus is None:
+        try:
+            return pick_device(setting).type
+        except ValueError as err:
+            raise ConfigError(f"{preset}: {err}") from None
+    if setting.startswith("cuda") and not job_gpus:
+        raise ConfigError(f"{preset}: train.device={setting} in jobs without GPUs: add --slurm-gpus N")
+    return "cuda" if job_gpus and setting != "cpu" else "cpu"
 
 
 def _sets(overrides: Sequence[str], key: str) -> bool:
