@@ -161,6 +161,21 @@ def test_device_and_loader_evaluation_agree(fake_cifar10, tmp_path):
     assert results[0]["top1"] == pytest.approx(results[1]["top1"])
 
 
+def test_the_loader_pipeline_draws_nothing_from_the_global_generator(fake_cifar10, tmp_path):
+    """A DataLoader draws its base seed from the global generator unless given its own; then a
+    run resumed mid-epoch (the global state restored, then a new loader) would continue from a
+    state one draw away from the uninterrupted run's."""
+    cfg = load_config("cifar10_lt/ce", tiny_overrides(fake_cifar10) + ["data.pipeline=loader", "optim.batch_size=64"])
+    pipeline = Trainer(cfg, tmp_path / "run", log=quiet).pipeline
+    assert isinstance(pipeline, LoaderPipeline)
+    torch.manual_seed(5)
+    before = torch.get_rng_state()
+    batches, count = pipeline.train_batches(epoch=1, start=1)
+    assert len(list(batches)) == count == 2
+    assert len(list(pipeline.eval_batches())) == pipeline.eval_steps
+    assert torch.equal(torch.get_rng_state(), before)
+
+
 def test_a_device_pipeline_run_writes_its_run_directory(fake_cifar10, tmp_path):
     cfg = load_config("cifar10_lt/dbm_bs", tiny_overrides(fake_cifar10) + ["data.pipeline=device"])
     messages = []

@@ -281,11 +281,12 @@ def test_missing_dataset_says_where_it_looked(tmp_path):
 def test_mixed_precision_on_cpu_trains_in_bfloat16(fake_cifar10, tmp_path):
     cfg = load_config("cifar10_lt/dbm_bs", tiny_overrides(fake_cifar10, epochs=1) + ["train.amp=true"])
     trainer = Trainer(cfg, tmp_path / "run", log=quiet)
-    seen = []
-    head = trainer.method.model.head
-    head.register_forward_hook(lambda module, args, out: seen.append(out.dtype))
+    seen = {"trunk": set(), "head": set()}
+    for part in seen:
+        module = getattr(trainer.method.model, part)
+        module.register_forward_hook(lambda module, args, out, part=part: seen[part].add(out.dtype))
     metrics = trainer.fit()
-    assert torch.bfloat16 in seen  # the cosine classifier ran under autocast
+    assert seen == {"trunk": {torch.bfloat16}, "head": {torch.float32}}  # trunk under autocast, cosines float32
     assert 0 <= metrics["top1"] <= 100
     assert all(p.dtype == torch.float32 for p in trainer.method.parameters())
 

@@ -362,6 +362,9 @@ class LoaderPipeline(InputPipeline):
         loader = DataLoader(
             samples,
             batch_sampler=chunks,
+            # the loader's own base seed: drawn from the global generator it would shift the
+            # state a mid-epoch checkpoint saved (SeededSamples seeds every sample itself)
+            generator=torch.Generator().manual_seed(epoch_seed(self.train_seed, epoch)),
             num_workers=self.workers,
             pin_memory=self.device.type == "cuda",
             collate_fn=getattr(self.train_set, "collate_fn", None),
@@ -376,6 +379,7 @@ class LoaderPipeline(InputPipeline):
             shard,
             batch_size=self.eval_batch_size,
             shuffle=False,
+            generator=torch.Generator(),  # evaluation draws nothing from the global generator
             num_workers=self.workers,
             pin_memory=self.device.type == "cuda",
             collate_fn=getattr(data, "collate_fn", None),
