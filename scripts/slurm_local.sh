@@ -21,6 +21,15 @@ STARTED=/run/dbm-ltr-slurm.started
 
 node_state() { sinfo -h -n "$HOST" -o %T 2>/dev/null | head -1; }
 
+# start daemon $1 (the command after it) unless it runs already; note it in $STARTED for stop
+launch() {
+    local name=$1
+    shift
+    pgrep -x "$name" >/dev/null && return 0
+    "$@"
+    echo "$name" >>"$STARTED"
+}
+
 start() {
     if [ "$(node_state)" = idle ] || [ "$(node_state)" = mixed ] || [ "$(node_state)" = allocated ]; then
         echo "slurm: already up ($(node_state))"
@@ -38,7 +47,7 @@ start() {
     chown -R munge:munge /etc/munge /run/munge /var/log/munge /var/lib/munge
     chmod 400 /etc/munge/munge.key
     chmod 700 /etc/munge
-    pgrep -x munged >/dev/null || runuser -u munge -- /usr/sbin/munged
+    launch munged runuser -u munge -- /usr/sbin/munged
     rm -f /etc/slurm/cgroup.conf  # a cgroup.conf (even CgroupPlugin=disabled) stops slurmd here
     cat >"$CONF" <<EOF
 ClusterName=local
@@ -65,9 +74,8 @@ KillWait=10
 NodeName=$HOST CPUs=$CPUS RealMemory=$MEMORY_MB State=UNKNOWN
 PartitionName=debug Nodes=ALL Default=YES MaxTime=INFINITE State=UP OverSubscribe=FORCE:4
 EOF
-    pgrep -x slurmctld >/dev/null || /usr/sbin/slurmctld
-    pgrep -x slurmd >/dev/null || /usr/sbin/slurmd
-    touch "$STARTED"
+    launch slurmctld /usr/sbin/slurmctld
+    launch slurmd /usr/sbin/slurmd
     for _ in $(seq 60); do
         case "$(node_state)" in
             idle | mixed | allocated) echo "slurm: up, node $HOST $(node_state)"; return 0 ;;
@@ -79,11 +87,11 @@ EOF
     return 1
 }
 
-stop() {
+stop() {  # only the daemons start launched (in reverse order), not ones that ran before
     if [ -e "$STARTED" ]; then
-        pkill -x slurmd || true
-        pkill -x slurmctld || true
-        pkill -x munged || true
+        for name in $(tac "$STARTED"); do
+            pkill -x "$name" || true
+        done
         rm -f "$STARTED"
         echo "slurm: stopped"
     fi
