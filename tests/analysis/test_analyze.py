@@ -237,3 +237,30 @@ def test_runs_with_different_class_sets_get_per_run_class_tables(tmp_path):
         assert files[f"confusion_png:{label}"].is_file()
     assert results[1].angle_stats["many"]["count"] == 40 and results[0].angle_stats["few"]["count"] == 20
     assert results[0].top1 > 50 and results[0].notes == []
+
+
+@pytest.mark.parametrize("decode,used", [("cpu", None), ("pil", None), ("device", "cpu")])
+def test_features_decode_as_the_run_except_on_the_gpu(tiny_runs, monkeypatch, decode, used):
+    """analyze reads images as the run did (data.decode=pil: the exact full-size decode); only
+    GPU decoding becomes the CPU's. (A split-file run's setting, set here on a CIFAR run's config.)"""
+    from dbm_ltr.analysis import features
+    from dbm_ltr.engine import build
+
+    real = features.load_run_method
+
+    def with_decode(*args, **kwargs):
+        config, method, state = real(*args, **kwargs)
+        config.data.decode = decode
+        return config, method, state
+
+    class Seen(Exception):
+        pass
+
+    def spy(config, train, transform, **kwargs):
+        raise Seen(kwargs.get("decode"))
+
+    monkeypatch.setattr(features, "load_run_method", with_decode)
+    monkeypatch.setattr(build, "build_dataset", spy)
+    with pytest.raises(Seen) as seen:
+        run_features(tiny_runs["ce"])
+    assert seen.value.args == (used,)

@@ -394,3 +394,19 @@ def test_batched_decode_logic_on_cpu(tmp_path):
         bad, None, "cpu", skip_corrupt=True, on_corrupt=seen.append, jpeg_decoder=cpu_decoder, with_source=True
     )
     assert seen == ["/data/broken.jpg"] and torch.equal(images[0], images[1]) and source == [1, 1, 2]
+
+
+def test_seeding_a_decode_leaves_the_cuda_generators_alone(monkeypatch):
+    """The per-sample seeding reseeds the CPU generators and restores them; CUDA's (which
+    torch.manual_seed would reseed too, and nothing restores) are not touched."""
+    from dbm_ltr.data.fastjpeg import _seeded
+
+    def touched(*args):
+        raise AssertionError("a CUDA generator was reseeded")
+
+    monkeypatch.setattr(torch.cuda, "manual_seed_all", touched)
+    monkeypatch.setattr(torch.cuda, "manual_seed", touched)
+    before = torch.get_rng_state()
+    first = _seeded(7, lambda: torch.rand(3))
+    assert torch.equal(first, _seeded(7, lambda: torch.rand(3)))
+    assert torch.equal(torch.get_rng_state(), before)

@@ -187,3 +187,34 @@ def test_a_cuda_index_beyond_the_visible_devices_is_a_config_error(monkeypatch):
     assert pick_device("cuda", local_rank=3) == torch.device("cuda", 1)
     with pytest.raises(ConfigError, match=r"train.device=cuda:2 but this process sees 2 CUDA device\(s\)"):
         pick_device("cuda:2")
+
+
+def _sync_worker(rank, world, init_file, out_dir):
+    import torch.distributed as dist
+
+    from dbm_ltr.engine.distributed import sync_buffers
+
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 1), torch.nn.BatchNorm2d(4), torch.nn.BatchNorm1d(2))
+    with torch.no_grad():
+        for norm in (model[1], model[2]):
+            norm.running_mean.fill_(rank + 1.0)
+            norm.running_var.fill_(rank + 2.0)
+            norm.num_batches_tracked.fill_(rank + 3)
+    sync_buffers(model)
+    torch.save(dict(model.named_buffers()), f"{out_dir}/buffers{rank}.pt")
+    dist.destroy_process_group()
+
+
+def test_evaluation_sees_rank_0s_batchnorm_statistics_everywhere(tmp_path):
+    """After the last training step each process holds the BatchNorm statistics its own batch
+    moved; before evaluating, every process takes rank 0's (those the checkpoint keeps)."""
+    import torch.multiprocessing as mp
+
+    mp.spawn(_sync_worker, args=(2, str(tmp_path / "init"), str(tmp_path)), nprocs=2)
+    for rank in range(2):
+        buffers = torch.load(tmp_path / f"buffers{rank}.pt")
+        assert len(buffers) == 6
+        for name, buffer in buffers.items():
+            want = {"running_mean": 1.0, "running_var": 2.0, "num_batches_tracked": 3}[name.split(".", 1)[1]]
+            assert torch.all(buffer == want), (rank, name, buffer)

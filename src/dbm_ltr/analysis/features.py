@@ -121,7 +121,7 @@ def run_features(
         raise ValueError(f"unknown split {split!r}; choose one of {', '.join(SPLITS)}")
     config, method, state = load_run_method(run_dir, overrides, device)
     d = config.data
-    decode = {"decode": "cpu"} if d.decode != "cpu" else {}  # features: no GPU decoding
+    decode = {"decode": "cpu"} if d.decode == "device" else {}  # features: no GPU decoding (pil stays exact)
     dataset = build_dataset(
         config, split == "train", transform(config, DATASET_INFO[d.name]["test_transform"]), **decode
     )

@@ -654,7 +654,7 @@ def _seeded(seed: int, fn: Callable[[], Any]) -> Any:
     state = (random.getstate(), np.random.get_state(), torch.get_rng_state())
     random.seed(seed)
     np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
+    torch.default_generator.manual_seed(seed)  # the CPU generator only: CUDA's are left as they are
     try:
         return fn()
     finally:

@@ -148,6 +148,16 @@ def _attempt_store(world: int) -> dict:
     return {"store": dist.PrefixStore(f"dbm_ltr/attempt_{attempt}", store), "rank": rank, "world_size": world}
 
 
+def sync_buffers(module: torch.nn.Module) -> None:
+    """Give every process rank 0's BatchNorm running statistics (DDP broadcasts them before each
+    training forward, so after the last step each process holds those its own batch moved)."""
+    for norm in module.modules():
+        if isinstance(norm, torch.nn.modules.batchnorm._NormBase) and norm.track_running_stats:
+            for buffer in (norm.running_mean, norm.running_var, norm.num_batches_tracked):
+                if buffer is not None:
+                    dist.broadcast(buffer, src=0)
+
+
 def shard_indices(n: int, info: DistInfo) -> list[int]:
     """Every ``world_size``-th index from ``rank``: a split of the evaluation set without the
     padding ``DistributedSampler`` adds (padding would count samples twice)."""

@@ -34,6 +34,7 @@ from .build import (
 )
 from .checkpoint import CheckpointError, capture_rng, restore_rng, save_checkpoint
 from .config import Config
+from .distributed import sync_buffers
 from .evaluation import evaluate_method, final_metrics, format_groups, progress_bar
 from .monitor import EpochMonitor, StepTally, describe_run
 from .pipeline import build_pipeline, epoch_seed, seed_everything
@@ -322,6 +323,8 @@ class Trainer:
             )
 
     def evaluate(self) -> dict:
+        if self.dist.world_size > 1:  # every shard scored by one model: rank 0's BatchNorm statistics
+            sync_buffers(self.method)
         return evaluate_method(
             self.method,
             self.pipeline.eval_batches(),
