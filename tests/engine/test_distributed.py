@@ -13,7 +13,7 @@ from fakes import tiny_overrides, torchrun_failure
 
 from dbm_ltr.engine import Trainer, load_config
 from dbm_ltr.engine.build import wrap_model as _wrap
-from dbm_ltr.engine.distributed import DistInfo
+from dbm_ltr.engine.distributed import DistInfo, sync_buffers
 from dbm_ltr.losses import create_loss
 from dbm_ltr.methods import create_method
 
@@ -53,7 +53,10 @@ def _ddp_worker(rank, world, init_file, out_dir, sync_bn):
     loss = out.loss.detach().clone()
     dist.all_reduce(loss)
     grads = {n: p.grad for n, p in method.named_parameters() if p.grad is not None}
-    torch.save({"loss": loss / world, "grads": grads}, f"{out_dir}/rank{rank}.pt")
+    own = {n: b.clone() for n, b in method.named_buffers() if "running_mean" in n}
+    sync_buffers(method)  # as before an evaluation: rank 0's BatchNorm statistics everywhere
+    synced = {n: b.clone() for n, b in method.named_buffers() if "running_mean" in n}
+    torch.save({"loss": loss / world, "grads": grads, "own": own, "synced": synced}, f"{out_dir}/rank{rank}.pt")
     dist.destroy_process_group()
 
 
@@ -61,7 +64,8 @@ def test_two_processes_match_one_process_on_the_global_batch(tmp_path):
     """Two processes, each with half of a global batch of 8, give the loss and gradients of one
     process on the whole batch taken as the same two halves (each half's BatchNorm statistics
     its own, as in each process; DDP averages the gradients). SyncBatchNorm (train.sync_bn,
-    statistics over the global batch) needs CUDA devices."""
+    statistics over the global batch) needs CUDA devices. Before an evaluation every process
+    takes rank 0's BatchNorm statistics (each moved its own with its own half)."""
     import torch.multiprocessing as mp
 
     mp.spawn(_ddp_worker, args=(2, str(tmp_path / "init"), str(tmp_path), False), nprocs=2)
@@ -80,6 +84,9 @@ def test_two_processes_match_one_process_on_the_global_batch(tmp_path):
             if want[n].abs().max() > 1e-6
         )
         assert worst < 1e-4
+    own, synced = ranks[1]["own"], ranks[1]["synced"]
+    assert own and all(torch.equal(synced[n], ranks[0]["own"][n]) for n in own)
+    assert not all(torch.equal(own[n], ranks[0]["own"][n]) for n in own)
 
 
 def test_torchrun_resumes_a_one_process_run_with_two(fake_cifar10, tmp_path):
@@ -187,34 +194,3 @@ def test_a_cuda_index_beyond_the_visible_devices_is_a_config_error(monkeypatch):
     assert pick_device("cuda", local_rank=3) == torch.device("cuda", 1)
     with pytest.raises(ConfigError, match=r"train.device=cuda:2 but this process sees 2 CUDA device\(s\)"):
         pick_device("cuda:2")
-
-
-def _sync_worker(rank, world, init_file, out_dir):
-    import torch.distributed as dist
-
-    from dbm_ltr.engine.distributed import sync_buffers
-
-    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
-    model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 1), torch.nn.BatchNorm2d(4), torch.nn.BatchNorm1d(2))
-    with torch.no_grad():
-        for norm in (model[1], model[2]):
-            norm.running_mean.fill_(rank + 1.0)
-            norm.running_var.fill_(rank + 2.0)
-            norm.num_batches_tracked.fill_(rank + 3)
-    sync_buffers(model)
-    torch.save(dict(model.named_buffers()), f"{out_dir}/buffers{rank}.pt")
-    dist.destroy_process_group()
-
-
-def test_evaluation_sees_rank_0s_batchnorm_statistics_everywhere(tmp_path):
-    """After the last training step each process holds the BatchNorm statistics its own batch
-    moved; before evaluating, every process takes rank 0's (those the checkpoint keeps)."""
-    import torch.multiprocessing as mp
-
-    mp.spawn(_sync_worker, args=(2, str(tmp_path / "init"), str(tmp_path)), nprocs=2)
-    for rank in range(2):
-        buffers = torch.load(tmp_path / f"buffers{rank}.pt")
-        assert len(buffers) == 6
-        for name, buffer in buffers.items():
-            want = {"running_mean": 1.0, "running_var": 2.0, "num_batches_tracked": 3}[name.split(".", 1)[1]]
-            assert torch.all(buffer == want), (rank, name, buffer)
