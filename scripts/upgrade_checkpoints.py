@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from dbm_ltr.engine.checkpoint import CHECKPOINT, FORMAT_VERSION, load_checkpoint, previous_path
+from dbm_ltr.engine.checkpoint import CHECKPOINT, FORMAT_VERSION, atomic_write, load_checkpoint, previous_path
 from dbm_ltr.errors import DbmLtrError
 from dbm_ltr.serialization import trust_checkpoints
 
@@ -61,13 +61,17 @@ def upgrade(path: Path) -> str:
     buffer = io.BytesIO()
     torch.save(state, buffer)
     data = buffer.getvalue()
-    old_digest = hashlib.sha256(path.read_bytes()).hexdigest()
-    path.write_bytes(data)
+    old_digest, new_digest = hashlib.sha256(path.read_bytes()).hexdigest(), hashlib.sha256(data).hexdigest()
     digests = path.parent / "checkpoint.sha256"
-    if digests.is_file():  # the run's record of its checkpoints' digests follows
-        known = json.loads(digests.read_text())
-        known = {k: hashlib.sha256(data).hexdigest() if v == old_digest else v for k, v in known.items()}
-        digests.write_text(json.dumps(known))
+    known = json.loads(digests.read_text()) if digests.is_file() else None
+    # every write atomic, and both digests on record while the file changes: a kill at any
+    # moment leaves a checkpoint the run's record vouches for, old or new
+    if known is not None:
+        atomic_write(digests, json.dumps({**known, "upgrading": new_digest}).encode())
+    atomic_write(path, data)
+    if known is not None:  # the run's record of its checkpoints' digests follows
+        known = {k: new_digest if v == old_digest else v for k, v in known.items()}
+        atomic_write(digests, json.dumps(known).encode())
     load_checkpoint(path)  # the safe loader reads it now
     return f"rewritten (format {FORMAT_VERSION})"
 
@@ -80,7 +84,11 @@ def main(argv=None) -> int:
     for item in args.paths:
         folder = Path(item)
         paths = [folder / CHECKPOINT, previous_path(folder / CHECKPOINT)] if folder.is_dir() else [folder]
-        for path in [p for p in paths if p.is_file() or not folder.is_dir()]:
+        paths = [p for p in paths if p.is_file() or not folder.is_dir()]
+        if not paths:
+            print(f"upgrade_checkpoints: no {CHECKPOINT} in {folder}", file=sys.stderr)
+            failed += 1
+        for path in paths:
             try:
                 print(f"{path}: {upgrade(path)}")
             except DbmLtrError as err:

@@ -104,6 +104,26 @@ def test_analyze_refuses_runs_of_different_data_sets(runs, tmp_path, capsys):
     assert not (tmp_path / "a").exists()
 
 
+@pytest.mark.parametrize("trained,other", [("cifar100_lt", "cifar10_lt"), ("cifar10_lt", "cifar100_lt")])
+def test_analyze_refuses_another_data_set_both_ways(runs, roots, tmp_path, capsys, trained, other):
+    """As eval: features of another data set's images are refused (fewer classes gave tables
+    of nothing, more a crash)."""
+    capsys.readouterr()
+    argv = ["analyze", str(runs[trained]), "--out", str(tmp_path / "a")]
+    assert main([*argv, "--set", f"data.name={other}", f"data.root={roots[other]}"]) == 2
+    last = capsys.readouterr().err.strip().splitlines()[-1]  # after the progress line
+    assert last.startswith("dbm-ltr analyze: error: ") and f"evaluate it on {trained}, the data set" in last, last
+
+
+def test_eval_with_settings_that_change_the_model_names_them(runs, capsys):
+    capsys.readouterr()
+    one_line_error(
+        capsys,
+        ["eval", "--checkpoint", str(runs["cifar10_lt"]), "--set", "model.name=resnet56"],
+        "holds another model than --set model.name=resnet56 makes (Missing key(s) in state_dict:",
+    )
+
+
 def test_eval_of_a_run_file_points_at_the_run_directory(runs, capsys):
     capsys.readouterr()
     err = one_line_error(

@@ -198,6 +198,14 @@ def cmd_train(args) -> int:
     return 0
 
 
+def _output_file(out: Path) -> Path:
+    """``out``, checked before any slow work: not a folder, and its folder made if missing."""
+    if out.is_dir():
+        raise _UsageError(f"--out {out} is a folder; name a file in it")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    return out
+
+
 def cmd_eval(args) -> int:
     from .engine.checkpoint import load_checkpoint, load_weights
     from .engine.evaluation import evaluate_checkpoint, format_groups
@@ -207,10 +215,10 @@ def cmd_eval(args) -> int:
     if path.is_dir():  # a run directory
         path = path / CHECKPOINT
     exported = path.suffix == ".safetensors"  # exported weights: no pickle at all
+    out = _output_file(Path(args.out) if args.out else path.with_name("eval.json"))
     state = load_weights(path) if exported else load_checkpoint(path)
     result, _ = evaluate_checkpoint(state, _overrides(args), source=str(path), run_dir=path.parent, progress=True)
     result["reported"] = f"{'exported weights' if exported else 'checkpoint'} after epoch {state['epoch']}"
-    out = Path(args.out) if args.out else path.with_name("eval.json")
     out.write_text(json.dumps(result, indent=2))
     print(format_groups(result))
     print(f"written: {out}")
@@ -226,6 +234,7 @@ def cmd_export(args) -> int:
     out = Path(args.out)
     if out.suffix != ".safetensors":
         raise _UsageError(f"--out {out}: name the file *.safetensors")
+    _output_file(out)
     state = load_checkpoint(path)
     export_weights(state, out)
     print(
@@ -840,6 +849,11 @@ def _dispatch(args) -> int:
     except BrokenPipeError:  # the output went to a pipe that closed (| head): stop quietly
         sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - the interpreter flushes it at exit
         return 0
+    except OSError as err:  # a path the user gave (a missing folder, a folder for a file, no permission)
+        if err.filename is None or os.environ.get("DBM_LTR_DEBUG"):
+            raise
+        print(f"dbm-ltr {args.command}: error: {err.filename}: {err.strerror or err}", file=sys.stderr)
+        return 2
 
 
 def torch_install_problem(err: BaseException) -> str | None:

@@ -112,6 +112,9 @@ def test_a_folder_of_runs_stands_for_its_runs(runs, tmp_path):
     expanded = expand_run_dirs([tmp_path])
     assert sorted(expanded) == sorted(runs)
     assert expand_run_dirs([runs[0]]) == [runs[0]]
+    # a run named twice (in its folder and on its own, or by another path) counts once
+    again = tmp_path / ".." / tmp_path.name / runs[0].name
+    assert sorted(expand_run_dirs([tmp_path, runs[0], again])) == sorted(runs)
 
 
 def test_best_test_epoch_is_shown_beside_the_final_one_and_marked(tmp_path):

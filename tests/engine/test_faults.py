@@ -1,6 +1,7 @@
 """Runs that survive faults: SIGKILL anywhere, SIGINT/SIGTERM, one writer per run directory,
 non-finite losses, empty classes, and a lost worker under torchrun."""
 
+import itertools
 import json
 import os
 import random
@@ -487,3 +488,40 @@ def test_fuzzed_settings_end_in_a_one_line_error_or_a_valid_plan(tmp_path, capsy
             err = captured.err.strip().splitlines()
             assert code == 2 and len(err) == 1 and err[0].startswith("dbm-ltr sweep: error: "), (items, captured.err)
     assert accepted > 10 and rejected > 100
+
+
+def test_a_stop_that_also_ended_the_loader_workers_checkpoints_the_finished_steps(fake_cifar10, tmp_path):
+    """Ctrl-C in a terminal or a scheduler's SIGTERM reaches the loader's workers too; when they
+    die before the next step boundary, the run still stops after its last finished step with a
+    mid-epoch checkpoint, not with the loader's error."""
+    from dbm_ltr.engine.signals import Interrupted
+
+    cfg = load_config("cifar10_lt/ce", tiny_overrides(fake_cifar10, epochs=1) + ["data.pipeline=loader"])
+    trainer = Trainer(cfg, tmp_path / "run", log=quiet)
+    real = trainer.pipeline.train_batches
+
+    def workers_killed(epoch, start=0):
+        batches, total = real(epoch, start)
+
+        def stream():
+            yield from itertools.islice(batches, 2)
+            trainer._stop.signum = signal.SIGTERM  # the signal arrived ...
+            raise RuntimeError("DataLoader worker (pid(s) 4242) exited unexpectedly")  # ... and killed them
+
+        return stream(), total
+
+    trainer.pipeline.train_batches = workers_killed
+    with pytest.raises(Interrupted, match="in epoch 1 after step 2 of 5"):
+        trainer.train_one_epoch(0)
+    trainer.close()
+    assert load_checkpoint(tmp_path / "run" / "checkpoint.pt")["partial"]["step"] == 2
+    other = Trainer(cfg, tmp_path / "other", log=quiet)  # without a stop the loader's error is the error
+
+    def dead_workers():
+        raise RuntimeError("DataLoader worker (pid(s) 4242) exited unexpectedly")
+        yield
+
+    other.pipeline.train_batches = lambda epoch, start=0: (dead_workers(), 5)
+    with pytest.raises(RuntimeError, match="DataLoader worker"):
+        other.train_one_epoch(0)
+    other.close()

@@ -231,6 +231,9 @@ def test_max_steps_amp_dtype_and_compile_fallback(fake_cifar10, tmp_path, monkey
     row = trainer.train_one_epoch(0, max_steps=2)
     assert row["images_per_s"] * row["seconds"] == pytest.approx(64)  # 2 steps of 32
     assert amp_dtype(torch.device("cpu")) == torch.bfloat16
+    capability = {0: (7, 0), 1: (8, 0)}  # a V100 (bfloat16 emulated only) beside an A100
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device: capability[device.index])
+    assert [amp_dtype(torch.device("cuda", i)) for i in (0, 1)] == [torch.float16, torch.bfloat16]
 
     def broken(*args, **kwargs):
         raise RuntimeError("no C compiler\nmore")

@@ -209,6 +209,15 @@ def test_export_and_weights_errors_are_one_line(finished_run, tmp_path, capsys):
     junk = tmp_path / "junk.safetensors"
     junk.write_bytes(b"\x00" * 20)
     assert "not a readable safetensors file" in one_line_refusal(capsys, cli.main(["eval", "--checkpoint", str(junk)]))
+    folder = tmp_path / "folder.safetensors"
+    folder.mkdir()
+    for command in (["export", str(finished_run)], ["eval", "--checkpoint", str(finished_run)]):
+        err = one_line_refusal(capsys, cli.main([*command, "--out", str(folder)]))
+        assert f"--out {folder} is a folder; name a file in it" in err  # said before any evaluation
+    err = one_line_refusal(capsys, cli.main(["export", str(finished_run), "--out", "/proc/w.safetensors"]))
+    assert "No such file or directory" in err
+    nested = tmp_path / "new" / "deeper" / "w.safetensors"  # a missing folder is made
+    assert cli.main(["export", str(finished_run), "--out", str(nested)]) == 0 and nested.is_file()
 
 
 def test_reproduce_passes_the_opt_in_to_its_runs(tmp_path):
@@ -249,3 +258,24 @@ def test_upgrade_checkpoints_rewrites_an_earlier_run_for_the_safe_loader(finishe
     assert after["format_version"] == 3 and torch.equal(after["rng"]["numpy"]["keys"], before["rng"]["numpy"]["keys"])
     assert all(torch.equal(before["method"][k], after["method"][k]) for k in before["method"])
     assert module.main([str(run)]) == 0 and "already current" in capsys.readouterr().out
+    assert json.loads((run / "checkpoint.sha256").read_text()).keys() == {"latest", "previous"}  # no "upgrading" left
+
+    # killed after recording the new digest, before the file was replaced: the old file still verifies
+    as_earlier_version(run / "checkpoint.pt")
+    real = module.atomic_write
+
+    def killed_at_the_file(path, data):
+        if path.name == "checkpoint.pt":
+            raise KeyboardInterrupt
+        real(path, data)
+
+    module.atomic_write = killed_at_the_file
+    with pytest.raises(KeyboardInterrupt):
+        module.main([str(run)])
+    module.atomic_write = real
+    with pytest.raises(Exception, match="written by an earlier dbm-ltr"):  # read, not refused as damaged
+        load_checkpoint(run / "checkpoint.pt")
+    assert module.main([str(run)]) == 0 and load_checkpoint(run / "checkpoint.pt")["format_version"] == 3
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert module.main([str(empty)]) == 2 and f"no checkpoint.pt in {empty}" in capsys.readouterr().err

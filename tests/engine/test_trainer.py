@@ -15,6 +15,23 @@ def quiet(_message):
     pass
 
 
+@pytest.mark.parametrize("at_2,final,best", [(50.0, 60.0, 3), (60.0, 50.0, 2)])
+def test_the_final_epoch_is_a_best_epoch_candidate_when_not_a_multiple_of_eval_every(
+    fake_cifar10, tmp_path, at_2, final, best
+):
+    """3 epochs evaluated every 2: the best test epoch is chosen among epoch 2 and the final one."""
+    cfg = load_config("cifar10_lt/ce", tiny_overrides(fake_cifar10, epochs=3) + ["train.eval_every=2"])
+    trainer = Trainer(cfg, tmp_path / "run", log=quiet)
+    real, scores = trainer.evaluate, [at_2, final]
+
+    def scored():
+        return {**real(), "top1": scores.pop(0)}
+
+    trainer.evaluate = scored
+    metrics = trainer.fit()
+    assert metrics["best_epoch"]["epoch"] == best and metrics["best_epoch"]["top1"] == max(at_2, final)
+
+
 def test_two_epoch_run_writes_a_complete_run_directory(fake_cifar10, tmp_path):
     cfg = load_config("cifar10_lt/dbm_ce", tiny_overrides(fake_cifar10) + ["train.eval_every=1"])
     metrics = Trainer(cfg, tmp_path / "run", log=quiet).fit()

@@ -116,6 +116,7 @@ def run_features(
     from ..data import DATASET_INFO
     from ..engine.build import build_dataset, transform
     from ..engine.distributed import loader_workers
+    from ..engine.evaluation import check_same_classes
 
     if split not in SPLITS:
         raise ValueError(f"unknown split {split!r}; choose one of {', '.join(SPLITS)}")
@@ -126,6 +127,7 @@ def run_features(
         config, split == "train", transform(config, DATASET_INFO[d.name]["test_transform"]), **decode
     )
     counts = [int(n) for n in state["cls_num_list"]]
+    check_same_classes(state, dataset, config, str(Path(run_dir) / CHECKPOINT), run_dir)
     notes = []
     epoch, planned = int(state["epoch"]), config.optim.epochs
     if epoch < planned:
@@ -136,6 +138,11 @@ def run_features(
         batch_size or d.eval_batch_size,
         loader_workers(d.workers),
     )
+    if labels.numel() and int(labels.max()) >= len(counts):
+        raise RunError(
+            f"{run_dir}: the {d.name} data at {d.root} have labels up to {int(labels.max())}, the run "
+            f"{len(counts)} classes; analyze it on the data set it was trained on"
+        )
     with torch.no_grad():
         weights = method.class_weights().detach().float().cpu().clone()
     if weights.shape != (len(counts), features.shape[1]):

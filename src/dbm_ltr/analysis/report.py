@@ -234,7 +234,8 @@ def paired_differences(rows: Sequence[ReportRow]) -> list[PairedDifference]:
 def expand_run_dirs(paths: Sequence[str | Path]) -> list[Path]:
     """Run directories from the arguments: a run directory stays; a folder that is not a run
     stands for every run directory below it, at any depth (e.g. ``runs/``, holding a sweep's
-    and the demo's folders of runs), in name order."""
+    and the demo's folders of runs), in name order. A run named twice (itself and in a folder
+    above it) counts once."""
     out: list[Path] = []
     for p in paths:
         path = Path(p)
@@ -244,7 +245,8 @@ def expand_run_dirs(paths: Sequence[str | Path]) -> list[Path]:
                 out.extend(found)
                 continue
         out.append(path)
-    return out
+    seen: set[Path] = set()
+    return [p for p in out if not (p.resolve() in seen or seen.add(p.resolve()))]
 
 
 def _runs_below(folder: Path) -> list[Path]:

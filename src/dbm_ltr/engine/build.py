@@ -262,7 +262,16 @@ def restore_method(
     try:
         method.load_state_dict(state["method"])
     except RuntimeError as err:
-        raise CheckpointError(f"{source} does not match its own config: {str(err).splitlines()[0][:200]}") from None
+        lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+        detail = lines[1] if len(lines) > 1 else lines[0] if lines else ""  # the first kind of mismatch
+        detail = detail if len(detail) <= 160 else detail[:157] + "..."
+        changed = [o for o in overrides if o.split("=", 1)[0].strip().startswith(("model.", "method.", "loss."))]
+        if changed:
+            raise CheckpointError(
+                f"{source} holds another model than --set {' '.join(changed)} makes ({detail}); "
+                "leave out the settings that change the model"
+            ) from None
+        raise CheckpointError(f"{source} does not match its own config ({detail})") from None
     to_layout(method.to(pick_device(device or config.train.device)), config.train)
     method.eval()
     return config, method

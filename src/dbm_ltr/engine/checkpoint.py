@@ -100,7 +100,7 @@ def _write_file(path: Path, data: bytes) -> None:
         os.fsync(f.fileno())
 
 
-def _atomic_write(path: Path, data: bytes) -> None:
+def atomic_write(path: Path, data: bytes) -> None:
     tmp = temporary_file(path)
     try:
         _write_file(Path(tmp), data)
@@ -151,7 +151,7 @@ def save_checkpoint(state: dict[str, Any], path: Path) -> None:
             # taken from the record: a save killed after its digest was written names a file
             # that never replaced this one.
             current = _file_digest(path) if path.exists() else None
-            _atomic_write(_digests_path(path), json.dumps({"latest": digest, "previous": current}).encode())
+            atomic_write(_digests_path(path), json.dumps({"latest": digest, "previous": current}).encode())
             if path.exists():
                 os.replace(path, previous)
             os.replace(tmp, path)

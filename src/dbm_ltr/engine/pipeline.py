@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import inspect
 import random
+import signal
 from collections.abc import Iterator, Sequence
 
 import numpy as np
@@ -316,6 +317,14 @@ class InputPipeline:
         raise NotImplementedError
 
 
+def ignore_interrupts(worker_id: int) -> None:
+    """A loader worker leaves Ctrl-C (SIGINT to the terminal's process group) to the training
+    process, which stops at a step boundary (workers started by fork inherit its handler; by
+    forkserver or spawn they would die of it). SIGTERM keeps its default: the loader ends
+    stray workers with it."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
 class LoaderPipeline(InputPipeline):
     """Batches from ``DataLoader`` worker processes running the PIL recipes (``workers`` of
     them), finished on the device: GPU decoding of undecoded batches (``data.decode=device``)
@@ -365,6 +374,7 @@ class LoaderPipeline(InputPipeline):
             # the loader's own base seed: drawn from the global generator it would shift the
             # state a mid-epoch checkpoint saved (SeededSamples seeds every sample itself)
             generator=torch.Generator().manual_seed(epoch_seed(self.train_seed, epoch)),
+            worker_init_fn=ignore_interrupts,
             num_workers=self.workers,
             pin_memory=self.device.type == "cuda",
             collate_fn=getattr(self.train_set, "collate_fn", None),
@@ -380,6 +390,7 @@ class LoaderPipeline(InputPipeline):
             batch_size=self.eval_batch_size,
             shuffle=False,
             generator=torch.Generator(),  # evaluation draws nothing from the global generator
+            worker_init_fn=ignore_interrupts,
             num_workers=self.workers,
             pin_memory=self.device.type == "cuda",
             collate_fn=getattr(data, "collate_fn", None),

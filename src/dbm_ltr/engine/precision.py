@@ -10,8 +10,11 @@ __all__ = ["amp_dtype", "autocast"]
 
 
 def amp_dtype(device: torch.device) -> torch.dtype:
-    """bfloat16 (no loss scaling needed) on the CPU and on GPUs that support it, else float16."""
-    if device.type == "cuda" and not torch.cuda.is_bf16_supported():
+    """bfloat16 (no loss scaling needed) on the CPU and on GPUs with bfloat16 arithmetic
+    (compute capability 8 and above: Ampere on), else float16. The capability of ``device``
+    itself: ``torch.cuda.is_bf16_supported()`` asks about the current device and, by default,
+    also says yes where bfloat16 is only emulated (V100, T4), slowly."""
+    if device.type == "cuda" and torch.cuda.get_device_capability(device)[0] < 8:
         return torch.float16
     return torch.bfloat16
 

@@ -272,14 +272,19 @@ class Trainer:
                             acc=f"{100 * correct / max(seen, 1):.1f}%",
                             refresh=False,
                         )  # drawn with the next update, at the bar's pace
-                signum = self._stop.signum
-                if signum:
-                    seconds = seconds_before + time.perf_counter() - begin
-                    self._check_finite(tally, epoch, total + start)
-                    self._save_partial(epoch, step, tally.values(), seconds, skipped)
-                    raise Interrupted(
-                        signum, self.run_dir, f"in epoch {epoch + 1} after step {step} of {total + start}"
+                if self._stop.signum:
+                    self._stop_in_epoch(
+                        epoch, step, total + start, tally, seconds_before + time.perf_counter() - begin, skipped
                     )
+        except RuntimeError as err:
+            # the signal reached the loader's workers too (a terminal's Ctrl-C, a scheduler's
+            # SIGTERM to the job's processes) and they died before the next step boundary:
+            # stop after the last finished step all the same
+            if not (self._stop.signum and "DataLoader worker" in str(err)):
+                raise
+            self._stop_in_epoch(
+                epoch, step, total + start, tally, seconds_before + time.perf_counter() - begin, skipped
+            )
         finally:
             bar.close()
             stream.close()  # ends the loader's worker processes too
@@ -312,6 +317,12 @@ class Trainer:
 
             dist.all_reduce(finite, op=dist.ReduceOp.MIN)
         return bool(finite.item())
+
+    def _stop_in_epoch(self, epoch: int, step: int, steps: int, tally: StepTally, seconds: float, skipped: int):
+        """A stop signal came: checkpoint after ``step`` and end with :class:`Interrupted`."""
+        self._check_finite(tally, epoch, steps)
+        self._save_partial(epoch, step, tally.values(), seconds, skipped)
+        raise Interrupted(self._stop.signum, self.run_dir, f"in epoch {epoch + 1} after step {step} of {steps}")
 
     def _check_finite(self, tally: StepTally, epoch: int, steps: int) -> None:
         bad = tally.bad_step()
@@ -402,6 +413,9 @@ class Trainer:
         checkpoint (weights only)."""
         c = self.config
         result = self.evaluate()
+        last = self.history[-1]["epoch"] if self.history else self.start_epoch
+        if self.best is not None and self.best["epoch"] != last and result["top1"] >= self.best["top1"]:
+            self.best = {"epoch": last, **result}  # the final epoch is a candidate, evaluated every N or not
         metrics = final_metrics(
             c,
             result,
