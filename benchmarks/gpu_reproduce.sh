@@ -101,12 +101,13 @@ else
 fi
 
 left() { echo $(( ${BUDGET:-560} - ($(date +%s) - start) )); }
+at_least_1() { if [ "$1" -lt 1 ]; then echo 1; else echo "$1"; fi; }  # timeout 0 would mean no limit
 set +e
 if [ "${PROFILE:-1}" != 0 ]; then  # where one step's time goes (kernels or host), DBM-CE, eager
   timeout -s INT -k 10 90 "$py" benchmarks/profile_step.py --root "$work/data" > >(tee "$out/profile.txt") 2>&1
 fi
 # SIGINT to reproduce and its runs (their process group): each run stops at a step boundary with a checkpoint
-timeout -s INT -k 60 $(( $(left) - ${BENCH_MIN:-100} )) \
+timeout -s INT -k 60 "$(at_least_1 $(( $(left) - ${BENCH_MIN:-100} )))" \
   "$py" -m dbm_ltr.cli reproduce --data cifar10_lt --imbalance-factor 100 --rows "${ROWS:-table2}" \
   --seeds "${SEEDS:-0}" --jobs "${JOBS:-8}" --progress-every 60 --out "$work/table2" --set "data.root=$work/data" ${EXTRA:-} \
   > >(tee "$out/reproduce.txt") 2>&1
@@ -138,13 +139,13 @@ if [ "${BENCH:-1}" != 0 ]; then
   set +e
   # the JPEG input of the large-scale recipes, data.decode=device included (nvJPEG: its first run on a GPU)
   if [ "$(left)" -gt 200 ]; then
-    timeout -s INT -k 10 90 "$py" benchmarks/jpeg_input.py --count 128 --repeats 1 --workers 4 \
+    timeout -s INT -k 10 90 "$py" benchmarks/jpeg_input.py --count 1024 --repeats 1 --workers 4 \
       > >(tee "$out/benchmark.txt") 2>&1
     echo "jpeg_input exit status $? after $(( $(date +%s) - start ))s in all" | tee -a "$out/benchmark.txt"
   else
     echo "jpeg_input: left out, under 200 s of the budget left" | tee "$out/benchmark.txt"
   fi
-  timeout -s INT -k 20 $(( $(left) - 20 )) "$py" benchmarks/gpu_throughput.py --root "$work/data" \
+  timeout -s INT -k 20 "$(at_least_1 $(( $(left) - 20 )))" "$py" benchmarks/gpu_throughput.py --root "$work/data" \
     --steps "${BENCH_STEPS:-100}" --jobs "${BENCH_JOBS:-1,2,4,8}" ${BENCH_FLAGS:-} > >(tee -a "$out/benchmark.txt") 2>&1
   echo "benchmark exit status $? after $(( $(date +%s) - start ))s in all" | tee -a "$out/benchmark.txt"
   set -e

@@ -209,6 +209,8 @@ def main(argv=None) -> int:
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--keep", help="write the generated images here (kept) instead of a temp folder")
     args = p.parse_args(argv)
+    if args.repeats < 1:
+        p.error(f"--repeats must be >= 1 (timed passes after the warm-up one), got {args.repeats}")
 
     torch.set_num_threads(1)
     from torchvision.datasets import ImageFolder

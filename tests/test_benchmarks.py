@@ -52,6 +52,9 @@ def test_channels_last_pieces_run(tmp_path):
 
 def test_jpeg_input_compares_the_pipelines(tmp_path, capsys):
     bench = load("jpeg_input")
+    with pytest.raises(SystemExit):  # no timed pass: nothing to divide by
+        bench.main(["--repeats", "0"])
+    assert "--repeats must be >= 1" in capsys.readouterr().err
     if not bench.photo_sources():
         pytest.skip("no sample photographs (matplotlib / scikit-learn) installed")
     assert (
