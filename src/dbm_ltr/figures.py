@@ -8,26 +8,24 @@ from pathlib import Path
 
 from .metrics import FEW_BELOW, MANY_ABOVE, group_of
 
-__all__ = ["GROUP_COLOURS", "plot_per_class_accuracy", "pyplot", "save_figure"]
+__all__ = ["GROUP_COLOURS", "plot_per_class_accuracy", "save_figure", "subplots"]
 
 GROUP_COLOURS = {"many": "#4477aa", "medium": "#ccbb44", "few": "#ee6677"}
 
 
-def pyplot():
-    """``matplotlib.pyplot`` on the Agg backend (files only, no display needed)."""
-    import matplotlib
+def subplots(figsize: tuple[float, float]):
+    """``(figure, axes)`` drawn off-screen: a ``matplotlib.figure.Figure`` of its own, so
+    matplotlib's backend and pyplot's figures (a notebook's) stay as they are."""
+    from matplotlib.figure import Figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
+    fig = Figure(figsize=figsize)
+    return fig, fig.subplots()
 
 
 def save_figure(fig, path: str | Path) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
-    pyplot().close(fig)
     return path
 
 
@@ -43,11 +41,13 @@ def plot_per_class_accuracy(
     """Bars of per-class test accuracy in class order, coloured by Many/Medium/Few, with the
     training count of each class on a log-scaled second axis; classes are labelled by name
     when ``class_names`` are given and there are at most 30 of them."""
-    plt = pyplot()
+    from matplotlib.lines import Line2D
+    from matplotlib.patches import Rectangle
+
     groups = [group_of(int(n), many_threshold, few_threshold) for n in cls_num_list]
     values = [float("nan") if v is None else v for v in per_class]
     x = list(range(len(values)))
-    fig, ax = plt.subplots(figsize=(max(6.0, 0.09 * len(values) + 4), 3.9))
+    fig, ax = subplots(figsize=(max(6.0, 0.09 * len(values) + 4), 3.9))
     ax.bar(x, values, color=[GROUP_COLOURS[g] for g in groups], width=0.85)
     zero = [i for i, v in enumerate(values) if v == 0]
     if zero:  # a bar of height 0 does not show: mark those classes on the axis
@@ -64,10 +64,10 @@ def plot_per_class_accuracy(
     twin.plot(x, list(cls_num_list), color="black", linewidth=1.2, label="training images")
     twin.set_yscale("log")
     twin.set_ylabel("training images (log)")
-    handles = [plt.Rectangle((0, 0), 1, 1, color=GROUP_COLOURS[g]) for g in GROUP_COLOURS if g in groups]
+    handles = [Rectangle((0, 0), 1, 1, color=GROUP_COLOURS[g]) for g in GROUP_COLOURS if g in groups]
     labels = [g for g in GROUP_COLOURS if g in groups]
     if zero:
-        handles.append(plt.Line2D([], [], marker="x", color="black", linestyle="none", markersize=4))
+        handles.append(Line2D([], [], marker="x", color="black", linestyle="none", markersize=4))
         labels.append("0 %")
     (line,) = twin.get_lines()
     # above the axes, so the legend never covers a bar

@@ -31,3 +31,22 @@ def test_accuracy_vs_count_explains_the_group_boundaries(monkeypatch, tmp_path):
     plots.plot_accuracy_vs_count([("run", [90.0, 50.0, 10.0], [500, 60, 5])], tmp_path / "a.png")
     labels = [t.get_text() for t in seen[0].axes[0].get_legend().get_texts()]
     assert labels == ["run", "Few | Medium (20 images)", "Medium | Many (over 100 images)"]
+
+
+def test_drawing_a_plot_leaves_matplotlib_and_pyplot_as_they_were(tmp_path):
+    """The trainer and analyze draw on figures of their own: a notebook's backend and its pyplot
+    figures stay as they are."""
+    import matplotlib
+
+    before = matplotlib.get_backend()
+    matplotlib.use("svg")
+    try:
+        import matplotlib.pyplot as plt
+
+        open_figures = plt.get_fignums()
+        figures.plot_per_class_accuracy([90.0, 10.0], [500, 8], tmp_path / "p.png")
+        plots.plot_accuracy_vs_count([("run", [90.0, 10.0], [500, 8])], tmp_path / "a.png")
+        assert matplotlib.get_backend() == "svg" and plt.get_fignums() == open_figures
+        assert (tmp_path / "p.png").read_bytes()[:4] == b"\x89PNG" and (tmp_path / "a.png").stat().st_size > 1000
+    finally:
+        matplotlib.use(before)

@@ -109,3 +109,42 @@ def test_timm_trunk_when_installed():
         assert trunk(torch.randn(2, 3, 32, 32)).shape == (2, 512)
     with pytest.raises(ValueError, match="unknown timm model 'resnet_nonexistent'"):
         create_trunk("timm:resnet_nonexistent")
+
+
+def test_a_timm_model_with_a_layer_after_its_pooling_reports_that_width(monkeypatch):
+    """timm >= 1.0 MobileNetV3/V4 and the like return head_hidden_size features with
+    num_classes=0, not num_features; the head is built for what the trunk returns."""
+    import types
+
+    class AfterPooling(torch.nn.Module):  # stands in for timm's mobilenetv3_small_100
+        num_features, head_hidden_size = 576, 1024
+
+        def __init__(self):
+            super().__init__()
+            self.conv_head = torch.nn.Linear(3, self.head_hidden_size)
+
+        def forward(self, x):
+            return self.conv_head(x.mean(dim=(2, 3)))
+
+    fake = types.SimpleNamespace(is_model=lambda name: True, create_model=lambda name, **kwargs: AfterPooling())
+    monkeypatch.setitem(sys.modules, "timm", fake)
+    model = create_model("timm:mobilenetv3_small_100", 10, "cosine")
+    assert model.trunk.out_features == 1024
+    assert model(torch.randn(2, 3, 8, 8)).shape == (2, 10)
+
+
+def test_a_dbm_ltr_run_or_its_checkpoint_is_a_pretrained_trunk(fake_cifar10, tmp_path):
+    from fakes import tiny_overrides
+
+    from dbm_ltr.engine import Trainer, load_config
+
+    run = tmp_path / "run"
+    trainer = Trainer(load_config("cifar10_lt/ce", tiny_overrides(fake_cifar10, epochs=1)), run, log=lambda m: None)
+    trainer.fit()
+    want = trainer.method.model.trunk.state_dict()
+    for source in (run, run / "checkpoint.pt"):
+        trunk = create_trunk("resnet32", pretrained=str(source))
+        assert all(torch.equal(trunk.state_dict()[k], want[k]) for k in want)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(FileNotFoundError, match="is a folder without checkpoint.pt"):
+        create_trunk("resnet32", pretrained=str(tmp_path / "empty"))

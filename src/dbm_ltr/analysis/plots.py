@@ -6,7 +6,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from ..figures import plot_per_class_accuracy, save_figure
-from ..figures import pyplot as _pyplot
+from ..figures import subplots as _subplots
 from ..metrics import FEW_BELOW, GROUPS, MANY_ABOVE, group_of
 
 __all__ = [
@@ -36,10 +36,9 @@ def plot_angle_distributions(
     """
     import numpy as np
 
-    plt = _pyplot()
     k = max(len(runs), 1)
     width = 0.8 / k
-    fig, ax = plt.subplots(figsize=(max(5.5, 1.2 + 0.9 * k * 3), 4.0))
+    fig, ax = _subplots(figsize=(max(5.5, 1.2 + 0.9 * k * 3), 4.0))
     present = []
     for r, (label, angles, labels, counts) in enumerate(runs):
         angles = np.asarray(angles, dtype=float).reshape(-1)
@@ -87,8 +86,7 @@ def plot_accuracy_vs_count(
 
     ``runs``: ``(label, per_class accuracies (None for no samples), cls_num_list)`` per run.
     """
-    plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(6.4, 4.0))
+    fig, ax = _subplots(figsize=(6.4, 4.0))
     k = max(len(runs), 1)
     lowest, highest = float("inf"), 0.0
     for r, (label, per_class, counts) in enumerate(runs):
@@ -136,13 +134,12 @@ def plot_confusion_matrix(matrix, path: str | Path, classes: Sequence[str] | Non
     order (for the CIFAR-LT sets: most to least frequent)."""
     import numpy as np
 
-    plt = _pyplot()
     m = np.asarray(matrix, dtype=float)
     c = m.shape[0]
     totals = m.sum(axis=1, keepdims=True)
     rates = np.divide(100.0 * m, totals, out=np.zeros_like(m), where=totals > 0)
     size = min(12.0, max(4.5, 0.35 * c + 2.5))
-    fig, ax = plt.subplots(figsize=(size + 1.0, size))
+    fig, ax = _subplots(figsize=(size + 1.0, size))
     image = ax.imshow(rates, cmap="Blues", vmin=0, vmax=100, interpolation="nearest")
     fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04, label="% of the true class")
     if c <= 20:
@@ -183,7 +180,6 @@ def plot_sweep(
     accuracy or ``None`` (not run / failed)."""
     import numpy as np
 
-    plt = _pyplot()
     if len(keys) == 2:
         rows, cols = axes_values
         grid = np.full((len(rows), len(cols)), np.nan)
@@ -192,7 +188,7 @@ def plot_sweep(
                 v = top1.get((a, b))
                 if v is not None:
                     grid[i, j] = v
-        fig, ax = plt.subplots(figsize=(1.6 + 1.1 * len(cols), 1.4 + 0.8 * len(rows)))
+        fig, ax = _subplots(figsize=(1.6 + 1.1 * len(cols), 1.4 + 0.8 * len(rows)))
         image = ax.imshow(grid, cmap="viridis", aspect="auto")
         fig.colorbar(image, ax=ax, label="top-1 (%)")
         ax.set_xticks(range(len(cols)))
@@ -217,7 +213,7 @@ def plot_sweep(
                 )
     elif len(keys) == 1:
         (values,) = axes_values
-        fig, ax = plt.subplots(figsize=(5.5, 3.6))
+        fig, ax = _subplots(figsize=(5.5, 3.6))
         ys = [top1.get((v,)) for v in values]
         ax.plot(range(len(values)), [np.nan if y is None else y for y in ys], marker="o")
         ax.set_xticks(range(len(values)))
@@ -239,7 +235,6 @@ def plot_reproduction(rows: Sequence, path: str | Path, title: str = "") -> Path
     was tracked (hatched: test-set selection), and the paper's number."""
     import numpy as np
 
-    plt = _pyplot()
     labels = [
         r.preset.split("/")[-1]
         + (f" IF{r.imbalance_factor:g}" if r.imbalance_factor else "")
@@ -260,7 +255,7 @@ def plot_reproduction(rows: Sequence, path: str | Path, title: str = "") -> Path
     ]
     series = [s for s in series if any(v is not None for v in s[1])]
     width = 0.8 / len(series)
-    fig, ax = plt.subplots(figsize=(max(5.5, 0.9 * len(rows) + 2), 3.8))
+    fig, ax = _subplots(figsize=(max(5.5, 0.9 * len(rows) + 2), 3.8))
     for k, (name, values, errors, colour, hatch) in enumerate(series):
         ys = [np.nan if v is None else v for v in values]
         err = [0.0 if e is None else e for e in errors]

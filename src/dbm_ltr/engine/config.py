@@ -117,7 +117,11 @@ class ModelConfig:
         "trunk: resnet32, resnet56, resnet50, resnext50, resnext101, small_cnn, or timm:NAME with timm installed",
     )
     classifier: str = setting("linear", "linear (logits, with bias) | cosine (raw cosines, for DBM and LDAM)")
-    pretrained: str = setting("", "a local state dict loaded into the trunk (torchvision keys; nothing is downloaded)")
+    pretrained: str = setting(
+        "",
+        "a local state dict loaded into the trunk (torchvision or timm keys), or a dbm-ltr run directory or "
+        "checkpoint (its trunk); nothing is downloaded",
+    )
 
 
 @dataclass

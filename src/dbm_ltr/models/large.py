@@ -1,7 +1,7 @@
 """Large-scale trunks: timm models by name and local pretrained weights.
 
 * ``timm:NAME`` trunks: ``timm.create_model(NAME, pretrained=False, num_classes=0)`` (pooled
-  features, ``out_features = num_features``); timm is optional (``pip install 'dbm-ltr[timm]'``).
+  features, ``out_features`` their width); timm is optional (``pip install 'dbm-ltr[timm]'``).
 * :func:`load_pretrained`: a local state dict into a trunk. Nothing is ever downloaded.
 * :func:`pretrained_trunks`: while active, every trunk of a given name that
   :func:`~dbm_ltr.models.create_trunk` builds is loaded from a file (so the methods, which build
@@ -48,7 +48,8 @@ class TimmNotInstalledError(MissingDependencyError, ValueError):
 
 def timm_trunk(name: str, **kwargs) -> nn.Module:
     """``timm.create_model(name, pretrained=False, num_classes=0, **kwargs)`` with
-    ``out_features = num_features``."""
+    ``out_features`` the width of what it returns: ``head_hidden_size`` where the model has a
+    layer after its pooling (timm 1.0: MobileNetV3/V4, ...), else ``num_features``."""
     try:
         import timm
     except ImportError:
@@ -61,11 +62,18 @@ def timm_trunk(name: str, **kwargs) -> nn.Module:
     if not timm.is_model(name):
         raise ValueError(f"unknown timm model {name!r} (see timm.list_models(); e.g. {TIMM_PREFIX}resnet50)")
     net = timm.create_model(name, pretrained=False, num_classes=0, **kwargs)
-    net.out_features = int(net.num_features)
+    net.out_features = int(getattr(net, "head_hidden_size", None) or net.num_features)
     return net
 
 
 def _read_state(path: str) -> dict[str, torch.Tensor]:
+    if os.path.isdir(path):  # a dbm-ltr run directory: its checkpoint
+        if not os.path.isfile(os.path.join(path, "checkpoint.pt")):
+            raise PretrainedNotFoundError(
+                f"pretrained weights {os.path.abspath(path)} is a folder without checkpoint.pt (model.pretrained); "
+                "give a weights file, or a dbm-ltr run directory"
+            )
+        path = os.path.join(path, "checkpoint.pt")
     if not os.path.isfile(path):
         raise PretrainedNotFoundError(
             f"pretrained weights {os.path.abspath(path)} not found (model.pretrained); nothing is downloaded: "
@@ -81,7 +89,7 @@ def _read_state(path: str) -> dict[str, torch.Tensor]:
             f"pretrained weights {path}: not a readable torch state dict ({type(err).__name__}: "
             f"{str(err).splitlines()[0][:160] if str(err) else ''})"
         ) from None
-    for key in ("state_dict", "model", "model_state", "model_state_dict", "module"):
+    for key in ("state_dict", "model", "model_state", "model_state_dict", "module", "method"):  # method: dbm-ltr
         if isinstance(state, dict) and isinstance(state.get(key), dict):
             state = state[key]
             break
