@@ -150,13 +150,6 @@ def _overrides(args) -> list[str]:
     return [item for group in args.overrides for item in group]
 
 
-def _device_setting(args) -> str:
-    """The ``train.device`` the overrides give the runs (``auto`` when none does)."""
-    pairs = [item.split("=", 1) for item in _overrides(args) if "=" in item]
-    given = [value.strip() for key, value in pairs if key.strip() in ("train.device", "device")]
-    return given[-1] if given else "auto"
-
-
 def _fisher_dims(text: str) -> int | str | None:
     """``--fisher-dims``: ``auto``, ``full`` (None: every dimension) or a positive int."""
     if text in ("auto", "full"):
@@ -389,7 +382,8 @@ def cmd_reproduce(args) -> int:
     slurm = _slurm(args)
     job_gpus = None if slurm is None else slurm.gpus
     runs = plan_reproduction(args.data, rows, seeds, args.out, _overrides(args), args.imbalance_factor, job_gpus)
-    jobs = 0 if slurm is not None else args.jobs or default_jobs(_device_setting(args))
+    on_gpu = any(r.device == "cuda" for r in runs)  # as planned: train.device, or the jobs' GPUs
+    jobs = 0 if slurm is not None else args.jobs or default_jobs("cuda" if on_gpu else "cpu")
     print(describe(runs, jobs), flush=True)
     if args.dry_run:
         print("dry run: nothing trained")

@@ -222,6 +222,7 @@ def test_on_a_gpu_every_run_is_evaluated_every_epoch(fake_cifar10_root, tmp_path
     for run in runs:
         added = [o for o in run.overrides if o == "train.eval_every=1"]
         assert added == ([f"train.eval_every={every}"] if every else []), run.overrides
+        assert run.device == device
 
 
 def test_slurm_jobs_take_their_device_from_their_gpus_not_the_login_node(fake_cifar10_root, tmp_path, monkeypatch):
@@ -238,8 +239,9 @@ def test_slurm_jobs_take_their_device_from_their_gpus_not_the_login_node(fake_ci
     for gpus, added in ((1, ["train.eval_every=1"]), (0, [])):
         (run,) = plan_reproduction("cifar10_lt", ["ce"], [0], tmp_path / "o", base, 10, job_gpus=gpus)
         assert [o for o in run.overrides if o.startswith("train.eval_every")] == added
+        assert run.device == ("cuda" if gpus else "cpu")
     (run,) = plan_reproduction("cifar10_lt", ["ce"], [0], tmp_path / "o", base + ["train.device=cpu"], 10, job_gpus=1)
-    assert "train.eval_every=1" not in run.overrides
+    assert "train.eval_every=1" not in run.overrides and run.device == "cpu"
     with pytest.raises(ConfigError, match="train.device=cuda in jobs without GPUs: add --slurm-gpus N"):
         plan_reproduction("cifar10_lt", ["ce"], [0], tmp_path / "o", base + ["train.device=cuda"], 10, job_gpus=0)
 

@@ -68,6 +68,7 @@ class ReproRun:
     seconds: float = 0.0
     error: str = ""
     kept: str = ""  # recipe revisions of its preset that an existing run keeps (its own values)
+    device: str = "cpu"  # where it trains: cpu or cuda
 
     @property
     def name(self) -> str:
@@ -189,6 +190,7 @@ def plan_reproduction(
                 run_overrides,
                 after=teacher,
                 epochs=config.optim.epochs,
+                device=device,
             )
             planned[(row, seed)] = run
             if run.run_dir.exists():

@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..losses.contrastive import balanced_contrastive_loss
-from ..models import check_head_init, create_model, projection_mlp
+from ..models import create_model, projection_mlp
 from ..nn import at_least_float32
 from .base import SingleModelMethod, StepOutput, check_head_matches_loss, constructor_params
 
@@ -68,7 +68,6 @@ class BCLMethod(SingleModelMethod):
             raise ValueError(f"BCL weights must be >= 0, got alpha={alpha}, beta={beta}")
         if projection_views not in PROJECTION_VIEWS:
             raise ValueError(f"projection_views must be one of {', '.join(PROJECTION_VIEWS)}, got {projection_views!r}")
-        check_head_init(head_init)
         self.projection_views = projection_views
         self.model = model
         self.loss = loss

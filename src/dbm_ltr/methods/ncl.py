@@ -35,7 +35,7 @@ from ..losses.ncl import (
     moco_loss,
     nested_balanced_online_distillation,
 )
-from ..models import check_head_init, create_model, create_trunk, projection_mlp
+from ..models import create_model, create_trunk, projection_mlp
 from ..nn import at_least_float32
 from ..registry import keyword_defaults
 from .base import Method, StepOutput, check_head_matches_loss, constructor_params, gather_from_all
@@ -130,7 +130,6 @@ class NCLMethod(Method):
         self.momentum_update = momentum_update
         self.shuffle_bn = bool(shuffle_bn)
         dim = experts[0].trunk.out_features
-        check_head_init(head_init)
         if head_init == "pytorch":
             for expert in experts:
                 if isinstance(expert.head, nn.Linear):

@@ -22,14 +22,13 @@ from torch import nn
 from ..registry import Registry
 from .classifier import HEADS, TrunkClassifier, head_weights, make_head
 from .large import TIMM_PREFIX, active_pretrained, load_pretrained, pretrained_trunks, timm_trunk
-from .projection import HEAD_INITS, check_head_init, projection_mlp
+from .projection import HEAD_INITS, projection_mlp
 from .resnet_cifar import CifarResNet, resnet32, resnet56
 from .small import SmallConvNet
 
 __all__ = [
     "HEADS",
     "HEAD_INITS",
-    "check_head_init",
     "CifarResNet",
     "SmallConvNet",
     "TRUNKS",

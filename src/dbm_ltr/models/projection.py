@@ -13,16 +13,12 @@ __all__ = ["HEAD_INITS", "projection_mlp"]
 HEAD_INITS = ("kaiming", "pytorch")
 
 
-def check_head_init(init: str) -> None:
-    if init not in HEAD_INITS:
-        raise ValueError(f"head_init must be one of {', '.join(HEAD_INITS)}, got {init!r}")
-
-
 def projection_mlp(
     in_dim: int, hidden_dim: int, out_dim: int, batchnorm: bool = False, init: str = "kaiming"
 ) -> nn.Sequential:
     """``Linear -> [BatchNorm1d] -> ReLU -> Linear`` with :data:`HEAD_INITS` weights."""
-    check_head_init(init)
+    if init not in HEAD_INITS:
+        raise ValueError(f"head_init must be one of {', '.join(HEAD_INITS)}, got {init!r}")
     layers: list[nn.Module] = [nn.Linear(in_dim, hidden_dim)]
     if batchnorm:
         layers.append(nn.BatchNorm1d(hidden_dim))
