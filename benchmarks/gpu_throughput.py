@@ -10,11 +10,13 @@ second of
   (crop, flip, AutoAugment, Cutout), no model;
 * the device pipeline alone: the same recipe batched on the device (``data.pipeline=device``);
 * the full train step through the engine (``Trainer.train_one_epoch``: augmentation, forward,
-  backward, SGD step): eager fp32 with each pipeline, then with the device pipeline eager with
-  AMP (``train.amp``: bfloat16) and, last, compiled (``train.compile``) in fp32, with AMP and
-  with CUDA graphs (``train.compile_mode=reduce-overhead``);
+  backward, SGD step; the steady rate, without the pipeline's start-up): eager fp32 with each
+  pipeline, then with the device pipeline eager with AMP (``train.amp``: bfloat16) and, last,
+  compiled (``train.compile``) in fp32, with AMP and with CUDA graphs
+  (``train.compile_mode=reduce-overhead``);
 * the aggregate of ``--jobs`` packed runs: that many engine processes training at once on the
-  one device, each ``--steps`` steps after a warm-up, started together.
+  one device, each ``--steps`` steps after a warm-up, started together (the timed call
+  includes the start of each run's input pipeline: the loader's workers, if that pipeline).
 
 ``--only`` picks the row groups (pipelines, eager, packed, compiled); the order stays the one
 above, the compiled rows last, since compiling takes the longest.
@@ -101,9 +103,18 @@ def device_alone(t: Trainer, args) -> float:
 
 
 def step_rate(args, tmp: str, name: str, *extra: str) -> float:
+    """Images/s of the steady train step: each call of ``train_one_epoch`` starts its input
+    pipeline afresh (the loader's worker processes, the device pipeline's first chunk), so the
+    rate is that of the ``--steps`` steps by which a longer call outlasts a shorter one."""
     t = trainer(args, tmp, name, *extra)
     t.train_one_epoch(0, max_steps=args.warmup)  # allocations, cuDNN autotuning, compilation
-    return t.train_one_epoch(0, max_steps=args.steps)["images_per_s"]
+    short = t.train_one_epoch(0, max_steps=args.warmup)
+    long = t.train_one_epoch(0, max_steps=args.warmup + args.steps)
+    images = long["images_per_s"] * long["seconds"] - short["images_per_s"] * short["seconds"]
+    seconds = long["seconds"] - short["seconds"]
+    if seconds <= 0 or images <= 0:
+        raise RuntimeError(f"{name}: {args.steps} more steps took no measurable time ({seconds:.4f} s); raise --steps")
+    return images / seconds
 
 
 def worker(args) -> None:
