@@ -20,8 +20,9 @@ def first_argmax(row) -> int:
     return best
 
 
-def class_margin(counts, c, K=0.1, tau=1.0):
-    return K * (counts[c] / min(counts)) ** (-tau)
+def class_margin(counts, c, K=0.1, tau=1.0, reference="min"):
+    """K (n_c / n_ref)^-tau, n_ref the rarest count (paper) or the last class's (original code)."""
+    return K * (counts[c] / (min(counts) if reference == "min" else counts[-1])) ** (-tau)
 
 
 def dbm_target_cos(cy, mc, hard, lam=1.0, overflow="arcface"):
@@ -33,7 +34,7 @@ def dbm_target_cos(cy, mc, hard, lam=1.0, overflow="arcface"):
     return math.cos(theta + m)
 
 
-def dbm_logits(cos, target, counts, K=0.1, tau=1.0, s=32.0, lam=1.0, mode="hard", overflow="arcface"):
+def dbm_logits(cos, target, counts, K=0.1, tau=1.0, s=32.0, lam=1.0, mode="hard", overflow="arcface", reference="min"):
     """Rows of scaled DBM logits (no base-loss offset)."""
     out = []
     for row, y in zip(cos, target):
@@ -42,7 +43,7 @@ def dbm_logits(cos, target, counts, K=0.1, tau=1.0, s=32.0, lam=1.0, mode="hard"
         else:
             h = 1.0 if mode == "all" else 0.0
         z = [s * v for v in row]
-        z[y] = s * dbm_target_cos(row[y], class_margin(counts, y, K, tau), h, lam, overflow)
+        z[y] = s * dbm_target_cos(row[y], class_margin(counts, y, K, tau, reference), h, lam, overflow)
         out.append(z)
     return out
 

@@ -28,13 +28,18 @@ def module_name(path: Path) -> str:
 
 
 def imports(path: Path, top_level_only: bool) -> set[str]:
-    """The dbm_ltr modules ``path`` imports (relative imports resolved)."""
+    """The dbm_ltr modules ``path`` imports (``import dbm_ltr.x`` and ``from ... import``,
+    relative imports resolved)."""
     tree = ast.parse(path.read_text())
     package = path.relative_to(SRC).parts[:-1]
     nodes = tree.body if top_level_only else ast.walk(tree)
     found = set()
     for node in nodes:
-        if isinstance(node, ast.ImportFrom):
+        if isinstance(node, ast.Import):  # import dbm_ltr.engine.trainer
+            for alias in node.names:
+                if alias.name == "dbm_ltr" or alias.name.startswith("dbm_ltr."):
+                    found.add(".".join(alias.name.split(".")[1:]) or "__init__")
+        elif isinstance(node, ast.ImportFrom):
             if node.level:
                 base = list(package[: len(package) - node.level + 1])
                 target = base + (node.module.split(".") if node.module else [])

@@ -16,7 +16,14 @@ def test_cosine_classifier_outputs_cosines():
 def test_init_unit_norm_class_vectors_and_zero_features():
     head = CosineClassifier(64, 10)
     torch.testing.assert_close(head.weight.norm(dim=0), torch.ones(10))
-    assert head.class_vectors().shape == (10, 64)
+    assert torch.equal(head.class_vectors(), head.weight.t())  # row c: class c's raw vector
+    x, vectors = torch.randn(4, 64), head.class_vectors().detach()
+    angles = torch.rad2deg(torch.arccos(head(x).detach().clamp(-1, 1)))
+    by_hand = [
+        [torch.rad2deg(torch.arccos(torch.cosine_similarity(x[b], vectors[c], dim=0))) for c in range(10)]
+        for b in range(4)
+    ]
+    torch.testing.assert_close(angles, torch.tensor(by_hand), atol=1e-3, rtol=0)
     out = head(torch.zeros(3, 64))  # a dead ReLU feature: cosines 0, no NaN
     assert torch.equal(out, torch.zeros(3, 10))
 

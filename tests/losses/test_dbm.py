@@ -89,13 +89,15 @@ def test_spec_test_vectors():
     torch.testing.assert_close(got, torch.tensor([r[4] for r in rows]), atol=2e-5, rtol=0)
 
 
+@pytest.mark.parametrize("overflow", ["arcface", "none"])
 @pytest.mark.parametrize("mode", ["hard", "all", "none"])
 @pytest.mark.parametrize("K,tau,lam", [(0.1, 1.0, 1.0), (0.3, 0.5, 1.0), (0.2, 1.5, 0.5)])
-def test_margin_logits_match_naive_reference_over_all_angles(mode, K, tau, lam):
-    """Every target angle 0..180 degrees, for a frequent, a medium and a rare class."""
+def test_margin_logits_match_naive_reference_over_all_angles(mode, K, tau, lam, overflow):
+    """Every target angle 0..180 degrees, for a frequent, a medium and a rare class; with the
+    ArcFace fallback beyond pi and without it (``overflow_mode="none"``, the original code)."""
     angles = [float(a) for a in range(0, 181)]
     gen = torch.Generator().manual_seed(1)
-    crit = DBMLoss(C100, max_margin=K, tau=tau, lambda_inst=lam, instance_margin=mode)
+    crit = DBMLoss(C100, max_margin=K, tau=tau, lambda_inst=lam, instance_margin=mode, overflow_mode=overflow)
     for y in (0, 50, 99):
         target = torch.full((len(angles),), y)
         cos = random_cosines(len(angles), 100, gen) * 0.6  # some rows hard, some easy
@@ -103,8 +105,26 @@ def test_margin_logits_match_naive_reference_over_all_angles(mode, K, tau, lam):
         for dtype, tol in ((torch.float64, 1e-6), (torch.float32, 5e-5)):  # margins: float32 buffers
             x = cos.to(dtype)
             got = crit.margin_logits(x, target)
-            want = ref.dbm_logits(x.double().tolist(), target.tolist(), C100, K, tau, 32.0, lam, mode)
+            want = ref.dbm_logits(x.double().tolist(), target.tolist(), C100, K, tau, 32.0, lam, mode, overflow)
             torch.testing.assert_close(got.double(), torch.tensor(want, dtype=torch.float64), atol=tol, rtol=0)
+
+
+def test_margin_reference_last_reaches_the_logits():
+    """``margin_reference="last"`` (the original code: margins relative to the last class's
+    count) changes the logits when the last class is not the rarest."""
+    counts = [500, 5, 50, 20]
+    gen = torch.Generator().manual_seed(3)
+    cos = random_cosines(64, 4, gen)
+    target = torch.arange(64) % 4
+    with pytest.warns(UserWarning, match="rarest class"):
+        crit = DBMLoss(counts, max_margin=0.1, margin_reference="last")
+    for reference, loss in (("last", crit), ("min", DBMLoss(counts, max_margin=0.1))):
+        want = ref.dbm_logits(cos.tolist(), target.tolist(), counts, 0.1, reference=reference)
+        got = loss.margin_logits(cos, target)
+        torch.testing.assert_close(got, torch.tensor(want, dtype=torch.float64), atol=1e-6, rtol=0)
+    assert not torch.allclose(
+        crit.margin_logits(cos, target), DBMLoss(counts, max_margin=0.1).margin_logits(cos, target)
+    )
 
 
 def test_output_dtype_float32_for_half_inputs_and_float64_kept():
@@ -127,7 +147,7 @@ def test_half_precision_loss_and_grad_finite_under_autocast(dtype):
     feats = torch.randn(32, 64, requires_grad=True)
     weight = torch.randn(64, 100)
     target = torch.randint(0, 100, (32,))
-    with torch.autocast("cpu", dtype=torch.bfloat16):
+    with torch.autocast("cpu", dtype=dtype):
         cos = (F.normalize(feats, dim=1) @ F.normalize(weight, dim=0)).to(dtype)
         loss = crit(cos, target)
     assert loss.dtype == torch.float32 and torch.isfinite(loss)
@@ -233,6 +253,25 @@ def test_fast_hard_mask_equals_argmax_including_ties():
         margin = crit.class_margin[target] + slope * (1 - cos[:, y])
         want = torch.cos(torch.acos(cos[:, y]) + margin) * 32
         torch.testing.assert_close(crit.margin_logits(cos, target)[:, y], want)
+
+
+def test_hard_mask_where_scaling_merges_two_cosines():
+    """At s = 30 (the large-scale presets, GML) two adjacent float32 cosines can round to one
+    scaled value: the row is settled on the raw cosines, as the reference's argmax does."""
+    x = torch.linspace(0.25, 0.99, 4001, dtype=torch.float32)
+    up = torch.nextafter(x, torch.tensor(2.0))
+    merged = x[(x * 30 == up * 30) & (x < up)]
+    assert len(merged) > 0
+    a = merged[0].item()
+    b = torch.nextafter(merged[:1], torch.tensor([2.0])).item()
+    cos = torch.tensor([[a, b, 0.0], [a, b, 0.0], [b, a, 0.0]], dtype=torch.float32)
+    target = torch.tensor([0, 1, 0])  # hard (b > a), easy, easy (first of equal-after-scaling)
+    crit = DBMLoss([100, 100, 100], scale=30.0, max_margin=0.3)
+    hard = [float(ref.first_argmax(row) != y) for row, y in zip(cos.double().tolist(), target.tolist())]
+    assert hard == [1.0, 0.0, 0.0]
+    want = ref.dbm_logits(cos.double().tolist(), target.tolist(), [100, 100, 100], 0.3, s=30.0)
+    got = crit.margin_logits(cos, target).double()
+    torch.testing.assert_close(got, torch.tensor(want, dtype=torch.float64), atol=2e-5, rtol=0)
 
 
 def test_fast_hard_mask_random_matches_reference():

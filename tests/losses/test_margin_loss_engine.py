@@ -8,7 +8,7 @@ import reference as ref
 import torch
 import torch.nn.functional as F
 
-from dbm_ltr.losses import DBMLoss, LDAMLoss
+from dbm_ltr.losses import DBMLoss, LDAMLoss, margins
 
 C100 = ref.cifar_lt_counts(500, 100, 100)
 LOSSES = {
@@ -109,6 +109,21 @@ def test_cosines_are_left_bit_for_bit_unchanged():
     crit(x, target).backward()
     crit.margin_logits(x, target)
     assert torch.equal(x.detach().view(torch.int32), before.view(torch.int32))
+
+
+@pytest.mark.parametrize("on_device", [False, True])
+def test_logits_are_refused_and_nan_cosines_pass_to_the_nan_policy(on_device):
+    """Values far beyond [-1, 1] are logits passed by mistake: an error on the CPU, a failed
+    device assert on an accelerator (the same check, run here on the CPU). A NaN cosine comes
+    from a diverged step: it passes both checks, so the loss is NaN and the engine's
+    ``train.nan_policy`` decides (a device assert would end the process)."""
+    cos, target = batch()
+    with pytest.raises((ValueError, RuntimeError), match="not cosines"):
+        margins._check_cosines(cos[:, 0] * 32, on_device=on_device)
+    margins._check_cosines(cos[:, 0] * 1.005, on_device=on_device)  # round-off beyond 1 is fine
+    cos[5, target[5]] = float("nan")
+    margins._check_cosines(cos.gather(1, target[:, None])[:, 0], on_device=on_device)
+    assert math.isnan(DBMLoss(C100, base="bs")(cos, target).item())
 
 
 def test_non_contiguous_cosines():

@@ -34,6 +34,19 @@ def test_bcl_shapes_loss_composition_and_one_step(loss_name, classifier):
     method = build("bcl", loss_name, classifier)
     assert method.views == ("regular", "contrastive", "contrastive")
     assert method.prototypes().shape == (4, 128)
+    # the prototype head maps each class's raw (un-normalised) classifier vector
+    head = method.model.head
+    raw = head.weight.t() if classifier == "cosine" else head.weight  # (C, D) either way
+    method.eval()
+    torch.testing.assert_close(
+        method.prototypes(), torch.nn.functional.normalize(method.prototype(raw.detach()), dim=1)
+    )
+    if classifier == "cosine":  # raw, not unit vectors: scaling one class's vector changes its prototype
+        before = method.prototypes()[1].clone()
+        with torch.no_grad():
+            head.weight[:, 1] *= 3.0
+        assert not torch.allclose(method.prototypes()[1], before)
+    method.train()
     x, y = views(3), torch.tensor([0, 0, 1, 1, 2, 2, 3, 0])
     out = method(x, y, epoch=0)
     assert out.scores.shape == (8, 4)

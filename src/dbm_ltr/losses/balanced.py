@@ -195,8 +195,9 @@ class BalancedLoss(nn.Module):
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor, epoch: int | None = None) -> torch.Tensor:
         check_logits_and_target(logits, target, self.num_classes)
+        logits = at_least_float32(logits)  # half-precision logits: the loss in float32 all the same
         if self.logit_offset is not None:
-            logits = at_least_float32(logits) + self.logit_offset
+            logits = logits + self.logit_offset
         return self.cross_entropy(logits, target, epoch)
 
     def extra_repr(self) -> str:

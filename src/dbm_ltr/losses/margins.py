@@ -167,9 +167,12 @@ def _dbm_psi(cos_y, margin_y, slope, overflow_mode: str, need_grad: bool):
     return psi, grad
 
 
-def _check_cosines(cos_y: torch.Tensor) -> None:
+def _check_cosines(cos_y: torch.Tensor, on_device: bool | None = None) -> None:
     """Cosines far outside [-1, 1] are logits passed by mistake: say so (on an accelerator the
-    check runs on the device, so nothing waits for it)."""
+    check runs on the device, so nothing waits for it). NaN passes on every device: it comes
+    from a diverged step, which the loss shows and the engine's ``train.nan_policy`` handles
+    (a device-side assert would end the process instead). ``on_device``: the accelerator's
+    check (default: where ``cos_y`` is not on the CPU)."""
     message = (
         "the margin losses take raw cosines in [-1, 1] (the output of CosineClassifier, "
         "before any scale), got values beyond; logits of a linear layer are not cosines"
@@ -177,12 +180,12 @@ def _check_cosines(cos_y: torch.Tensor) -> None:
     if cos_y.numel() == 0:
         return
     lo, hi = torch.aminmax(cos_y)
-    if cos_y.device.type == "cpu":
-        lo, hi = float(lo), float(hi)
-        if lo < -1.01 or hi > 1.01:
-            raise ValueError(f"{message} (found {lo:.3g} .. {hi:.3g})")
+    outside = (lo < -1.01) | (hi > 1.01)  # False for NaN
+    if not (cos_y.device.type != "cpu" if on_device is None else on_device):
+        if outside:
+            raise ValueError(f"{message} (found {float(lo):.3g} .. {float(hi):.3g})")
     else:
-        torch._assert_async((lo >= -1.01) & (hi <= 1.01), message)
+        torch._assert_async(~outside, message)
 
 
 def _margin_logits(cosine, target, loss, offset, need_grad):
