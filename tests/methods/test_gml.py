@@ -4,6 +4,7 @@ import json
 import math
 
 import pytest
+import reference as ref
 import torch
 import torch.nn.functional as F
 from fakes import tiny_overrides
@@ -172,7 +173,7 @@ def test_enqueue_fills_class_segments_and_wraps_around(teacher):
     assert (method.queue_index[: start[c]] < 0).all()
 
 
-def test_one_step_weight_decay_teacher_frozen_and_kd_on_plain_cosines(teacher):
+def test_one_step_weight_decay_and_teacher_frozen(teacher):
     torch.manual_seed(0)
     method = build(teacher, "dbm_gml")
     assert method.embed_k[0].weight.equal(method.embed_q[0].weight)  # a copy at the start
@@ -203,9 +204,13 @@ def test_one_step_weight_decay_teacher_frozen_and_kd_on_plain_cosines(teacher):
         method(x, y, epoch=0)
 
 
-def test_loss_is_the_sum_of_its_terms(teacher):
+@pytest.mark.parametrize("loss_name", ["gml", "dbm_gml"])
+def test_loss_is_the_sum_of_its_terms(teacher, loss_name):
+    """gamma L_sup + beta (L_con + L_con_t) + alpha KD: L_sup the balanced softmax at s = 30
+    (GML) or DBM at s = 32 with base bs (DBM-GML), against the naive reference; the KD term on
+    the plain cosines at s = 30 for both."""
     torch.manual_seed(0)
-    method = build(teacher, alpha=0.5, beta=2.0, gamma=1.5)
+    method = build(teacher, loss_name, alpha=0.5, beta=2.0, gamma=1.5)
     method.eval()  # deterministic BatchNorm for the recomputation
     x = [torch.randn(6, 3, 32, 32) for _ in range(3)]
     y, idx = torch.tensor([0, 1, 2, 3, 4, 9]), torch.arange(6)
@@ -220,7 +225,14 @@ def test_loss_is_the_sum_of_its_terms(teacher):
     cos = method.model.head(feats[:6])
     with torch.no_grad():
         tf = method.teacher.trunk(torch.cat([x[0], x[2]]))
-    sup = method.loss(cos, y, epoch=0)
+    counts = [40, 30, 23, 18, 14, 11, 8, 6, 5, 4]
+    cos_list, log_prior = cos.double().tolist(), [math.log(n / sum(counts)) for n in counts]
+    if loss_name == "gml":
+        logits = [[30 * c + lp for c, lp in zip(row, log_prior)] for row in cos_list]
+    else:
+        plain = ref.dbm_logits(cos_list, y.tolist(), counts, K=0.1, s=32.0)
+        logits = [[z + lp for z, lp in zip(row, log_prior)] for row in plain]
+    sup = ref.cross_entropy(logits, y.tolist())
     kd = distillation_kl(30 * cos, 30 * method.teacher.head(tf[:6]), 4.0)
     keys = F.normalize(method.embed_k(method.queue), dim=1)  # the queue after this step's enqueue
     con, con_t = gml_contrastive_losses(
@@ -233,7 +245,7 @@ def test_loss_is_the_sum_of_its_terms(teacher):
         method.log_temperature,
         method.log_prior,
     )
-    assert total.item() == pytest.approx((1.5 * sup + 2.0 * (con + con_t) + 0.5 * kd).item(), rel=1e-5)
+    assert total.item() == pytest.approx(1.5 * sup + (2.0 * (con + con_t) + 0.5 * kd).item(), rel=1e-5)
     assert not torch.equal(queue_before[2], method.queue_index)
 
 

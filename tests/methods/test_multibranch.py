@@ -1,6 +1,7 @@
 import copy
 
 import pytest
+import reference as ref
 import torch
 
 from dbm_ltr.losses import create_loss
@@ -96,6 +97,76 @@ def test_ncl_one_step_queue_and_momentum_encoder(loss_name, classifier):
     with torch.no_grad():
         mean = torch.stack([e(x[0]) for e in method.experts]).mean(0)
         torch.testing.assert_close(method.predict(x[0]), mean)
+
+
+COUNTS10 = [100, 70, 50, 30, 20, 12, 8, 5, 3, 2]
+
+
+def _kl_sum(logits, weight):
+    """NBOD written out: weight / (E - 1) * sum_{i != j} mean_b KL(p_j || p_i), log(p_i + 1e-9)."""
+    log_probs = [torch.log_softmax(a, dim=1) for a in logits]
+    total = 0.0
+    for i, lp_i in enumerate(log_probs):
+        for j, lp_j in enumerate(log_probs):
+            if i != j:
+                total += (lp_j.exp() * (lp_j - (lp_i.exp() + 1e-9).log())).sum(dim=1).mean().item()
+    return weight / (len(logits) - 1) * total
+
+
+@pytest.mark.parametrize("loss_name,classifier", [("bs", "linear"), ("dbm", "cosine")])
+def test_ncl_loss_is_its_terms_written_out(loss_name, classifier):
+    """Ten classes (k = 3 hard categories): the mask from expert 0's raw output, a_i = z_i +
+    log n_c, a_i^H = a_i * M, CE and HCM summed over the experts, MoCo against the queue, and
+    the two distillation terms, recomputed from the experts' outputs."""
+    torch.manual_seed(0)
+    loss = create_loss(loss_name, COUNTS10, **({"base": "bs"} if loss_name == "dbm" else {}))
+    method = create_method(
+        "ncl",
+        trunk="resnet32",
+        classifier=classifier,
+        num_classes=10,
+        cls_num_list=COUNTS10,
+        loss=loss,
+        loss_name=loss_name,
+        queue_size=16,
+        moco_momentum=1.0,  # the key encoders stay as they are: keys computable beforehand
+    )
+    assert method.hard_k == 3
+    method.eval()  # BatchNorm from running statistics: the same outputs twice
+    with torch.no_grad():
+        method.queues.copy_(torch.nn.functional.normalize(torch.randn_like(method.queues), dim=2))
+    x_p, x_k = views(2)
+    y = torch.tensor([0, 1, 2, 3, 9, 8, 7, 0])
+    with torch.no_grad():
+        feats = [e.trunk(x_p) for e in method.experts]
+        raws = [e.head(f).double() for e, f in zip(method.experts, feats)]
+        queries = [torch.nn.functional.normalize(h(f).double(), dim=1) for h, f in zip(method.query_heads, feats)]
+        keys = [
+            torch.nn.functional.normalize(h(t(x_k)).double(), dim=1)
+            for h, t in zip(method.key_heads, method.key_trunks)
+        ]
+        queues = method.queues.double().clone()
+    log_n = torch.tensor(COUNTS10, dtype=torch.float64).log()
+    mask = torch.zeros(8, 10, dtype=torch.float64)
+    for b in range(8):  # the target and the two highest other classes of expert 0
+        others = sorted((c for c in range(10) if c != y[b]), key=lambda c: -raws[0][b, c].item())
+        for c in [y[b].item(), *others[:2]]:
+            mask[b, c] = 1.0
+    if loss_name == "dbm":
+        z = [torch.tensor(ref.dbm_logits(r.tolist(), y.tolist(), COUNTS10), dtype=torch.float64) for r in raws]
+    else:
+        z = raws
+    full = [zi + log_n for zi in z]
+    hard = [a * mask for a in full]
+    ce = sum(ref.cross_entropy(a.tolist(), y.tolist()) for a in full)
+    hcm = sum(ref.cross_entropy(a.tolist(), y.tolist()) for a in hard)
+    moco = 0.0
+    for q, k, queue in zip(queries, keys, queues):
+        logits = torch.cat([(q * k).sum(dim=1, keepdim=True), q @ queue.t()], dim=1) / 0.2
+        moco += ref.cross_entropy(logits.tolist(), [0] * 8)
+    want = ce + hcm + moco + _kl_sum(full, 0.6) + _kl_sum(hard, 0.6)
+    got = method([x_p, x_k], y, epoch=0).loss.item()
+    assert got == pytest.approx(want, rel=1e-5)
 
 
 def test_ncl_balanced_logits_use_dbm_margins():
