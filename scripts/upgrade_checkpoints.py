@@ -23,7 +23,7 @@ import torch
 
 from dbm_ltr.engine.checkpoint import CHECKPOINT, FORMAT_VERSION, atomic_write, load_checkpoint, previous_path
 from dbm_ltr.errors import DbmLtrError
-from dbm_ltr.serialization import trust_checkpoints
+from dbm_ltr.serialization import trusting_checkpoints
 
 
 def plain_rng(rng: dict) -> dict:
@@ -45,11 +45,8 @@ def plain_rng(rng: dict) -> dict:
 
 
 def upgrade(path: Path) -> str:
-    trust_checkpoints(True)
-    try:
+    with trusting_checkpoints():
         state = load_checkpoint(path)
-    finally:
-        trust_checkpoints(False)
     if state.get("format_version") == FORMAT_VERSION:
         return "already current"
     for holder in (state, state.get("partial") or {}):

@@ -18,6 +18,17 @@ def _seed_and_one_thread():
     torch.set_num_threads(before)
 
 
+@pytest.fixture(autouse=True)
+def _checkpoints_untrusted_after_each_test():
+    """No test leaves the full unpickler on for the tests after it (in its worker process)."""
+    from dbm_ltr.serialization import trust_checkpoints, trusted
+
+    yield
+    if trusted():
+        trust_checkpoints(False)
+        pytest.fail("the test left trust_checkpoints on: later reads would run pickled code")
+
+
 @pytest.fixture(scope="session")
 def fake_cifar10(tmp_path_factory):
     """Tiny CIFAR-10 in the .npz format of ../shared/data: 40 train / 10 test images a class."""

@@ -8,6 +8,7 @@ line and exit with status 2; set ``DBM_LTR_DEBUG=1`` to see the traceback instea
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import shutil
@@ -801,13 +802,14 @@ def main(argv: list[str] | None = None) -> int:
                 raise
             print(f"dbm-ltr {args.command}: error: {problem}", file=sys.stderr)
             return 2
-    if getattr(args, "trust_checkpoint", False):
-        from .serialization import trust_checkpoints
+    trust = contextlib.nullcontext()
+    if getattr(args, "trust_checkpoint", False):  # for this command only
+        from .serialization import trusting_checkpoints
 
-        trust_checkpoints(True)
-
+        trust = trusting_checkpoints()
     try:
-        code = _dispatch(args)
+        with trust:
+            code = _dispatch(args)
     except Exception:  # a bug, or any failure under DBM_LTR_DEBUG: its traceback
         if not _left_process_group():
             raise

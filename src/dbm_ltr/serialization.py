@@ -11,26 +11,49 @@ oneself) does a refused file get PyTorch's full unpickler.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import pickle
 import re
+from collections.abc import Iterator
 from typing import Any
 
 import torch
 
 from .errors import UnsafeCheckpointError
 
-__all__ = ["safe_load", "trust_checkpoints", "trusted"]
+__all__ = ["safe_load", "trust_checkpoints", "trusted", "trusting_checkpoints"]
 
 _trusted = False
 
 
 def trust_checkpoints(enabled: bool = True) -> None:
     """Let every later read fall back to the full unpickler for files the restricted one
-    refuses (``--trust-checkpoint``): only for checkpoints you made yourself, since a pickle
-    can run any code."""
+    refuses: only for checkpoints you made yourself, since a pickle can run any code. For one
+    piece of work, :func:`trusting_checkpoints` (what ``--trust-checkpoint`` uses) ends it."""
     global _trusted
     _trusted = bool(enabled)
+
+
+@contextlib.contextmanager
+def trusting_checkpoints(enabled: bool = True) -> Iterator[None]:
+    """:func:`trust_checkpoints` for the ``with`` block only; the setting before it comes
+    back afterwards, also when the block fails (a command run through ``cli.main`` in a
+    notebook leaves later reads restricted).
+
+    Example:
+        >>> with trusting_checkpoints():
+        ...     trusted()
+        True
+        >>> trusted()
+        False
+    """
+    before = _trusted
+    trust_checkpoints(enabled)
+    try:
+        yield
+    finally:
+        trust_checkpoints(before)
 
 
 #: What checkpoints of format 1-2 need beyond the restricted unpickler: NumPy's array

@@ -87,6 +87,22 @@ def test_a_run_directory_with_code_in_its_checkpoint_is_refused(finished_run, fa
     assert marker.exists()
 
 
+def test_trust_lasts_one_command(finished_run, fake_cifar10, tmp_path, capsys):
+    """``--trust-checkpoint`` of one ``cli.main`` call (a notebook, a script) does not carry
+    over to the next: a poisoned run read afterwards is refused, its payload never runs."""
+    from dbm_ltr.serialization import trusted
+
+    argv = ["eval", "--checkpoint", str(finished_run), "--set", f"data.root={fake_cifar10}"]
+    assert cli.main([*argv, "--trust-checkpoint"]) == 0
+    assert cli.main(["eval", "--checkpoint", str(tmp_path / "missing"), "--trust-checkpoint"]) == 2  # a failure
+    assert not trusted()
+    capsys.readouterr()
+    marker = tmp_path / "PWNED"
+    run = poisoned_copy(finished_run, tmp_path / "downloaded", marker)
+    err = one_line_refusal(capsys, cli.main(["eval", "--checkpoint", str(run), "--set", f"data.root={fake_cifar10}"]))
+    assert "may contain code and was not loaded" in err and not marker.exists()
+
+
 def test_a_teacher_with_code_is_refused(finished_run, fake_cifar10, tmp_path, capsys):
     marker = tmp_path / "PWNED"
     teacher = poisoned_copy(finished_run, tmp_path / "teacher", marker)
@@ -224,14 +240,11 @@ def test_reproduce_passes_the_opt_in_to_its_runs(tmp_path):
     from pathlib import Path
 
     from dbm_ltr.experiments.reproduce import ReproRun, _command
-    from dbm_ltr.serialization import trust_checkpoints
+    from dbm_ltr.serialization import trusting_checkpoints
 
     run = ReproRun("ce", 0, "cifar10_lt/ce", Path(tmp_path / "ce_seed0"), [])
-    try:
-        trust_checkpoints(True)
+    with trusting_checkpoints():
         assert "--trust-checkpoint" in _command(run)
-    finally:
-        trust_checkpoints(False)
     assert "--trust-checkpoint" not in _command(run)
 
 

@@ -37,7 +37,7 @@ import numpy as np
 import torch
 
 from ..errors import CheckpointError, MissingDependencyError, UnsafeCheckpointError
-from ..serialization import safe_load, trust_checkpoints
+from ..serialization import safe_load, trust_checkpoints, trusting_checkpoints
 
 __all__ = [
     "CHECKPOINT",
@@ -54,6 +54,7 @@ __all__ = [
     "safe_load",
     "save_checkpoint",
     "trust_checkpoints",
+    "trusting_checkpoints",
 ]
 
 FORMAT_VERSION = 3  # 3: RNG states in plain types (the restricted unpickler reads every part)
