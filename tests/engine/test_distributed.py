@@ -13,7 +13,7 @@ from fakes import tiny_overrides, torchrun_failure
 
 from dbm_ltr.engine import Trainer, load_config
 from dbm_ltr.engine.build import wrap_model as _wrap
-from dbm_ltr.engine.distributed import DistInfo, sync_buffers
+from dbm_ltr.engine.distributed import DistInfo, shard_indices, sync_buffers
 from dbm_ltr.losses import create_loss
 from dbm_ltr.methods import create_method
 
@@ -194,3 +194,11 @@ def test_a_cuda_index_beyond_the_visible_devices_is_a_config_error(monkeypatch):
     assert pick_device("cuda", local_rank=3) == torch.device("cuda", 1)
     with pytest.raises(ConfigError, match=r"train.device=cuda:2 but this process sees 2 CUDA device\(s\)"):
         pick_device("cuda:2")
+
+
+@pytest.mark.parametrize("n,world", [(101, 2), (10, 3), (2, 4), (0, 2)])
+def test_evaluation_shards_cover_the_test_set_once(n, world):
+    """Each process scores its shard; together every image exactly once, none padded in."""
+    shards = [shard_indices(n, DistInfo(rank=r, world_size=world)) for r in range(world)]
+    assert sorted(i for shard in shards for i in shard) == list(range(n))
+    assert max(map(len, shards)) - min(map(len, shards)) <= 1

@@ -1,7 +1,10 @@
 """``data.pipeline``: batches augmented on the training device, exactly resumable."""
 
 import json
+import random
+import signal
 
+import numpy as np
 import pytest
 import torch
 from fakes import tiny_overrides
@@ -169,11 +172,15 @@ def test_the_loader_pipeline_draws_nothing_from_the_global_generator(fake_cifar1
     pipeline = Trainer(cfg, tmp_path / "run", log=quiet).pipeline
     assert isinstance(pipeline, LoaderPipeline)
     torch.manual_seed(5)
-    before = torch.get_rng_state()
+    random.seed(5)
+    np.random.seed(5)
+    before = torch.get_rng_state(), random.getstate(), np.random.get_state()
     batches, count = pipeline.train_batches(epoch=1, start=1)
     assert len(list(batches)) == count == 2
     assert len(list(pipeline.eval_batches())) == pipeline.eval_steps
-    assert torch.equal(torch.get_rng_state(), before)
+    assert torch.equal(torch.get_rng_state(), before[0])
+    assert random.getstate() == before[1]  # the per-sample seeding restores Python's and NumPy's too
+    assert all(np.array_equal(a, b) for a, b in zip(np.random.get_state(), before[2]))
 
 
 def test_a_device_pipeline_run_writes_its_run_directory(fake_cifar10, tmp_path):
@@ -223,6 +230,67 @@ def test_resume_is_exact_with_the_device_pipeline(fake_cifar10, tmp_path, preset
         for r in (tmp_path / run / "log.jsonl").read_text().splitlines()
     ]
     assert log("a") == log("b")
+
+
+TIMING = ("seconds", "images_per_s", "train_seconds", "elapsed", "finished", "started", "environment")
+
+
+def _untimed(value):
+    """A log row or metrics.json without what depends on the clock or the machine."""
+    if isinstance(value, dict):
+        return {k: _untimed(v) for k, v in value.items() if k not in TIMING}
+    return value
+
+
+def _descending_scores(trainer):
+    """Test top-1 90 after epoch 1, 80 after epoch 2, ...: the best epoch is the first, so a
+    resumed run has to carry it over from its checkpoint."""
+    real = trainer.evaluate
+    trainer.evaluate = lambda: {**real(), "top1": 90.0 - 10 * len(trainer.history)}
+    return trainer
+
+
+@pytest.mark.parametrize("preset,after_step", [("cifar10_lt/dbm_ce", 2), ("cifar10_lt/dbm_bcl", 5)])  # 5: the last
+def test_a_stop_mid_epoch_resumes_exactly_with_the_device_pipeline(fake_cifar10, tmp_path, preset, after_step):
+    """A stop signal after step ``after_step`` of epoch 2 (of 5 steps), resumed: the weights,
+    the epoch's log row (its loss and accuracy summed over both halves) and metrics.json with
+    the best test epoch (evaluated every epoch; the first, from before the stop) equal those
+    of the uninterrupted run."""
+    from dbm_ltr.engine.signals import Interrupted
+
+    cfg = load_config(
+        preset,
+        tiny_overrides(fake_cifar10, epochs=2)
+        + ["train.deterministic=true", "data.pipeline=device", "train.eval_every=1"],
+    )
+    straight = _descending_scores(Trainer(cfg, tmp_path / "a", log=quiet))
+    straight.fit()
+    interrupted = _descending_scores(Trainer(cfg, tmp_path / "b", log=quiet))
+    batches = interrupted.pipeline.train_batches
+
+    def stopping(epoch, start):
+        stream, total = batches(epoch, start)
+        assert total == 5
+
+        def stream_with_a_stop():
+            for step, batch in enumerate(stream, start + 1):
+                if epoch == 1 and step == after_step:
+                    interrupted._stop.signum = signal.SIGTERM  # as the handler sets it
+                yield batch
+
+        return stream_with_a_stop(), total
+
+    interrupted.pipeline.train_batches = stopping
+    with pytest.raises(Interrupted, match=f"in epoch 2 after step {after_step} of 5"):
+        interrupted.fit()
+    resumed = _descending_scores(Trainer(cfg, tmp_path / "b", resume=True, log=quiet))
+    resumed.fit()
+    a, b = straight.method.state_dict(), resumed.method.state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    rows = lambda run: [_untimed(json.loads(r)) for r in (tmp_path / run / "log.jsonl").read_text().splitlines()]
+    assert rows("a") == rows("b") and len(rows("a")) == 2
+    metrics = lambda run: _untimed(json.loads((tmp_path / run / "metrics.json").read_text()))
+    assert metrics("a") == metrics("b") and metrics("a")["best_epoch"]["epoch"] == 1
 
 
 def test_max_steps_amp_dtype_and_compile_fallback(fake_cifar10, tmp_path, monkeypatch):
