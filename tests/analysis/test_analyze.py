@@ -237,6 +237,20 @@ def test_runs_with_different_class_sets_get_per_run_class_tables(tmp_path):
         assert files[f"confusion_png:{label}"].is_file()
     assert results[1].angle_stats["many"]["count"] == 40 and results[0].angle_stats["few"]["count"] == 20
     assert results[0].top1 > 50 and results[0].notes == []
+    # Table 6's groups follow the training counts (300, 120 | 30 | 8), not the 20 test images
+    # each class has here (all of which would be medium)
+    fisher = results[1].fisher
+    s_i = fisher["per_class"]
+    assert fisher["many"] == pytest.approx((s_i[0] + s_i[1]) / 2)
+    assert fisher["medium"] == pytest.approx(s_i[2]) and fisher["few"] == pytest.approx(s_i[3])
+    assert fisher["all"] == pytest.approx(sum(s_i) / 4)
+    # --fisher-features l2: the criterion of the unit-norm feature rows, not of the raw ones
+    run = fake(4, 20, [300, 120, 30, 8])
+    l2 = analyze_features("four", run, fisher_normalization="l2").fisher
+    unit = fake(4, 20, [300, 120, 30, 8])
+    unit.features = torch.nn.functional.normalize(unit.features, dim=1)
+    assert l2["per_class"] == pytest.approx(analyze_features("four", unit).fisher["per_class"])
+    assert l2["all"] != pytest.approx(fisher["all"])
 
 
 @pytest.mark.parametrize("decode,used", [("cpu", None), ("pil", None), ("device", "cpu")])

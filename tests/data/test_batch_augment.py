@@ -118,9 +118,33 @@ def test_magnitudes_match_torchvision(hw):
             assert np.array_equal(ours[op][0], mags.double().numpy()), op
 
 
-def test_policy_is_torchvisions_cifar10():
+#: AutoAugment's CIFAR-10 policy as the paper (Cubuk et al. 2019) and the DBM code's
+#: CIFAR10Policy list it: (p1, op1, bin1, p2, op2, bin2), written out here
+PAPER_CIFAR10_POLICY = """
+0.1 Invert 7 0.2 Contrast 6 | 0.7 Rotate 2 0.3 TranslateX 9 | 0.8 Sharpness 1 0.9 Sharpness 3
+0.5 ShearY 8 0.7 TranslateY 9 | 0.5 AutoContrast 8 0.9 Equalize 2 | 0.2 ShearY 7 0.3 Posterize 7
+0.4 Color 3 0.6 Brightness 7 | 0.3 Sharpness 9 0.7 Brightness 9 | 0.6 Equalize 5 0.5 Equalize 1
+0.6 Contrast 7 0.6 Sharpness 5 | 0.7 Color 7 0.5 TranslateX 8 | 0.3 Equalize 7 0.4 AutoContrast 8
+0.4 TranslateY 3 0.2 Sharpness 6 | 0.9 Brightness 6 0.2 Color 8 | 0.5 Solarize 2 0.0 Invert 3
+0.2 Equalize 0 0.6 AutoContrast 0 | 0.2 Equalize 8 0.6 Equalize 4 | 0.9 Color 9 0.6 Equalize 6
+0.8 AutoContrast 4 0.2 Solarize 8 | 0.1 Brightness 3 0.7 Color 0 | 0.4 Solarize 5 0.9 AutoContrast 3
+0.9 TranslateY 9 0.7 TranslateY 9 | 0.9 AutoContrast 2 0.8 Solarize 3 | 0.8 Equalize 8 0.1 Invert 3
+0.7 TranslateY 9 0.9 AutoContrast 1
+"""
+
+
+def test_policy_is_the_papers_cifar10_policy():
+    """The 25 sub-policies, against the table written out above (ops without a magnitude carry
+    no bin); torchvision's table, which the package reads, is the same."""
+    no_magnitude = {"AutoContrast", "Equalize", "Invert"}
+    want = []
+    for sub in PAPER_CIFAR10_POLICY.replace("\n", " | ").split("|"):
+        if sub.strip():
+            p1, op1, b1, p2, op2, b2 = sub.split()
+            stages = ((p1, op1, b1), (p2, op2, b2))
+            want.append(tuple((op, float(p), None if op in no_magnitude else int(b)) for p, op, b in stages))
+    assert len(want) == 25 and list(ba.CIFAR10_POLICY) == want
     pol = AutoAugment(AutoAugmentPolicy.CIFAR10).policies
-    assert len(ba.CIFAR10_POLICY) == 25
     assert [tuple(map(tuple, s)) for s in pol] == list(ba.CIFAR10_POLICY)
 
 

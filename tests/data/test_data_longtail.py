@@ -153,3 +153,33 @@ def test_limit_indices_keeps_proportions_and_every_class():
     assert len(limit_indices(targets, 10_000)) == len(targets)
     with pytest.raises(ConfigError, match="data.limit=4 cannot keep all 5 classes"):
         limit_indices(targets, 4)
+
+
+def test_limited_dataset_keeps_images_and_labels_together():
+    """``data.limit``'s view: item i, ``data[i]`` and ``targets[i]`` are the underlying data
+    set's sample ``indices[i]`` (the device pipeline reads ``data`` and ``targets``, the loader
+    ``__getitem__``); a class left out keeps its place in ``cls_num_list``; other attributes
+    are the data set's."""
+    from dbm_ltr.data.longtail import LimitedDataset
+
+    class Coded:  # image n is filled with n: an image carries its own index
+        def __init__(self, targets):
+            self.targets = list(targets)
+            self.data = np.stack([np.full((2, 2, 3), n, np.uint8) for n in range(len(targets))])
+            self.cls_num_list = np.bincount(self.targets, minlength=4).tolist()
+            self.classes = ["a", "b", "c", "d"]
+
+        def __len__(self):
+            return len(self.targets)
+
+        def __getitem__(self, n):
+            return self.data[n], self.targets[n]
+
+    base = Coded([0, 1, 0, 2, 1, 0, 2, 0])  # class 3 has no sample
+    indices = np.array([1, 3, 4, 6])
+    view = LimitedDataset(base, indices, limit=4)
+    assert len(view) == 4 and view.cls_num_list == [0, 2, 2, 0] and view.classes == base.classes
+    for i, n in enumerate(indices):
+        image, label = view[i]
+        assert (image == n).all() and label == base.targets[n]
+        assert (view.data[i] == n).all() and view.targets[i] == base.targets[n]

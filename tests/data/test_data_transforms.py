@@ -135,6 +135,10 @@ def test_contrastive_recipe_structure_and_output():
     assert gray.p == 0.2
     assert blur.p == 0.5 and isinstance(blur.transforms[0], RandomGaussianBlur)
     assert blur.transforms[0].sigma == (0.1, 2.0)
+    cj = jitter.transforms[0]  # ColorJitter(0.4, 0.4, 0.4, 0.1) of BCL's and NCL's code
+    assert cj.brightness == cj.contrast == cj.saturation == pytest.approx((0.6, 1.4)) and cj.hue == (-0.1, 0.1)
+    flip = t.transforms[1]
+    assert flip.p == 0.5 and rrc.ratio == pytest.approx((3 / 4, 4 / 3))
     for i in range(10):
         x = t(pil_image(i, size=32))
         assert x.shape == (3, 32, 32)
@@ -211,3 +215,20 @@ def test_contrastive_blur_draws_sigma_uniformly_and_checks_input():
         RandomGaussianBlur((2.0, 0.1))
     with pytest.raises(TypeError, match="PIL image"):
         blur(torch.zeros(3, 8, 8))
+
+
+def test_normalisation_statistics_are_those_of_the_authors_code():
+    """Written out, not imported: CIFAR's are the DBM code's (not the published std 0.2470,
+    0.2435, 0.2616 of the 50,000 images); ImageNet's and iNaturalist's those of the
+    large-scale code."""
+    from dbm_ltr.data import transforms as tr
+
+    assert tr.CIFAR_MEAN == (0.4914, 0.4822, 0.4465) and tr.CIFAR_STD == (0.2023, 0.1994, 0.2010)
+    assert tr.IMAGENET_MEAN == (0.485, 0.456, 0.406) and tr.IMAGENET_STD == (0.229, 0.224, 0.225)
+    assert tr.INAT_MEAN == (0.466, 0.471, 0.380) and tr.INAT_STD == (0.195, 0.194, 0.192)
+    for name, (mean, std) in {
+        "imagenet_test": ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
+        "inat_test": ((0.466, 0.471, 0.380), (0.195, 0.194, 0.192)),
+    }.items():
+        last = build_transform(name).transforms[-1]
+        assert last.mean == pytest.approx(mean) and last.std == pytest.approx(std)

@@ -280,6 +280,29 @@ def test_large_recipes_shapes_and_normalisation(tmp_path, prefix, mean, std):
     assert (got - want).abs().mul(torch.tensor(std).view(3, 1, 1) * 255).max() <= 2.01
 
 
+@pytest.mark.parametrize("prefix", ["imagenet", "inat"])
+def test_large_recipes_parameters(prefix):
+    """The steps' settings, written out: RandomResizedCrop(224, scale 0.08-1, ratio 3/4-4/3)
+    and a p = 0.5 flip in every training view; ColorJitter(0.4, 0.4, 0.4, 0) before
+    RandAugment; the contrastive view's ColorJitter(0.4, 0.4, 0.4, 0.1) with p 0.8 and
+    Grayscale p 0.2."""
+    for kind in ("train", "randaug", "randaug_stack", "contrastive"):
+        steps = build_transform(f"{prefix}_{kind}").transforms
+        crop, flip = steps[0], steps[1]
+        assert crop.size == (224, 224) and crop.scale == (0.08, 1.0) and crop.ratio == pytest.approx((3 / 4, 4 / 3))
+        assert isinstance(flip, T.RandomHorizontalFlip) and flip.p == 0.5
+    jitter = build_transform(f"{prefix}_randaug").transforms[3]
+    assert jitter.brightness == jitter.contrast == jitter.saturation == pytest.approx((0.6, 1.4))
+    assert jitter.hue is None
+    applied, gray = build_transform(f"{prefix}_contrastive").transforms[3:5]
+    assert isinstance(applied, T.RandomApply) and applied.p == 0.8
+    cj = applied.transforms[0]
+    assert cj.brightness == cj.contrast == cj.saturation == pytest.approx((0.6, 1.4)) and cj.hue == (-0.1, 0.1)
+    assert isinstance(gray, T.RandomGrayscale) and gray.p == 0.2
+    test = build_transform(f"{prefix}_test").transforms[0]
+    assert (test.resize, test.crop) == (256, 224)
+
+
 @pytest.mark.parametrize("name", ["imagenet_randaug", "inat_randaug", "inat_randaug_stack"])
 def test_randaug_fill(name):
     """RandAugment fills with ImageNet's mean in 0-255 on every data set (iNaturalist too: the
