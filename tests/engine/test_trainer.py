@@ -1,4 +1,5 @@
 import errno
+import functools
 import json
 import os
 from pathlib import Path
@@ -113,6 +114,39 @@ def test_resume_is_exact(fake_cifar10, tmp_path, preset, extra):
         {k: v for k, v in json.loads(r).items() if k not in ("seconds", "images_per_s")} for r in rows
     ]
     assert strip(log_a) == strip(log_b)
+
+
+def test_float16_amp_scales_the_loss_and_resumes_exactly(fake_cifar10, tmp_path, monkeypatch):
+    """GPUs below compute capability 8 train in float16 with a loss scaler (bfloat16, used on
+    the CPU and newer GPUs, needs none): here the CPU is made to take that path. The scaler
+    skips the steps its first scales overflow and backs off; its state is part of the
+    checkpoint, so a run resumed after epoch 1 ends as the uninterrupted one."""
+    from dbm_ltr.engine import monitor, precision, trainer
+
+    for module in (precision, trainer, monitor):
+        monkeypatch.setattr(module, "amp_dtype", lambda device: torch.float16)
+    start = 2.0**24  # overflows float16 gradients: the scaler has work to do
+    monkeypatch.setattr(torch.amp, "GradScaler", functools.partial(torch.amp.GradScaler, init_scale=start))
+    cfg = load_config(
+        "cifar10_lt/dbm_ce",
+        tiny_overrides(fake_cifar10, epochs=2) + ["train.amp=true", "train.deterministic=true", "data.pipeline=device"],
+    )
+    straight = Trainer(cfg, tmp_path / "a", log=quiet)
+    assert straight.scaler.is_enabled()
+    straight.fit()
+    assert straight.scaler.get_scale() < start  # backed off
+    interrupted = Trainer(cfg, tmp_path / "b", log=quiet)
+    _interrupt_after(interrupted, 1)
+    with pytest.raises(KeyboardInterrupt):
+        interrupted.fit()
+    assert load_checkpoint(tmp_path / "b" / "checkpoint.pt")["scaler"]["scale"] < start
+    resumed = Trainer(cfg, tmp_path / "b", resume=True, log=quiet)
+    assert resumed.scaler.state_dict() == load_checkpoint(tmp_path / "b" / "checkpoint.pt")["scaler"]
+    resumed.fit()
+    assert resumed.scaler.state_dict() == straight.scaler.state_dict()
+    a, b = straight.method.state_dict(), resumed.method.state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert all(torch.isfinite(v).all() for v in b.values() if v.is_floating_point())
 
 
 def test_existing_run_needs_resume_and_resume_needs_same_config(fake_cifar10, tmp_path):
