@@ -7,6 +7,7 @@ from analysis_helpers import tiny_overrides
 from dbm_ltr import cli
 from dbm_ltr.engine import ConfigError
 from dbm_ltr.experiments import parse_grid, plan_sweep, run_sweep, summarize_sweep
+from dbm_ltr.experiments.sweep import load_finished
 
 
 def _err_line(capsys):
@@ -116,6 +117,43 @@ def test_finished_points_are_skipped_and_a_2d_grid_gets_a_heat_map(tmp_path, cap
     report = summary["report"].read_text()
     assert "loss.max_margin=0.2, loss.tau=1.0" in report and "| 73.00 | 80.84 | -7.84 |" in report
     assert summary["csv"].is_file()
+
+
+def test_the_plot_takes_the_mean_over_seeds(tmp_path, monkeypatch):
+    """With a train.seed axis, each cell of the plot is the mean top-1 of its seeds."""
+    from dbm_ltr.experiments import sweep
+
+    out = tmp_path / "sweep"
+    grid = ["max_margin=0.1,0.2", "train.seed=0,1,2"]
+    axes, points = plan_sweep("cifar10_lt/dbm_ce", grid, [], out)
+    scores = {("0.1", "0"): 70.0, ("0.1", "1"): 72.0, ("0.1", "2"): 77.0, ("0.2", "0"): 60.0}
+    for p in points:
+        if tuple(p.raw) in scores:  # seeds 1 and 2 of max_margin=0.2 have not finished
+            _fake_finished(p, scores[tuple(p.raw)])
+    axes, points = plan_sweep("cifar10_lt/dbm_ce", grid, [], out)
+    load_finished(points)
+    drawn = {}
+    monkeypatch.setattr(sweep, "plot_sweep", lambda keys, values, top1, path, title: drawn.update(top1=top1, t=title))
+    summarize_sweep(axes, points, out)
+    assert drawn["top1"] == {("0.1",): pytest.approx(73.0), ("0.2",): 60.0}
+    assert "mean over seeds" in drawn["t"]
+
+
+def test_a_failing_point_is_reported_and_the_others_train(fake_cifar10_root, tmp_path, capsys):
+    """A point whose checkpoint cannot be read fails alone: the other trains, the report has
+    it, and the command ends with 1 and names the failed point and why."""
+    out = tmp_path / "sweep"
+    broken = out / "max_margin=0.1"
+    broken.mkdir(parents=True)
+    (broken / "checkpoint.pt").write_bytes(b"damaged")
+    args = ["sweep", "--config", "cifar10_lt/dbm_ce", "--grid", "max_margin=0.1,0.2", "--out", str(out)]
+    assert cli.main([*args, "--set", *tiny_overrides(fake_cifar10_root, epochs=1)]) == 1
+    captured = capsys.readouterr()
+    assert (out / "max_margin=0.2" / "metrics.json").is_file() and not (broken / "metrics.json").exists()
+    rows = [line for line in (out / "sweep_report.md").read_text().splitlines() if line.startswith("| cifar10_lt/")]
+    assert len(rows) == 1  # the finished point alone
+    assert "1 grid point(s) did not finish: max_margin=0.1 (" in captured.err and "checkpoint" in captured.err
+    assert "[1/2] max_margin=0.1: failed:" in captured.out
 
 
 def test_an_existing_run_with_other_settings_is_an_error(tmp_path):
