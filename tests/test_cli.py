@@ -42,8 +42,10 @@ def test_train_then_eval(tmp_path, fake_root, capsys):
     assert main(["eval", "--checkpoint", str(run / "checkpoint.pt")]) == 0
     result = json.loads((run / "eval.json").read_text())
     assert result["top1"] == json.loads((run / "metrics.json").read_text())["top1"]
-    # resume of a finished run: nothing left to train, metrics rewritten
+    # resume of a finished run: nothing left to train, its metrics as they were
+    before = (run / "metrics.json").read_text()
     assert main(["train", "--out", str(run), "--resume"]) == 0
+    assert (run / "metrics.json").read_text() == before
 
 
 def test_errors_are_one_line(tmp_path, fake_root, capsys):
@@ -59,7 +61,11 @@ def test_errors_are_one_line(tmp_path, fake_root, capsys):
     )
     assert "download" in err and "cifar-100-python" in err
     one_line_error(capsys, ["train", "--config", "nope", "--out", str(tmp_path / "c")], "neither a file nor a preset")
-    one_line_error(capsys, ["train", "--out", str(tmp_path / "d"), "--resume"], "config.yaml")
+    one_line_error(
+        capsys,
+        ["train", "--out", str(tmp_path / "d"), "--resume"],
+        f"--resume without --config needs {tmp_path / 'd' / 'config.yaml'}; it does not exist",
+    )
     bad = tmp_path / "bad.pt"
     bad.write_bytes(b"not a checkpoint")
     one_line_error(capsys, ["eval", "--checkpoint", str(bad)], "not a readable checkpoint")

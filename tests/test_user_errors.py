@@ -200,7 +200,7 @@ def test_a_failed_start_leaves_no_lock_only_folder(tmp_path, capsys):
     one_line_error(
         capsys,
         ["train", "--config", "cifar10_lt/ce", "--out", str(run), "--set", f"data.root={tmp_path / 'missing'}", *TINY],
-        "not found",
+        "CIFAR-10 (train split) not found in",
     )
     assert not (tmp_path / "deep").exists()
 
@@ -221,7 +221,7 @@ def test_sweep_dry_run_checks_the_data(tmp_path, capsys):
             "--set",
             f"data.root={tmp_path / 'missing'}",
         ],
-        "not found",
+        "CIFAR-10 (train split) not found in",
     )
     assert not out.exists()
 

@@ -202,3 +202,21 @@ def test_evaluation_shards_cover_the_test_set_once(n, world):
     shards = [shard_indices(n, DistInfo(rank=r, world_size=world)) for r in range(world)]
     assert sorted(i for shard in shards for i in shard) == list(range(n))
     assert max(map(len, shards)) - min(map(len, shards)) <= 1
+
+
+def test_sync_bn_converts_every_batchnorm_and_keeps_the_parameters(monkeypatch):
+    """train.sync_bn (the ImageNet GML presets): every BatchNorm becomes a SyncBatchNorm with
+    the same parameter objects, so the optimizer built before the wrapping trains them, and
+    the same statistics (DDP itself is left out here: it needs a process group)."""
+    import torch.nn.parallel
+
+    monkeypatch.setattr(torch.nn.parallel, "DistributedDataParallel", lambda module, device_ids: module)
+    method = _method()
+    before = {id(p) for p in method.parameters()}
+    stats = {n: b.clone() for n, b in method.named_buffers()}
+    assert any(isinstance(m, torch.nn.BatchNorm2d) for m in method.modules())
+    wrapped = _wrap(method, DistInfo(rank=0, world_size=2), torch.device("cpu"), sync_bn=True)
+    norms = [m for m in wrapped.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    assert norms and all(isinstance(m, torch.nn.SyncBatchNorm) for m in norms)
+    assert {id(p) for p in wrapped.parameters()} == before
+    assert all(torch.equal(b, stats[n]) for n, b in wrapped.named_buffers())
