@@ -278,3 +278,17 @@ def test_features_decode_as_the_run_except_on_the_gpu(tiny_runs, monkeypatch, de
     with pytest.raises(Seen) as seen:
         run_features(tiny_runs["ce"])
     assert seen.value.args == (used,)
+
+
+def test_run_labels_tell_runs_apart(tmp_path):
+    """The folder name; as many parent folders (for every run) as two runs sharing a name
+    need; #1, #2 for one folder given twice."""
+    from dbm_ltr.analysis.runs import run_labels
+
+    a, b = tmp_path / "seed0" / "run", tmp_path / "seed1" / "run"
+    assert run_labels([tmp_path / "ce", tmp_path / "dbm_ce"]) == ["ce", "dbm_ce"]
+    assert run_labels([a, b, tmp_path / "other"]) == ["seed0/run", "seed1/run", f"{tmp_path.name}/other"]
+    deep = [tmp_path / "x" / "seed0" / "run", tmp_path / "y" / "seed0" / "run"]
+    assert run_labels(deep) == ["x/seed0/run", "y/seed0/run"]
+    labels = run_labels([a, a])
+    assert labels[0] != labels[1] and labels[0].endswith("#1") and labels[1].endswith("#2")
