@@ -41,6 +41,25 @@ def reference_loss(crit, cos, target, epoch):
     return F.cross_entropy(logits, target, weight=base.weight_at(epoch))
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("name", LOSSES)
+def test_the_accelerator_path_gives_the_cpu_results(name):
+    """On an accelerator the loss blends its rare branches (ArcFace fallback, ties of the hard
+    mask, tiny probabilities) instead of testing for them on the host, and checks the cosine
+    range on the device: the same logits, loss and gradient as the CPU path, on the edge
+    cases of ``batch()`` (exact ties, +-1, theta + m > pi)."""
+    results = []
+    for device in ("cpu", "cuda"):
+        crit = LOSSES[name]().to(device)
+        cos, target = (t.to(device) for t in batch())
+        x = cos.clone().requires_grad_()
+        loss = crit(x, target, epoch=170)
+        loss.backward()
+        results.append([t.detach().cpu() for t in (crit.margin_logits(cos, target), loss, x.grad)])
+    for cpu, cuda in zip(*results):
+        torch.testing.assert_close(cuda, cpu, rtol=1e-5, atol=1e-6)
+
+
 @pytest.mark.parametrize("name", LOSSES)
 @pytest.mark.parametrize("epoch", [0, 170])
 def test_loss_and_gradient_equal_cross_entropy_of_the_margin_logits(name, epoch):
