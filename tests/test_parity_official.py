@@ -129,8 +129,10 @@ STAND_IN = {
             t = epoch + 1
             if t <= args.warmup:
                 lr = args.lr * t / args.warmup
-            else:
+            elif args.cos:
                 lr = args.lr * 0.5 * (1 + math.cos(math.pi * (t - args.warmup + 1) / (args.epochs - args.warmup)))
+            else:  # their step schedule (the script has to pass --cos)
+                lr = args.lr
             for group in optimizer.param_groups:
                 group["lr"] = lr * LR
             return lr * LR
@@ -365,7 +367,10 @@ LARGE_STAND_IN = {
         LR = {lr}
 
         def adjust_learning_rate(optimizer, epoch, args):
-            lr = args.lr * 0.5 * (1 + math.cos(math.pi * (epoch - 5 + 1) / (args.epochs - 5 + 1)))
+            if args.cos:
+                lr = args.lr * 0.5 * (1 + math.cos(math.pi * (epoch - 5 + 1) / (args.epochs - 5 + 1)))
+            else:  # their step schedule (the script has to pass --cos)
+                lr = args.lr
             for group in optimizer.param_groups:
                 group["lr"] = lr * LR
     """,
@@ -397,7 +402,8 @@ LARGE_STAND_IN = {
         class BCLLoss(torch.nn.Module):
             def __init__(self, args, counts):
                 super().__init__()
-                self.dbm = DBMLoss(list(counts), base="bs", max_margin=args.max_margin, scale=args.cos_scale)
+                margin = args.max_margin if args.use_dbm else 0.0  # the script has to pass --use_dbm
+                self.dbm = DBMLoss(list(counts), base="bs", max_margin=margin, scale=args.cos_scale)
 
             def forward(self, centers, logits, features, targets):
                 anchors = torch.cat(torch.unbind(features, dim=1))
@@ -506,8 +512,9 @@ def test_gml_rows_against_a_stand_in_of_their_gml_folder(tmp_path, capsys):
 
 
 def test_large_scale_rows_against_a_stand_in_of_their_large_scale_folder(tmp_path, capsys):
-    """ImageNet-LT DBM-BCL (ResNet-50) is equal, and the rows their large-scale code cannot run
-    are skipped with the reason (a difference is flagged as in the CIFAR rows: same code)."""
+    """ImageNet-LT DBM-BCL (ResNet-50) is equal (the stand-in follows --cos and --use_dbm, so
+    the script has to pass them), a perturbed learning rate in their code is flagged, and the
+    rows their large-scale code cannot run are skipped with the reason."""
     cifar = write_stand_in(tmp_path / "cifar")
     write_stand_in(tmp_path / "large_scale", files=LARGE_STAND_IN)
     script = load()
@@ -519,6 +526,10 @@ def test_large_scale_rows_against_a_stand_in_of_their_large_scale_folder(tmp_pat
     assert code == 0 and verdicts(out) == {"dbm_bcl": "equal"}, out
     assert "ce: skipped (their large-scale code trains BCL only" in out
     assert "bcl: skipped (their large-scale BCL needs --use_norm" in out
+    perturbed = write_stand_in(tmp_path / "large_lr", lr=1.01, files=LARGE_STAND_IN)
+    code = script.main([*steps, "--rows", "dbm_bcl", "--official-large", str(perturbed)])
+    out = capsys.readouterr().out
+    assert verdicts(out) == {"dbm_bcl": "DIFFERS"}, out
     code = script.main(["--official", str(cifar), "--data-set", "inat2018", "--official-large", str(tmp_path / "x")])
     err = capsys.readouterr().err
     assert code == 2 and "--official-large" in err and "give the large_scale/ folder" in err, err
