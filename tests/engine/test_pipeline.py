@@ -250,9 +250,14 @@ def _descending_scores(trainer):
     return trainer
 
 
-@pytest.mark.parametrize("preset,after_step", [("cifar10_lt/dbm_ce", 2), ("cifar10_lt/dbm_bcl", 5)])  # 5: the last
-def test_a_stop_mid_epoch_resumes_exactly_with_the_device_pipeline(fake_cifar10, tmp_path, preset, after_step):
-    """A stop signal after step ``after_step`` of epoch 2 (of 5 steps), resumed: the weights,
+@pytest.mark.parametrize(
+    "preset,limit,after_step,steps",
+    [("cifar10_lt/dbm_ce", 159, 2, 5), ("cifar10_lt/dbm_bcl", 96, 3, 3)],  # DBM-BCL: after the last step
+)
+def test_a_stop_mid_epoch_resumes_exactly_with_the_device_pipeline(
+    fake_cifar10, tmp_path, preset, limit, after_step, steps
+):
+    """A stop signal after step ``after_step`` of epoch 2 (of ``steps``), resumed: the weights,
     the epoch's log row (its loss and accuracy summed over both halves) and metrics.json with
     the best test epoch (evaluated every epoch; the first, from before the stop) equal those
     of the uninterrupted run."""
@@ -261,7 +266,7 @@ def test_a_stop_mid_epoch_resumes_exactly_with_the_device_pipeline(fake_cifar10,
     cfg = load_config(
         preset,
         tiny_overrides(fake_cifar10, epochs=2)
-        + ["train.deterministic=true", "data.pipeline=device", "train.eval_every=1"],
+        + ["train.deterministic=true", "data.pipeline=device", "train.eval_every=1", f"data.limit={limit}"],
     )
     straight = _descending_scores(Trainer(cfg, tmp_path / "a", log=quiet))
     straight.fit()
@@ -270,7 +275,7 @@ def test_a_stop_mid_epoch_resumes_exactly_with_the_device_pipeline(fake_cifar10,
 
     def stopping(epoch, start):
         stream, total = batches(epoch, start)
-        assert total == 5
+        assert total == steps
 
         def stream_with_a_stop():
             for step, batch in enumerate(stream, start + 1):
@@ -281,7 +286,7 @@ def test_a_stop_mid_epoch_resumes_exactly_with_the_device_pipeline(fake_cifar10,
         return stream_with_a_stop(), total
 
     interrupted.pipeline.train_batches = stopping
-    with pytest.raises(Interrupted, match=f"in epoch 2 after step {after_step} of 5"):
+    with pytest.raises(Interrupted, match=f"in epoch 2 after step {after_step} of {steps}"):
         interrupted.fit()
     resumed = _descending_scores(Trainer(cfg, tmp_path / "b", resume=True, log=quiet))
     resumed.fit()
