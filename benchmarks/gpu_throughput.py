@@ -1,6 +1,6 @@
 """Training throughput of ResNet-32 on CIFAR-10-LT: input pipelines, the train step, packed runs.
 
-    python benchmarks/gpu_throughput.py --root ../shared/data [--steps 200] [--jobs 1,2,4,8]
+    python benchmarks/gpu_throughput.py --root ../shared/data [--steps 150] [--jobs 1,2,4,8]
         [--only pipelines,eager,packed,compiled]
 
 On whatever device is present (CUDA if available, else the CPU), it measures images per
@@ -110,6 +110,11 @@ def step_rate(args, tmp: str, name: str, *extra: str) -> float:
     t.train_one_epoch(0, max_steps=args.warmup)  # allocations, cuDNN autotuning, compilation
     short = t.train_one_epoch(0, max_steps=args.warmup)
     long = t.train_one_epoch(0, max_steps=args.warmup + args.steps)
+    if round(long["images_per_s"] * long["seconds"]) < (args.warmup + args.steps) * args.batch_size:
+        raise RuntimeError(
+            f"{name}: --warmup + --steps ({args.warmup + args.steps}) is more than an epoch's full batches "
+            "(the last one is smaller, and a compiled step recompiles for it); lower --steps"
+        )
     images = long["images_per_s"] * long["seconds"] - short["images_per_s"] * short["seconds"]
     seconds = long["seconds"] - short["seconds"]
     if seconds <= 0 or images <= 0:

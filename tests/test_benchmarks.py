@@ -26,7 +26,7 @@ def load(name):
 def test_gpu_throughput_pieces_run(tmp_path):
     bench = load("gpu_throughput")
     root = write_fake_cifar_npz(tmp_path / "c", 10, 20, 2)
-    args = argparse.Namespace(root=str(root), workers=0, batch_size=16, steps=2, warmup=1, extra=[])
+    args = argparse.Namespace(root=str(root), workers=0, batch_size=8, steps=4, warmup=1, extra=[])
     trainer = bench.trainer(args, str(tmp_path), "t", "data.imbalance_factor=10", "data.pipeline=loader")
     assert bench.loader_alone(trainer, args) > 0 and bench.device_alone(trainer, args) > 0
     trainer.close()

@@ -15,6 +15,7 @@ import contextlib
 import io
 import pickle
 import re
+import threading
 from collections.abc import Iterator
 from typing import Any
 
@@ -24,7 +25,9 @@ from .errors import UnsafeCheckpointError
 
 __all__ = ["safe_load", "trust_checkpoints", "trusted", "trusting_checkpoints"]
 
-_trusted = False
+_trusted = False  # trust_checkpoints
+_open_blocks = 0  # trusting_checkpoints blocks now open, in any thread
+_blocks_lock = threading.Lock()
 
 
 def trust_checkpoints(enabled: bool = True) -> None:
@@ -36,10 +39,10 @@ def trust_checkpoints(enabled: bool = True) -> None:
 
 
 @contextlib.contextmanager
-def trusting_checkpoints(enabled: bool = True) -> Iterator[None]:
-    """:func:`trust_checkpoints` for the ``with`` block only; the setting before it comes
-    back afterwards, also when the block fails (a command run through ``cli.main`` in a
-    notebook leaves later reads restricted).
+def trusting_checkpoints() -> Iterator[None]:
+    """:func:`trust_checkpoints` for the ``with`` block only, also when the block fails (a
+    command run through ``cli.main`` in a notebook leaves later reads restricted). Blocks may
+    overlap (threads): reads are trusted while any of them is open.
 
     Example:
         >>> with trusting_checkpoints():
@@ -48,12 +51,14 @@ def trusting_checkpoints(enabled: bool = True) -> Iterator[None]:
         >>> trusted()
         False
     """
-    before = _trusted
-    trust_checkpoints(enabled)
+    global _open_blocks
+    with _blocks_lock:
+        _open_blocks += 1
     try:
         yield
     finally:
-        trust_checkpoints(before)
+        with _blocks_lock:
+            _open_blocks -= 1
 
 
 #: What checkpoints of format 1-2 need beyond the restricted unpickler: NumPy's array
@@ -62,8 +67,9 @@ _LEGACY_PREFIXES = ("numpy.", "numpy._core.", "numpy.core.")
 
 
 def trusted() -> bool:
-    """Whether :func:`trust_checkpoints` is in effect (a command passes it on to its subprocesses)."""
-    return _trusted
+    """Whether :func:`trust_checkpoints` or a :func:`trusting_checkpoints` block is in effect
+    (a command passes it on to its subprocesses)."""
+    return _trusted or _open_blocks > 0
 
 
 def _unsafe_globals(data: bytes, err: Exception) -> list[str]:
@@ -93,7 +99,7 @@ def safe_load(data: bytes, what: str, map_location: str | torch.device = "cpu") 
         if not wanted and "unsupported global" not in str(err).lower():  # a damaged or foreign file
             detail = str(err).partition("WeightsUnpickler error:")[2].partition("Check the documentation")[0]
             raise pickle.UnpicklingError(" ".join(detail.split()) or str(err).splitlines()[0]) from err
-        if _trusted:
+        if trusted():
             return torch.load(io.BytesIO(data), map_location=map_location, weights_only=False)
         shown = ", ".join(wanted[:3]) + (", ..." if len(wanted) > 3 else "") or "a Python object"
         if wanted and all(g.startswith(_LEGACY_PREFIXES) for g in wanted):

@@ -87,14 +87,39 @@ def test_a_run_directory_with_code_in_its_checkpoint_is_refused(finished_run, fa
     assert marker.exists()
 
 
-def test_trust_lasts_one_command(finished_run, fake_cifar10, tmp_path, capsys):
+def test_trust_lasts_one_command(finished_run, fake_cifar10, tmp_path, capsys, monkeypatch):
     """``--trust-checkpoint`` of one ``cli.main`` call (a notebook, a script) does not carry
-    over to the next: a poisoned run read afterwards is refused, its payload never runs."""
-    from dbm_ltr.serialization import trusted
+    over to the next, whether the command succeeded, failed or raised: a poisoned run read
+    afterwards is refused, its payload never runs. Overlapping blocks (threads) end trust only
+    when the last one closes."""
+    import shutil
 
-    argv = ["eval", "--checkpoint", str(finished_run), "--set", f"data.root={fake_cifar10}"]
+    from dbm_ltr.serialization import trusted, trusting_checkpoints
+
+    earlier = tmp_path / "earlier"
+    shutil.copytree(finished_run, earlier)
+    as_earlier_version(earlier / "checkpoint.pt")  # needs the full unpickler: trust is in effect
+    argv = ["eval", "--checkpoint", str(earlier), "--set", f"data.root={fake_cifar10}"]
+    assert cli.main(argv) == 2
     assert cli.main([*argv, "--trust-checkpoint"]) == 0
     assert cli.main(["eval", "--checkpoint", str(tmp_path / "missing"), "--trust-checkpoint"]) == 2  # a failure
+    assert not trusted()
+
+    def broken(args):
+        assert trusted()
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(cli, "_dispatch", broken)
+    with pytest.raises(RuntimeError, match="a bug"):
+        cli.main([*argv, "--trust-checkpoint"])
+    monkeypatch.undo()
+    assert not trusted()
+    first, second = trusting_checkpoints(), trusting_checkpoints()
+    first.__enter__()
+    second.__enter__()
+    first.__exit__(None, None, None)
+    assert trusted()  # the other block is still open
+    second.__exit__(None, None, None)
     assert not trusted()
     capsys.readouterr()
     marker = tmp_path / "PWNED"

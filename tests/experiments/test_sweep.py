@@ -120,7 +120,8 @@ def test_finished_points_are_skipped_and_a_2d_grid_gets_a_heat_map(tmp_path, cap
 
 
 def test_the_plot_takes_the_mean_over_seeds(tmp_path, monkeypatch):
-    """With a train.seed axis, each cell of the plot is the mean top-1 of its seeds."""
+    """With a train.seed axis, each cell of the plot is the mean top-1 of its seeds; a cell
+    with seeds still missing is n/a, not a mean over fewer."""
     from dbm_ltr.experiments import sweep
 
     out = tmp_path / "sweep"
@@ -135,8 +136,8 @@ def test_the_plot_takes_the_mean_over_seeds(tmp_path, monkeypatch):
     drawn = {}
     monkeypatch.setattr(sweep, "plot_sweep", lambda keys, values, top1, path, title: drawn.update(top1=top1, t=title))
     summarize_sweep(axes, points, out)
-    assert drawn["top1"] == {("0.1",): pytest.approx(73.0), ("0.2",): 60.0}
-    assert "mean over seeds" in drawn["t"]
+    assert drawn["top1"] == {("0.1",): pytest.approx(73.0), ("0.2",): None}
+    assert "mean over 3 seeds" in drawn["t"]
 
 
 def test_a_failing_point_is_reported_and_the_others_train(fake_cifar10_root, tmp_path, capsys):

@@ -58,6 +58,10 @@ def test_the_accelerator_path_gives_the_cpu_results(name):
         results.append([t.detach().cpu() for t in (crit.margin_logits(cos, target), loss, x.grad)])
     for cpu, cuda in zip(*results):
         torch.testing.assert_close(cuda, cpu, rtol=1e-5, atol=1e-6)
+    cos, target = (t.to("cuda") for t in batch())
+    cos[5, target[5]] = float("nan")  # a diverged step: a NaN loss for train.nan_policy, no device assert
+    assert torch.isnan(LOSSES[name]().to("cuda")(cos, target, epoch=170)).item()
+    torch.cuda.synchronize()
 
 
 @pytest.mark.parametrize("name", LOSSES)
@@ -143,6 +147,8 @@ def test_logits_are_refused_and_nan_cosines_pass_to_the_nan_policy(on_device):
     cos[5, target[5]] = float("nan")
     margins._check_cosines(cos.gather(1, target[:, None])[:, 0], on_device=on_device)
     assert math.isnan(DBMLoss(C100, base="bs")(cos, target).item())
+    with pytest.raises((ValueError, RuntimeError), match="not cosines"):  # a NaN hides no logit
+        margins._check_cosines(torch.tensor([float("nan"), 0.5, 32.0]), on_device=on_device)
 
 
 def test_non_contiguous_cosines():

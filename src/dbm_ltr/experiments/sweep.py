@@ -323,7 +323,8 @@ def summarize_sweep(
     axes: Sequence[GridAxis], points: Sequence[SweepPoint], out_dir: str | Path
 ) -> dict[str, Path | str]:
     """Report of the finished points (markdown + CSV in ``out_dir``) and, for one or two grid
-    keys besides ``train.seed``, a plot of top-1 (heat map for two keys, Fig. 3 style).
+    keys besides ``train.seed``, a plot of top-1 (heat map for two keys, Fig. 3 style; with a
+    ``train.seed`` axis each cell is the mean of its seeds, n/a until all have finished).
     Returns ``{"markdown": text, "report": path, "csv": path, "plot": path}`` (what exists)."""
 
     out = Path(out_dir)
@@ -343,13 +344,15 @@ def summarize_sweep(
         for p in done:
             if p.metrics.get("top1") is not None:
                 cells.setdefault(tuple(p.raw[i] for i in plotted), []).append(float(p.metrics["top1"]))
-        top1 = {k: sum(v) / len(v) for k, v in cells.items()}
-        seeds = any(a.path == SEED_KEY for a in axes)
+        seeds = next((len(a.raw) for a in axes if a.path == SEED_KEY), 1)
+        # a cell whose seeds have not all finished is left out (n/a), not averaged over fewer
+        top1 = {k: sum(v) / len(v) if len(v) == seeds else None for k, v in cells.items()}
         result["plot"] = plot_sweep(
             [axes[i].path for i in plotted],
             [axes[i].raw for i in plotted],
             top1,
             out / "sweep_top1.png",
-            title=f"{done[0].config.name or 'sweep'}: top-1 (%), final epoch" + (", mean over seeds" if seeds else ""),
+            title=f"{done[0].config.name or 'sweep'}: top-1 (%), final epoch"
+            + (f", mean over {seeds} seeds" if seeds > 1 else ""),
         )
     return result
