@@ -11,14 +11,14 @@ from dbm_ltr.methods import create_method
 COUNTS = [50, 20, 8, 4]
 
 
-def build(name, loss_name="bs", classifier="linear", **params):
-    loss = create_loss(loss_name, COUNTS, **({"base": "bs"} if loss_name == "dbm" else {}))
+def build(name, loss_name="bs", classifier="linear", counts=COUNTS, **params):
+    loss = create_loss(loss_name, counts, **({"base": "bs"} if loss_name == "dbm" else {}))
     return create_method(
         name,
         trunk="resnet32",
         classifier=classifier,
-        num_classes=4,
-        cls_num_list=COUNTS,
+        num_classes=len(counts),
+        cls_num_list=counts,
         loss=loss,
         loss_name=loss_name,
         **params,
@@ -119,18 +119,8 @@ def test_ncl_loss_is_its_terms_written_out(loss_name, classifier):
     log n_c, a_i^H = a_i * M, CE and HCM summed over the experts, MoCo against the queue, and
     the two distillation terms, recomputed from the experts' outputs."""
     torch.manual_seed(0)
-    loss = create_loss(loss_name, COUNTS10, **({"base": "bs"} if loss_name == "dbm" else {}))
-    method = create_method(
-        "ncl",
-        trunk="resnet32",
-        classifier=classifier,
-        num_classes=10,
-        cls_num_list=COUNTS10,
-        loss=loss,
-        loss_name=loss_name,
-        queue_size=16,
-        moco_momentum=1.0,  # the key encoders stay as they are: keys computable beforehand
-    )
+    # moco_momentum 1: the key encoders stay as they are, so the keys can be computed beforehand
+    method = build("ncl", loss_name, classifier, counts=COUNTS10, queue_size=16, moco_momentum=1.0)
     assert method.hard_k == 3
     method.eval()  # BatchNorm from running statistics: the same outputs twice
     with torch.no_grad():
