@@ -328,10 +328,10 @@ def test_randaug_stack_is_randaug_with_grayscale_and_blur_before_randaugment():
     assert [type(t) for t in stack[6:]] == [type(t) for t in plain[4:]]
 
 
-def test_randaugment_fallback_without_timm(monkeypatch):
+def test_randaugment_without_timm(monkeypatch):
     monkeypatch.setitem(sys.modules, "timm", None)  # import timm -> ImportError
     monkeypatch.setitem(sys.modules, "timm.data.auto_augment", None)
-    ra = rand_augment("rand-n2-m10-mstd0.5", fill=(124, 116, 104))
+    ra = rand_augment("rand-n2-m10-mstd0.5", fill=(124, 116, 104))  # ours: timm is never imported
     assert isinstance(ra, RandAugmentPIL) and ra.num_ops == 2 and ra.magnitude == 10 and ra.magnitude_std == 0.5
     with pytest.raises(ImportError, match=r"pip install 'dbm-ltr\[timm\]'"):
         rand_augment(use_timm=True)
@@ -362,20 +362,32 @@ def test_randaugment_fallback_without_timm(monkeypatch):
         parse_rand_augment("rand-n2-x4")
 
 
-def test_randaugment_equals_timm_when_installed():
+@pytest.mark.parametrize(
+    "config", ["rand-n2-m10-mstd0.5", "rand-n3-m9-mstd0.5-p1", "rand-n1-m5", "rand-n2-m9-mmax8-mstd1"]
+)
+def test_randaugment_equals_timm_when_installed(config):
+    """The same images as timm's transform under the same seeds (the presets' configuration
+    first); the default never imports timm."""
     timm_aa = pytest.importorskip("timm.data.auto_augment")
     img = photo(40, 30)
-    ours = rand_augment(use_timm=False)
-    theirs = timm_aa.rand_augment_transform(
-        "rand-n2-m10-mstd0.5", {"translate_const": 100, "img_mean": (124, 116, 104)}
-    )
+    ours = rand_augment(config)
+    assert isinstance(ours, RandAugmentPIL) and isinstance(rand_augment(config, use_timm=True), timm_aa.RandAugment)
+    theirs = timm_aa.rand_augment_transform(config, {"translate_const": 100, "img_mean": (124, 116, 104)})
     for seed in range(50):
         random.seed(seed)
         np.random.seed(seed)
         a = np.asarray(ours(img))
         random.seed(seed)
         np.random.seed(seed)
-        assert np.array_equal(a, np.asarray(theirs(img)))
+        assert np.array_equal(a, np.asarray(theirs(img))), seed
+
+
+def test_randaugment_posterize_to_no_bits_is_black():
+    """mstd above 100 draws magnitudes down to 0, where Posterize keeps no bit: a black image
+    (Pillow 12 and later refuse 0 bits, and timm's transform fails there)."""
+    ra = RandAugmentPIL(1, 0, 0.0, 1.0, ops=["Posterize"])
+    img = photo(20, 16)
+    assert not np.asarray(ra(img)).any() and ra(img).size == img.size
 
 
 @pytest.mark.filterwarnings("ignore::DeprecationWarning")  # torchvision 0.29 deprecates its decoders

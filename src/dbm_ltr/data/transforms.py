@@ -22,8 +22,8 @@ BCL code at ImageNet scale:
 * ``*_train``: RandomResizedCrop(224) -> HFlip -> ToTensor -> Normalize.
 * ``*_test``: Resize(256) -> CenterCrop(224) -> ToTensor -> Normalize.
 * ``*_randaug`` (BCL / GML classification view): RandomResizedCrop(224) -> HFlip ->
-  ColorJitter(0.4, 0.4, 0.4, 0) -> RandAugment ``rand-n2-m10-mstd0.5`` (timm's, or the same
-  operations without timm: :mod:`dbm_ltr.data.randaugment`; fill = ImageNet's mean in 0-255,
+  ColorJitter(0.4, 0.4, 0.4, 0) -> RandAugment ``rand-n2-m10-mstd0.5`` (timm's operations and
+  draws, without importing timm: :mod:`dbm_ltr.data.randaugment`; fill = ImageNet's mean in 0-255,
   for iNaturalist too, as the original code) ->
   ToTensor -> Normalize.
 * ``*_contrastive`` (BCL views 2-3): RandomResizedCrop(224) -> HFlip -> ColorJitter(0.4, 0.4,
@@ -287,7 +287,7 @@ def large_randaug_transform(
     std: Sequence[float] = IMAGENET_STD,
     size: int = 224,
     config: str = "rand-n2-m10-mstd0.5",
-    use_timm: bool | None = None,
+    use_timm: bool = False,
     defer_normalize: bool = False,
     stack: bool = False,
     fill_mean: Sequence[float] = IMAGENET_MEAN,
