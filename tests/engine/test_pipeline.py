@@ -252,7 +252,7 @@ def _descending_scores(trainer):
 
 @pytest.mark.parametrize(
     "preset,limit,after_step,steps",
-    [("cifar10_lt/dbm_ce", 159, 2, 5), ("cifar10_lt/dbm_bcl", 96, 3, 3)],  # DBM-BCL: after the last step
+    [("cifar10_lt/dbm_ce", 96, 2, 3), ("cifar10_lt/dbm_bcl", 64, 2, 2)],  # DBM-BCL: after the last step
 )
 def test_a_stop_mid_epoch_resumes_exactly_with_the_device_pipeline(
     fake_cifar10, tmp_path, preset, limit, after_step, steps
