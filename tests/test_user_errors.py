@@ -372,11 +372,26 @@ def test_one_epoch_is_singular(roots, tmp_path):
     assert any("data.limit=40" in m for m in messages)
 
 
-def test_plots_mark_limited_runs_and_classes_at_zero(tmp_path):
-    from dbm_ltr.figures import plot_per_class_accuracy
+def test_plots_mark_classes_at_zero(tmp_path, monkeypatch):
+    """A class at 0 % has no visible bar: it gets a cross on the axis and a "0 %" legend entry;
+    the bars are the accuracies, coloured by group, the line the training counts."""
+    from dbm_ltr import figures
 
-    path = plot_per_class_accuracy([0.0, 50.0, 100.0], [30, 10, 2], tmp_path / "p.png", title="x")
+    drawn = []
+    real = figures.save_figure
+    monkeypatch.setattr(figures, "save_figure", lambda fig, path: drawn.append(fig) or real(fig, path))
+    path = figures.plot_per_class_accuracy([0.0, 50.0, 100.0], [300, 50, 2], tmp_path / "p.png", title="x")
     assert path.is_file() and path.stat().st_size > 0
+    ax, twin = drawn[0].axes
+    assert [b.get_height() for b in ax.patches] == [0.0, 50.0, 100.0]
+    assert len({b.get_facecolor() for b in ax.patches}) == 3  # many, medium, few
+    (crosses,) = ax.collections
+    assert crosses.get_offsets()[:, 0].tolist() == [0.0]  # only the class at 0 %
+    assert "0 %" in [t.get_text() for t in ax.get_legend().get_texts()]
+    assert list(twin.get_lines()[0].get_ydata()) == [300, 50, 2]
+    figures.plot_per_class_accuracy([10.0, 50.0, 100.0], [300, 50, 2], tmp_path / "q.png")
+    ax = drawn[1].axes[0]
+    assert not ax.collections and "0 %" not in [t.get_text() for t in ax.get_legend().get_texts()]
 
 
 def test_site_folder_is_ignored():
