@@ -110,12 +110,13 @@ def step_rate(args, tmp: str, name: str, *extra: str) -> float:
     t.train_one_epoch(0, max_steps=args.warmup)  # allocations, cuDNN autotuning, compilation
     short = t.train_one_epoch(0, max_steps=args.warmup)
     long = t.train_one_epoch(0, max_steps=args.warmup + args.steps)
-    if round(long["images_per_s"] * long["seconds"]) < (args.warmup + args.steps) * args.batch_size:
+    images_short, images_long = (row["images_per_s"] * row["seconds"] for row in (short, long))
+    if round(images_long) < (args.warmup + args.steps) * args.batch_size:
         raise RuntimeError(
             f"{name}: --warmup + --steps ({args.warmup + args.steps}) is more than an epoch's full batches "
             "(the last one is smaller, and a compiled step recompiles for it); lower --steps"
         )
-    images = long["images_per_s"] * long["seconds"] - short["images_per_s"] * short["seconds"]
+    images = images_long - images_short
     seconds = long["seconds"] - short["seconds"]
     if seconds <= 0 or images <= 0:
         raise RuntimeError(f"{name}: {args.steps} more steps took no measurable time ({seconds:.4f} s); raise --steps")

@@ -181,9 +181,11 @@ def _check_cosines(cos_y: torch.Tensor, on_device: bool | None = None) -> None:
         return
     # element by element: a NaN compares False here, while it would make both the minimum and
     # the maximum of the whole vector NaN and hide a logit beside it
-    beyond = (cos_y < -1.01) | (cos_y > 1.01)
+    beyond = cos_y.abs() > 1.01
     outside = beyond.any()
-    if not (cos_y.device.type != "cpu" if on_device is None else on_device):
+    if on_device is None:
+        on_device = cos_y.device.type != "cpu"
+    if not on_device:
         if outside:
             lo, hi = torch.aminmax(cos_y[beyond])
             raise ValueError(f"{message} (found {float(lo):.3g} .. {float(hi):.3g})")
