@@ -345,6 +345,13 @@ def test_kill_stops_the_runs_with_their_checkpoints(fake_cifar10_root, tmp_path,
     from dbm_ltr.experiments import reproduce
 
     monkeypatch.setattr(reproduce, "STOP_GRACE", 0.5)
+    exit_codes, stop_gracefully = [], reproduce._stop_gracefully
+
+    def stop_and_record(processes):
+        stop_gracefully(processes)
+        exit_codes.extend(p.returncode for p in processes)
+
+    monkeypatch.setattr(reproduce, "_stop_gracefully", stop_and_record)
     runs = plan_reproduction(
         "cifar10_lt",
         ["ce"],
@@ -367,6 +374,9 @@ def test_kill_stops_the_runs_with_their_checkpoints(fake_cifar10_root, tmp_path,
         done.set()
     assert runs[0].returncode is None and not any("FAILED" in line for line in lines)
     _assert_stopped_with_checkpoint(runs[0].run_dir, "SIGTERM")
+    # 128 + SIGTERM: the run stopped on its one signal; a second one, before or after its
+    # checkpoint, ends it otherwise (KeyboardInterrupt, or killed by the default handler)
+    assert exit_codes == [128 + signal.SIGTERM]
 
 
 def test_ctrl_c_to_the_group_reaches_each_run_once(fake_cifar10_root, tmp_path):
