@@ -121,15 +121,18 @@ def run(device: torch.device, rounds: int, calls: int) -> None:
         )
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rounds", type=int, default=15)
     parser.add_argument("--calls", type=int, default=20, help="calls per round")
     parser.add_argument("--device", default="all", help="cpu, cuda or all (default: all present)")
     parser.add_argument("--system-malloc", action="store_true", help="keep glibc's defaults")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     if not args.system_malloc and any(os.environ.get(k) != v for k, v in MALLOC_ENV.items()):
-        os.execve(sys.executable, [sys.executable, *sys.argv], {**os.environ, **MALLOC_ENV})
+        script_args = sys.argv[1:] if argv is None else argv
+        os.execve(
+            sys.executable, [sys.executable, os.path.abspath(__file__), *script_args], {**os.environ, **MALLOC_ENV}
+        )
     devices = ["cpu", "cuda"] if args.device == "all" else [args.device]
     for name in devices:
         if name == "cuda" and not torch.cuda.is_available():

@@ -53,7 +53,7 @@ def images_per_second(preset: str, args, tmp: str, teacher: str) -> float:
     return trainer.train_one_epoch(0, max_steps=max(1, args.images // args.batch_size))["images_per_s"]
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--root", default="../shared/data")
     parser.add_argument("--images", type=int, default=1280)
@@ -62,7 +62,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--presets", nargs="+", default=PRESETS)
     parser.add_argument("--pipeline", default="auto", help="data.pipeline of every run (auto, loader, device)")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     print(
         f"torch {torch.__version__}, {torch.get_num_threads()} threads, {args.workers} workers, "
         f"batch {args.batch_size}, {args.images} images a pass"

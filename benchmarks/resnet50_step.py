@@ -40,13 +40,13 @@ def step_time(model, loss, x, y, steps: int, amp: bool, device: torch.device) ->
     return (time.perf_counter() - start) / steps
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--size", type=int, default=224)
     parser.add_argument("--steps", type=int, default=5)
     parser.add_argument("--classes", type=int, default=1000)
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     counts = [max(5, int(1280 * 0.004 ** (c / (args.classes - 1)))) for c in range(args.classes)]
     model = create_model("resnet50", args.classes, "cosine").to(device)

@@ -114,13 +114,13 @@ def count_ops(run) -> int:
     return mode.count
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--steps", type=int, default=300, help="steps per timed round (default 300)")
     parser.add_argument("--rounds", type=int, default=5, help="alternating rounds (default 5)")
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--model", choices=("tiny", "small_cnn"), default="tiny")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     model = "small_cnn" if args.model == "small_cnn" else "tiny_trunk"
     if model not in TRUNKS:
         register_trunk(model, TinyTrunk)

@@ -81,13 +81,13 @@ def compute_only(batch_size: int, steps: int, train: TrainConfig) -> float:
     return steps * batch_size / (time.perf_counter() - start)
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--root", default="../shared/data", help="folder with CIFAR-10")
     parser.add_argument("--epochs", type=int, default=1, help="epochs of each, alternating")
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--batch-size", type=int, default=64)
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
 
     overrides = [
         f"data.root={args.root}",

@@ -184,3 +184,70 @@ def test_fisher_scaling_prints_auto_and_exact(capsys):
     load("fisher_scaling").main(["--classes", "8", "--dim", "32", "--per-class", "4"])
     row = capsys.readouterr().out.strip().splitlines()[-1]
     assert row.startswith("| 8 | 32 | 4 | 28 | 6 |"), row  # 4 + 4 - 2: the pooled rank
+
+
+def numbers(line):
+    """The numbers of a printed table row (``x`` of ratios and ``|`` of markdown dropped)."""
+    values = []
+    for word in line.replace("|", " ").split():
+        try:
+            values.append(float(word.rstrip("x")))
+        except ValueError:
+            pass
+    return values
+
+
+def test_throughput_compares_the_engine_with_a_bare_loop(tmp_path, capsys):
+    root = write_fake_cifar_npz(tmp_path / "c", 10, 100, 2)  # the script's IF 100 keeps 1 image of class 9
+    load("throughput").main(["--root", str(root), "--workers", "0", "--batch-size", "8"])
+    out = capsys.readouterr().out
+    epoch = next(line for line in out.splitlines() if line.startswith("epoch 1:"))
+    assert len(numbers(epoch)) == 2 and all(v > 0 for v in numbers(epoch)), out  # engine, bare img/s
+    assert "ratio" in out and "where the time goes: data pipeline alone" in out and " ms per step" in out
+
+
+def test_methods_throughput_runs_the_teacher_and_multi_expert_methods(tmp_path, capsys):
+    root = write_fake_cifar_npz(tmp_path / "c", 10, 100, 2)
+    presets = ["ce", "dbm_bcl", "dbm_gml", "dbm_ncl"]
+    args = ["--root", str(root), "--images", "8", "--batch-size", "8", "--workers", "0", "--rounds", "1"]
+    load("methods_throughput").main([*args, "--presets", *presets])
+    lines = capsys.readouterr().out.splitlines()
+    table = {line.split()[0]: numbers(line) for line in lines[lines.index("") + 2 :]}
+    assert list(table) == presets and table["ce"][1] == 1.0 and all(r > 0 and x > 0 for r, x in table.values())
+
+
+def test_loss_overhead_times_every_shape(capsys):
+    bench = load("loss_overhead")
+    bench.main(["--rounds", "1", "--calls", "1", "--device", "cpu", "--system-malloc"])
+    lines = capsys.readouterr().out.splitlines()[2:]
+    rows = [numbers(line) for line in lines]
+    assert [tuple(int(v) for v in row[:2]) for row in rows] == bench.SHAPES
+    # B, C, two times in ms, the DBM-BS ratio, the target where there is one, three more ratios
+    assert [len(row) for row in rows] == [8 if shape not in bench.TARGETS else 9 for shape in bench.SHAPES]
+    assert all(v > 0 for row in rows for v in row), rows
+    assert all(
+        ("ok" in line or "MISSED" in line) == (shape in bench.TARGETS) for line, shape in zip(lines, bench.SHAPES)
+    )
+
+
+def test_resnet50_step_times_four_variants(capsys):
+    load("resnet50_step").main(["--batch-size", "2", "--size", "32", "--steps", "1", "--classes", "10"])
+    rows = [line for line in capsys.readouterr().out.splitlines() if "ms/step" in line]
+    assert [" ".join(row.split()[:2]) for row in rows] == [
+        "float32, contiguous",
+        "float32, channels-last",
+        "bfloat16 autocast,",
+        "bfloat16 autocast,",
+    ]
+    assert all(numbers(row)[-2] > 0 for row in rows)
+
+
+def test_step_overhead_compares_the_engine_step_with_a_bare_loop(capsys):
+    load("step_overhead").main(["--steps", "2", "--rounds", "1", "--batch-size", "8"])
+    out = capsys.readouterr().out
+    rows = {line.split("|")[1].strip(): numbers(line) for line in out.splitlines() if line.startswith("| demo/")}
+    assert list(rows) == ["demo/ce", "demo/dbm_ce"], out
+    for ms_engine, ms_bare, ratio, ops_engine, ops_bare, own, ops_model in rows.values():
+        assert ms_engine > 0 and ms_bare > 0 and ratio == pytest.approx(ms_engine / ms_bare, rel=0.02, abs=2e-3)
+        assert own == ops_engine - ops_bare and ops_bare > ops_model > 0
+    assert "target: engine <= 1.15x the bare loop; worst here" in out
